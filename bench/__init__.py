@@ -1,0 +1,1 @@
+"""Benchmarks: kernels, transport, engines, pipeline; latency statistics and reports."""

@@ -1,0 +1,1 @@
+"""Rig calibration: geometry (homography), clock offset and drift, photometric maps."""

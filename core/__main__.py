@@ -1,0 +1,5 @@
+import sys
+
+from spikereveal.cli import main
+
+sys.exit(main())

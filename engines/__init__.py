@@ -1,0 +1,1 @@
+"""Inference engines behind one runner interface: ONNX Runtime (CPU), TensorRT (GPU/Jetson), PyTorch."""

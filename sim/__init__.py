@@ -1,0 +1,1 @@
+"""Hybrid-rig simulator: spike streams, blurry RGB exposures and ground truth from images."""

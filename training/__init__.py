@@ -1,0 +1,1 @@
+"""Self-supervised training: teacher (BSN denoiser, SR super-resolver) and student LDN."""
