@@ -1,0 +1,295 @@
+"""One checkpoint format for the three networks (LDN student, BSN denoiser, SR super-resolver).
+
+A checkpoint is a ``torch.save`` of a plain dict that ``torch.load(weights_only=True)`` can read::
+
+    {"format": "spikereveal-checkpoint", "version": 1, "kind": "ldn" | "bsn" | "sr",
+     "config": {...network config...}, "state_dict": {name: tensor},
+     "training": {...training arguments...} or None,
+     "software": {"torch": ..., "spikereveal": ..., "python": ...}, "source": "free text"}
+
+Network classes are found lazily by kind, so loading an LDN never imports ``spikereveal.training``.
+Also here: reading the official S-SDM LDN state dict for ``spikereveal import-weights``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import pickle
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from spikereveal import __version__
+from spikereveal.errors import ConfigError, FormatError, require
+
+CHECKPOINT_FORMAT = "spikereveal-checkpoint"
+CHECKPOINT_VERSION = 1
+#: Keys under which training scripts commonly nest a state dict.
+_STATE_DICT_WRAPPERS = ("state_dict", "model", "params", "params_ema", "net", "network", "model_state_dict")
+#: Prefixes added by DataParallel / torch.compile / wrapper modules, stripped when every key has them.
+_KEY_PREFIXES = ("module.", "_orig_mod.", "model.", "net.")
+
+
+class CheckpointError(FormatError):
+    """A file is not a usable spikereveal checkpoint (or official state dict) for the requested use."""
+
+
+@dataclass(frozen=True)
+class _Kind:
+    module: str
+    config_class: str
+    model_class: str
+
+
+_KINDS: dict[str, _Kind] = {
+    "ldn": _Kind("spikereveal.engines.ldn", "LDNConfig", "LDN"),
+    "bsn": _Kind("spikereveal.training.bsn", "BSNConfig", "BSN"),
+    "sr": _Kind("spikereveal.training.sr", "SRConfig", "SR"),
+}
+CHECKPOINT_KINDS = tuple(_KINDS)
+
+
+def _torch():
+    return require("torch", "reading and writing network checkpoints", "train")
+
+
+def _kind_classes(kind: str):
+    if kind not in _KINDS:
+        raise ConfigError(f"unknown checkpoint kind {kind!r}; expected one of {list(_KINDS)}")
+    entry = _KINDS[kind]
+    module = importlib.import_module(entry.module)
+    return getattr(module, entry.config_class), getattr(module, entry.model_class)
+
+
+def build_model(kind: str, config: Mapping[str, Any] | Any):
+    """A freshly initialised network of ``kind`` from its config (dataclass or dict)."""
+    config_class, model_class = _kind_classes(kind)
+    if not isinstance(config, config_class):
+        if not isinstance(config, Mapping):
+            raise ConfigError(
+                f"a {kind} config must be a {config_class.__name__} or a dict, got {type(config).__name__}")
+        config = config_class.from_dict(config)
+    return model_class(config)
+
+
+def software_versions() -> dict[str, str]:
+    torch = _torch()
+    return {"torch": str(torch.__version__), "spikereveal": __version__, "python": platform.python_version()}
+
+
+def _plain(value):
+    """Training arguments as types ``torch.load(weights_only=True)`` accepts (paths become strings)."""
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    if isinstance(value, (bool, int, float, str)):  # subclasses (e.g. TorchVersion) are not weights-only safe
+        return (bool if isinstance(value, bool) else int if isinstance(value, int)
+                else float if isinstance(value, float) else str)(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return str(value)
+
+
+def describe_mismatch(expected: Mapping[str, tuple], found: Mapping[str, tuple]) -> list[str]:
+    """Human-readable differences between two {tensor name: shape} maps; empty when they agree."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    misshaped = sorted(
+        f"{name} (expected {list(expected[name])}, found {list(found[name])})"
+        for name in set(expected) & set(found)
+        if tuple(expected[name]) != tuple(found[name])
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors: {', '.join(unexpected)}")
+    if misshaped:
+        problems.append(f"mis-shaped tensors: {', '.join(misshaped)}")
+    return problems
+
+
+def _shapes(state_dict: Mapping[str, Any]) -> dict[str, tuple]:
+    return {name: tuple(tensor.shape) for name, tensor in state_dict.items()}
+
+
+def load_matching_state_dict(model, state_dict: Mapping[str, Any], path: str | os.PathLike, what: str) -> None:
+    """Copy ``state_dict`` into ``model`` after checking every name and shape; names all differences."""
+    problems = describe_mismatch(_shapes(model.state_dict()), _shapes(state_dict))
+    if problems:
+        raise CheckpointError(path, f"{what} does not match the network: " + "; ".join(problems))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def save_checkpoint(path: str | os.PathLike, kind: str, model, config, training: Mapping[str, Any] | None = None,
+                    source: str = "") -> Path:
+    """Write ``model``'s weights with its config and provenance; returns the path. Atomic replace."""
+    torch = _torch()
+    config_class, model_class = _kind_classes(kind)
+    if not isinstance(model, model_class):
+        raise ConfigError(f"save_checkpoint(kind={kind!r}) needs a {model_class.__name__}, got {type(model).__name__}")
+    if not isinstance(config, config_class):
+        config = config_class.from_dict(config)
+    if getattr(model, "config", config) != config:
+        raise ConfigError(f"save_checkpoint: config {config} differs from the network's own {model.config}")
+    config_dict = config.to_dict()
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "kind": kind,
+        "config": _plain(config_dict),
+        "state_dict": {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()},
+        "training": None if training is None else _plain(dict(training)),
+        "software": _plain(software_versions()),
+        "source": str(source),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(payload, partial)
+    os.replace(partial, path)
+    return path
+
+
+def _read_tensor_file(path: Path, what: str):
+    """``torch.load(weights_only=True)`` with typed errors for a missing or non-PyTorch file."""
+    torch = _torch()
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            path, "holds pickled Python objects besides tensors (for example a whole model saved with "
+                  "torch.save(model)); only weights-only files are read: re-save it with "
+                  "torch.save(model.state_dict(), PATH)") from exc
+    except Exception as exc:  # torch raises many types for non-PyTorch files (RuntimeError, EOFError ...)
+        raise CheckpointError(
+            path, f"cannot be read as a PyTorch weights file ({type(exc).__name__}); it is neither a "
+                  "spikereveal checkpoint nor a plain state dict") from exc
+
+
+def _is_tensor_dict(value) -> bool:
+    torch = _torch()
+    return isinstance(value, Mapping) and len(value) > 0 and all(
+        isinstance(key, str) and isinstance(item, torch.Tensor) for key, item in value.items()
+    )
+
+
+def load_checkpoint(path: str | os.PathLike, expected_kind: str | None = None, map_location="cpu"):
+    """Read a checkpoint and rebuild its network. Returns ``(model, meta)``; model is in eval mode.
+
+    ``meta`` holds everything but the weights (format, version, kind, config, training, software, source)
+    plus ``path``. ``expected_kind`` (``"ldn"``, ``"bsn"`` or ``"sr"``) refuses any other kind.
+    """
+    path = Path(path)
+    if expected_kind is not None and expected_kind not in _KINDS:
+        raise ConfigError(f"unknown checkpoint kind {expected_kind!r}; expected one of {list(_KINDS)}")
+    payload = _read_tensor_file(path, "checkpoint")
+    if not isinstance(payload, Mapping) or payload.get("format") != CHECKPOINT_FORMAT:
+        hint = (" It looks like a plain state dict: for the official S-SDM LDN weights run "
+                "'spikereveal import-weights PATH --out CKPT' first." if _is_tensor_dict(payload) else "")
+        raise CheckpointError(path, f"is not a spikereveal checkpoint (no format={CHECKPOINT_FORMAT!r} entry).{hint}")
+    version = payload.get("version")
+    if version != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            path, f"has checkpoint version {version!r}; this spikereveal {__version__} reads version "
+                  f"{CHECKPOINT_VERSION} (upgrade spikereveal for newer files)")
+    for key in ("kind", "config", "state_dict"):
+        if key not in payload:
+            raise CheckpointError(path, f"is a damaged checkpoint: the {key!r} entry is missing")
+    kind = payload["kind"]
+    if kind not in _KINDS:
+        raise CheckpointError(path, f"has unknown kind {kind!r}; expected one of {list(_KINDS)}")
+    if expected_kind is not None and kind != expected_kind:
+        raise CheckpointError(
+            path, f"is a checkpoint of kind {kind!r}, but kind {expected_kind!r} is needed here; pass the "
+                  f"{expected_kind} network's checkpoint")
+    if not isinstance(payload["config"], Mapping) or not _is_tensor_dict(payload["state_dict"]):
+        raise CheckpointError(
+            path, "is a damaged checkpoint: 'config' must be a dict and 'state_dict' a dict of tensors")
+    try:
+        model = build_model(kind, payload["config"])
+    except ConfigError as exc:
+        raise CheckpointError(path, f"has an invalid {kind} config: {exc}") from exc
+    load_matching_state_dict(model, payload["state_dict"], path, f"the {kind} checkpoint's state dict")
+    model.to(map_location).eval()
+    meta = {key: value for key, value in payload.items() if key != "state_dict"}
+    meta["path"] = str(path)
+    return model, meta
+
+
+# ---- official S-SDM weights -------------------------------------------------------------------------
+
+def _unwrap_state_dict(payload, path: Path) -> dict:
+    """The tensor dict inside common training-script wrappers, with DataParallel-style prefixes removed."""
+    for _ in range(3):  # wrappers nest at most a couple of levels in practice
+        if _is_tensor_dict(payload):
+            break
+        if isinstance(payload, Mapping):
+            inner = next((payload[key] for key in _STATE_DICT_WRAPPERS if isinstance(payload.get(key), Mapping)), None)
+            if inner is not None:
+                payload = inner
+                continue
+        break
+    if not _is_tensor_dict(payload):
+        keys = sorted(map(str, payload))[:8] if isinstance(payload, Mapping) else []
+        raise CheckpointError(
+            path, "holds no state dict (a dict of name -> tensor, possibly under "
+                  f"{'/'.join(_STATE_DICT_WRAPPERS[:3])}); top-level keys: {keys}")
+    state_dict = dict(payload)
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _KEY_PREFIXES:
+            if all(name.startswith(prefix) for name in state_dict):
+                state_dict = {name[len(prefix):]: tensor for name, tensor in state_dict.items()}
+                stripped = True
+    return state_dict
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_official_ldn(path: str | os.PathLike, spike_frames: int | None = None):
+    """Our LDN holding the official S-SDM LDN weights from ``path``; returns ``(model, source_text)``.
+
+    Accepts a plain state dict, one nested under common wrapper keys, or one with ``module.`` prefixes.
+    The number of spike frames is read from ``spike_enc.0.weight`` unless given. Any missing, unexpected
+    or mis-shaped tensor is refused with a message naming it.
+    """
+    from spikereveal.engines.ldn import LDN, LDNConfig
+
+    path = Path(path)
+    if path.is_file() and path.suffix in (".onnx", ".engine", ".plan"):
+        raise CheckpointError(path, "is an exported inference model, not a PyTorch state dict")
+    payload = _read_tensor_file(path, "weights file")
+    if isinstance(payload, Mapping) and payload.get("format") == CHECKPOINT_FORMAT:
+        raise CheckpointError(path, "is already a spikereveal checkpoint; use it directly (no import needed)")
+    state_dict = _unwrap_state_dict(payload, path)
+    if spike_frames is None:
+        first = state_dict.get("spike_enc.0.weight")
+        spike_frames = int(first.shape[1]) if first is not None and first.ndim == 4 else LDNConfig().spike_frames
+    model = LDN(LDNConfig(spike_frames=spike_frames))
+    load_matching_state_dict(model, state_dict, path, "the weights file (expected the official S-SDM LDN state dict)")
+    source = f"official S-SDM LDN weights imported from {path.resolve()} (sha256 {sha256_of(path)})"
+    return model.eval(), source
+
+
+def import_official_ldn(path: str | os.PathLike, out: str | os.PathLike) -> dict:
+    """Convert an official S-SDM LDN state dict at ``path`` into our checkpoint at ``out``; returns its meta."""
+    model, source = read_official_ldn(path)
+    save_checkpoint(out, "ldn", model, model.config, training=None, source=source)
+    return {"kind": "ldn", "config": model.config.to_dict(), "source": source, "path": str(out),
+            "parameters": sum(p.numel() for p in model.parameters())}

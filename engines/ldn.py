@@ -1,0 +1,179 @@
+"""The student: Lightweight Deblurring Network (LDN) of S-SDM, SPEC §3.
+
+Layer for layer the released network (``Deblur_Net`` of the official code, MIT), with the same parameter
+names, so the official state dict loads with ``strict=True``. Images are BGR float in [0, 1]; spikes are
+raw 0/1 frames at 1/4 of the image resolution. The output is *not* clipped (the official code clips
+outside the network, and training needs the unclipped value's gradient); clip it where it is consumed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from spikereveal.errors import ConfigError
+from spikereveal.kernels.timing import LDN_SPIKE_WINDOW
+
+#: The image/spike resolution ratio the LDN is built for (two stride-2 encoder stages).
+SPIKE_SCALE = 4
+
+
+@dataclass(frozen=True)
+class LDNConfig:
+    """Network configuration stored in checkpoints. The paper's network uses 21 spike frames."""
+
+    spike_frames: int = LDN_SPIKE_WINDOW
+
+    def __post_init__(self):
+        if isinstance(self.spike_frames, bool) or not isinstance(self.spike_frames, int) or self.spike_frames < 1:
+            raise ConfigError(f"LDN spike_frames must be a positive integer, got {self.spike_frames!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "LDNConfig":
+        return config_from_dict(cls, values, "LDN")
+
+
+def config_from_dict(cls, values: Mapping[str, Any], what: str):
+    """Build a config dataclass from a dict, naming unknown keys instead of failing with a TypeError."""
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown {what} config field(s) {unknown}; known fields: {sorted(known)}")
+    return cls(**dict(values))
+
+
+def _conv_relu(in_channels: int, out_channels: int, kernel: int, stride: int, padding: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, stride, padding), nn.ReLU())
+
+
+def _deconv_relu(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.ConvTranspose2d(in_channels, out_channels, 5, stride=2, padding=2, output_padding=1), nn.ReLU()
+    )
+
+
+class ChannelAttention(nn.Module):
+    """CBAM channel gate: shared bias-free MLP over global avg- and max-pooled features."""
+
+    def __init__(self, channels: int, hidden: int):
+        super().__init__()
+        self.fc = nn.Sequential(
+            nn.Conv2d(channels, hidden, 1, bias=False), nn.ReLU(), nn.Conv2d(hidden, channels, 1, bias=False)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        avg = self.fc(torch.mean(x, dim=(2, 3), keepdim=True))
+        peak = self.fc(torch.amax(x, dim=(2, 3), keepdim=True))
+        return torch.sigmoid(avg + peak)
+
+
+class SpatialAttention(nn.Module):
+    """CBAM spatial gate: 7x7 conv over the channel mean and max."""
+
+    def __init__(self, kernel: int = 7):
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 1, kernel, padding=kernel // 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([torch.mean(x, dim=1, keepdim=True), torch.amax(x, dim=1, keepdim=True)], dim=1)
+        return torch.sigmoid(self.conv1(pooled))
+
+
+class ResidualBlock(nn.Module):
+    """conv3x3 -> ReLU -> conv3x3, plus the input; no normalisation."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        # The Identity fills the official code's (disabled) norm slot, so the convs keep indices 0 and 3.
+        self.conv_block = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.Identity(),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv_block(x)
+
+
+def _exporting() -> bool:
+    """True while torch traces or exports the network: input checks on symbolic shapes are skipped."""
+    return bool(torch.jit.is_tracing() or torch.compiler.is_exporting() or torch.compiler.is_compiling())
+
+
+class LDN(nn.Module):
+    """Lightweight Deblurring Network. ``forward(blur (N,3,H,W), spikes (N,S,H/4,W/4)) -> (N,3,H,W)``."""
+
+    def __init__(self, config: LDNConfig | None = None):
+        super().__init__()
+        self.config = config or LDNConfig()
+        spike_frames = self.config.spike_frames
+        self.blur_enc = _conv_relu(3, 16, 5, 2, 2)
+        self.blur_enc2 = _conv_relu(16, 32, 5, 2, 2)
+        self.spike_enc = _conv_relu(spike_frames, 16, 3, 1, 1)
+        self.spike_enc2 = _conv_relu(16, 32, 3, 1, 1)
+        self.resBlock1 = ResidualBlock(64)
+        self.resBlock2 = ResidualBlock(64)
+        self.ca = ChannelAttention(64, 4)
+        self.sa = SpatialAttention(7)
+        self.decoder1 = _deconv_relu(64, 32)
+        self.decoder2 = _deconv_relu(32, 16)
+        self.pred = nn.Conv2d(3 + 16, 3, kernel_size=1)
+
+    def check_inputs(self, blur: torch.Tensor, spikes: torch.Tensor) -> None:
+        """Raise ConfigError unless ``blur`` is (N,3,H,W) with H, W multiples of 4 and spikes match it."""
+        if blur.ndim != 4 or blur.shape[1] != 3:
+            raise ConfigError(f"LDN blur input must be (N, 3, H, W) BGR, got shape {tuple(blur.shape)}")
+        n, _, height, width = blur.shape
+        if height % SPIKE_SCALE or width % SPIKE_SCALE:
+            raise ConfigError(
+                f"LDN image height and width must be multiples of {SPIKE_SCALE}, got {height}x{width}; "
+                f"crop or pad the image (and the spikes to a quarter of it)"
+            )
+        expected = (n, self.config.spike_frames, height // SPIKE_SCALE, width // SPIKE_SCALE)
+        if tuple(spikes.shape) != expected:
+            raise ConfigError(
+                f"LDN spikes must have shape {expected} (batch, spike frames, H/4, W/4) for a blurry image "
+                f"of {tuple(blur.shape)}, got {tuple(spikes.shape)}"
+            )
+
+    def forward(self, blur: torch.Tensor, spikes: torch.Tensor) -> torch.Tensor:
+        if not _exporting():
+            self.check_inputs(blur, spikes)
+        spikes = spikes.to(blur.dtype)
+        blur_features = self.blur_enc2(self.blur_enc(blur))
+        spike_features = self.spike_enc2(self.spike_enc(spikes))
+        fused = torch.cat([blur_features, spike_features], dim=1)
+        fused = self.ca(fused) * fused
+        fused = self.sa(fused) * fused
+        fused = self.resBlock2(self.resBlock1(fused))
+        fused = self.decoder2(self.decoder1(fused))
+        # The official head concatenates the blurry image FIRST, then the 16 decoded channels.
+        return self.pred(torch.cat([blur, fused], dim=1))
+
+    def forward_exposure(self, blur: torch.Tensor, spike_windows: torch.Tensor) -> torch.Tensor:
+        """All K timestamps of one exposure as one batch: the same blurry frame for each spike window.
+
+        ``blur`` is (3,H,W) or (1,3,H,W); ``spike_windows`` is (K,S,H/4,W/4). Returns (K,3,H,W), unclipped.
+        """
+        if blur.ndim == 3:
+            blur = blur.unsqueeze(0)
+        if blur.ndim != 4 or blur.shape[0] != 1:
+            raise ConfigError(f"forward_exposure takes one blurry frame (3,H,W) or (1,3,H,W), got {tuple(blur.shape)}")
+        if spike_windows.ndim != 4:
+            raise ConfigError(
+                f"forward_exposure takes spike windows of shape (K, {self.config.spike_frames}, H/4, W/4), "
+                f"got {tuple(spike_windows.shape)}"
+            )
+        return self(blur.expand(spike_windows.shape[0], -1, -1, -1), spike_windows)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
