@@ -18,6 +18,19 @@ _REVERSED_BITS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, 
 _REVERSED_BITS = np.packbits(_REVERSED_BITS, axis=1, bitorder="big")[:, 0]
 
 
+def _reverse_bits_in_bytes(packed: np.ndarray) -> np.ndarray:
+    """Reverse the bit order of every byte (a new array). Word-wide swaps when the size allows."""
+    flat = np.ascontiguousarray(packed).reshape(-1)
+    if flat.size % 8:
+        return _REVERSED_BITS[packed]
+    words = flat.view(np.uint64)
+    for shift, mask in ((1, 0x5555555555555555), (2, 0x3333333333333333), (4, 0x0F0F0F0F0F0F0F0F)):
+        mask = np.uint64(mask)
+        shift = np.uint64(shift)
+        words = ((words >> shift) & mask) | ((words & mask) << shift)
+    return words.view(np.uint8).reshape(packed.shape)
+
+
 def check_bit_order(bit_order: str) -> str:
     if bit_order not in BIT_ORDERS:
         raise ConfigError(f"bit_order must be one of {BIT_ORDERS}, got {bit_order!r}")
@@ -84,7 +97,7 @@ def to_canonical(
     """
     packed = as_packed(packed, height, width)
     if check_bit_order(bit_order) == "big":
-        packed = _REVERSED_BITS[packed]
+        packed = _reverse_bits_in_bytes(packed)
     if flip_rows:
         packed = _flip_packed_rows(packed, height, width)
     return packed
@@ -98,5 +111,5 @@ def from_canonical(
     if flip_rows:
         packed = _flip_packed_rows(packed, height, width)
     if check_bit_order(bit_order) == "big":
-        packed = _REVERSED_BITS[packed]
+        packed = _reverse_bits_in_bytes(packed)
     return packed
