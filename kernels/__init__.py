@@ -5,6 +5,18 @@ of byte ``k // 8`` (least significant bit first), top row first. File readers co
 and upside-down storage to this layout once, at read time.
 """
 
+from spikereveal.kernels.accumulate import MAX_WINDOW_FRAMES, SpikeAccumulator, window_count, window_counts
+from spikereveal.kernels.extract import extract_ldn_input
+from spikereveal.kernels.images import (
+    SDM_SHORT_WINDOW,
+    reblur,
+    sdm,
+    tfi,
+    tfp,
+    tfp_range,
+    tfp_stack,
+    upsample_nearest,
+)
 from spikereveal.kernels.packing import (
     BIT_ORDERS,
     as_packed,
@@ -27,6 +39,19 @@ from spikereveal.kernels.timing import (
 )
 
 __all__ = [
+    "MAX_WINDOW_FRAMES",
+    "SpikeAccumulator",
+    "window_count",
+    "window_counts",
+    "extract_ldn_input",
+    "SDM_SHORT_WINDOW",
+    "reblur",
+    "sdm",
+    "tfi",
+    "tfp",
+    "tfp_range",
+    "tfp_stack",
+    "upsample_nearest",
     "BIT_ORDERS",
     "as_packed",
     "from_canonical",

@@ -1,0 +1,74 @@
+"""The LDN's spike input: the raw frames around each output timestamp, unpacked to float32 planes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from spikereveal.errors import ConfigError
+from spikereveal.kernels._numba import njit
+from spikereveal.kernels.accumulate import check_out
+from spikereveal.kernels.packing import as_packed
+from spikereveal.kernels.timing import LDN_SPIKE_WINDOW
+
+# byte -> its 8 bits as float32 0/1, least significant bit first (the canonical bit order)
+_BYTE_TO_FLOATS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little").astype(
+    np.float32
+)
+
+
+@njit
+def _unpack_rows_kernel(packed, first_rows, window, out):
+    """out[k, f, :] = the bits of packed[first_rows[k] + f] as float32 0/1; out is (K, window, H*W)."""
+    n_bytes = packed.shape[1]
+    for k in range(first_rows.shape[0]):
+        for f in range(window):
+            row = first_rows[k] + f
+            for i in range(n_bytes):
+                bits = _BYTE_TO_FLOATS[packed[row, i]]
+                for bit in range(8):
+                    out[k, f, 8 * i + bit] = bits[bit]
+
+
+def check_window_size(window: int, name: str = "window") -> int:
+    """A centred window must hold an odd, positive number of frames (SPEC §2)."""
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1 or window % 2 == 0:
+        raise ConfigError(f"{name} must be an odd number of frames >= 1 (it is centred on a frame), got {window!r}")
+    return int(window)
+
+
+def centred_rows(centers, window: int, frame_count: int, first_index: int = 0) -> np.ndarray:
+    """First array row of the ``window`` frames centred on each of ``centers`` (absolute frame indices).
+
+    Raises ConfigError when a window reaches outside the ``frame_count`` frames that start at ``first_index``.
+    """
+    centers = np.atleast_1d(np.asarray(centers))
+    if centers.ndim != 1 or (centers.size and not np.issubdtype(centers.dtype, np.integer)):
+        raise ConfigError(f"centers must be a 1-D array of integer frame indices, got {centers.dtype} {centers.shape}")
+    half = window // 2
+    first_rows = centers.astype(np.int64) - first_index - half
+    for center, row in zip(centers, first_rows):
+        if row < 0 or row + window > frame_count:
+            raise ConfigError(
+                f"the {window}-frame window centred on frame {center} needs frames [{center - half}, "
+                f"{center + half}], but the spike data holds frames [{first_index}, {first_index + frame_count - 1}]; "
+                "keep a margin of window // 2 frames around every centre"
+            )
+    return first_rows
+
+
+def extract_ldn_input(
+    packed, height: int, width: int, centers, window: int = LDN_SPIKE_WINDOW, first_index: int = 0, out=None
+) -> np.ndarray:
+    """The ``window`` raw frames centred on each of ``centers``, unpacked: (K, window, H, W) float32 of 0/1.
+
+    Frame ``i`` of ``packed`` (canonical packed frames) has index ``first_index + i``; window ``k`` holds
+    frames ``centers[k] - window // 2 .. centers[k] + window // 2``. Written into ``out`` when given (a
+    C-contiguous float32 array of exactly that shape, e.g. the inference engine's input buffer).
+    """
+    packed = as_packed(packed, height, width)
+    window = check_window_size(window)
+    first_rows = centred_rows(centers, window, packed.shape[0], first_index)
+    out = check_out(out, (first_rows.size, window, height, width), np.float32)
+    if first_rows.size:
+        _unpack_rows_kernel(packed, first_rows, window, out.reshape(first_rows.size, window, height * width))
+    return out

@@ -1,0 +1,99 @@
+"""LDN input extraction against a slow numpy twin."""
+
+import numpy as np
+import pytest
+
+from spikereveal.errors import ConfigError
+from spikereveal.kernels import LDN_SPIKE_WINDOW, extract_ldn_input, pack_frames
+
+
+def reference_ldn_input(bits: np.ndarray, centers, window: int, first_index: int = 0) -> np.ndarray:
+    """The numpy twin: for each centre, the unpacked frames centre - window//2 .. centre + window//2."""
+    half = window // 2
+    return np.stack(
+        [bits[c - first_index - half : c - first_index + half + 1].astype(np.float32) for c in centers]
+    ).reshape(len(centers), window, *bits.shape[1:])
+
+
+def random_bits(seed, frames, height, width):
+    return (np.random.default_rng(seed).random((frames, height, width)) < 0.4).astype(np.uint8)
+
+
+@pytest.mark.parametrize("height,width", [(250, 400), (8, 9), (13, 56), (3, 8), (1, 8)])
+def test_matches_numpy_twin(height, width):
+    frames = 60
+    bits = random_bits(height + width, frames, height, width)
+    half = LDN_SPIKE_WINDOW // 2
+    centers = np.array([half, frames - half - 1, 30, 31, 30])  # both data edges, repeats, neighbours
+    result = extract_ldn_input(pack_frames(bits), height, width, centers)
+    assert result.dtype == np.float32 and result.shape == (5, LDN_SPIKE_WINDOW, height, width)
+    np.testing.assert_array_equal(result, reference_ldn_input(bits, centers, LDN_SPIKE_WINDOW))
+
+
+@pytest.mark.parametrize("window", [1, 3, 9])
+def test_other_windows_and_first_index(window):
+    bits = random_bits(window, 25, 5, 24)
+    centers = [500 + window // 2, 512, 524 - window // 2]
+    result = extract_ldn_input(pack_frames(bits), 5, 24, centers, window=window, first_index=500)
+    np.testing.assert_array_equal(result, reference_ldn_input(bits, centers, window, first_index=500))
+
+
+def test_single_frame_input():
+    bits = random_bits(1, 1, 7, 40)
+    result = extract_ldn_input(pack_frames(bits), 7, 40, [0], window=1)
+    np.testing.assert_array_equal(result[0, 0], bits[0])
+
+
+def test_writes_into_caller_buffer():
+    bits = random_bits(2, 30, 8, 9)
+    out = np.full((2, 21, 8, 9), 5.0, dtype=np.float32)
+    result = extract_ldn_input(pack_frames(bits), 8, 9, [10, 19], out=out)
+    assert result is out
+    np.testing.assert_array_equal(out, reference_ldn_input(bits, [10, 19], 21))
+
+
+def test_no_centres_give_an_empty_batch():
+    packed = pack_frames(random_bits(3, 30, 8, 9))
+    assert extract_ldn_input(packed, 8, 9, np.array([], dtype=np.int64)).shape == (0, 21, 8, 9)
+
+
+@pytest.mark.parametrize(
+    "out",
+    [
+        np.zeros((2, 21, 8, 9), dtype=np.float64),
+        np.zeros((2, 21, 9, 8), dtype=np.float32),
+        np.zeros((2, 21, 8, 18), dtype=np.float32)[..., ::2],
+        np.zeros((2, 21, 8, 9), dtype=np.float32, order="F"),
+    ],
+)
+def test_bad_buffers_are_refused(out):
+    packed = pack_frames(random_bits(4, 30, 8, 9))
+    with pytest.raises(ConfigError, match="out"):
+        extract_ldn_input(packed, 8, 9, [10, 19], out=out)
+
+
+def test_read_only_buffer_is_refused():
+    out = np.zeros((1, 21, 8, 9), dtype=np.float32)
+    out.flags.writeable = False
+    with pytest.raises(ConfigError, match="writeable"):
+        extract_ldn_input(pack_frames(random_bits(5, 30, 8, 9)), 8, 9, [10], out=out)
+
+
+@pytest.mark.parametrize("center", [9, 20, -3, 100])
+def test_window_leaving_the_data_is_refused(center):
+    packed = pack_frames(random_bits(6, 30, 8, 9))  # valid centres: 10 .. 19
+    with pytest.raises(ConfigError, match="margin"):
+        extract_ldn_input(packed, 8, 9, [15, center])
+
+
+@pytest.mark.parametrize("window", [0, 2, 20, -1, 2.0, True])
+def test_bad_window_sizes_are_refused(window):
+    packed = pack_frames(random_bits(7, 30, 8, 9))
+    with pytest.raises(ConfigError, match="odd"):
+        extract_ldn_input(packed, 8, 9, [15], window=window)
+
+
+def test_non_integer_centres_are_refused():
+    packed = pack_frames(random_bits(8, 30, 8, 9))
+    with pytest.raises(ConfigError, match="integer"):
+        extract_ldn_input(packed, 8, 9, [15.0])
