@@ -1,0 +1,181 @@
+"""Seeded smooth motion: a camera trajectory over a scene, and sprites crossing the frame.
+
+Time is normalised per exposure: ``u = (t - t_centre) / duration`` (u = -0.5 .. 0.5 over the exposure), so
+motion is specified as displacement per exposure and is independent of the spike rate. Poses are 3x3
+matrices mapping canonical-grid pixels to source-image pixels (what ``cv2.warp* | WARP_INVERSE_MAP`` wants).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from spikereveal.sim.config import MotionConfig
+
+
+def _rotation(angle_rad: float) -> np.ndarray:
+    c, s = math.cos(angle_rad), math.sin(angle_rad)
+    return np.array([[c, -s], [s, c]])
+
+
+def _affine(linear: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    matrix = np.eye(3)
+    matrix[:2, :2] = linear
+    matrix[:2, 2] = offset
+    return matrix
+
+
+@dataclass(frozen=True, eq=False)
+class CameraTrajectory:
+    """Camera pose as a function of time: translation with constant acceleration, rotation, zoom."""
+
+    frame_size: tuple[int, int]  # canonical (width, height)
+    magnification: float  # canonical px per source px at zoom 1
+    centre_xy: tuple[float, float]  # source px seen at the frame centre when u = 0
+    velocity_xy: tuple[float, float]  # canonical px per exposure (the blur vector)
+    acceleration_xy: tuple[float, float]  # canonical px per exposure^2
+    angle_rad: float  # roll at u = 0
+    angular_velocity_rad: float  # per exposure
+    log_zoom_rate: float  # per exposure; zoom = exp(rate * u)
+    t_centre_ns: float
+    duration_ns: float
+
+    def normalised_time(self, t_ns: float) -> float:
+        return (float(t_ns) - self.t_centre_ns) / self.duration_ns
+
+    def canonical_to_source(self, t_ns: float) -> np.ndarray:
+        u = self.normalised_time(t_ns)
+        velocity, acceleration = np.asarray(self.velocity_xy), np.asarray(self.acceleration_xy)
+        scale = self.magnification * math.exp(self.log_zoom_rate * u)
+        centre = np.asarray(self.centre_xy) + (velocity * u + 0.5 * acceleration * u * u) / self.magnification
+        linear = _rotation(self.angle_rad + self.angular_velocity_rad * u) / scale
+        width, height = self.frame_size
+        frame_centre = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
+        return _affine(linear, centre - linear @ frame_centre)
+
+
+@dataclass(frozen=True, eq=False)
+class Sprite:
+    """An object moving independently of the camera, in canonical-grid coordinates."""
+
+    patch: np.ndarray  # (h, w, 4) float32: premultiplied BGR light and alpha
+    position_xy: tuple[float, float]  # canonical px of the patch centre at u = 0
+    velocity_xy: tuple[float, float]  # canonical px per exposure
+    scale: float  # canonical px per patch px
+    angle_rad: float
+    angular_velocity_rad: float
+    t_centre_ns: float
+    duration_ns: float
+
+    def canonical_to_patch(self, t_ns: float) -> np.ndarray:
+        u = (float(t_ns) - self.t_centre_ns) / self.duration_ns
+        position = np.asarray(self.position_xy) + np.asarray(self.velocity_xy) * u
+        linear = _rotation(-(self.angle_rad + self.angular_velocity_rad * u)) / self.scale
+        height, width = self.patch.shape[:2]
+        patch_centre = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
+        return _affine(linear, patch_centre - linear @ position)
+
+
+def _random_direction(rng: np.random.Generator) -> np.ndarray:
+    angle = rng.uniform(0.0, 2.0 * math.pi)
+    return np.array([math.cos(angle), math.sin(angle)])
+
+
+def sample_camera(
+    rng: np.random.Generator,
+    motion: MotionConfig,
+    source_size: tuple[int, int],
+    frame_size: tuple[int, int],
+    t_centre_ns: float,
+    duration_ns: float,
+    reach: float,
+) -> CameraTrajectory:
+    """A random trajectory whose view stays inside the source image for ``|u| <= reach``.
+
+    The magnification is the smallest that fits the rotated, zoomed view plus the motion into the source,
+    times a random factor in [1, 1.3] (so views differ in scale).
+    """
+    source_w, source_h = source_size
+    width, height = frame_size
+    speed = rng.uniform(*motion.blur_fraction) * width
+    velocity = speed * _random_direction(rng)
+    acceleration = rng.uniform(0.0, motion.acceleration_ratio) * speed * _random_direction(rng)
+    angle = math.radians(rng.uniform(-motion.base_rotation_deg, motion.base_rotation_deg))
+    angular_velocity = math.radians(rng.uniform(-motion.rotation_deg, motion.rotation_deg))
+    log_zoom_rate = math.log1p(rng.uniform(-motion.zoom_ratio, motion.zoom_ratio))
+
+    # canonical-px extent needed: rotated view at the widest zoom plus the travel in either direction
+    max_angle = abs(angle) + abs(angular_velocity) * reach
+    cos_a, sin_a = abs(math.cos(min(max_angle, math.pi / 2))), abs(math.sin(min(max_angle, math.pi / 2)))
+    zoom_out = math.exp(abs(log_zoom_rate) * reach)
+    travel = np.abs(velocity) * reach + 0.5 * np.abs(acceleration) * reach * reach
+    extent_x = (cos_a * width + sin_a * height) * zoom_out + 2 * travel[0] + 4
+    extent_y = (sin_a * width + cos_a * height) * zoom_out + 2 * travel[1] + 4
+    magnification = max(extent_x / source_w, extent_y / source_h) * rng.uniform(1.0, 1.3)
+    slack_x = max(source_w - extent_x / magnification, 0.0) / 2
+    slack_y = max(source_h - extent_y / magnification, 0.0) / 2
+    centre = (
+        source_w / 2 - 0.5 + rng.uniform(-slack_x, slack_x),
+        source_h / 2 - 0.5 + rng.uniform(-slack_y, slack_y),
+    )
+    return CameraTrajectory(
+        frame_size=(width, height),
+        magnification=float(magnification),
+        centre_xy=(float(centre[0]), float(centre[1])),
+        velocity_xy=(float(velocity[0]), float(velocity[1])),
+        acceleration_xy=(float(acceleration[0]), float(acceleration[1])),
+        angle_rad=angle,
+        angular_velocity_rad=angular_velocity,
+        log_zoom_rate=log_zoom_rate,
+        t_centre_ns=float(t_centre_ns),
+        duration_ns=float(duration_ns),
+    )
+
+
+def sprite_patch(rng: np.random.Generator, light: np.ndarray, max_side: int = 256) -> np.ndarray:
+    """Cut an elliptical, soft-edged patch out of a source light image; premultiplied BGRA float32."""
+    source_h, source_w = light.shape[:2]
+    side = int(min(source_h, source_w, max_side) * rng.uniform(0.5, 1.0))
+    side = max(side, 8)
+    top = int(rng.integers(0, source_h - side + 1))
+    left = int(rng.integers(0, source_w - side + 1))
+    patch = light[top : top + side, left : left + side]
+    aspect = rng.uniform(0.55, 1.0)
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
+    centre = (side - 1) / 2.0
+    radius = side / 2.0 - 1.0
+    distance = np.sqrt(((xx - centre) / radius) ** 2 + ((yy - centre) / (radius * aspect)) ** 2)
+    alpha = np.clip((1.0 - distance) * radius, 0.0, 1.0).astype(np.float32)  # ~1 px anti-aliased edge
+    return np.ascontiguousarray(np.concatenate([patch * alpha[:, :, None], alpha[:, :, None]], axis=2))
+
+
+def sample_sprite(
+    rng: np.random.Generator,
+    motion: MotionConfig,
+    light: np.ndarray,
+    frame_size: tuple[int, int],
+    t_centre_ns: float,
+    duration_ns: float,
+) -> Sprite:
+    """A sprite near the frame centre at mid-exposure, moving in a random direction across the frame."""
+    width, height = frame_size
+    patch = sprite_patch(rng, light)
+    diameter = rng.uniform(*motion.sprite_size_fraction) * height
+    speed = rng.uniform(*motion.sprite_blur_fraction) * width
+    velocity = speed * _random_direction(rng)
+    position = (
+        (width - 1) / 2 + rng.uniform(-0.3, 0.3) * width,
+        (height - 1) / 2 + rng.uniform(-0.3, 0.3) * height,
+    )
+    return Sprite(
+        patch=patch,
+        position_xy=(float(position[0]), float(position[1])),
+        velocity_xy=(float(velocity[0]), float(velocity[1])),
+        scale=float(diameter / patch.shape[1]),
+        angle_rad=rng.uniform(-math.pi, math.pi),
+        angular_velocity_rad=math.radians(rng.uniform(-20.0, 20.0)),
+        t_centre_ns=float(t_centre_ns),
+        duration_ns=float(duration_ns),
+    )
