@@ -1,0 +1,126 @@
+"""``spikereveal calibrate geometry|time|dark``: estimate a rig's calibration and write calibration.json."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+TARGETS = ("geometry", "time", "dark")
+
+
+def _board(text: str) -> tuple[int, int]:
+    try:
+        columns, rows = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected COLUMNSxROWS of inner corners, e.g. 8x5, got {text!r}") from None
+    if columns < 2 or rows < 2:
+        raise argparse.ArgumentTypeError(f"a board needs at least 2x2 inner corners, got {text!r}")
+    return columns, rows
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "calibrate",
+        help="calibrate a rig: RGB->spike geometry, clock offset/drift, hot pixels and dark current",
+        description=(
+            "Estimate one part of a hybrid rig's calibration from a recording and write (or update) "
+            "REC/calibration.json; deblur, eval and serve apply it. geometry: the homography from the "
+            "canonical grid (4x the spike grid) into the RGB frame, from a checkerboard or from ordinary "
+            "textured footage (features). time: the offset and drift of the exposure timestamps against the "
+            "spike clock, from footage with motion. dark: hot-pixel and dark-current maps from a lens-cap "
+            "recording. Untrustworthy fits are refused with the reason. Under motion blur geometry and time are "
+            "coupled: 'geometry' on footage with motion also estimates the clock when the file has none; run "
+            "'time' afterwards to refine it with the new geometry."
+        ),
+    )
+    parser.add_argument("target", choices=TARGETS, help="what to calibrate")
+    parser.add_argument("--recording", required=True, type=Path, help="the recording to calibrate (REC)")
+    parser.add_argument("--method", choices=("checkerboard", "features"), default="features",
+                        help="geometry: a checkerboard seen by both cameras, or target-free (default features)")
+    parser.add_argument("--board", type=_board, default=(8, 5), metavar="CxR",
+                        help="checkerboard inner corners, columns x rows (default 8x5: a 9x6-square board)")
+    parser.add_argument("--dark", type=Path, metavar="DARK_REC",
+                        help="dark: the lens-cap recording (default: --recording itself)")
+    parser.add_argument("--out", type=Path, help="calibration file to write or update (default REC/calibration.json)")
+    parser.add_argument("--exposures", type=int, help="at most this many exposures, spread over the recording "
+                        "(default: geometry 8, time 64)")
+    parser.add_argument("--max-residual-px", type=float, default=1.0,
+                        help="geometry: refuse fits whose residual exceeds this, canonical px (default 1.0)")
+    parser.add_argument("--search-frames", type=int,
+                        help="time: search offsets up to +- this many spike frames (default: one exposure, >= 40)")
+    parser.add_argument("--no-drift", action="store_true", help="time: fit an offset only")
+    parser.add_argument("--overlay", type=Path, metavar="PNG",
+                        help="geometry: write the warped RGB edges over the spike image, to check by eye")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import cv2
+    import numpy as np
+    from tqdm import tqdm
+
+    from spikereveal.calibration import fit, geometry
+    from spikereveal.calibration.store import CALIBRATION_FILE, read_calibration, update_calibration
+    from spikereveal.errors import ConfigError
+    from spikereveal.recording import open_recording
+
+    out = args.out if args.out is not None else args.recording / CALIBRATION_FILE
+    if out.is_dir():
+        out = out / CALIBRATION_FILE
+    with open_recording(args.recording, strict=False) as recording:
+        spike, rgb = recording.meta.spike, recording.meta.rgb
+        shapes = ((spike.height, spike.width), (rgb.height, rgb.width))
+        existing = read_calibration(out) if out.is_file() else None
+        if existing is not None and (existing.spike_shape, existing.rgb_shape) != shapes:
+            raise ConfigError(f"{out} was made for another rig geometry; choose another --out")
+        clock = existing.clock if existing is not None else None
+        photometric = existing.photometric if existing is not None else None
+        if args.target == "geometry":
+            limit = args.exposures or 8
+            with tqdm(total=min(limit, len(recording.exposures)), desc="geometry", unit="exposure") as bar:
+                result, found_clock = fit.calibrate_geometry_and_clock(
+                    recording, args.method, clock, args.max_residual_px, board_inner_corners=args.board,
+                    photometric=photometric, max_exposures=limit, progress=bar.update)
+            sections = {"geometry": result}
+            if clock is None and found_clock is not None:  # geometry and clock are coupled under motion blur
+                sections["clock"] = clock = found_clock
+                print(f"time (estimated with the geometry): offset {found_clock.offset_ns:.0f} ns, drift "
+                      f"{found_clock.drift_ppm:.3f} ppm, residual {found_clock.residual_ns:.0f} ns")
+            calibration = update_calibration(out, *shapes, **sections)
+            residual = "n/a" if result.residual_px is None else f"{result.residual_px:.3f} px RMS"
+            print(f"geometry ({result.method}): residual {residual} on the canonical grid, "
+                  f"{result.inliers}/{result.points} {'corners' if result.method == 'checkerboard' else 'exposures'} "
+                  f"kept, from exposures {list(result.exposures)}")
+            print("homography canonical->RGB:\n" + np.array2string(result.homography, precision=6, suppress_small=True))
+            if args.overlay is not None:
+                index = result.exposures[0]
+                tfp = fit.long_tfp(recording, index, clock, photometric)
+                warped = calibration.warp_exposure(recording.read_exposure(index))
+                args.overlay.parent.mkdir(parents=True, exist_ok=True)
+                if not cv2.imwrite(str(args.overlay), geometry.overlay_image(tfp, warped)):
+                    raise ConfigError(f"could not write the overlay PNG {args.overlay}")
+                print(f"overlay (red: RGB edges over the spike image): {args.overlay}")
+        elif args.target == "time":
+            limit = args.exposures or 64
+            with tqdm(total=min(limit, len(recording.exposures)), desc="time", unit="exposure") as bar:
+                result = fit.calibrate_clock(recording, existing.geometry if existing else None, photometric,
+                                             args.search_frames, limit, not args.no_drift, progress=bar.update)
+            update_calibration(out, *shapes, clock=result)
+            period = result.frame_period_ns or 1.0
+            print(f"time: offset {result.offset_ns:.0f} ns ({result.offset_ns / period:+.3f} spike frames), drift "
+                  f"{result.drift_ppm:.3f} ppm, residual {result.residual_ns:.0f} ns "
+                  f"({result.residual_ns / period:.3f} frames) over {result.exposures} exposures")
+        else:
+            dark_path = args.dark if args.dark is not None else args.recording
+            with open_recording(dark_path, strict=False) as dark:
+                if (dark.meta.spike.height, dark.meta.spike.width) != shapes[0]:
+                    raise ConfigError(
+                        f"the dark recording {dark_path} has another spike geometry than {args.recording}")
+                with tqdm(total=dark.spikes.frame_count, desc="dark", unit="frame", unit_scale=True) as bar:
+                    result = fit.calibrate_dark(dark, progress=bar.update)
+            update_calibration(out, *shapes, photometric=result)
+            print(f"dark: {int(result.hot_mask.sum())} hot pixels ({100 * result.hot_mask.mean():.3f} %), median dark "
+                  f"rate {result.median_rate:.5f} spikes/frame, hot above {result.hot_threshold_rate:.5f}, "
+                  f"from {result.frames} frames")
+    print(f"wrote {out}")
+    return 0
