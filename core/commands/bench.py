@@ -64,7 +64,7 @@ def run_engines(args: argparse.Namespace) -> int:
 
     result = bench_engines(runners=args.runner, geometries=args.geometry, repeats=args.repeats, warmup=args.warmup,
                            k=args.k, threads=args.threads, precisions=args.precision, model_path=args.model,
-                           progress=progress)
+                           progress=progress, interleave=not args.sequential)
     print(format_table(result))
     if args.json is not None:
         write_json(args.json, result)
@@ -91,11 +91,114 @@ def register_engines(subparsers) -> None:
     parser.add_argument("--k", type=positive_int, default=7, help="frames per exposure window (default 7)")
     parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: cores - 1)")
     parser.add_argument("--model", type=Path, default=None, help="LDN checkpoint (default: random seeded LDN)")
+    parser.add_argument("--sequential", action="store_true",
+                        help="time runners one after the other (less memory) instead of round-robin")
     parser.set_defaults(func=run_engines)
 
 
-# later: register_transport, register_engines, register_pipeline
-SUBVERBS = (register_kernels, register_engines)
+def run_report(args: argparse.Namespace) -> int:
+    from spikereveal.bench.report import build_report, format_table
+    from spikereveal.bench.trace import load_trace
+
+    trace = load_trace(args.trace)
+    report = build_report(trace, warmup=args.warmup)
+    print(format_table(report))
+    if args.json is not None:
+        write_json(args.json, report)
+        print(f"wrote {args.json}")
+    if args.plot is not None:
+        from spikereveal.bench.plots import write_plots
+
+        for path in write_plots(trace, args.plot, warmup=args.warmup).values():
+            print(f"wrote {path}")
+    return 0
+
+
+def register_report(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="latency report (and plots) from a trace file of `serve --trace`",
+        description="Per-stage and end-to-end latency (nearest-rank p50/p90/p95/p99/p99.9), throughput, "
+        "real-time factor, drops and environment of a traced run; PNG plots with --plot (needs matplotlib).",
+    )
+    parser.add_argument("trace", type=Path, metavar="TRACE", help="trace file (.npz) written by serve --trace")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON to PATH")
+    parser.add_argument("--plot", type=Path, metavar="DIR", help="write latency_cdf/timeline/throughput PNGs to DIR")
+    parser.add_argument("--warmup", type=int, default=10, metavar="N",
+                        help="exclude the first N exposures (default 10, as Holoscan's data-flow tracking)")
+    parser.set_defaults(func=run_report)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from spikereveal.bench.compare import (
+        compare_summaries,
+        format_compare_markdown,
+        format_compare_table,
+        load_summary,
+    )
+
+    result = compare_summaries(load_summary(args.a), load_summary(args.b), pattern=args.filter)
+    names = (args.a.stem, args.b.stem) if args.a.stem != args.b.stem else (str(args.a), str(args.b))
+    print(f"A = {args.a}, B = {args.b}")
+    print(format_compare_table(result, names))
+    if args.markdown is not None:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(format_compare_markdown(result, names), encoding="utf-8")
+        print(f"wrote {args.markdown}")
+    return 0
+
+
+def register_compare(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "compare",
+        help="two bench JSON files side by side, with ratios",
+        description="Every numeric value of two bench summaries (kernels, engines, pipeline report, bench all) "
+        "side by side with the ratio B/A and which side is better (rates higher, durations lower).",
+    )
+    parser.add_argument("a", type=Path, metavar="A.json")
+    parser.add_argument("b", type=Path, metavar="B.json")
+    parser.add_argument("--markdown", type=Path, metavar="PATH", help="also write a Markdown table to PATH")
+    parser.add_argument("--filter", metavar="REGEX", help="only metrics whose dotted name matches REGEX")
+    parser.set_defaults(func=run_compare)
+
+
+def run_transport(args: argparse.Namespace) -> int:
+    from spikereveal.bench.transport import REAL_TIME_RATE_HZ, bench_transport, format_table
+
+    rates = [args.rate_hz if args.rate_hz is not None else 2 * REAL_TIME_RATE_HZ]
+    if not args.paced_only:
+        rates.append(None)
+    result = bench_transport(height=args.height, width=args.width, block_frames=args.block, seconds=args.seconds,
+                             rates_hz=tuple(rates), endpoint=args.endpoint, seed=args.seed)
+    print(format_table(result))
+    if args.json is not None:
+        write_json(args.json, result)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def register_transport(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "transport",
+        help="spike blocks over loopback ZeroMQ: replay -> ingest (decode + synchroniser)",
+        description="Publish a synthetic 250x400 spike stream with the replay publisher in blocks of F frames, "
+        "paced at 2x the 40 kHz sensor rate (80k frames/s) and unpaced, into the serve ingest path (SUB, "
+        "zero-copy decode, synchroniser ring). Reports frames/s, messages/s, loss (frames, gaps, publisher "
+        "drops) and per-block latency p50/p99.",
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument("--block", type=positive_int, default=32, metavar="F", help="frames per message (default 32)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="stream length at the paced rate (default 2)")
+    parser.add_argument("--rate-hz", type=float, default=None, help="paced rate in frames/s (default 80000)")
+    parser.add_argument("--paced-only", action="store_true", help="skip the unpaced run")
+    parser.add_argument("--endpoint", choices=("ipc", "tcp"), default="ipc", help="loopback transport (default ipc)")
+    parser.add_argument("--height", type=positive_int, default=250, help="spike sensor height (default 250)")
+    parser.add_argument("--width", type=positive_int, default=400, help="spike sensor width (default 400)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the spike data (default 0)")
+    parser.set_defaults(func=run_transport)
+
+
+SUBVERBS = (register_kernels, register_engines, register_report, register_compare, register_transport)
 
 
 def register(subparsers) -> None:

@@ -1,0 +1,236 @@
+"""``spikereveal bench engines``: time every available runner on the same exposure windows.
+
+Per geometry (simulator presets: ``gopro`` 1280x720, ``rsb`` 1600x1000) and runner, one exposure window
+of K frames (default 7) is one timed ``infer`` call on identical random inputs (blurry frame in [0,1],
+binary spikes at ~20 % density; the network's cost does not depend on the values). Warm-up calls are
+excluded. Reported per window: median and p99 (nearest rank) in ms, and output frames per second
+(K / mean window time). Runner keys are the backend name, suffixed with the precision when not fp32
+(``ort-int8``). Weights: a checkpoint if given, else a seeded random LDN (timing only). int8 exports made
+here are calibrated on the same random windows: their timings are real, their quality is not.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from spikereveal import __version__
+from spikereveal.engines.cache import check_precision_name
+from spikereveal.engines.runners import InputShape, RunnerOptions, create_runner, runner_unavailable_reason
+from spikereveal.errors import ConfigError
+from spikereveal.kernels.timing import DEFAULT_K
+
+logger = logging.getLogger(__name__)
+
+BENCH_GEOMETRIES = ("gopro", "rsb")
+DEFAULT_RUNNERS = ("ort", "torch", "trt")
+SPIKE_DENSITY = 0.2
+
+Progress = Callable[[str], None]  # called with a short status line before each timed series
+
+
+def geometry_shape(name: str, k: int = DEFAULT_K) -> InputShape:
+    """The network grid of a simulator preset (``gopro``, ``rsb``) or ``HxW`` (e.g. ``64x96``), K frames."""
+    match = re.fullmatch(r"(\d+)x(\d+)", name)
+    if match:
+        return InputShape(k, int(match.group(1)), int(match.group(2)))
+    from spikereveal.sim.config import preset
+
+    config = preset(name)
+    return InputShape(k, config.canonical_height, config.canonical_width)
+
+
+def nearest_rank_percentile(values_ms: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (as trtexec reports): the smallest value with at least q % at or below it."""
+    ordered = np.sort(np.asarray(values_ms, dtype=np.float64))
+    if ordered.size == 0:
+        raise ConfigError("no timings to summarise")
+    rank = int(np.ceil(q / 100.0 * ordered.size))
+    return float(ordered[min(max(rank, 1), ordered.size) - 1])
+
+
+def summarise_window_times(times_s: Sequence[float], k: int) -> dict:
+    ms = np.asarray(times_s, dtype=np.float64) * 1e3
+    return {
+        "window_ms_p50": float(np.median(ms)),
+        "window_ms_p99": nearest_rank_percentile(ms, 99),
+        "window_ms_mean": float(ms.mean()),
+        "frames_per_s": float(k / (ms.mean() / 1e3)),
+        "repeats": int(ms.size),
+    }
+
+
+def random_window(shape: InputShape, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    blur = np.empty(shape.blur, np.float32)
+    blur[:] = rng.random(shape.blur[1:], dtype=np.float32)  # one blurry frame for all K windows
+    spikes = (rng.random(shape.spikes, dtype=np.float32) < SPIKE_DENSITY).astype(np.float32)
+    return blur, spikes
+
+
+def time_runner(runner, blur: np.ndarray, spikes: np.ndarray, repeats: int, warmup: int) -> list[float]:
+    """Seconds per ``infer`` call, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        runner.infer(blur, spikes)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        runner.infer(blur, spikes)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def environment(threads: int) -> dict:
+    info = {
+        "spikereveal": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "numpy": np.__version__,
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    for module in ("onnxruntime", "torch", "tensorrt"):
+        try:
+            info[module] = __import__(module).__version__
+        except Exception:
+            info[module] = None
+    return info
+
+
+def _load_model(model_path):
+    if model_path is not None:
+        from spikereveal.engines.checkpoint import load_checkpoint
+
+        return load_checkpoint(model_path, expected_kind="ldn")[0]
+    import torch
+
+    from spikereveal.engines.ldn import LDN
+
+    torch.manual_seed(0)
+    return LDN().eval()
+
+
+def bench_engines(runners: Sequence[str] = DEFAULT_RUNNERS, geometries: Sequence[str] = BENCH_GEOMETRIES,
+                  repeats: int = 10, warmup: int = 2, k: int = DEFAULT_K, threads: int | None = None,
+                  precisions: Sequence[str] = ("fp32",), model_path=None, work_dir=None,
+                  progress: Progress | None = None, interleave: bool = True) -> dict:
+    """Time each available runner x precision on each geometry; unavailable runners are listed, not run.
+
+    ``interleave`` (default): all runners of a geometry are loaded together and timed round-robin, one
+    window each per round, so that load from other processes hits them alike and their ratio stays fair on
+    a shared machine (costs the memory of all runners at once; False: one runner after the other).
+    Returns ``{"<geometry>": {"<runner>": {"window_ms_p50", "window_ms_p99", "frames_per_s", ...}},
+    "environment": {..., "skipped_runners": {"<runner>": reason}}}``.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ConfigError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    for precision in precisions:
+        check_precision_name(precision)
+    options = RunnerOptions(threads=threads, warmup_runs=0)
+    skipped = {}
+    plan = []
+    for name in runners:
+        reason = runner_unavailable_reason(name)
+        if reason is not None:
+            skipped[name] = reason
+            continue
+        for precision in precisions:
+            if name == "torch" and precision != "fp32":
+                continue  # the eager reference is fp32 only
+            plan.append((name, precision))
+    load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    results: dict = {}
+    model = _load_model(model_path) if plan else None
+    with tempfile.TemporaryDirectory(prefix="spikereveal-bench-", dir=work_dir) as tmp:
+        for geometry in geometries:
+            shape = geometry_shape(geometry, k)
+            blur, spikes = random_window(shape)
+            exports: dict[str, Path] = {}
+
+            def make(name: str, precision: str):
+                if name == "torch":
+                    return create_runner("torch", shape, model=model, options=options)
+                if precision not in exports:
+                    exports[precision] = _export(model, shape, precision, Path(tmp), blur, spikes)
+                return create_runner(name, shape, onnx_path=exports[precision], precision=precision, options=options)
+
+            keys = [name if precision == "fp32" else f"{name}-{precision}" for name, precision in plan]
+            times: dict[str, list[float]] = {key: [] for key in keys}
+            if interleave:
+                loaded = []
+                try:
+                    for key, (name, precision) in zip(keys, plan):
+                        if progress is not None:
+                            progress(f"{geometry} {key}")
+                        runner = make(name, precision).load()
+                        loaded.append((key, runner))
+                        time_runner(runner, blur, spikes, 0, warmup)
+                    for _ in range(repeats):
+                        for key, runner in loaded:
+                            times[key] += time_runner(runner, blur, spikes, 1, 0)
+                finally:
+                    for _, runner in loaded:
+                        runner.close()
+            else:
+                for key, (name, precision) in zip(keys, plan):
+                    if progress is not None:
+                        progress(f"{geometry} {key}")
+                    with make(name, precision) as runner:
+                        times[key] = time_runner(runner, blur, spikes, repeats, warmup)
+            results[geometry] = {key: summarise_window_times(times[key], k) for key in keys}
+            logger.info("%s: %s", geometry, results[geometry])
+    results["environment"] = environment(options.resolved_threads())
+    results["environment"].update(skipped_runners=skipped, k=k, repeats=repeats, warmup=warmup,
+                                  interleaved=interleave, load_average_1m_at_start=load_average,
+                                  model=str(model_path) if model_path else "random seeded LDN (timing only)",
+                                  transfers_included=True)
+    return results
+
+
+def _export(model, shape: InputShape, precision: str, directory: Path, blur, spikes) -> Path:
+    from spikereveal.engines.export import ExportConfig, export_ldn
+
+    config = ExportConfig(precision=precision, batch=shape.batch, height=shape.height, width=shape.width,
+                          calibration_windows=2)
+    calibration = [(blur, spikes)] * 2 if precision == "int8" else None
+    path = directory / f"ldn_{precision}_{shape.batch}x{shape.height}x{shape.width}.onnx"
+    return export_ldn(model, path, config, calibration=calibration)
+
+
+def ratio(results: dict, geometry: str, faster: str, slower: str) -> float | None:
+    """How many times faster ``faster`` is than ``slower`` per window (median), or None if either is absent."""
+    table = results.get(geometry, {})
+    if faster not in table or slower not in table:
+        return None
+    return table[slower]["window_ms_p50"] / table[faster]["window_ms_p50"]
+
+
+def format_table(results: dict) -> str:
+    """A short text table: one line per geometry x runner, then ORT/torch speed-ups and skipped runners."""
+    lines = [f"{'geometry':<10} {'runner':<10} {'p50 ms':>10} {'p99 ms':>10} {'frames/s':>9}"]
+    for geometry, table in results.items():
+        if geometry == "environment":
+            continue
+        for name, entry in table.items():
+            lines.append(f"{geometry:<10} {name:<10} {entry['window_ms_p50']:>10.1f} {entry['window_ms_p99']:>10.1f} "
+                         f"{entry['frames_per_s']:>9.2f}")
+        speedup = ratio(results, geometry, "ort", "torch")
+        if speedup is not None:
+            lines.append(f"{geometry:<10} ort is {speedup:.2f}x faster than torch per window (median)")
+    env = results.get("environment", {})
+    for name, reason in env.get("skipped_runners", {}).items():
+        lines.append(f"skipped {name}: {reason}")
+    lines.append(f"K={env.get('k')}, {env.get('threads')} threads, {env.get('repeats')} repeats after "
+                 f"{env.get('warmup')} warm-up, {env.get('cpu_count')} CPUs")
+    return "\n".join(lines)

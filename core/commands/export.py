@@ -1,0 +1,66 @@
+"""``spikereveal export``: the LDN student as an ONNX file (fp32, fp16 or int8 Q/DQ)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from spikereveal.errors import ConfigError
+
+PRECISION_CHOICES = ("fp32", "fp16", "int8")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="export the LDN student to ONNX (fp32, fp16 or int8)",
+        description="Export an LDN checkpoint to ONNX with inputs 'blur' (K,3,H,W) and 'spikes' (K,21,H/4,W/4) "
+                    "and output 'sharp' (K,3,H,W), float32 at every precision (BGR, [0,1], output unclipped). "
+                    "fp16: a float16 graph with float32 I/O. int8: static Q/DQ quantization calibrated on real "
+                    "exposure windows cut from --calib recordings (the form TensorRT 11 needs). The file carries "
+                    "spikereveal.* metadata (network config, spike window, colour order, precision, checkpoint "
+                    "sha256) and passes the ONNX checker.",
+    )
+    parser.add_argument("--model", type=Path, default=None,
+                        help="LDN checkpoint (default: the shipped spikereveal/models/ldn_default.pt)")
+    parser.add_argument("--out", type=Path, required=True, help="ONNX file to write")
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32")
+    parser.add_argument("--calib", type=Path, nargs="+", default=[], metavar="REC",
+                        help="recordings whose exposure windows calibrate an int8 export")
+    parser.add_argument("--calib-windows", type=int, default=16, help="int8: windows used (default 16)")
+    parser.add_argument("--calib-cache", type=Path, default=None, metavar="NPZ",
+                        help="int8: cache of the cut calibration windows (reused while recordings and settings match)")
+    parser.add_argument("--batch", type=int, default=7, metavar="K", help="frames per exposure window (default 7)")
+    parser.add_argument("--height", type=int, default=None, help="image height (4x the spike sensor)")
+    parser.add_argument("--width", type=int, default=None, help="image width (4x the spike sensor)")
+    parser.add_argument("--dynamic", action="store_true", help="dynamic batch/height/width instead of static")
+    parser.add_argument("--keep-deconv", action="store_true",
+                        help="export transposed convolutions as ConvTranspose (default: the exact Conv + "
+                             "DepthToSpace rewrite, faster on ONNX Runtime)")
+    parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from spikereveal.engines.export import ExportConfig, export_checkpoint, read_onnx_metadata
+
+    if args.out.exists() and not args.force:
+        raise ConfigError(f"{args.out} exists; pass --force to overwrite it")
+    height, width = args.height, args.width
+    if not args.dynamic and (height is None or width is None) and args.calib:
+        height, width = _grid_of(args.calib[0])  # a static export defaults to the calibration geometry
+    config = ExportConfig(precision=args.precision, batch=args.batch, height=height, width=width,
+                          dynamic=args.dynamic, calibration_windows=args.calib_windows,
+                          subpixel_decoder=not args.keep_deconv)
+    path = export_checkpoint(args.model, args.out, config, calib_recordings=args.calib, calib_cache=args.calib_cache)
+    meta = read_onnx_metadata(path)
+    shape = "dynamic" if args.dynamic else f"{config.batch}x3x{config.height}x{config.width}"
+    print(f"wrote {path}: {meta['precision']}, blur {shape}, checkpoint sha256 {meta['source_sha256'][:12]}"
+          + (f", calibrated on {meta['calibration_windows']} windows" if "calibration_windows" in meta else ""))
+    return 0
+
+
+def _grid_of(recording_path) -> tuple[int, int]:
+    from spikereveal.recording import open_recording
+
+    with open_recording(recording_path, strict=False) as recording:
+        return recording.meta.spike.canonical_shape

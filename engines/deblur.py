@@ -1,0 +1,338 @@
+"""Offline deblurring of a recording (``spikereveal deblur``) as library functions.
+
+For every exposure: read the blurry frame, cut its spike window with the kernels into K LDN inputs
+(21 frames centred at each output time), run the runner once with K as the batch, clip, and write
+``frames/<exposure>_<k>.png`` (exposure zero-padded to 6 digits, k to 2), ``frames.csv`` (header
+``exposure_index,t_ns,image``, the shape of ``gt.csv``), a side-by-side MP4 (blurry | sharp) and
+``summary.json`` (engine, precision, per-stage times, skipped exposures). Exposures whose spike window is
+incomplete (truncated spike file, exposure at the very start) are skipped and listed, never guessed.
+
+ONNX for ``ort``/``trt``: ``prepare_runner`` uses ``onnx_path`` when given; otherwise it exports the
+checkpoint once into ``<out>/onnx/`` (next to the results, so a run is self-describing) and reuses that
+file while the checkpoint hash and precision match. An int8 export calibrates on the recording itself.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from spikereveal import __version__
+from spikereveal.engines.cache import check_precision_name, file_sha256
+from spikereveal.engines.runners import InputShape, Runner, RunnerOptions, create_runner
+from spikereveal.errors import ConfigError, FormatError
+from spikereveal.kernels.timing import DEFAULT_K, LDN_SPIKE_WINDOW, ExposureWindow, exposure_window, output_timestamps
+
+logger = logging.getLogger(__name__)
+
+FRAMES_DIR = "frames"
+FRAMES_CSV = "frames.csv"
+FRAMES_HEADER = ("exposure_index", "t_ns", "image")
+SUMMARY_FILE = "summary.json"
+VIDEO_FILE = "deblur.mp4"
+STAGES = ("read_image", "read_spikes", "kernels", "inference", "postprocess", "write")
+
+ProgressCallback = Callable[[int, int], None]  # (exposures done, exposures total)
+
+
+@dataclass(frozen=True)
+class DeblurConfig:
+    k: int = DEFAULT_K
+    write_video: bool = True
+    video_fps: float = 10.0
+    png_compression: int = 1  # 0-9; 1 is ~3x faster than OpenCV's default 3 for a few % more bytes
+    overwrite: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ConfigError(f"k (sharp frames per exposure) must be a positive integer, got {self.k!r}")
+        if not self.video_fps > 0:
+            raise ConfigError(f"video_fps must be positive, got {self.video_fps}")
+        if not 0 <= self.png_compression <= 9:
+            raise ConfigError(f"png_compression must be 0..9, got {self.png_compression}")
+
+
+class ExposureWindowReader:
+    """Reads one exposure at a time into preallocated LDN inputs ``blur (K,3,H,W)``, ``spikes (K,S,H/4,W/4)``.
+
+    The network grid is 4x the spike grid. ``calibration`` (a ``spikereveal.calibration`` RigCalibration or
+    None) moves exposure times onto the spike clock, warps the RGB frame onto the grid and corrects spike
+    frames; without one the RGB frame must already be on the grid (as in simulation). ``window.timestamps_ns``
+    stay on the recording's (RGB) clock, like ``gt.csv``.
+    """
+
+    def __init__(self, recording, k: int = DEFAULT_K, spike_frames: int = LDN_SPIKE_WINDOW, calibration=None):
+        from spikereveal.kernels import extract_ldn_input  # the numba kernels, loaded on first use
+
+        self._extract = extract_ldn_input
+        self.recording = recording
+        self.calibration = calibration
+        self.k = k
+        spike, rgb = recording.meta.spike, recording.meta.rgb
+        height, width = spike.canonical_shape
+        if calibration is None and (rgb.height, rgb.width) != (height, width):
+            raise ConfigError(
+                f"{recording.path}: the RGB frames are {rgb.width}x{rgb.height} but the network grid is "
+                f"{width}x{height} (4x the {spike.width}x{spike.height} spike sensor); calibrate the rig "
+                "('spikereveal calibrate geometry') so the RGB frame can be warped onto the grid")
+        self.shape = InputShape(k, height, width, spike_frames)
+        self.blur = np.empty(self.shape.blur, np.float32)
+        self.spikes = np.empty(self.shape.spikes, np.float32)
+        self.times_s = {"read_image": 0.0, "read_spikes": 0.0, "kernels": 0.0}
+
+    def window(self, index: int) -> ExposureWindow:
+        """Spike frames of exposure ``index`` (on the spike clock) with its output times (recording clock)."""
+        exposure = self.recording.exposure(index)
+        spike = self.recording.meta.spike
+        start, duration = exposure.start_ns, exposure.duration_ns
+        if self.calibration is not None:
+            start, duration = self.calibration.exposure_on_spike_clock(start, duration)
+        window = exposure_window(start, duration, spike.t0_ns, spike.rate_hz, self.k, self.recording.margin_frames)
+        return replace(window, timestamps_ns=output_timestamps(exposure.start_ns, exposure.duration_ns, self.k))
+
+    def complete_exposures(self):
+        frames = self.recording.spikes.frame_count
+        return [e for e in self.recording.exposures if self.window(e.index).inside(frames)]
+
+    def skipped_exposures(self) -> list[dict]:
+        frames = self.recording.spikes.frame_count
+        skipped = []
+        for exposure in self.recording.exposures:
+            window = self.window(exposure.index)
+            if not window.inside(frames):
+                skipped.append({"index": int(exposure.index), "reason": (
+                    f"spike window [{window.window_first}, {window.window_stop}) is not inside the "
+                    f"{frames} recorded spike frames")})
+        return skipped
+
+    def read(self, index: int):
+        """Fill the buffers for exposure ``index``; returns ``(blur, spikes, window)`` (the buffers themselves)."""
+        recording, calibration = self.recording, self.calibration
+        window = self.window(index)
+        started = time.perf_counter()
+        image = recording.read_exposure(index)
+        if calibration is not None:
+            image = calibration.warp_exposure(image)
+        np.copyto(self.blur, image[None])  # the same blurry frame for every output time
+        read_image = time.perf_counter()
+        packed = recording.spikes.read(window.window_first, window.window_stop)
+        read_spikes = time.perf_counter()
+        spike_height, spike_width = recording.meta.spike.height, recording.meta.spike.width
+        self._extract(packed, spike_height, spike_width, window.centers, window=self.shape.spike_frames,
+                      first_index=window.window_first, out=self.spikes)
+        if calibration is not None and calibration.photometric is not None:
+            np.copyto(self.spikes, calibration.correct_spike_frames(self.spikes))
+        done = time.perf_counter()
+        self.times_s["read_image"] += read_image - started
+        self.times_s["read_spikes"] += read_spikes - read_image
+        self.times_s["kernels"] += done - read_spikes
+        return self.blur, self.spikes, window
+
+
+def to_bgr8(images: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """float (N,3,H,W) BGR (any range) -> uint8 (N,H,W,3), clipped to [0,1] and rounded."""
+    scaled = np.clip(images, 0.0, 1.0) * np.float32(255.0) + np.float32(0.5)
+    if out is None:
+        out = np.empty((images.shape[0], images.shape[2], images.shape[3], 3), np.uint8)
+    np.copyto(out, scaled.transpose(0, 2, 3, 1), casting="unsafe")
+    return out
+
+
+def _prepare_output(out_dir: Path, overwrite: bool) -> None:
+    existing = [name for name in (FRAMES_CSV, SUMMARY_FILE, VIDEO_FILE) if (out_dir / name).exists()]
+    if existing and not overwrite:
+        raise ConfigError(f"{out_dir} already holds deblur results ({', '.join(existing)}); choose another --out "
+                          "or pass --overwrite")
+    (out_dir / FRAMES_DIR).mkdir(parents=True, exist_ok=True)
+
+
+def _open_video(path: Path, fps: float, width: int, height: int):
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
+    if not writer.isOpened():
+        logger.warning("OpenCV cannot write %s (no mp4v encoder in this build); no video is written", path)
+        return None
+    return writer
+
+
+def _stage_stats(per_exposure_s: list[float]) -> dict:
+    if not per_exposure_s:
+        return {"total_s": 0.0, "ms_p50": None, "ms_p99": None}
+    values = np.asarray(per_exposure_s) * 1e3
+    return {"total_s": float(values.sum() / 1e3), "ms_p50": float(np.percentile(values, 50)),
+            "ms_p99": float(np.percentile(values, 99, method="inverted_cdf"))}
+
+
+def deblur_recording(recording, runner: Runner, out_dir: str | os.PathLike, config: DeblurConfig | None = None,
+                     progress: ProgressCallback | None = None, calibration=None) -> dict:
+    """Deblur every complete exposure of an opened recording with a loaded runner; returns the summary.
+
+    The runner's shape must be ``(config.k, 3, H, W)`` on the recording's network grid; ``calibration``
+    (RigCalibration or None) is applied to every exposure.
+    """
+    import cv2
+
+    config = config or DeblurConfig()
+    out_dir = Path(out_dir)
+    reader = ExposureWindowReader(recording, k=config.k, spike_frames=runner.shape.spike_frames,
+                                  calibration=calibration)
+    if runner.shape != reader.shape:
+        raise ConfigError(f"the {runner.name} runner is loaded for {runner.shape} but the recording needs "
+                          f"{reader.shape}")
+    _prepare_output(out_dir, config.overwrite)
+    exposures = reader.complete_exposures()
+    skipped = reader.skipped_exposures()
+    for item in skipped:
+        logger.warning("exposure %d skipped: %s", item["index"], item["reason"])
+    height, width = reader.shape.height, reader.shape.width
+    video = _open_video(out_dir / VIDEO_FILE, config.video_fps, 2 * width, height) if config.write_video else None
+    sharp8 = np.empty((config.k, height, width, 3), np.uint8)
+    side_by_side = np.empty((height, 2 * width, 3), np.uint8)
+    png_params = [cv2.IMWRITE_PNG_COMPRESSION, config.png_compression]
+    stage_s: dict[str, list[float]] = {stage: [] for stage in STAGES}
+    rows = []
+    started = time.perf_counter()
+    try:
+        for done, exposure in enumerate(exposures, start=1):
+            before = dict(reader.times_s)
+            blur, spikes, window = reader.read(exposure.index)
+            for stage in ("read_image", "read_spikes", "kernels"):
+                stage_s[stage].append(reader.times_s[stage] - before[stage])
+            t0 = time.perf_counter()
+            sharp = runner.infer(blur, spikes)
+            t1 = time.perf_counter()
+            to_bgr8(sharp, out=sharp8)
+            blur8 = to_bgr8(blur[:1])[0]
+            t2 = time.perf_counter()
+            for k in range(config.k):
+                name = f"{FRAMES_DIR}/{exposure.index:06d}_{k:02d}.png"
+                if not cv2.imwrite(str(out_dir / name), sharp8[k], png_params):
+                    raise FormatError(out_dir / name, "OpenCV could not write the PNG image")
+                rows.append((exposure.index, int(window.timestamps_ns[k]), name))
+                if video is not None:
+                    side_by_side[:, :width] = blur8
+                    side_by_side[:, width:] = sharp8[k]
+                    video.write(side_by_side)
+            t3 = time.perf_counter()
+            stage_s["inference"].append(t1 - t0)
+            stage_s["postprocess"].append(t2 - t1)
+            stage_s["write"].append(t3 - t2)
+            if progress is not None:
+                progress(done, len(exposures))
+    finally:
+        if video is not None:
+            video.release()
+    wall_s = time.perf_counter() - started
+    with open(out_dir / FRAMES_CSV, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(FRAMES_HEADER)
+        writer.writerows(rows)
+    summary = {
+        "spikereveal_version": __version__,
+        "recording": str(recording.path),
+        "engine": runner.name,
+        "precision": runner.precision,
+        "runner": runner.describe(),
+        "k": config.k,
+        "exposures_total": len(recording.exposures),
+        "exposures_processed": len(exposures),
+        "frames_written": len(rows),
+        "skipped_exposures": skipped,
+        "calibration": None if calibration is None else str(getattr(calibration, "path", None) or "given"),
+        "video": VIDEO_FILE if video is not None else None,
+        "wall_s": wall_s,
+        "stages": {stage: _stage_stats(values) for stage, values in stage_s.items()},
+    }
+    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    return summary
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """Which engine runs the network and from what: checkpoint (torch, or exported for ort/trt) or ONNX."""
+
+    engine: str = "ort"
+    precision: str = "fp32"
+    model: str | None = None  # LDN checkpoint; None: the shipped default
+    onnx_path: str | None = None  # ort/trt: use this export instead of exporting the checkpoint
+    options: RunnerOptions = field(default_factory=RunnerOptions)
+
+    def __post_init__(self):
+        check_precision_name(self.precision)
+        if self.engine == "torch" and self.onnx_path is not None:
+            raise ConfigError("--onnx is for the ort and trt engines; the torch engine runs the checkpoint")
+
+
+def _cached_export(choice: EngineChoice, shape: InputShape, out_dir: Path, recording_path) -> Path:
+    from spikereveal.engines.export import ExportConfig, export_checkpoint, read_onnx_metadata, resolve_model_path
+
+    checkpoint = resolve_model_path(choice.model)
+    target = out_dir / "onnx" / f"ldn_{choice.precision}_{shape.batch}x{shape.height}x{shape.width}.onnx"
+    sha = file_sha256(checkpoint)
+    if target.is_file():
+        meta = read_onnx_metadata(target)
+        if meta.get("source_sha256") == sha and meta.get("precision") == choice.precision:
+            logger.info("reusing %s", target)
+            return target
+    config = ExportConfig(precision=choice.precision, batch=shape.batch, height=shape.height, width=shape.width)
+    calib = [recording_path] if choice.precision == "int8" else ()
+    logger.info("exporting %s to %s", checkpoint, target)
+    return export_checkpoint(checkpoint, target, config, calib_recordings=calib)
+
+
+def prepare_runner(choice: EngineChoice, shape: InputShape, out_dir: str | os.PathLike,
+                   recording_path=None) -> Runner:
+    """An (unloaded) runner for ``shape``; exports the checkpoint to ``<out_dir>/onnx`` when ort/trt need it."""
+    if choice.engine == "torch":
+        from spikereveal.engines.export import resolve_model_path
+
+        return create_runner("torch", shape, model=resolve_model_path(choice.model), precision=choice.precision,
+                             options=choice.options)
+    onnx_path = choice.onnx_path
+    if onnx_path is None:
+        onnx_path = _cached_export(choice, shape, Path(out_dir), recording_path)
+    return create_runner(choice.engine, shape, onnx_path=onnx_path, precision=choice.precision,
+                         options=choice.options)
+
+
+def deblur(recording_path: str | os.PathLike, out_dir: str | os.PathLike, choice: EngineChoice | None = None,
+           config: DeblurConfig | None = None, progress: ProgressCallback | None = None,
+           calibration_path: str | os.PathLike | None = None, use_calibration: bool = True) -> dict:
+    """Open the recording (tolerating a truncated spike file), prepare the engine and deblur it all.
+
+    The rig calibration applied is the recording's ``calibration.json`` (or ``calibration_path``) unless
+    ``use_calibration`` is False.
+    """
+    from spikereveal.recording import open_recording
+
+    choice = choice or EngineChoice()
+    config = config or DeblurConfig()
+    out_dir = Path(out_dir)
+    with open_recording(recording_path, strict=False) as recording:
+        calibration = None
+        if use_calibration and (calibration_path is not None or recording.calibration_path is not None):
+            from spikereveal.calibration.store import load_rig_calibration
+
+            calibration = load_rig_calibration(recording, calibration_path, use_calibration)
+        spike = recording.meta.spike
+        height, width = spike.canonical_shape
+        shape = InputShape(config.k, height, width)
+        if choice.engine != "torch":
+            _prepare_output(out_dir, config.overwrite)  # fail before a costly export, not after
+        started = time.perf_counter()
+        runner = prepare_runner(choice, shape, out_dir, recording_path)
+        with runner:
+            prepare_s = time.perf_counter() - started
+            summary = deblur_recording(recording, runner, out_dir, config, progress, calibration)
+    summary["prepare_s"] = prepare_s
+    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    return summary

@@ -1,0 +1,387 @@
+"""Export the LDN student to ONNX at fp32, fp16 or int8 (SPEC §3, §8).
+
+Every export has the inputs ``blur`` (K,3,H,W) and ``spikes`` (K,S,H/4,W/4) and the output ``sharp``
+(K,3,H,W), all float32 whatever the precision (the output is the unclipped network value: clip to [0,1]
+where it is consumed). fp16 is a float16 graph with float32 I/O; int8 is a static Q/DQ graph calibrated on
+real exposure windows, the form TensorRT 11 (which has no INT8 builder flag) and ONNX Runtime both run.
+The file carries ``spikereveal.*`` metadata: network config, spike window, colour order, precision, the
+source checkpoint's sha256 and the spikereveal version; ``read_onnx_metadata`` reads it back.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from spikereveal import __version__
+from spikereveal.engines.cache import PRECISIONS, check_precision_name, file_sha256
+from spikereveal.engines.runners import INPUT_NAMES, OUTPUT_NAME, SPIKE_SCALE, InputShape
+from spikereveal.errors import ConfigError, FormatError, require
+from spikereveal.kernels.timing import DEFAULT_K
+
+logger = logging.getLogger(__name__)
+
+METADATA_PREFIX = "spikereveal."
+DEFAULT_OPSET = 17
+#: shape used to trace a dynamic export (any multiple of 4 works)
+_TRACE_SHAPE = (1, 64, 96)
+DEFAULT_MODEL_RESOURCE = "models/ldn_default.pt"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What to export: precision, and either one static geometry (batch K, H, W) or dynamic axes."""
+
+    precision: str = "fp32"
+    batch: int = DEFAULT_K
+    height: int | None = None
+    width: int | None = None
+    dynamic: bool = False
+    opset: int = DEFAULT_OPSET
+    calibration_windows: int = 16  # int8: how many exposure windows calibrate the activation ranges
+    subpixel_decoder: bool = True  # export transposed convs as Conv + DepthToSpace (exact; faster on ORT)
+
+    def __post_init__(self):
+        check_precision_name(self.precision)
+        if self.dynamic:
+            if self.height is not None or self.width is not None:
+                raise ConfigError("give either --height/--width (static shapes) or --dynamic, not both")
+        elif self.height is None or self.width is None:
+            raise ConfigError(
+                "a static export needs the image --height and --width (4x the spike sensor, e.g. 720 1280 "
+                "for gopro, 1000 1600 for rsb), or pass --dynamic"
+            )
+        else:
+            InputShape(self.batch, self.height, self.width)  # validates multiples of 4
+        if isinstance(self.batch, bool) or self.batch < 1:
+            raise ConfigError(f"batch (K frames per exposure) must be >= 1, got {self.batch}")
+        if self.opset < 13:
+            raise ConfigError(f"opset must be >= 13 (Q/DQ per-channel needs it), got {self.opset}")
+        if self.calibration_windows < 1:
+            raise ConfigError(f"calibration_windows must be >= 1, got {self.calibration_windows}")
+
+
+# -- model location ------------------------------------------------------------------------------------
+def default_model_path() -> Path | None:
+    """The shipped default LDN checkpoint (package data ``spikereveal/models/ldn_default.pt``), if any."""
+    try:
+        resource = importlib.resources.files("spikereveal").joinpath(DEFAULT_MODEL_RESOURCE)
+    except (ModuleNotFoundError, TypeError):
+        return None
+    path = Path(str(resource))
+    return path if path.is_file() else None
+
+
+def resolve_model_path(model: str | os.PathLike | None) -> Path:
+    """``model`` if given (must exist), else the shipped default; ConfigError saying what to pass."""
+    if model is not None:
+        path = Path(model)
+        if not path.is_file():
+            raise ConfigError(f"model checkpoint {path} does not exist; pass an LDN checkpoint with --model")
+        return path
+    path = default_model_path()
+    if path is None:
+        raise ConfigError(
+            "no default model is installed (spikereveal/models/ldn_default.pt); pass an LDN checkpoint with "
+            "--model CKPT (train one with 'spikereveal train ldn' or convert the official weights with "
+            "'spikereveal import-weights')"
+        )
+    return path
+
+
+# -- metadata ------------------------------------------------------------------------------------------
+def build_metadata(network_config: Mapping[str, Any], precision: str, source_sha256: str,
+                   config: ExportConfig, extra: Mapping[str, Any] | None = None) -> dict[str, str]:
+    spike_frames = int(network_config.get("spike_frames", 21))
+    values: dict[str, Any] = {
+        "format": "spikereveal-ldn-onnx",
+        "version": __version__,
+        "network": "ldn",
+        "network_config": json.dumps(dict(network_config), sort_keys=True),
+        "spike_window": spike_frames,
+        "spike_scale": SPIKE_SCALE,
+        "color_order": "bgr",
+        "value_range": "[0,1]; output unclipped, clip to [0,1]",
+        "precision": precision,
+        "source_sha256": source_sha256,
+        "batch": "dynamic" if config.dynamic else config.batch,
+        "height": "dynamic" if config.dynamic else config.height,
+        "width": "dynamic" if config.dynamic else config.width,
+        "inputs": ",".join(INPUT_NAMES),
+        "outputs": OUTPUT_NAME,
+    }
+    values.update(extra or {})
+    return {METADATA_PREFIX + key: str(value) for key, value in values.items()}
+
+
+def _strip_prefix(props: Mapping[str, str]) -> dict[str, str]:
+    return {key[len(METADATA_PREFIX):]: value for key, value in props.items() if key.startswith(METADATA_PREFIX)}
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``spikereveal.*`` metadata of an export (prefix removed). Needs only onnxruntime."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"ONNX file {path} does not exist")
+    try:
+        import onnx  # lighter than a session when available
+
+        model = onnx.load(str(path), load_external_data=False)
+        props = {p.key: p.value for p in model.metadata_props}
+    except ImportError:
+        ort = require("onnxruntime", "reading ONNX metadata", "dev")
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        props = dict(session.get_modelmeta().custom_metadata_map)
+    except Exception as exc:  # onnx raises DecodeError & co for a file that is not ONNX
+        raise FormatError(path, f"is not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
+    return _strip_prefix(props)
+
+
+def onnx_graph_precision(model) -> str:
+    """The precision a graph really computes in: int8 if it has Q/DQ nodes, fp16 if float16 weights, else fp32."""
+    onnx = require("onnx", "inspecting ONNX graphs", "train")
+    ops = {node.op_type for node in model.graph.node}
+    if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger"}:
+        return "int8"
+    float16 = onnx.TensorProto.FLOAT16
+    if any(init.data_type == float16 for init in model.graph.initializer):
+        return "fp16"
+    if any(node.op_type == "Cast" and any(a.name == "to" and a.i == float16 for a in node.attribute)
+           for node in model.graph.node):
+        return "fp16"
+    return "fp32"
+
+
+def check_onnx_precision(metadata: Mapping[str, str], precision: str, path) -> None:
+    """Refuse to run an export as a precision it was not exported at (metadata check, no graph load)."""
+    stated = metadata.get("precision")
+    if stated is None:
+        logger.warning("%s has no spikereveal precision metadata; trusting the caller's %s", path, precision)
+        return
+    if stated != precision:
+        raise ConfigError(f"{path} is a {stated} export but {precision} was asked for; "
+                          f"export it with --precision {precision} or ask for {stated}")
+
+
+# -- export ----------------------------------------------------------------------------------------------
+def _export_fp32(model, out_path: Path, config: ExportConfig) -> None:
+    torch = require("torch", "ONNX export", "train")
+    spike_frames = int(getattr(getattr(model, "config", None), "spike_frames", 21))
+    batch, height, width = _TRACE_SHAPE if config.dynamic else (config.batch, config.height, config.width)
+    generator = torch.Generator().manual_seed(0)
+    blur = torch.rand(batch, 3, height, width, generator=generator)
+    spikes = (torch.rand(batch, spike_frames, height // SPIKE_SCALE, width // SPIKE_SCALE,
+                         generator=generator) < 0.2).float()
+    dynamic_axes = None
+    if config.dynamic:
+        dynamic_axes = {
+            "blur": {0: "batch", 2: "height", 3: "width"},
+            "spikes": {0: "batch", 2: "spike_height", 3: "spike_width"},
+            "sharp": {0: "batch", 2: "height", 3: "width"},
+        }
+    model = model.eval().float()
+    with warnings.catch_warnings(), torch.no_grad():
+        # the TorchScript exporter is deprecated in torch >= 2.9 but needs no onnxscript and gives the plain
+        # Conv/Relu graph every runtime (TensorRT 10.3 included) handles
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=FutureWarning)
+        torch.onnx.export(
+            model, (blur, spikes), str(out_path), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+            dynamic_axes=dynamic_axes, opset_version=config.opset, do_constant_folding=True, dynamo=False,
+        )
+
+
+def _to_fp16(model_proto):
+    """float16 graph, float32 inputs/outputs (Cast at the edges)."""
+    try:  # the standalone package, when installed, is the upstream of onnxruntime's copy
+        from onnxconverter_common.float16 import convert_float_to_float16
+    except ImportError:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+    converted = convert_float_to_float16(model_proto, keep_io_types=True)
+    # the converter appends the I/O Casts at the end of the node list; the checker wants producers first
+    _sort_nodes_topologically(converted.graph)
+    return converted
+
+
+def _sort_nodes_topologically(graph) -> None:
+    """Reorder ``graph.node`` so every node comes after the producers of its inputs (stable otherwise)."""
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        ready = [n for n in pending if all(name in available for name in n.input)]
+        if not ready:
+            raise ConfigError("the fp16 graph has a cycle or an input nobody produces; cannot export it")
+        for node in ready:
+            available.update(node.output)
+        ordered.extend(ready)
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+    copies = [type(n)() for n in ordered]
+    for copy, node in zip(copies, ordered):
+        copy.CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
+class WindowCalibrationReader:
+    """onnxruntime CalibrationDataReader over exposure windows: ``(blur, spikes)`` pairs or
+    ``{"blur", "spikes"}`` dicts (e.g. ``spikereveal.calibration.int8_data.ldn_calibration_windows``).
+
+    ``shape``: refuse windows of another geometry with a clear error (a static export calibrates on its own).
+    """
+
+    def __init__(self, windows: Iterable, limit: int | None = None, shape: InputShape | None = None):
+        self._windows = iter(windows)
+        self._left = limit
+        self._shape = shape
+        self.count = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._left is not None and self._left <= 0:
+            return None
+        try:
+            item = next(self._windows)
+        except StopIteration:
+            return None
+        blur, spikes = (item["blur"], item["spikes"]) if isinstance(item, Mapping) else item
+        if self._shape is not None and (blur.shape, spikes.shape) != (self._shape.blur, self._shape.spikes):
+            raise ConfigError(
+                f"a calibration window has blur {blur.shape} and spikes {spikes.shape} but the export's geometry "
+                f"is {self._shape.blur} / {self._shape.spikes}; calibrate on recordings of the export's geometry "
+                "and --batch (or export with --dynamic)")
+        if self._left is not None:
+            self._left -= 1
+        self.count += 1
+        return {"blur": np.ascontiguousarray(blur, np.float32), "spikes": np.ascontiguousarray(spikes, np.float32)}
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self.get_next()
+        if item is None:
+            raise StopIteration
+        return item
+
+
+def _quantize_int8(fp32_path: Path, out_path: Path, windows: Iterable, limit: int, shape: InputShape | None) -> int:
+    quantization = require("onnxruntime.quantization", "int8 export", "dev")
+    reader = WindowCalibrationReader(windows, limit, shape)
+    with tempfile.TemporaryDirectory(prefix="spikereveal-quant-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        try:  # shape inference + graph cleanup that the quantizer recommends
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        except Exception as exc:  # pre-processing is an optimisation: fall back to the raw export
+            logger.info("quantization pre-processing skipped: %s", exc)
+            prepared = fp32_path
+        quantization.quantize_static(
+            str(prepared), str(out_path), reader,
+            quant_format=quantization.QuantFormat.QDQ,
+            activation_type=quantization.QuantType.QInt8,
+            weight_type=quantization.QuantType.QInt8,
+            per_channel=True,
+            calibrate_method=quantization.CalibrationMethod.MinMax,
+            # symmetric activations: what TensorRT's explicit-quantization path expects
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        )
+    if reader.count == 0:
+        raise ConfigError("int8 calibration got no windows: the calibration recordings hold no exposure with a "
+                          "complete spike window")
+    return reader.count
+
+
+def export_ldn(model, out_path: str | os.PathLike, config: ExportConfig, *, source_sha256: str = "",
+               calibration: Iterable[tuple[np.ndarray, np.ndarray]] | None = None,
+               extra_metadata: Mapping[str, Any] | None = None) -> Path:
+    """Export an LDN ``nn.Module`` to ``out_path`` at ``config.precision``; returns the path.
+
+    ``calibration`` (int8 only): an iterable of ``(blur, spikes)`` float32 windows (pairs or dicts) of the
+    export's geometry; the first ``config.calibration_windows`` are used.
+    """
+    onnx = require("onnx", "ONNX export", "train")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if config.precision == "int8" and calibration is None:
+        raise ConfigError("an int8 export needs calibration data: pass --calib with one or more recordings")
+    network_config = model.config.to_dict() if hasattr(model, "config") else {}
+    extra = dict(extra_metadata or {})
+    if config.subpixel_decoder:
+        from spikereveal.engines.subpixel import rewrite_transposed_convs
+
+        model, rewritten = rewrite_transposed_convs(model)
+        extra["subpixel_decoder_layers"] = rewritten
+    with tempfile.TemporaryDirectory(prefix="spikereveal-export-") as tmp:
+        fp32_path = Path(tmp) / "fp32.onnx"
+        _export_fp32(model, fp32_path, config)
+        if config.precision == "fp32":
+            proto = onnx.load(str(fp32_path))
+        elif config.precision == "fp16":
+            proto = _to_fp16(onnx.load(str(fp32_path)))
+        else:
+            int8_path = Path(tmp) / "int8.onnx"
+            shape = None if config.dynamic else InputShape(config.batch, config.height, config.width,
+                                                           int(network_config.get("spike_frames", 21)))
+            extra["calibration_windows"] = _quantize_int8(fp32_path, int8_path, calibration,
+                                                          config.calibration_windows, shape)
+            proto = onnx.load(str(int8_path))
+    actual = onnx_graph_precision(proto)
+    if actual != config.precision:
+        raise ConfigError(f"the {config.precision} export came out as a {actual} graph; this is a bug in the "
+                          "exporter or its converter version")
+    del proto.metadata_props[:]
+    for key, value in build_metadata(network_config, config.precision, source_sha256, config, extra).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name, proto.producer_version = "spikereveal", __version__
+    onnx.checker.check_model(proto, full_check=True)
+    partial = out_path.with_name(out_path.name + ".partial")
+    onnx.save(proto, str(partial))
+    os.replace(partial, out_path)
+    return out_path
+
+
+def export_checkpoint(checkpoint: str | os.PathLike | None, out_path: str | os.PathLike, config: ExportConfig,
+                      calib_recordings: Sequence[str | os.PathLike] = (),
+                      calib_cache: str | os.PathLike | None = None) -> Path:
+    """Load an LDN checkpoint (None: the shipped default) and export it.
+
+    int8 calibrates on up to ``config.calibration_windows`` real windows cut evenly from the recordings by
+    ``spikereveal.calibration.int8_data`` (rig calibration applied; cached in ``calib_cache`` when given).
+    """
+    from spikereveal.engines.checkpoint import load_checkpoint
+
+    checkpoint = resolve_model_path(checkpoint)
+    model, meta = load_checkpoint(checkpoint, expected_kind="ldn")
+    calibration = None
+    if config.precision == "int8":
+        if not calib_recordings:
+            raise ConfigError("an int8 export needs calibration data: pass --calib with one or more recordings")
+        from spikereveal.calibration.int8_data import ldn_calibration_windows
+
+        calibration = ldn_calibration_windows(
+            [Path(p) for p in calib_recordings], k=config.batch, max_windows=config.calibration_windows,
+            cache_path=calib_cache, spike_window=model.config.spike_frames)
+    elif calib_recordings:
+        logger.warning("--calib is only used by int8 exports; ignored for %s", config.precision)
+    extra = {"source_checkpoint": Path(checkpoint).name}
+    return export_ldn(model, out_path, config, source_sha256=file_sha256(checkpoint), calibration=calibration,
+                      extra_metadata=extra)
+
+
+__all__ = [
+    "PRECISIONS", "ExportConfig", "WindowCalibrationReader", "build_metadata", "check_onnx_precision",
+    "default_model_path", "export_checkpoint", "export_ldn", "onnx_graph_precision", "read_onnx_metadata",
+    "resolve_model_path",
+]

@@ -1,0 +1,343 @@
+"""One small runner interface over ONNX Runtime, PyTorch eager and TensorRT (Polygraphy-like).
+
+A runner holds one loaded network for one static input geometry ``(K, 3, H, W)`` + ``(K, S, H/4, W/4)``
+(K = output frames per exposure, S = spike frames per window). ``load()`` builds/loads and warms it up;
+``infer(blur, spikes)`` runs one exposure window and returns the runner's preallocated ``sharp`` array
+(float32, ``(K, 3, H, W)``, unclipped network output) which the next call overwrites: copy it to keep it.
+Runners are context managers (``with create_runner(...) as runner:`` loads and closes).
+
+Backends are looked up by name in ``RUNNERS`` and imported lazily, so this module imports neither
+onnxruntime, torch nor TensorRT; a missing backend raises one MissingDependencyError.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from spikereveal.engines.cache import check_precision_name
+from spikereveal.errors import ConfigError, MissingDependencyError, SpikeRevealError
+from spikereveal.kernels.timing import LDN_SPIKE_WINDOW
+
+logger = logging.getLogger(__name__)
+
+SPIKE_SCALE = 4  # image / spike resolution ratio of the LDN
+INPUT_NAMES = ("blur", "spikes")
+OUTPUT_NAME = "sharp"
+
+
+@dataclass(frozen=True)
+class InputShape:
+    """Static geometry of one exposure window: K frames of an H x W image, S spike frames each."""
+
+    batch: int
+    height: int
+    width: int
+    spike_frames: int = LDN_SPIKE_WINDOW
+
+    def __post_init__(self):
+        for name in ("batch", "height", "width", "spike_frames"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        if self.height % SPIKE_SCALE or self.width % SPIKE_SCALE:
+            raise ConfigError(
+                f"image height and width must be multiples of {SPIKE_SCALE} (spikes are a quarter of the "
+                f"image), got {self.height}x{self.width}"
+            )
+
+    @property
+    def blur(self) -> tuple[int, int, int, int]:
+        return (self.batch, 3, self.height, self.width)
+
+    @property
+    def spikes(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.spike_frames, self.height // SPIKE_SCALE, self.width // SPIKE_SCALE)
+
+    @property
+    def sharp(self) -> tuple[int, int, int, int]:
+        return self.blur
+
+    def as_dict(self) -> dict[str, tuple[int, ...]]:
+        return {"blur": self.blur, "spikes": self.spikes}
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    """Backend-independent runner settings. ``threads=None``: all cores but one (leave room for ingest)."""
+
+    threads: int | None = None
+    warmup_runs: int = 1
+    cache_dir: str | None = None  # TensorRT engine cache; None: the user cache directory
+    workspace_bytes: int = 1 << 30  # TensorRT builder memory-pool limit
+    cuda_graph: bool = False  # TensorRT: replay copies + execution as one CUDA graph
+    device: int | None = None  # CUDA device ordinal; None: the current device
+
+    def __post_init__(self):
+        if self.threads is not None and (isinstance(self.threads, bool) or self.threads < 1):
+            raise ConfigError(f"threads must be a positive integer or None, got {self.threads!r}")
+        if self.warmup_runs < 0:
+            raise ConfigError(f"warmup_runs must be >= 0, got {self.warmup_runs}")
+        if self.workspace_bytes < (1 << 20):
+            raise ConfigError(f"workspace_bytes must be at least 1 MiB, got {self.workspace_bytes}")
+
+    def resolved_threads(self) -> int:
+        if self.threads is not None:
+            return int(self.threads)
+        return max(1, (os.cpu_count() or 2) - 1)
+
+
+class RunnerError(SpikeRevealError, RuntimeError):
+    """A backend failed to load or run the network."""
+
+
+class Runner(abc.ABC):
+    """Load once, warm up, then ``infer`` exposure windows on preallocated buffers."""
+
+    name: ClassVar[str]
+
+    def __init__(self, shape: InputShape, precision: str = "fp32", options: RunnerOptions | None = None):
+        self.shape = shape
+        self.precision = check_precision_name(precision)
+        self.options = options or RunnerOptions()
+        self.loaded = False
+        self.sharp: np.ndarray | None = None  # the preallocated output, filled by every infer()
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def load(self) -> "Runner":
+        """Load the network and run ``options.warmup_runs`` inferences on zeros. Idempotent."""
+        if self.loaded:
+            return self
+        self._load()
+        self.loaded = True
+        blur = np.zeros(self.shape.blur, np.float32)
+        spikes = np.zeros(self.shape.spikes, np.float32)
+        for _ in range(self.options.warmup_runs):
+            self.infer(blur, spikes)
+        return self
+
+    def close(self) -> None:
+        if self.loaded:
+            self._close()
+        self.loaded = False
+
+    def __enter__(self) -> "Runner":
+        return self.load()
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # -- inference -------------------------------------------------------------------------------------
+    def infer(self, blur: np.ndarray, spikes: np.ndarray) -> np.ndarray:
+        """One exposure window: ``blur (K,3,H,W)``, ``spikes (K,S,H/4,W/4)`` float32 -> ``sharp (K,3,H,W)``.
+
+        Returns the runner's own output buffer (unclipped), overwritten by the next call.
+        """
+        if not self.loaded:
+            raise RunnerError(f"{self.name} runner: call load() (or use it as a context manager) before infer()")
+        return self._infer(self._check_input("blur", blur, self.shape.blur),
+                           self._check_input("spikes", spikes, self.shape.spikes))
+
+    def _check_input(self, name: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        if not isinstance(array, np.ndarray):
+            raise ConfigError(f"{name} must be a numpy array, got {type(array).__name__}")
+        if array.shape != shape:
+            raise ConfigError(f"{self.name} runner was loaded for {name} of shape {shape}, got {array.shape}")
+        if array.dtype != np.float32 or not array.flags.c_contiguous:
+            array = np.ascontiguousarray(array, dtype=np.float32)
+        return array
+
+    def describe(self) -> dict[str, Any]:
+        """What a report needs to say about this runner."""
+        return {"runner": self.name, "precision": self.precision, "shape": self.shape.as_dict()}
+
+    @abc.abstractmethod
+    def _load(self) -> None: ...
+
+    @abc.abstractmethod
+    def _infer(self, blur: np.ndarray, spikes: np.ndarray) -> np.ndarray: ...
+
+    def _close(self) -> None:
+        pass
+
+
+def _require_file(path, what: str) -> Path:
+    if path is None:
+        raise ConfigError(f"the {what} needs a model file; pass its path")
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what}: model file {path} does not exist")
+    return path
+
+
+# -- ONNX Runtime (CPU) -------------------------------------------------------------------------------
+class OrtRunner(Runner):
+    """ONNX Runtime on CPU: explicit threads, no spinning, sequential, ORT_ENABLE_ALL, I/O binding."""
+
+    name = "ort"
+
+    def __init__(self, onnx_path, shape: InputShape, precision: str = "fp32",
+                 options: RunnerOptions | None = None):
+        super().__init__(shape, precision, options)
+        self.onnx_path = _require_file(onnx_path, "ONNX Runtime runner")
+        self._session = None
+        self._binding = None
+
+    def _load(self) -> None:
+        ort = _import_backend("onnxruntime", "the ONNX Runtime runner", "dev")
+        from spikereveal.engines.export import check_onnx_precision, read_onnx_metadata
+
+        check_onnx_precision(read_onnx_metadata(self.onnx_path), self.precision, self.onnx_path)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.options.resolved_threads()
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # busy-waiting threads steal the cores that ingest and the numba kernels need
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        try:
+            self._session = ort.InferenceSession(str(self.onnx_path), sess_options=so,
+                                                 providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own exception types for invalid graphs
+            raise RunnerError(f"ONNX Runtime cannot load {self.onnx_path}: {exc}") from exc
+        names = {i.name for i in self._session.get_inputs()}
+        if names != set(INPUT_NAMES) or [o.name for o in self._session.get_outputs()] != [OUTPUT_NAME]:
+            raise RunnerError(f"{self.onnx_path} is not a spikereveal LDN export: inputs {sorted(names)}, "
+                              f"expected {list(INPUT_NAMES)} -> {OUTPUT_NAME!r}; re-export it")
+        expected = self.shape.as_dict()
+        for tensor in self._session.get_inputs():
+            static = all(isinstance(d, int) for d in tensor.shape)
+            if static and tuple(tensor.shape) != expected[tensor.name]:
+                raise ConfigError(f"{self.onnx_path} is a static export with {tensor.name} {tuple(tensor.shape)}, "
+                                  f"but {expected[tensor.name]} is needed; re-export it for this geometry "
+                                  "(--batch/--height/--width) or with --dynamic")
+        self.sharp = np.empty(self.shape.sharp, np.float32)
+        self._binding = self._session.io_binding()
+        self._binding.bind_output(OUTPUT_NAME, "cpu", 0, np.float32, self.shape.sharp, self.sharp.ctypes.data)
+        self._ortvalue = ort.OrtValue
+
+    def _infer(self, blur: np.ndarray, spikes: np.ndarray) -> np.ndarray:
+        # OrtValues over the caller's CPU arrays: no copy of the (large) inputs
+        self._binding.bind_ortvalue_input("blur", self._ortvalue.ortvalue_from_numpy(blur))
+        self._binding.bind_ortvalue_input("spikes", self._ortvalue.ortvalue_from_numpy(spikes))
+        self._session.run_with_iobinding(self._binding)
+        return self.sharp
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info.update(onnx=str(self.onnx_path), threads=self.options.resolved_threads())
+        return info
+
+    def _close(self) -> None:
+        self._binding = None
+        self._session = None
+
+
+# -- PyTorch eager (the reference) ---------------------------------------------------------------------
+class TorchRunner(Runner):
+    """PyTorch eager on CPU, fp32: the reference the exports are compared against."""
+
+    name = "torch"
+
+    def __init__(self, model, shape: InputShape, precision: str = "fp32", options: RunnerOptions | None = None):
+        """``model``: a loaded ``torch.nn.Module`` or the path of an LDN checkpoint."""
+        super().__init__(shape, precision, options)
+        if self.precision != "fp32":
+            raise ConfigError("the torch runner is the fp32 reference; use --engine ort or trt for "
+                              f"{self.precision}")
+        self._model_source = model
+        self._model = None
+
+    def _load(self) -> None:
+        torch = _import_backend("torch", "the PyTorch runner", "train")
+        model = self._model_source
+        if isinstance(model, (str, os.PathLike)):
+            from spikereveal.engines.checkpoint import load_checkpoint
+
+            model, _ = load_checkpoint(_require_file(model, "PyTorch runner"), expected_kind="ldn")
+        if not isinstance(model, torch.nn.Module):
+            raise ConfigError(f"the torch runner needs an nn.Module or a checkpoint path, got {type(model).__name__}")
+        # process-wide in torch; set always so that torch and ort compare at the same thread count
+        torch.set_num_threads(self.options.resolved_threads())
+        self._model = model.eval().float()
+        self._torch = torch
+        self.sharp = np.empty(self.shape.sharp, np.float32)
+        self._sharp_tensor = torch.from_numpy(self.sharp)
+
+    def _infer(self, blur: np.ndarray, spikes: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            self._sharp_tensor.copy_(self._model(torch.from_numpy(blur), torch.from_numpy(spikes)))
+        return self.sharp
+
+    def _close(self) -> None:
+        self._model = None
+
+
+# -- registry -------------------------------------------------------------------------------------------
+#: name -> "module:Class"; imported on first use so optional backends cost nothing until asked for.
+RUNNERS: dict[str, str] = {
+    "ort": "spikereveal.engines.runners:OrtRunner",
+    "torch": "spikereveal.engines.runners:TorchRunner",
+    "trt": "spikereveal.engines.trt:TrtRunner",
+}
+
+#: what each backend needs installed: (module, pip extra)
+RUNNER_DEPENDENCIES: dict[str, tuple[tuple[str, str], ...]] = {
+    "ort": (("onnxruntime", "dev"),),
+    "torch": (("torch", "train"),),
+    "trt": (("tensorrt", "trt"),),
+}
+
+
+def _import_backend(module: str, feature: str, extra: str):
+    try:
+        return importlib.import_module(module)
+    except Exception as exc:  # TensorRT raises OSError-like errors when its libraries are missing
+        raise MissingDependencyError(module, feature, extra) from exc
+
+
+def runner_class(name: str) -> type[Runner]:
+    """The Runner subclass registered as ``name``; raises ConfigError for unknown names."""
+    if name not in RUNNERS:
+        raise ConfigError(f"unknown engine {name!r}; choose one of {sorted(RUNNERS)}")
+    module_name, class_name = RUNNERS[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def runner_unavailable_reason(name: str) -> str | None:
+    """None when ``name`` can run here, else why not (missing package, no GPU)."""
+    if name not in RUNNERS:
+        return f"unknown engine {name!r}"
+    for module, extra in RUNNER_DEPENDENCIES[name]:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            return f"{module} is not importable ({type(exc).__name__}: {exc}); pip install 'spikereveal[{extra}]'"
+    if name == "trt":
+        from spikereveal.engines.trt import cuda_unavailable_reason
+
+        return cuda_unavailable_reason()
+    return None
+
+
+def available_runners() -> list[str]:
+    return [name for name in RUNNERS if runner_unavailable_reason(name) is None]
+
+
+def create_runner(name: str, shape: InputShape, *, onnx_path=None, model=None, precision: str = "fp32",
+                  options: RunnerOptions | None = None) -> Runner:
+    """Make (not load) a runner: ``ort``/``trt`` take ``onnx_path``, ``torch`` takes ``model``."""
+    cls = runner_class(name)
+    if name == "torch":
+        return cls(model, shape, precision, options)
+    return cls(onnx_path, shape, precision, options)
