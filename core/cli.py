@@ -15,7 +15,7 @@ from spikereveal import __version__
 from spikereveal.errors import SpikeRevealError
 
 # Verbs, in the order ``--help`` lists them. A verb appears here once it works end to end.
-COMMAND_MODULES: tuple[str, ...] = ("simulate", "replay", "import_weights", "bench")
+COMMAND_MODULES: tuple[str, ...] = ("simulate", "train", "eval", "export", "build_engine", "deblur", "calibrate", "replay", "import_weights", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

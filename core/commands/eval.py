@@ -1,0 +1,110 @@
+"""``spikereveal eval``: PSNR/SSIM of blurry input, plain SDM, teacher and student against ``gt.csv``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from spikereveal.errors import ConfigError
+
+#: Shipped teacher checkpoints (package data next to the default student ``models/ldn_default.pt``).
+SHIPPED_TEACHER = {"bsn": "models/bsn_default.pt", "sr": "models/sr_default.pt"}
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="PSNR/SSIM against ground truth (gt.csv) for blurry input, SDM, teacher and student",
+        description="Score every method against every ground-truth frame of simulated recordings (and the "
+                    "frame nearest each exposure's centre), write a JSON report, print a table and "
+                    "optionally one PNG grid per exposure. SSIM: gaussian window 11 (sigma 1.5), data range 1.",
+    )
+    parser.add_argument("--data", nargs="+", type=Path, required=True, metavar="REC",
+                        help="recording directories with gt.csv")
+    parser.add_argument("--model", type=Path, metavar="CKPT",
+                        help="student LDN checkpoint (default: the shipped model)")
+    parser.add_argument("--no-student", action="store_true", help="score only blurry, SDM and teacher")
+    parser.add_argument("--teacher-bsn", type=Path, metavar="CKPT", help="teacher BSN checkpoint (default: shipped)")
+    parser.add_argument("--teacher-sr", type=Path, metavar="CKPT", help="teacher SR checkpoint (default: shipped)")
+    parser.add_argument("--no-teacher", action="store_true", help="do not score the network teacher")
+    parser.add_argument("--json", type=Path, required=True, metavar="PATH", help="report to write")
+    parser.add_argument("--plot", type=Path, metavar="DIR", help="write one PNG grid per exposure into DIR")
+    parser.add_argument("--k", type=int, default=7, help="student frames per exposure for the re-blur check (default 7)")
+    parser.add_argument("--device", default="cpu", help="torch device for the networks (default cpu)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch")
+    parser.set_defaults(func=run)
+
+
+def _shipped(kind: str) -> Path | None:
+    import importlib.resources
+
+    try:
+        path = Path(str(importlib.resources.files("spikereveal").joinpath(SHIPPED_TEACHER[kind])))
+    except (ModuleNotFoundError, TypeError):
+        return None
+    return path if path.is_file() else None
+
+
+def _student(args, models: dict):
+    if args.no_student:
+        return None
+    from spikereveal.engines.checkpoint import load_checkpoint
+    from spikereveal.engines.export import default_model_path
+    from spikereveal.training.evaluate import torch_student
+
+    path = args.model if args.model is not None else default_model_path()
+    if path is None:
+        raise ConfigError("no student model: pass --model CKPT (no shipped default is installed), or --no-student")
+    model, meta = load_checkpoint(path, expected_kind="ldn")
+    models["student"] = str(path)
+    if meta.get("source"):
+        models["student_source"] = str(meta["source"])
+    return torch_student(model, args.device)
+
+
+def _teacher(args, models: dict):
+    if args.no_teacher:
+        return None
+    if (args.teacher_bsn is None) != (args.teacher_sr is None):
+        raise ConfigError("the network teacher needs both --teacher-bsn and --teacher-sr (or neither: shipped ones)")
+    bsn_path = args.teacher_bsn or _shipped("bsn")
+    sr_path = args.teacher_sr or _shipped("sr")
+    if bsn_path is None or sr_path is None:
+        return None  # no teacher nets given or shipped: blurry, SDM and student only
+    from spikereveal.engines.checkpoint import load_checkpoint
+    from spikereveal.training.datasets import network_teacher
+    from spikereveal.training.train import resolve_device
+
+    device = resolve_device(args.device)
+    bsn, _ = load_checkpoint(bsn_path, expected_kind="bsn", map_location=device)
+    sr, _ = load_checkpoint(sr_path, expected_kind="sr", map_location=device)
+    models["teacher_bsn"], models["teacher_sr"] = str(bsn_path), str(sr_path)
+    return network_teacher(bsn.eval(), sr.eval())
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from spikereveal.training.evaluate import EvalOptions, evaluate, format_table
+
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    options = EvalOptions(k=args.k, plot_dir=None if args.plot is None else str(args.plot))
+    models: dict[str, str] = {}
+    student = _student(args, models)
+    teacher = _teacher(args, models)
+    with tqdm(desc="eval", unit="exposure") as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        report = evaluate(args.data, student=student, teacher=teacher, options=options, progress=progress,
+                          models=models)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(format_table(report))
+    print(f"wrote {args.json}" + (f" and {len(report['exposures'])} plot(s) in {args.plot}" if args.plot else ""))
+    return 0

@@ -1,0 +1,153 @@
+"""``spikereveal train bsn|sr|ldn``: self-supervised training of the teacher nets and the student."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from spikereveal.errors import ConfigError
+
+_HELP = {
+    "bsn": "the teacher's blind-spot denoiser: MSE(TFP_short, BSN(TFP_short))",
+    "sr": "the teacher's x4 gray super-resolver: MSE(SR(TFP_long), gray(blurry))",
+    "ldn": "the student: distillation from the teacher + 100 x re-blur MSE over 5 timestamps",
+}
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _add_common(parser: argparse.ArgumentParser, kind: str) -> None:
+    from spikereveal.training.train_config import COMMON_DEFAULTS, KIND_DEFAULTS  # torch-free
+
+    defaults = {**COMMON_DEFAULTS, **KIND_DEFAULTS[kind]}
+    parser.add_argument("--data", nargs="+", type=Path, required=True, metavar="REC",
+                        help="recording directories to train on (no ground truth is used)")
+    parser.add_argument("--out", type=Path, required=True, metavar="CKPT",
+                        help="checkpoint to write (after every epoch; the optimizer state goes to CKPT.optim)")
+    parser.add_argument("--epochs", type=_positive_int, help=f"epochs (default {defaults['epochs']})")
+    parser.add_argument("--batch-size", type=_positive_int, help=f"crops per step (default {defaults['batch_size']})")
+    parser.add_argument("--crop", type=_positive_int,
+                        help=f"crop side in spike pixels; image crops are 4x (default {defaults['crop']})")
+    parser.add_argument("--lr", type=float, help=f"Adam learning rate, cosine-annealed per epoch (default {defaults['lr']:g})")
+    parser.add_argument("--seed", type=int, help=f"seed of the weights and of the crops (default {defaults['seed']})")
+    parser.add_argument("--samples-per-epoch", type=_positive_int,
+                        help=f"crops per epoch (default {defaults['crops_per_exposure']} per usable exposure)")
+    parser.add_argument("--no-augment", dest="augment", action="store_const", const=False, default=None,
+                        help="no random flips of the crops")
+    parser.add_argument("--resume", type=Path, metavar="CKPT",
+                        help="continue the run saved in CKPT (its arguments apply unless given here)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
+    parser.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--time-limit-min", type=float, metavar="M",
+                        help="stop after M minutes (checkpoint saved; --resume continues)")
+    parser.add_argument("--workers", type=int, default=0, help="data loader worker processes (default 0)")
+    parser.add_argument("--force", action="store_true", help="overwrite --out if it exists (fresh runs)")
+    parser.set_defaults(func=run, kind=kind)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train the teacher's BSN / SR or the student LDN on recordings (self-supervised)",
+        description="Self-supervised training (SPEC §3) on recordings; no ground truth is used. Train bsn and "
+                    "sr first, then ldn with --teacher-bsn/--teacher-sr (or --teacher sdm).",
+    )
+    sub = parser.add_subparsers(dest="network", metavar="NETWORK")
+    sub.required = True
+    for kind in ("bsn", "sr", "ldn"):
+        child = sub.add_parser(kind, help=_HELP[kind], description=f"Train {_HELP[kind]}.")
+        _add_common(child, kind)
+        if kind == "ldn":
+            child.add_argument("--teacher", choices=("nets", "sdm"),
+                               help="teacher: the BSN+SR cascade (default when both nets are given) or plain SDM")
+            child.add_argument("--teacher-bsn", type=Path, metavar="CKPT", help="trained BSN checkpoint")
+            child.add_argument("--teacher-sr", type=Path, metavar="CKPT", help="trained SR checkpoint")
+            child.add_argument("--cache-dir", type=Path, metavar="DIR",
+                               help="keep the teacher's targets in DIR and reuse them in later runs (resume, "
+                                    "other hyper-parameters): the network teacher is the expensive part")
+            child.add_argument("--init", type=Path, metavar="CKPT",
+                               help="start from this LDN checkpoint (fine-tune, e.g. on the rig's own recordings)")
+            child.add_argument("--timestamps", type=_positive_int, help="timestamps per exposure in the loss (default 5)")
+            child.add_argument("--lambda-teacher", type=float, help="weight of the distillation term (default 1)")
+            child.add_argument("--lambda-reblur", type=float, help="weight of the re-blur term (default 100)")
+
+
+def _config(args):
+    from spikereveal.training.train_config import TrainConfig
+
+    values = dict(
+        kind=args.kind, epochs=args.epochs, batch_size=args.batch_size, crop=args.crop, lr=args.lr, seed=args.seed,
+        samples_per_epoch=args.samples_per_epoch, augment=args.augment,
+    )
+    if args.kind == "ldn":
+        teacher = args.teacher
+        if teacher is None and (args.teacher_bsn or args.teacher_sr):
+            teacher = "nets"
+        if teacher is None and args.resume is None:
+            raise ConfigError(
+                "train ldn needs a teacher: --teacher-bsn CKPT --teacher-sr CKPT (train them with "
+                "'spikereveal train bsn' and 'spikereveal train sr'), or --teacher sdm for the plain SDM"
+            )
+        values.update(
+            teacher=teacher,
+            teacher_bsn=None if args.teacher_bsn is None else str(args.teacher_bsn),
+            teacher_sr=None if args.teacher_sr is None else str(args.teacher_sr),
+            init=None if args.init is None else str(args.init),
+            timestamps=args.timestamps, lambda_teacher=args.lambda_teacher, lambda_reblur=args.lambda_reblur,
+        )
+    return TrainConfig(**values)
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from spikereveal.training.train import RunOptions, train
+
+    if args.resume is None and args.out.exists() and not args.force:
+        raise ConfigError(f"{args.out} exists; pass --force to overwrite it, or --resume {args.out} to continue it")
+    config = _config(args)
+    options = RunOptions(device=args.device, threads=args.threads, time_limit_min=args.time_limit_min,
+                         num_workers=args.workers,
+                         cache_dir=None if getattr(args, "cache_dir", None) is None else str(args.cache_dir))
+    bars: dict[str, tqdm] = {}
+
+    def progress(event) -> None:
+        key = "prepare:" + event.message if event.phase == "prepare" else f"epoch {event.epoch}"
+        if event.phase == "epoch":
+            bar = bars.pop(key, None)
+            if bar is not None:
+                bar.close()
+            return
+        bar = bars.get(key)
+        if bar is None:
+            for other in list(bars):
+                bars.pop(other).close()
+            desc = event.message if event.phase == "prepare" else f"{event.kind} epoch {event.epoch + 1}/{event.epochs}"
+            bar = bars[key] = tqdm(total=event.steps, desc=desc, unit="step" if event.phase == "step" else "exp",
+                                   initial=event.step - 1, leave=event.phase == "step")
+        bar.n = event.step
+        if event.phase == "step":
+            bar.set_postfix({name: f"{value:.4g}" for name, value in event.losses.items()} | {"lr": f"{event.lr:.2e}"},
+                            refresh=False)
+        bar.refresh()
+
+    try:
+        result = train(args.data, args.out, config, resume=args.resume, options=options, progress=progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    last = result.history[-1] if result.history else {}
+    state = "finished" if result.finished else f"stopped early ({result.stopped_early})"
+    loss = f", last epoch loss {last['loss']:.5g}" if "loss" in last else ""
+    print(f"wrote {result.checkpoint}: {args.kind}, {result.epochs_completed} epoch(s) {state}{loss}, "
+          f"{result.elapsed_s / 60:.1f} min")
+    if not result.finished:
+        data = " ".join(str(path) for path in args.data)
+        print(f"continue with: spikereveal train {args.kind} --data {data} --out {result.checkpoint} "
+              f"--resume {result.checkpoint}")
+    return 0

@@ -1,0 +1,407 @@
+"""Training: losses, datasets (aligned, seeded crops), loops (decrease, checkpoint, exact resume), CLI."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from spikereveal.engines.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from spikereveal.engines.ldn import LDN
+from spikereveal.errors import ConfigError
+from spikereveal.kernels import extract_ldn_input, tfp, tfp_range
+from spikereveal.training import datasets as ds
+from spikereveal.training import losses
+from spikereveal.training.bsn import BSN, BSNConfig
+from spikereveal.training.evaluate import ssim_numpy
+from spikereveal.training.sr import SR, SRConfig
+from spikereveal.training.train import (
+    RunOptions,
+    TrainConfig,
+    batch_loss,
+    cosine_lr,
+    optimizer_state_path,
+    resolve_device,
+    train,
+)
+from training_support import TINY_EXPOSURE_FRAMES, TINY_SPIKE, simulate_tiny, write_recording
+
+TINY_BSN = {"encoder_channels": 6, "decoder_channels": 8}
+TINY_SR = {"residual_blocks": 2, "features": 8}
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    return simulate_tiny(tmp_path_factory.mktemp("train") / "rec", seed=3, exposures=2)
+
+
+@pytest.fixture(scope="module")
+def exposures(recording):
+    return ds.load_exposures([recording])
+
+
+# -- losses ------------------------------------------------------------------------------------------------
+def test_gray_uses_bgr_weights():
+    image = torch.zeros(1, 3, 2, 2)
+    image[0, 0] = 1.0  # blue only
+    assert torch.allclose(losses.gray(image), torch.full((1, 1, 2, 2), 0.11))
+    image[0, 2] = 1.0  # + red
+    assert torch.allclose(losses.gray(image), torch.full((1, 1, 2, 2), 0.41))
+
+
+def test_torch_ssim_matches_the_numpy_and_skimage_metric():
+    rng = np.random.default_rng(0)
+    a = rng.random((3, 24, 30))
+    b = np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1)
+    expected = ssim_numpy(a, b)
+    got = float(losses.ssim(torch.from_numpy(b)[None], torch.from_numpy(a)[None]))
+    assert got == pytest.approx(expected, abs=1e-9)
+    skimage_metrics = pytest.importorskip("skimage.metrics")
+    reference = skimage_metrics.structural_similarity(
+        a, b, channel_axis=0, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+    )
+    assert got == pytest.approx(reference, abs=1e-9)
+    assert float(losses.ssim(torch.from_numpy(a)[None], torch.from_numpy(a)[None])) == pytest.approx(1.0)
+
+
+def test_distillation_distance_is_zero_only_for_equal_images():
+    rng = torch.Generator().manual_seed(0)
+    a = torch.rand(2, 3, 3, 16, 16, generator=rng)
+    same = float(losses.distillation_distance(a, a))
+    assert same == pytest.approx(losses.CHARBONNIER_EPS, abs=1e-6)  # Charbonnier's floor, SSIM = 1
+    assert float(losses.distillation_distance(a.flip(-1), a)) > same + 0.1
+
+
+def test_ldn_loss_reblur_term_vanishes_when_the_frames_average_to_the_blurry_input():
+    rng = torch.Generator().manual_seed(1)
+    blurry = torch.rand(2, 3, 16, 16, generator=rng)
+    offset = torch.rand(2, 1, 3, 16, 16, generator=rng) * 0.1
+    frames = torch.cat([blurry[:, None] + offset, blurry[:, None] - offset], dim=1)
+    teacher = torch.rand_like(frames)
+    total, parts = losses.ldn_loss(frames, teacher, blurry)
+    assert parts["reblur"] == pytest.approx(0.0, abs=1e-12)
+    assert float(total) == pytest.approx(parts["teacher"], rel=1e-6)
+    _, moved = losses.ldn_loss(frames + 0.1, teacher, blurry, losses.LdnLossWeights(1.0, 100.0))
+    assert moved["reblur"] == pytest.approx(0.01, rel=1e-4)
+    with pytest.raises(ConfigError):
+        losses.ldn_loss(frames, teacher[:, :1], blurry)
+    with pytest.raises(ConfigError):
+        losses.ldn_loss(frames, teacher, blurry[:, :, :8])
+
+
+# -- datasets -----------------------------------------------------------------------------------------------
+def test_exposures_load_their_whole_window(recording, exposures):
+    assert len(exposures) == 2
+    for exposure in exposures:
+        window = exposure.window
+        assert exposure.packed.shape[0] == window.window_stop - window.window_first
+        assert window.exposure_stop - window.exposure_first == TINY_EXPOSURE_FRAMES
+        assert exposure.blurry.shape == (3, 4 * TINY_SPIKE[0], 4 * TINY_SPIKE[1])
+
+
+def test_evenly_spread_centers_cover_first_and_last_frame(exposures):
+    window = exposures[0].window
+    centers = ds.evenly_spread_centers(window, 5)
+    assert centers[0] == window.exposure_first and centers[-1] == window.exposure_stop - 1
+    assert np.all(np.diff(centers) > 0) and len(centers) == 5
+
+
+def test_crops_are_a_function_of_seed_epoch_and_index(exposures):
+    dataset = ds.BSNDataset(exposures, crop=8, samples_per_epoch=6, seed=5)
+    again = ds.BSNDataset(exposures, crop=8, samples_per_epoch=6, seed=5)
+    assert all(torch.equal(dataset[i], again[i]) for i in range(6))
+    first_epoch = [dataset[i] for i in range(6)]
+    dataset.set_epoch(1)
+    assert not all(torch.equal(a, dataset[i]) for i, a in enumerate(first_epoch))
+    other_seed = ds.BSNDataset(exposures, crop=8, samples_per_epoch=6, seed=6)
+    assert not all(torch.equal(a, other_seed[i]) for i, a in enumerate(first_epoch))
+    with pytest.raises(IndexError):
+        dataset[6]
+
+
+def _locate(image: np.ndarray, crop: np.ndarray) -> list[tuple[int, int]]:
+    c = crop.shape[-1]
+    return [(y, x) for y in range(image.shape[-2] - c + 1) for x in range(image.shape[-1] - c + 1)
+            if np.array_equal(image[..., y : y + c, x : x + c], crop)]
+
+
+def test_bsn_items_are_short_tfp_crops_inside_the_exposure(exposures):
+    dataset = ds.BSNDataset(exposures, crop=6, samples_per_epoch=4, seed=2, augment=False)
+    exposure = exposures[0]
+    h, w = TINY_SPIKE
+    window = exposure.window
+    candidates = [tfp(exposure.packed, h, w, c, 9, window.window_first)
+                  for c in range(window.exposure_first, window.exposure_stop)]
+    for other in exposures[1:]:
+        ow = other.window
+        candidates += [tfp(other.packed, h, w, c, 9, ow.window_first) for c in range(ow.exposure_first, ow.exposure_stop)]
+    for i in range(len(dataset)):
+        item = dataset[i].numpy()
+        assert item.shape == (1, 6, 6)
+        assert any(_locate(candidate, item[0]) for candidate in candidates)
+
+
+def test_sr_items_are_aligned_long_tfp_and_gray_crops(exposures):
+    dataset = ds.SRDataset(exposures, crop=5, samples_per_epoch=4, seed=3, augment=False)
+    h, w = TINY_SPIKE
+    for i in range(len(dataset)):
+        spikes, target = (t.numpy()[0] for t in dataset[i])
+        assert spikes.shape == (5, 5) and target.shape == (20, 20)
+        hits = []
+        for exposure in exposures:
+            window = exposure.window
+            long_tfp = tfp_range(exposure.packed, h, w, window.exposure_first, window.exposure_stop,
+                                 window.window_first)
+            gray = 0.11 * exposure.blurry[0] + 0.59 * exposure.blurry[1] + 0.3 * exposure.blurry[2]
+            for y, x in _locate(long_tfp, spikes):
+                hits.append(np.allclose(gray[4 * y : 4 * y + 20, 4 * x : 4 * x + 20], target, atol=1e-6))
+        assert any(hits)
+
+
+def test_ldn_items_align_blur_spikes_and_teacher(exposures):
+    calls = []
+
+    def teacher(exposure, centers):
+        calls.append(np.array(centers))
+        return np.broadcast_to(exposure.blurry * 0.5, (len(centers),) + exposure.blurry.shape).copy()
+
+    dataset = ds.LDNDataset(exposures, teacher, crop=4, samples_per_epoch=5, seed=4, augment=False)
+    assert len(calls) == len(exposures)  # teacher targets are computed once per exposure, up front
+    h, w = TINY_SPIKE
+    for i in range(len(dataset)):
+        blurry, spikes, targets = (t.numpy() for t in dataset[i])
+        assert blurry.shape == (3, 16, 16) and spikes.shape == (5, 21, 4, 4) and targets.shape == (5, 3, 16, 16)
+        assert spikes.dtype == np.uint8
+        np.testing.assert_allclose(targets, np.broadcast_to(blurry * 0.5, targets.shape), atol=2e-3)  # float16 cache
+        found = False
+        for exposure, centers in zip(exposures, calls):
+            full = extract_ldn_input(exposure.packed, h, w, centers, first_index=exposure.window.window_first)
+            for y, x in _locate(full, spikes.astype(np.float32)):
+                found |= np.allclose(exposure.blurry[:, 4 * y : 4 * y + 16, 4 * x : 4 * x + 16], blurry, atol=1e-3)
+        assert found
+
+
+def test_flips_apply_to_every_array_of_a_sample(exposures):
+    teacher = lambda e, c: np.broadcast_to(e.blurry, (len(c),) + e.blurry.shape).copy()  # noqa: E731
+    dataset = ds.LDNDataset(exposures, teacher, crop=4, samples_per_epoch=16, seed=0, augment=True)
+    for i in range(len(dataset)):
+        blurry, _, targets = dataset[i]
+        assert torch.allclose(targets[0], blurry, atol=2e-3)
+
+
+def test_teacher_targets_are_cached_on_disk(exposures, tmp_path):
+    calls = []
+
+    def teacher(exposure, centers):
+        calls.append(exposure.exposure_index)
+        return np.full((len(centers),) + exposure.blurry.shape, 0.25, np.float32)
+
+    cached = ds.cached_teacher(teacher, tmp_path, "test-teacher")
+    centers = ds.evenly_spread_centers(exposures[0].window, 5)
+    first = cached(exposures[0], centers)
+    again = cached(exposures[0], centers)
+    assert calls == [exposures[0].exposure_index] and np.array_equal(first, again)
+    cached(exposures[0], centers[:3])  # other timestamps: computed anew
+    ds.cached_teacher(teacher, tmp_path, "another-teacher")(exposures[0], centers)
+    assert len(calls) == 3 and len(list(tmp_path.glob("*.npy"))) == 3
+
+
+def test_crop_larger_than_the_sensor_is_refused(exposures):
+    with pytest.raises(ConfigError, match="--crop"):
+        ds.BSNDataset(exposures, crop=TINY_SPIKE[0] + 1)
+
+
+# -- the loops ---------------------------------------------------------------------------------------------
+def _fixed_batch_losses(kind, model, batch, steps=12, lr=1e-3):
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    history = []
+    for _ in range(steps):
+        loss, _ = batch_loss(kind, model, batch, torch.device("cpu"), losses.LdnLossWeights())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(float(loss.detach()))
+    return history
+
+
+@pytest.mark.parametrize("kind", ["bsn", "sr", "ldn"])
+def test_loss_decreases_over_a_few_steps(kind, exposures):
+    torch.manual_seed(0)
+    if kind == "bsn":
+        dataset, model = ds.BSNDataset(exposures, crop=12, samples_per_epoch=4), BSN(BSNConfig(**TINY_BSN))
+    elif kind == "sr":
+        dataset, model = ds.SRDataset(exposures, crop=6, samples_per_epoch=4), SR(SRConfig(**TINY_SR))
+    else:
+        dataset, model = ds.LDNDataset(exposures, ds.sdm_teacher(), crop=4, samples_per_epoch=2), LDN()
+    batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=len(dataset))))
+    history = _fixed_batch_losses(kind, model, batch, lr=3e-3 if kind == "bsn" else 1e-3)
+    assert all(math.isfinite(v) for v in history)
+    assert history[-1] < 0.8 * history[0], history
+
+
+def test_cosine_schedule_per_epoch():
+    assert cosine_lr(1e-3, 0, 4) == pytest.approx(1e-3)
+    assert cosine_lr(1e-3, 2, 4) == pytest.approx(0.5e-3)
+    assert [cosine_lr(1.0, e, 10) for e in range(10)] == sorted((cosine_lr(1.0, e, 10) for e in range(10)), reverse=True)
+
+
+def _sr_config(**changes):
+    values = dict(epochs=3, crop=4, batch_size=2, samples_per_epoch=4, seed=7)
+    values.update(changes)
+    return TrainConfig("sr", **values)
+
+
+def test_training_writes_a_checkpoint_with_config_arguments_and_versions(recording, tmp_path):
+    out = tmp_path / "sr.pt"
+    events = []
+    result = train([recording], out, _sr_config(epochs=2), network_config=TINY_SR, progress=events.append)
+    assert result.finished and result.epochs_completed == 2 and len(result.history) == 2
+    model, meta = load_checkpoint(out, expected_kind="sr")
+    assert isinstance(model, SR) and meta["config"] == {**SRConfig(**TINY_SR).to_dict()}
+    training = meta["training"]
+    assert training["config"]["lr"] == pytest.approx(2e-4) and training["config"]["crop"] == 4
+    assert training["epochs_completed"] == 2 and training["finished"]
+    assert [entry["lr"] for entry in training["history"]] == pytest.approx([2e-4, 1e-4])
+    assert set(meta["software"]) >= {"torch", "spikereveal", "python"}
+    assert optimizer_state_path(out).is_file()
+    steps = [e for e in events if e.phase == "step"]
+    assert len(steps) == 4 and all("loss" in e.losses for e in steps)
+    assert {e.phase for e in events} == {"prepare", "step", "epoch"}
+
+
+def test_resume_continues_the_schedule_and_reproduces_an_uninterrupted_run(recording, tmp_path):
+    straight = tmp_path / "straight.pt"
+    train([recording], straight, _sr_config(), network_config=TINY_SR)
+
+    interrupted = tmp_path / "interrupted.pt"
+    first = train([recording], interrupted, _sr_config(), network_config=TINY_SR,
+                  options=RunOptions(time_limit_min=1e-9))  # stops after the first step
+    assert not first.finished and first.stopped_early == "time limit"
+    assert (first.epochs_completed, first.step_in_epoch) == (0, 1)
+    _, meta = load_checkpoint(interrupted)
+    assert meta["training"]["step_in_epoch"] == 1 and not meta["training"]["finished"]
+
+    resumed = train([recording], interrupted, TrainConfig("sr"), resume=interrupted)
+    assert resumed.finished and resumed.epochs_completed == 3
+    assert [h["lr"] for h in resumed.history] == pytest.approx([cosine_lr(2e-4, e, 3) for e in range(3)])
+    a, _ = load_checkpoint(straight)
+    b, _ = load_checkpoint(interrupted)
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.allclose(x, y, atol=1e-6), name
+
+
+def test_resume_can_extend_the_number_of_epochs(recording, tmp_path):
+    out = tmp_path / "sr.pt"
+    train([recording], out, _sr_config(epochs=1), network_config=TINY_SR)
+    result = train([recording], out, TrainConfig("sr", epochs=2), resume=out)
+    assert result.epochs_completed == 2 and [h["epoch"] for h in result.history] == [1, 2]
+
+
+def test_ldn_fine_tunes_from_init_with_the_sdm_teacher(recording, tmp_path):
+    init = tmp_path / "init.pt"
+    torch.manual_seed(0)
+    start = LDN()
+    save_checkpoint(init, "ldn", start, start.config)
+    out = tmp_path / "ldn.pt"
+    config = TrainConfig("ldn", epochs=1, crop=4, batch_size=2, samples_per_epoch=2, teacher="sdm", init=str(init))
+    result = train([recording], out, config)
+    model, meta = load_checkpoint(out, expected_kind="ldn")
+    assert result.finished and meta["training"]["config"]["init"] == str(init)
+    changed = any(not torch.equal(a, b) for a, b in zip(start.state_dict().values(), model.state_dict().values()))
+    assert changed
+
+
+def test_ldn_trains_from_network_teacher_checkpoints(recording, tmp_path):
+    bsn_path, sr_path = tmp_path / "bsn.pt", tmp_path / "sr.pt"
+    bsn, sr = BSN(BSNConfig(**TINY_BSN)), SR(SRConfig(**TINY_SR))
+    save_checkpoint(bsn_path, "bsn", bsn, bsn.config)
+    save_checkpoint(sr_path, "sr", sr, sr.config)
+    config = TrainConfig("ldn", epochs=1, crop=4, batch_size=2, samples_per_epoch=2,
+                         teacher_bsn=str(bsn_path), teacher_sr=str(sr_path))
+    assert config.with_defaults().teacher == "nets"
+    result = train([recording], tmp_path / "ldn.pt", config)
+    assert result.finished and "teacher" in result.history[0] and "reblur" in result.history[0]
+
+
+def test_wrong_checkpoint_kinds_are_refused(recording, tmp_path):
+    bsn_path = tmp_path / "bsn.pt"
+    bsn = BSN(BSNConfig(**TINY_BSN))
+    save_checkpoint(bsn_path, "bsn", bsn, bsn.config)
+    with pytest.raises(CheckpointError, match="'bsn'.*'ldn'"):
+        train([recording], tmp_path / "x.pt", TrainConfig("ldn", teacher="sdm", init=str(bsn_path), crop=4))
+    with pytest.raises(CheckpointError, match="'bsn'.*'sr'"):
+        train([recording], tmp_path / "x.pt", TrainConfig("sr"), resume=bsn_path)
+    with pytest.raises(CheckpointError, match="'bsn'.*'sr'"):
+        train([recording], tmp_path / "x.pt", TrainConfig("ldn", teacher_bsn=str(bsn_path), teacher_sr=str(bsn_path),
+                                                          crop=4, epochs=1, samples_per_epoch=1))
+
+
+def test_resume_needs_a_training_record(recording, tmp_path):
+    plain = tmp_path / "plain.pt"
+    model = SR(SRConfig(**TINY_SR))
+    save_checkpoint(plain, "sr", model, model.config)
+    with pytest.raises(ConfigError, match="--init"):
+        train([recording], tmp_path / "x.pt", TrainConfig("sr"), resume=plain)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"kind": "unet"}, "unknown network"),
+    ({"kind": "ldn", "teacher": "nets"}, "--teacher-bsn"),
+    ({"kind": "bsn", "teacher_bsn": "x.pt"}, "only apply to training the ldn"),
+    ({"kind": "sr", "lr": -1.0}, "learning rate"),
+    ({"kind": "sr", "epochs": 0}, "epochs"),
+    ({"kind": "sr", "tfp_window": 4}, "odd"),
+])
+def test_invalid_training_arguments(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**changes)
+
+
+def test_invalid_devices_and_recordings(recording, tmp_path):
+    with pytest.raises(ConfigError, match="unknown device"):
+        resolve_device("tpu:x")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA"):
+            resolve_device("cuda")
+    with pytest.raises(ConfigError, match="no recording"):
+        train([], tmp_path / "x.pt", _sr_config())
+    odd = write_recording(tmp_path / "odd", rgb_shape=(66, 98))
+    with pytest.raises(ConfigError, match="divisible by 4"):
+        ds.load_exposures([odd])
+    not_4x = write_recording(tmp_path / "not4x", rgb_shape=(68, 100))
+    with pytest.raises(ConfigError, match="exactly 4x"):
+        ds.load_exposures([not_4x])
+    short_margins = write_recording(tmp_path / "short", margin=5)  # windows need 10 frames each side
+    with pytest.raises(ConfigError, match="longer margins"):
+        ds.load_exposures([short_margins])
+
+
+# -- CLI -------------------------------------------------------------------------------------------------------
+def _cli(argv):
+    from spikereveal.commands import train as train_command
+
+    parser = argparse.ArgumentParser(prog="spikereveal")
+    train_command.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_trains_and_resumes(recording, tmp_path, capsys):
+    out = tmp_path / "sr.pt"
+    common = ["--data", str(recording), "--out", str(out), "--crop", "4", "--batch-size", "2",
+              "--samples-per-epoch", "2", "--threads", "1"]
+    assert _cli(["train", "sr", *common, "--epochs", "1"]) == 0
+    assert "1 epoch(s) finished" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="--force"):
+        _cli(["train", "sr", *common, "--epochs", "1"])
+    assert _cli(["train", "sr", *common, "--epochs", "2", "--resume", str(out)]) == 0
+    _, meta = load_checkpoint(out, expected_kind="sr")
+    assert meta["training"]["epochs_completed"] == 2 and meta["training"]["threads"] == 1
+
+
+def test_cli_ldn_needs_a_teacher(recording, tmp_path):
+    with pytest.raises(ConfigError, match="--teacher sdm"):
+        _cli(["train", "ldn", "--data", str(recording), "--out", str(tmp_path / "l.pt")])

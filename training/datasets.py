@@ -1,0 +1,401 @@
+"""Training data for BSN, SR and LDN: seeded random aligned crops from recordings (SPEC §3).
+
+Every exposure of every recording whose spike window lies inside its ``spikes.dat`` is loaded once into an
+:class:`ExposureData` (blurry frame, packed spikes of its window, the window's indices). The datasets then
+draw crops on the spike grid (``crop`` × ``crop``) and the aligned image crops (4× that, at 4× the origin).
+
+Sampling is a pure function of ``(seed, epoch, item index)``: an epoch can be replayed exactly, a resumed
+run continues with the very crops it would have seen, and DataLoader workers need no seeding of their own.
+Call ``set_epoch(epoch)`` before each epoch.
+
+What is expensive is computed once per exposure and cached in memory: the long TFP and gray frame (SR), the
+LDN's 21-frame spike inputs and the teacher's targets at the M timestamps (LDN). Teacher targets are kept
+as float16 (half the memory; ~5e-4 error at 1.0, below an 8-bit image's quantisation).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from spikereveal.errors import ConfigError
+from spikereveal.kernels.timing import DEFAULT_MARGIN_FRAMES, LDN_SPIKE_WINDOW, ExposureWindow
+from spikereveal.training.train_config import DEFAULT_LDN_TIMESTAMPS, DEFAULT_TFP_SHORT_WINDOW
+
+log = logging.getLogger(__name__)
+
+#: Image grid / spike grid ratio that the SR and the LDN are built for.
+SPIKE_SCALE = 4
+GRAY_WEIGHTS_BGR = np.array([0.11, 0.59, 0.3], dtype=np.float32)
+
+#: ``teacher(exposure, centers) -> (M, 3, H, W) float32`` targets of the student at spike indices ``centers``.
+TeacherFn = Callable[["ExposureData", np.ndarray], np.ndarray]
+#: ``progress(done, total, what)``: called while loading/precomputing.
+LoadProgress = Callable[[int, int, str], None]
+
+
+def gray_image(bgr: np.ndarray) -> np.ndarray:
+    """``(H, W)`` gray of a ``(3, H, W)`` BGR image: 0.3 R + 0.59 G + 0.11 B."""
+    return np.tensordot(GRAY_WEIGHTS_BGR, np.asarray(bgr, dtype=np.float32), axes=1).astype(np.float32)
+
+
+@dataclass(frozen=True, eq=False)
+class ExposureData:
+    """One exposure, loaded: its blurry frame and the packed spikes of its whole window."""
+
+    recording: str  # path of the recording directory
+    exposure_index: int  # the exposure's index in the recording's exposures.csv
+    blurry: np.ndarray  # (3, H, W) float32 BGR in [0, 1]
+    packed: np.ndarray  # canonical packed frames [window.window_first, window.window_stop)
+    window: ExposureWindow  # with centers at the K output timestamps asked for when loading
+    spike_height: int
+    spike_width: int
+
+    @property
+    def first_index(self) -> int:
+        """Spike index of ``packed[0]``."""
+        return int(self.window.window_first)
+
+    def tfp_short(self, center: int, window: int = DEFAULT_TFP_SHORT_WINDOW) -> np.ndarray:
+        """TFP over ``window`` frames centred at spike index ``center``: ``(h, w)`` float32."""
+        from spikereveal.kernels import tfp
+
+        return tfp(self.packed, self.spike_height, self.spike_width, int(center), int(window), self.first_index)
+
+    def tfp_shorts(self, centers: np.ndarray, window: int = DEFAULT_TFP_SHORT_WINDOW) -> np.ndarray:
+        """TFPs over ``window`` frames centred at each of ``centers``: ``(K, h, w)`` float32."""
+        from spikereveal.kernels import tfp_stack
+
+        centers = np.asarray(centers, dtype=np.int64)
+        return tfp_stack(self.packed, self.spike_height, self.spike_width, centers, int(window), self.first_index)
+
+    def tfp_long(self) -> np.ndarray:
+        """TFP over every spike frame of the exposure: ``(h, w)`` float32."""
+        from spikereveal.kernels import tfp_range
+
+        return tfp_range(
+            self.packed, self.spike_height, self.spike_width,
+            int(self.window.exposure_first), int(self.window.exposure_stop), self.first_index,
+        )
+
+    def ldn_inputs(self, centers: np.ndarray, window: int = LDN_SPIKE_WINDOW) -> np.ndarray:
+        """The student's raw spike inputs at ``centers``: ``(K, window, h, w)`` float32 of 0/1."""
+        from spikereveal.kernels import extract_ldn_input
+
+        return extract_ldn_input(
+            self.packed, self.spike_height, self.spike_width, np.asarray(centers, dtype=np.int64),
+            window=window, first_index=self.first_index,
+        )
+
+
+def evenly_spread_centers(window: ExposureWindow, count: int) -> np.ndarray:
+    """``count`` spike indices spread evenly over the exposure, first and last frame included."""
+    if count < 1:
+        raise ConfigError(f"the number of timestamps per exposure must be >= 1, got {count}")
+    last = window.exposure_stop - 1
+    if count == 1:
+        return np.array([(window.exposure_first + last) // 2], dtype=np.int64)
+    return np.rint(np.linspace(window.exposure_first, last, count)).astype(np.int64)
+
+
+def check_geometry(recording, path) -> tuple[int, int]:
+    """Spike (h, w) of a recording whose RGB frames are exactly 4× its spike frames; else ConfigError."""
+    spike, rgb = recording.meta.spike, recording.meta.rgb
+    h, w = int(spike.height), int(spike.width)
+    if int(rgb.height) % SPIKE_SCALE or int(rgb.width) % SPIKE_SCALE:
+        raise ConfigError(
+            f"{path}: RGB frames are {rgb.height}x{rgb.width}; the networks need height and width divisible "
+            f"by {SPIKE_SCALE}. Crop or warp the recording onto the canonical grid (4x the spike grid) first"
+        )
+    if (int(rgb.height), int(rgb.width)) != (SPIKE_SCALE * h, SPIKE_SCALE * w):
+        raise ConfigError(
+            f"{path}: RGB frames are {rgb.height}x{rgb.width} but the spike frames are {h}x{w}; training and "
+            f"evaluation need RGB = exactly {SPIKE_SCALE}x the spike grid ({SPIKE_SCALE * h}x{SPIKE_SCALE * w}). "
+            f"Warp the RGB frames onto the canonical grid (spikereveal calibrate) first"
+        )
+    return h, w
+
+
+def load_exposures(
+    recordings: Sequence[str | os.PathLike],
+    k: int = DEFAULT_LDN_TIMESTAMPS,
+    margin_frames: int = DEFAULT_MARGIN_FRAMES,
+    progress: LoadProgress | None = None,
+) -> list[ExposureData]:
+    """Every exposure of ``recordings`` whose spike window (exposure ± margin) lies inside the spike data.
+
+    Exposures too close to either end of ``spikes.dat`` are skipped (logged). Raises ConfigError when no
+    exposure is left.
+    """
+    from spikereveal.recording import open_recording
+
+    if not recordings:
+        raise ConfigError("no recording given: pass at least one recording directory (--data REC)")
+    with ExitStack() as stack:
+        opened = []
+        for path in recordings:
+            recording = stack.enter_context(open_recording(path, strict=False, margin_frames=margin_frames))
+            h, w = check_geometry(recording, path)
+            opened.append((os.fspath(path), recording, h, w))
+        total = sum(len(recording.exposures) for _, recording, _, _ in opened)
+        exposures: list[ExposureData] = []
+        done = 0
+        for path, recording, h, w in opened:
+            frame_count = recording.spikes.frame_count
+            for exposure in recording.exposures:
+                done += 1
+                window = recording.exposure_window(exposure.index, k=k, margin_frames=margin_frames)
+                if not window.inside(frame_count):
+                    log.info(
+                        "%s: exposure %d skipped: its spike window [%d, %d) is not inside the %d recorded frames",
+                        path, exposure.index, window.window_first, window.window_stop, frame_count,
+                    )
+                    continue
+                exposures.append(
+                    ExposureData(
+                        recording=path,
+                        exposure_index=exposure.index,
+                        blurry=np.ascontiguousarray(recording.read_exposure(exposure.index), dtype=np.float32),
+                        packed=recording.spikes.read(int(window.window_first), int(window.window_stop)),
+                        window=window,
+                        spike_height=h,
+                        spike_width=w,
+                    )
+                )
+                if progress is not None:
+                    progress(done, total, "loading exposures")
+    if not exposures:
+        raise ConfigError(
+            f"none of the {total} exposure(s) in {[p for p, *_ in opened]} has its spike window "
+            f"(exposure ± {margin_frames} frames) inside the recorded spikes; record longer margins"
+        )
+    return exposures
+
+
+def _check_crop(crop: int, exposures: Sequence[ExposureData]) -> int:
+    if isinstance(crop, bool) or not isinstance(crop, (int, np.integer)) or crop < 1:
+        raise ConfigError(f"the crop size (spike pixels) must be a positive integer, got {crop!r}")
+    smallest = min(min(e.spike_height, e.spike_width) for e in exposures)
+    if crop > smallest:
+        raise ConfigError(
+            f"the crop of {crop} spike pixels does not fit in spike frames of {smallest} pixels on their short "
+            f"side; use --crop {smallest} or less"
+        )
+    return int(crop)
+
+
+class _CropDataset(Dataset):
+    """Common part: ``samples_per_epoch`` seeded items per epoch over a list of exposures."""
+
+    def __init__(self, exposures: Sequence[ExposureData], crop: int, samples_per_epoch: int, seed: int, augment: bool):
+        if not exposures:
+            raise ConfigError("a training dataset needs at least one exposure")
+        if samples_per_epoch < 1:
+            raise ConfigError(f"samples per epoch must be >= 1, got {samples_per_epoch}")
+        self.exposures = list(exposures)
+        self.crop = _check_crop(crop, self.exposures)
+        self.samples_per_epoch = int(samples_per_epoch)
+        self.seed = int(seed)
+        self.augment = bool(augment)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    def _rng(self, index: int) -> np.random.Generator:
+        if not 0 <= index < self.samples_per_epoch:
+            raise IndexError(index)
+        return np.random.default_rng([self.seed, self.epoch, int(index)])
+
+    def _pick(self, rng: np.random.Generator) -> tuple[int, ExposureData, int, int]:
+        """An exposure (its list index and itself) and the top-left corner of a spike-grid crop in it."""
+        i = int(rng.integers(len(self.exposures)))
+        exposure = self.exposures[i]
+        y = int(rng.integers(exposure.spike_height - self.crop + 1))
+        x = int(rng.integers(exposure.spike_width - self.crop + 1))
+        return i, exposure, y, x
+
+    def _flips(self, rng: np.random.Generator) -> tuple[bool, bool]:
+        """Random horizontal/vertical flips (the same for every array of one sample)."""
+        if not self.augment:
+            return False, False
+        flip_x, flip_y = rng.integers(2, size=2)
+        return bool(flip_x), bool(flip_y)
+
+
+def _flip(array: np.ndarray, flip_x: bool, flip_y: bool) -> np.ndarray:
+    if flip_x:
+        array = array[..., ::-1]
+    if flip_y:
+        array = array[..., ::-1, :]
+    return np.ascontiguousarray(array)
+
+
+class BSNDataset(_CropDataset):
+    """Items: ``TFP_short`` crops ``(1, crop, crop)`` at random timestamps inside random exposures."""
+
+    def __init__(
+        self,
+        exposures: Sequence[ExposureData],
+        crop: int = 64,
+        samples_per_epoch: int = 256,
+        seed: int = 0,
+        tfp_window: int = DEFAULT_TFP_SHORT_WINDOW,
+        augment: bool = True,
+    ):
+        super().__init__(exposures, crop, samples_per_epoch, seed, augment)
+        if tfp_window < 1 or tfp_window % 2 == 0 or tfp_window // 2 > DEFAULT_MARGIN_FRAMES:
+            raise ConfigError(
+                f"the short TFP window must be odd and at most {2 * DEFAULT_MARGIN_FRAMES + 1} frames, got {tfp_window}"
+            )
+        self.tfp_window = int(tfp_window)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        rng = self._rng(index)
+        _, exposure, y, x = self._pick(rng)
+        center = int(rng.integers(exposure.window.exposure_first, exposure.window.exposure_stop))
+        flips = self._flips(rng)
+        image = exposure.tfp_short(center, self.tfp_window)[y : y + self.crop, x : x + self.crop]
+        return torch.from_numpy(_flip(image, *flips)[None])
+
+
+class SRDataset(_CropDataset):
+    """Items: ``(TFP_long crop (1, c, c), gray(B) crop (1, 4c, 4c))``, aligned."""
+
+    def __init__(
+        self,
+        exposures: Sequence[ExposureData],
+        crop: int = 48,
+        samples_per_epoch: int = 256,
+        seed: int = 0,
+        augment: bool = True,
+    ):
+        super().__init__(exposures, crop, samples_per_epoch, seed, augment)
+        self._tfp_long = [e.tfp_long() for e in self.exposures]
+        self._gray = [gray_image(e.blurry) for e in self.exposures]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = self._rng(index)
+        i, _, y, x = self._pick(rng)
+        flips = self._flips(rng)
+        c, s = self.crop, SPIKE_SCALE
+        spikes = self._tfp_long[i][y : y + c, x : x + c]
+        target = self._gray[i][s * y : s * (y + c), s * x : s * (x + c)]
+        return torch.from_numpy(_flip(spikes, *flips)[None]), torch.from_numpy(_flip(target, *flips)[None])
+
+
+def sdm_teacher(tfp_window: int = DEFAULT_TFP_SHORT_WINDOW) -> TeacherFn:
+    """The plain SDM (no networks) as the student's teacher: ``B ⊙ TFP_short / TFP_long``, nearest ×4."""
+    from spikereveal.kernels import sdm
+
+    def teacher(exposure: ExposureData, centers: np.ndarray) -> np.ndarray:
+        return sdm(exposure.blurry, exposure.tfp_shorts(centers, tfp_window), exposure.tfp_long())
+
+    return teacher
+
+
+def network_teacher(bsn, sr, tfp_window: int = DEFAULT_TFP_SHORT_WINDOW, chunk_size: int | None = 2) -> TeacherFn:
+    """The cascade teacher ``clip(B ⊙ SR(BSN(TFP_short)) / SR(TFP_long), 0, 1)`` from trained nets.
+
+    The nets run on the device they are on, in eval mode (set by the caller), ``chunk_size`` timestamps
+    at a time (bounds memory on full frames).
+    """
+    from spikereveal.training.teacher import teacher_frames
+
+    def teacher(exposure: ExposureData, centers: np.ndarray) -> np.ndarray:
+        shorts = exposure.tfp_shorts(centers, tfp_window)
+        frames = teacher_frames(exposure.blurry, shorts, exposure.tfp_long(), bsn, sr, chunk_size=chunk_size)
+        return frames.detach().cpu().numpy().astype(np.float32, copy=False)
+
+    return teacher
+
+
+def cached_teacher(teacher: TeacherFn, cache_dir: str | os.PathLike, teacher_key: str) -> TeacherFn:
+    """``teacher`` with its targets kept on disk (float16 ``.npy``, one file per exposure and timestamps).
+
+    ``teacher_key`` names the teacher (e.g. ``sdm-w9`` or the checkpoints' hashes); the file name also
+    hashes the recording's path, its ``spikes.dat`` size and time, the exposure index and the spike
+    indices, so a changed recording or teacher never reuses stale targets.
+    """
+    import hashlib
+    from pathlib import Path
+
+    folder = Path(cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def cached(exposure: ExposureData, centers: np.ndarray) -> np.ndarray:
+        spikes = Path(exposure.recording) / "spikes.dat"
+        stat = spikes.stat() if spikes.exists() else None
+        identity = [teacher_key, str(Path(exposure.recording).resolve()), exposure.exposure_index,
+                    [int(c) for c in centers], None if stat is None else (stat.st_size, stat.st_mtime_ns)]
+        path = folder / f"teacher-{hashlib.sha256(repr(identity).encode()).hexdigest()[:32]}.npy"
+        if path.is_file():
+            return np.load(path).astype(np.float32)
+        targets = np.clip(np.asarray(teacher(exposure, centers), dtype=np.float32), 0.0, 1.0)
+        partial = path.with_name(path.name + ".partial.npy")
+        np.save(partial, targets.astype(np.float16))
+        os.replace(partial, path)
+        return targets
+
+    return cached
+
+
+class LDNDataset(_CropDataset):
+    """Items: ``(blurry (3, 4c, 4c), spikes (M, 21, c, c) uint8, teacher (M, 3, 4c, 4c))``, aligned.
+
+    The M timestamps are spread evenly over each exposure (first, last and M−2 between). Spike inputs and
+    teacher targets are computed for every exposure up front (``teacher`` is called once per exposure).
+    """
+
+    def __init__(
+        self,
+        exposures: Sequence[ExposureData],
+        teacher: TeacherFn,
+        crop: int = 32,
+        samples_per_epoch: int = 256,
+        seed: int = 0,
+        timestamps: int = DEFAULT_LDN_TIMESTAMPS,
+        augment: bool = True,
+        progress: LoadProgress | None = None,
+    ):
+        super().__init__(exposures, crop, samples_per_epoch, seed, augment)
+        self.timestamps = int(timestamps)
+        self._spikes: list[np.ndarray] = []
+        self._teacher: list[np.ndarray] = []
+        self._blurry: list[np.ndarray] = []
+        for done, exposure in enumerate(self.exposures, start=1):
+            centers = evenly_spread_centers(exposure.window, self.timestamps)
+            self._spikes.append(exposure.ldn_inputs(centers).astype(np.uint8))
+            targets = np.asarray(teacher(exposure, centers), dtype=np.float32)
+            expected = (self.timestamps,) + exposure.blurry.shape
+            if targets.shape != expected:
+                raise ConfigError(f"the teacher returned targets of shape {targets.shape}, expected {expected}")
+            self._teacher.append(np.clip(targets, 0.0, 1.0).astype(np.float16))
+            self._blurry.append(exposure.blurry.astype(np.float16))
+            if progress is not None:
+                progress(done, len(self.exposures), "teacher targets")
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rng = self._rng(index)
+        i, _, y, x = self._pick(rng)
+        flips = self._flips(rng)
+        c, s = self.crop, SPIKE_SCALE
+        image_rows, image_cols = slice(s * y, s * (y + c)), slice(s * x, s * (x + c))
+        blurry = self._blurry[i][:, image_rows, image_cols].astype(np.float32)
+        spikes = self._spikes[i][:, :, y : y + c, x : x + c]
+        targets = self._teacher[i][:, :, image_rows, image_cols].astype(np.float32)
+        return (
+            torch.from_numpy(_flip(blurry, *flips)),
+            torch.from_numpy(_flip(spikes, *flips)),
+            torch.from_numpy(_flip(targets, *flips)),
+        )

@@ -1,0 +1,383 @@
+"""Quality against ground truth (``spikereveal eval``): blurry input, plain SDM, teacher and student.
+
+For every exposure that has ground-truth frames (``gt.csv``) and a complete spike window, each method
+produces a frame at every ground-truth timestamp (spike index = nearest frame); PSNR and SSIM are computed
+against each ground-truth frame and averaged over all of them ("psnr", "ssim"), and separately over the
+one frame per exposure nearest the exposure's centre ("psnr_center", "ssim_center", what the paper's code
+reports). Re-blur consistency: the mean of the student's K output frames against the blurry input.
+
+Metrics are computed in numpy on float BGR images in [0, 1] (data range 1.0); SSIM uses an 11-tap gaussian
+window, σ 1.5, population statistics and the mean over the three channels (Wang et al. 2004; exactly
+``skimage.metrics.structural_similarity(..., gaussian_weights=True, sigma=1.5,
+use_sample_covariance=False, data_range=1.0)``, which is used when installed). PSNR is capped at 100 dB so
+that identical images stay JSON numbers.
+
+The student runs through one function, :func:`run_student`, on one exposure window, so that the PyTorch
+model used here can be swapped for an inference runner.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from spikereveal.errors import ConfigError, RecordingError
+from spikereveal.kernels import reblur
+from spikereveal.kernels.timing import DEFAULT_K, DEFAULT_MARGIN_FRAMES, time_to_index
+from spikereveal.training import datasets as ds
+
+log = logging.getLogger(__name__)
+
+METHODS = ("blurry", "sdm", "teacher", "student")
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+DATA_RANGE = 1.0
+PSNR_CAP_DB = 100.0
+PLOT_COLUMNS = ("blurry", "sdm", "teacher", "student", "gt")
+PLOT_TILE_WIDTH = 320
+PLOT_MAX_ROWS = 7
+
+#: ``student(blurry (3,H,W), spikes (K,21,H/4,W/4) float32) -> (K,3,H,W) float32`` frames in [0, 1].
+StudentFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+#: ``progress(done, total)`` over exposures.
+EvalProgress = Callable[[int, int], None]
+
+
+# -- metrics -----------------------------------------------------------------------------------------------
+def psnr(reference: np.ndarray, image: np.ndarray) -> float:
+    """PSNR in dB of ``image`` against ``reference`` (float, data range 1), capped at 100 dB."""
+    mse = float(np.mean((np.asarray(reference, np.float64) - np.asarray(image, np.float64)) ** 2))
+    if mse <= 10.0 ** (-PSNR_CAP_DB / 10.0):
+        return PSNR_CAP_DB
+    return float(10.0 * np.log10(DATA_RANGE**2 / mse))
+
+
+def _gaussian_taps(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.ndarray:
+    coords = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
+    taps = np.exp(-(coords**2) / (2.0 * sigma * sigma))
+    return taps / taps.sum()
+
+
+def _valid_filter(image: np.ndarray, taps: np.ndarray) -> np.ndarray:
+    """Separable filter of a 2-D image over the positions where the whole window fits."""
+    size = taps.size
+    rows = sum(taps[i] * image[i : image.shape[0] - size + 1 + i, :] for i in range(size))
+    return sum(taps[i] * rows[:, i : rows.shape[1] - size + 1 + i] for i in range(size))
+
+
+def ssim_numpy(reference: np.ndarray, image: np.ndarray) -> float:
+    """SSIM of two (C, H, W) images (gaussian 11 / σ 1.5, data range 1), mean over channels and the
+    positions where the window fits; the same numbers as scikit-image with the settings in the module doc."""
+    reference = np.asarray(reference, np.float64)
+    image = np.asarray(image, np.float64)
+    if min(reference.shape[-2:]) < SSIM_WINDOW:
+        raise ConfigError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, got {reference.shape}")
+    taps = _gaussian_taps()
+    c1, c2 = (0.01 * DATA_RANGE) ** 2, (0.03 * DATA_RANGE) ** 2
+    values = []
+    for x, y in zip(reference, image):
+        mu_x, mu_y = _valid_filter(x, taps), _valid_filter(y, taps)
+        var_x = _valid_filter(x * x, taps) - mu_x * mu_x
+        var_y = _valid_filter(y * y, taps) - mu_y * mu_y
+        cov = _valid_filter(x * y, taps) - mu_x * mu_y
+        s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+        values.append(s.mean())
+    return float(np.mean(values))
+
+
+def ssim(reference: np.ndarray, image: np.ndarray) -> float:
+    """SSIM of two (3, H, W) float images in [0, 1]: scikit-image when installed, else :func:`ssim_numpy`."""
+    try:
+        from skimage.metrics import structural_similarity
+    except ImportError:
+        return ssim_numpy(reference, image)
+    return float(
+        structural_similarity(
+            np.asarray(reference, np.float64), np.asarray(image, np.float64), channel_axis=0, data_range=DATA_RANGE,
+            gaussian_weights=True, sigma=SSIM_SIGMA, use_sample_covariance=False,
+        )
+    )
+
+
+def ssim_implementation() -> str:
+    try:
+        import skimage.metrics  # noqa: F401
+    except ImportError:
+        return "spikereveal.training.evaluate.ssim_numpy"
+    return "skimage.metrics.structural_similarity"
+
+
+# -- the student ---------------------------------------------------------------------------------------------
+def torch_student(model, device: str = "cpu") -> StudentFn:
+    """A :data:`StudentFn` running an LDN ``torch.nn.Module`` (output clipped to [0, 1])."""
+    import torch
+
+    from spikereveal.training.train import resolve_device
+
+    target = resolve_device(device)
+    model = model.to(target).eval()
+
+    def student(blurry: np.ndarray, spikes: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            blur = torch.from_numpy(np.ascontiguousarray(blurry, np.float32)).to(target)
+            windows = torch.from_numpy(np.ascontiguousarray(spikes, np.float32)).to(target)
+            frames = model.forward_exposure(blur, windows).clamp(0.0, 1.0)
+        return frames.cpu().numpy()
+
+    return student
+
+
+def runner_student(runner) -> StudentFn:
+    """A :data:`StudentFn` over a loaded inference runner (``spikereveal.engines.runners.Runner``).
+
+    The runner has a fixed batch K; windows are fed K at a time, the last group padded by repeating its
+    final window (the padded outputs are dropped). Outputs are copied and clipped to [0, 1].
+    """
+    batch = int(runner.shape.batch)
+
+    def student(blurry: np.ndarray, spikes: np.ndarray) -> np.ndarray:
+        count = spikes.shape[0]
+        blur = np.ascontiguousarray(np.broadcast_to(blurry, (batch,) + blurry.shape), dtype=np.float32)
+        frames = np.empty((count,) + blurry.shape, dtype=np.float32)
+        for first in range(0, count, batch):
+            group = spikes[first : first + batch]
+            if group.shape[0] < batch:
+                group = np.concatenate([group, np.repeat(group[-1:], batch - group.shape[0], axis=0)])
+            sharp = runner.infer(blur, np.ascontiguousarray(group, dtype=np.float32))
+            frames[first : first + batch] = sharp[: min(batch, count - first)]
+        return np.clip(frames, 0.0, 1.0)
+
+    return student
+
+
+def run_student(student: StudentFn, exposure: ds.ExposureData, centers: np.ndarray) -> np.ndarray:
+    """The student's frames ``(K, 3, H, W)`` in [0, 1] at spike indices ``centers`` of one exposure window."""
+    spikes = exposure.ldn_inputs(np.asarray(centers, dtype=np.int64))
+    frames = np.asarray(student(exposure.blurry, spikes), dtype=np.float32)
+    expected = (len(centers),) + exposure.blurry.shape
+    if frames.shape != expected:
+        raise ConfigError(f"the student returned frames of shape {frames.shape}, expected {expected}")
+    return np.clip(frames, 0.0, 1.0)
+
+
+# -- evaluation ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EvalOptions:
+    k: int = DEFAULT_K  # student frames per exposure for the re-blur consistency
+    tfp_window: int = ds.DEFAULT_TFP_SHORT_WINDOW
+    plot_dir: str | None = None
+    plot_max_rows: int = PLOT_MAX_ROWS
+
+    def __post_init__(self):
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ConfigError(f"--k (frames per exposure) must be a positive integer, got {self.k!r}")
+        if self.tfp_window < 1 or self.tfp_window % 2 == 0 or self.tfp_window // 2 > DEFAULT_MARGIN_FRAMES:
+            raise ConfigError(f"the short TFP window must be odd and at most 21 frames, got {self.tfp_window}")
+        if self.plot_max_rows < 1:
+            raise ConfigError(f"plot_max_rows must be >= 1, got {self.plot_max_rows}")
+
+
+def _center_position(exposure, frames) -> int:
+    middle = exposure.start_ns + exposure.duration_ns / 2.0
+    return int(np.argmin([abs(f.t_ns - middle) for f in frames]))
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return float(np.mean(values)) if len(values) else None
+
+
+def evaluate(
+    recordings: Sequence[str | os.PathLike],
+    student: StudentFn | None = None,
+    teacher: ds.TeacherFn | None = None,
+    options: EvalOptions = EvalOptions(),
+    progress: EvalProgress | None = None,
+    models: Mapping[str, str] | None = None,
+) -> dict:
+    """PSNR/SSIM of every method against ``gt.csv`` over every ground-truth frame; returns the JSON dict.
+
+    ``student``/``teacher`` may be None (those methods are then left out). Raises RecordingError for a
+    recording without ``gt.csv`` and ConfigError for RGB frames that are not 4x the spike grid.
+    """
+    from contextlib import ExitStack
+
+    from spikereveal.recording import open_recording
+
+    if not recordings:
+        raise ConfigError("no recording given: pass at least one recording directory with ground truth (--data REC)")
+    with ExitStack() as stack:
+        opened = []
+        for path in recordings:
+            recording = stack.enter_context(open_recording(path, strict=False))
+            if not recording.has_ground_truth:
+                raise RecordingError(
+                    Path(path) / "gt.csv",
+                    "is missing: eval needs ground-truth sharp frames, which only simulated recordings have "
+                    "('spikereveal simulate' writes them); for a real rig use 'spikereveal deblur' instead",
+                )
+            ds.check_geometry(recording, path)
+            opened.append((os.fspath(path), recording))
+        return _evaluate_opened(opened, student, teacher, options, progress, models)
+
+
+def _evaluate_opened(opened, student, teacher, options: EvalOptions, progress, models) -> dict:
+    methods = ["blurry", "sdm"] + (["teacher"] if teacher is not None else []) + (["student"] if student is not None else [])
+    sdm = ds.sdm_teacher(options.tfp_window)
+    plot_dir = Path(options.plot_dir) if options.plot_dir else None
+    if plot_dir is not None:
+        plot_dir.mkdir(parents=True, exist_ok=True)
+
+    per_frame = {m: {"psnr": [], "ssim": []} for m in methods}
+    per_center = {m: {"psnr": [], "ssim": []} for m in methods}
+    per_position: dict[str, list[list[float]]] = {m: [] for m in methods}  # PSNR by gt frame position
+    entries: list[dict] = []
+    reblur_scores: list[float] = []
+    skipped: list[dict] = []
+    todo = [(path, rec, e) for path, rec in opened for e in rec.exposures if rec.ground_truth_for(e.index)]
+    for done, (path, recording, exposure) in enumerate(todo, start=1):
+        spike = recording.meta.spike
+        window = recording.exposure_window(exposure.index, k=options.k)
+        if not window.inside(recording.spikes.frame_count):
+            skipped.append({"recording": path, "exposure_index": exposure.index,
+                            "reason": "spike window not inside the recorded spikes"})
+            continue
+        data = ds.ExposureData(
+            recording=path,
+            exposure_index=exposure.index,
+            blurry=recording.read_exposure(exposure.index),
+            packed=recording.spikes.read(int(window.window_first), int(window.window_stop)),
+            window=window,
+            spike_height=int(spike.height),
+            spike_width=int(spike.width),
+        )
+        gt_frames = recording.ground_truth_for(exposure.index)
+        gt_images = np.stack([recording.read_ground_truth(f) for f in gt_frames])
+        centers = np.asarray(time_to_index([f.t_ns for f in gt_frames], spike.t0_ns, spike.rate_hz), dtype=np.int64)
+        outputs = {"blurry": np.broadcast_to(data.blurry, gt_images.shape), "sdm": sdm(data, centers)}
+        if teacher is not None:
+            outputs["teacher"] = teacher(data, centers)
+        if student is not None:
+            outputs["student"] = run_student(student, data, centers)
+        center = _center_position(exposure, gt_frames)
+        entry = {"recording": path, "exposure_index": int(exposure.index), "frames": len(gt_frames),
+                 "center_t_ns": int(gt_frames[center].t_ns), "methods": {}}
+        for method in methods:
+            frames = np.clip(outputs[method], 0.0, 1.0)
+            scores = {"psnr": [psnr(g, f) for g, f in zip(gt_images, frames)],
+                      "ssim": [ssim(g, f) for g, f in zip(gt_images, frames)]}
+            per_position[method].append(scores["psnr"])
+            for metric in ("psnr", "ssim"):
+                per_frame[method][metric].extend(scores[metric])
+                per_center[method][metric].append(scores[metric][center])
+            entry["methods"][method] = {
+                "psnr": _mean(scores["psnr"]), "ssim": _mean(scores["ssim"]),
+                "psnr_center": scores["psnr"][center], "ssim_center": scores["ssim"][center],
+                "psnr_per_frame": scores["psnr"],
+            }
+        if student is not None:
+            sequence = run_student(student, data, window.centers)
+            entry["reblur_psnr"] = psnr(data.blurry, reblur(sequence))
+            reblur_scores.append(entry["reblur_psnr"])
+        if plot_dir is not None:
+            entry["plot"] = os.fspath(_plot_exposure(plot_dir, path, exposure.index, outputs, gt_images, options))
+        entries.append(entry)
+        if progress is not None:
+            progress(done, len(todo))
+    if not entries:
+        raise ConfigError(
+            "no exposure could be evaluated: none has ground truth and a complete spike window "
+            f"({len(skipped)} skipped)"
+        )
+    return {
+        "format": "spikereveal-eval",
+        "version": 1,
+        "recordings": [path for path, _ in opened],
+        "metrics": {
+            "image": "float BGR in [0, 1], 3 channels, on the network grid",
+            "psnr": {"data_range": DATA_RANGE, "cap_db": PSNR_CAP_DB, "mean": "over frames of per-frame PSNR"},
+            "ssim": {"window": SSIM_WINDOW, "gaussian_sigma": SSIM_SIGMA, "data_range": DATA_RANGE,
+                     "use_sample_covariance": False, "channels": "mean", "implementation": ssim_implementation()},
+            "center": "the ground-truth frame nearest each exposure's centre",
+        },
+        "frames": len(per_frame["blurry"]["psnr"]),
+        "k": options.k,
+        "tfp_short_window": options.tfp_window,
+        "models": dict(models or {}),
+        "methods": {
+            method: {
+                "psnr": _mean(per_frame[method]["psnr"]),
+                "ssim": _mean(per_frame[method]["ssim"]),
+                "psnr_center": _mean(per_center[method]["psnr"]),
+                "ssim_center": _mean(per_center[method]["ssim"]),
+            }
+            for method in methods
+        },
+        "reblur_psnr": _mean(reblur_scores),
+        "psnr_by_position": _by_position(per_position),
+        "exposures": entries,
+        "skipped": skipped,
+    }
+
+
+def _by_position(per_position: Mapping[str, list[list[float]]]) -> dict[str, list[float]] | None:
+    """Mean PSNR at each ground-truth position (first … last frame of an exposure), when every exposure
+    has the same number of ground-truth frames; shows whether the edge timestamps lag the centre."""
+    counts = {len(scores) for rows in per_position.values() for scores in rows}
+    if len(counts) != 1:
+        return None
+    return {method: [float(v) for v in np.mean(np.asarray(rows), axis=0)] for method, rows in per_position.items()}
+
+
+# -- plots -------------------------------------------------------------------------------------------------------
+def _plot_exposure(plot_dir: Path, recording: str, index: int, outputs: Mapping[str, np.ndarray],
+                   gt_images: np.ndarray, options: EvalOptions) -> Path:
+    """One PNG per exposure: a row per ground-truth timestamp, a column per method, then the ground truth."""
+    import cv2
+
+    columns = [(name, outputs[name] if name != "gt" else gt_images) for name in PLOT_COLUMNS
+               if name == "gt" or name in outputs]
+    count = gt_images.shape[0]
+    rows = np.unique(np.rint(np.linspace(0, count - 1, min(count, options.plot_max_rows))).astype(int))
+    height, width = gt_images.shape[-2:]
+    scale = min(1.0, PLOT_TILE_WIDTH / width)
+    tile_w, tile_h = max(1, int(round(width * scale))), max(1, int(round(height * scale)))
+    label_h = 22
+    canvas = np.full((label_h + len(rows) * tile_h, len(columns) * tile_w, 3), 255, np.uint8)
+    for c, (name, images) in enumerate(columns):
+        cv2.putText(canvas, name, (c * tile_w + 4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        for r, frame in enumerate(rows):
+            pixels = (np.clip(images[frame], 0.0, 1.0).transpose(1, 2, 0) * 255.0 + 0.5).astype(np.uint8)
+            if scale != 1.0:
+                pixels = cv2.resize(pixels, (tile_w, tile_h), interpolation=cv2.INTER_AREA)
+            top = label_h + r * tile_h
+            canvas[top : top + tile_h, c * tile_w : (c + 1) * tile_w] = pixels
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(recording).resolve().name) or "recording"
+    target = plot_dir / f"{name}_exposure{index:06d}.png"
+    if not cv2.imwrite(str(target), canvas):
+        raise ConfigError(f"could not write the plot {target}")
+    return target
+
+
+def format_table(report: Mapping) -> str:
+    """The per-method summary as a fixed-width text table (for the CLI)."""
+    lines = [f"{'method':<10}{'PSNR':>9}{'SSIM':>8}{'PSNR ctr':>10}{'SSIM ctr':>10}"]
+    for method, values in report["methods"].items():
+        lines.append(
+            f"{method:<10}{values['psnr']:>9.2f}{values['ssim']:>8.4f}{values['psnr_center']:>10.2f}"
+            f"{values['ssim_center']:>10.4f}"
+        )
+    if report.get("reblur_psnr") is not None:
+        lines.append(f"re-blur consistency (mean of the student's {report['k']} frames vs blurry): "
+                     f"{report['reblur_psnr']:.2f} dB")
+    if report.get("psnr_by_position"):
+        for method, values in report["psnr_by_position"].items():
+            lines.append(f"{method:<10}PSNR by frame position: " + " ".join(f"{v:.2f}" for v in values))
+    lines.append(f"{report['frames']} ground-truth frames in {len(report['exposures'])} exposure(s); SSIM gaussian "
+                 f"window {SSIM_WINDOW} (σ {SSIM_SIGMA}), data range {DATA_RANGE:g}")
+    return "\n".join(lines)

@@ -1,0 +1,340 @@
+"""Training loops for the teacher's BSN and SR and for the student LDN (SPEC §3).
+
+One loop serves the three networks: Adam, a cosine learning-rate schedule stepped once per epoch
+(``lr_e = lr · (1 + cos(π e / epochs)) / 2`` for epoch ``e`` = 0 … epochs−1), seeded data (see
+``datasets``), a checkpoint after every epoch, an optional wall-clock limit, and exact resumption.
+
+Files written for ``out = model.pt``:
+
+- ``model.pt``: a spikereveal checkpoint (``engines.checkpoint``) with the network config, the training
+  arguments, the progress (epochs completed, loss history) and the software versions. This is the file
+  to ship or to pass to ``eval``/``export``.
+- ``model.pt.optim``: the optimizer's moments, next to it, so that ``--resume model.pt`` continues the
+  very same run (the shipped checkpoint stays small). Without it a resume starts fresh Adam moments.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from spikereveal.errors import ConfigError
+from spikereveal.training import datasets as ds
+from spikereveal.training.losses import LdnLossWeights, bsn_loss, ldn_loss, sr_loss
+from spikereveal.training.train_config import KIND_DEFAULTS, KINDS, RunOptions, TrainConfig
+
+log = logging.getLogger(__name__)
+
+OPTIMIZER_SUFFIX = ".optim"
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """One progress report. ``phase``: "prepare" (loading/teacher targets), "step" or "epoch"."""
+
+    phase: str
+    kind: str
+    epoch: int  # 0-based epoch in progress
+    epochs: int
+    step: int  # steps done in this epoch (prepare: items done)
+    steps: int
+    losses: Mapping[str, float] = field(default_factory=dict)  # running means over this epoch
+    lr: float = 0.0
+    elapsed_s: float = 0.0
+    message: str = ""
+
+
+ProgressFn = Callable[[TrainProgress], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    checkpoint: Path
+    epochs_completed: int
+    step_in_epoch: int
+    finished: bool
+    stopped_early: str | None
+    history: tuple[Mapping[str, Any], ...]
+    elapsed_s: float
+
+
+def cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:
+    """Learning rate of ``epoch`` (0-based) under the per-epoch cosine schedule."""
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(epoch, epochs) / epochs))
+
+
+def resolve_device(device: str) -> torch.device:
+    """``torch.device(device)`` with a clear error when it cannot be used here."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"unknown device {device!r} (use cpu, cuda or cuda:N)") from exc
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device} was asked for but PyTorch sees no CUDA device; use --device cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return resolved
+
+
+def optimizer_state_path(checkpoint: str | os.PathLike) -> Path:
+    return Path(os.fspath(checkpoint) + OPTIMIZER_SUFFIX)
+
+
+# -- network-specific parts ------------------------------------------------------------------------------
+def _new_model(kind: str, network_config):
+    from spikereveal.engines.checkpoint import build_model
+
+    return build_model(kind, {} if network_config is None else network_config)
+
+
+def _teacher_fn(config: TrainConfig, device: torch.device, cache_dir: str | None) -> ds.TeacherFn:
+    if config.teacher == "sdm":
+        teacher, key = ds.sdm_teacher(config.tfp_window), f"sdm-w{config.tfp_window}"
+    else:
+        from spikereveal.engines.checkpoint import load_checkpoint, sha256_of
+
+        bsn, _ = load_checkpoint(config.teacher_bsn, expected_kind="bsn", map_location=device)
+        sr, _ = load_checkpoint(config.teacher_sr, expected_kind="sr", map_location=device)
+        teacher = ds.network_teacher(bsn.eval(), sr.eval(), config.tfp_window)
+        key = f"nets-{sha256_of(config.teacher_bsn)}-{sha256_of(config.teacher_sr)}-w{config.tfp_window}"
+    return teacher if cache_dir is None else ds.cached_teacher(teacher, cache_dir, key)
+
+
+def _dataset(config: TrainConfig, exposures, device, prepare: Callable[[int, int, str], None],
+             cache_dir: str | None = None):
+    common = dict(crop=config.crop, samples_per_epoch=config.samples_per_epoch, seed=config.seed, augment=config.augment)
+    if config.kind == "bsn":
+        return ds.BSNDataset(exposures, tfp_window=config.tfp_window, **common)
+    if config.kind == "sr":
+        return ds.SRDataset(exposures, **common)
+    return ds.LDNDataset(
+        exposures, _teacher_fn(config, device, cache_dir), timestamps=config.timestamps, progress=prepare, **common
+    )
+
+
+def batch_loss(kind: str, model, batch, device, weights: LdnLossWeights) -> tuple[torch.Tensor, dict[str, float]]:
+    if kind == "bsn":
+        tfp_short = batch.to(device)
+        loss = bsn_loss(model(tfp_short), tfp_short)
+        return loss, {}
+    if kind == "sr":
+        tfp_long, gray_blurry = (t.to(device) for t in batch)
+        return sr_loss(model(tfp_long), gray_blurry), {}
+    blurry, spikes, targets = (t.to(device) for t in batch)
+    n, m = spikes.shape[:2]
+    frames = model(
+        blurry.repeat_interleave(m, dim=0), spikes.reshape(n * m, *spikes.shape[2:]).to(blurry.dtype)
+    ).reshape(n, m, *blurry.shape[1:])
+    return ldn_loss(frames, targets, blurry, weights)
+
+
+# -- the loop ------------------------------------------------------------------------------------------------
+def train(
+    data: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    config: TrainConfig,
+    *,
+    resume: str | os.PathLike | None = None,
+    network_config=None,
+    options: RunOptions = RunOptions(),
+    progress: ProgressFn | None = None,
+) -> TrainResult:
+    """Train ``config.kind`` on the recordings ``data`` and write the checkpoint ``out`` after every epoch.
+
+    ``resume``: a checkpoint written by this function; its saved arguments apply except where ``config``
+    sets a field explicitly (e.g. more ``epochs``), its weights, progress and optimizer state continue.
+    ``network_config``: the network's config (dataclass or dict) for a fresh run; default the paper's.
+    ``init`` (LDN, in ``config``): start from that LDN checkpoint's weights (fine-tuning).
+    """
+    from spikereveal.engines.checkpoint import load_checkpoint, save_checkpoint
+
+    started = time.monotonic()
+    kind = config.kind
+    device = resolve_device(options.device)
+    if options.threads is not None:
+        torch.set_num_threads(options.threads)
+    emit = progress or (lambda event: None)
+
+    history: list[dict[str, Any]] = []
+    epochs_completed = step_in_epoch = 0
+    elapsed_before = 0.0
+    optimizer_state = None
+    if resume is not None:
+        model, meta = load_checkpoint(resume, expected_kind=kind)
+        saved = (meta.get("training") or {})
+        if "config" not in saved:
+            raise ConfigError(
+                f"{resume} holds no training state (it was not written by 'spikereveal train'); "
+                f"use it with --init to fine-tune instead of --resume"
+            )
+        config = replace(config, init=None).over(TrainConfig.from_dict(saved["config"]))
+        epochs_completed = int(saved.get("epochs_completed", 0))
+        step_in_epoch = int(saved.get("step_in_epoch", 0))
+        history = [dict(entry) for entry in saved.get("history", [])]
+        elapsed_before = float(saved.get("elapsed_s", 0.0))
+        optimizer_state = _read_optimizer_state(resume, saved)
+    else:
+        config = config.with_defaults()
+        if config.init is not None:
+            if kind != "ldn":
+                raise ConfigError("--init applies to the ldn student only")
+            model, _ = load_checkpoint(config.init, expected_kind="ldn")
+        else:
+            torch.manual_seed(config.seed)
+            model = _new_model(kind, network_config)
+    config = config.with_defaults()
+    model.to(device).train()
+
+    prepare = lambda done, total, what: emit(  # noqa: E731
+        TrainProgress("prepare", kind, epochs_completed, config.epochs, done, total, message=what)
+    )
+    margin = max(ds.DEFAULT_MARGIN_FRAMES, config.tfp_window // 2)
+    exposures = ds.load_exposures(data, k=config.timestamps, margin_frames=margin, progress=prepare)
+    if config.samples_per_epoch is None:
+        config = replace(config, samples_per_epoch=config.crops_per_exposure * len(exposures))
+    dataset = _dataset(config, exposures, device, prepare, options.cache_dir)
+    steps_per_epoch = math.ceil(len(dataset) / config.batch_size)
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    weights = LdnLossWeights(config.lambda_teacher, config.lambda_reblur)
+    limit_s = None if options.time_limit_min is None else 60.0 * options.time_limit_min
+    data_paths = [os.fspath(path) for path in data]
+
+    def save(stopped_early: str | None) -> None:
+        finished = epochs_completed >= config.epochs
+        training = {
+            "config": config.to_dict(),
+            "epochs_completed": epochs_completed,
+            "step_in_epoch": step_in_epoch,
+            "finished": finished,
+            "stopped_early": stopped_early,
+            "history": history,
+            "elapsed_s": elapsed_before + time.monotonic() - started,
+            "data": data_paths,
+            "exposures": len(exposures),
+            "schedule": "Adam, cosine learning rate stepped per epoch",
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+        }
+        save_checkpoint(out, kind, model, model.config, training=training, source=f"spikereveal train {kind}")
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "epochs_completed": epochs_completed, "step_in_epoch": step_in_epoch},
+            optimizer_state_path(out),
+        )
+
+    stopped_early = None
+    while epochs_completed < config.epochs and stopped_early is None:
+        epoch = epochs_completed
+        lr = cosine_lr(config.lr, epoch, config.epochs)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        dataset.set_epoch(epoch)
+        first_item = step_in_epoch * config.batch_size
+        loader = DataLoader(
+            torch.utils.data.Subset(dataset, range(first_item, len(dataset))),
+            batch_size=config.batch_size,
+            shuffle=False,
+            num_workers=options.num_workers,
+        )
+        sums: dict[str, float] = {}
+        counted = 0
+        epoch_started = time.monotonic()
+        for batch in loader:
+            loss, parts = batch_loss(kind, model, batch, device, weights)
+            if not torch.isfinite(loss):
+                raise ConfigError(
+                    f"the {kind} loss became {float(loss)} at epoch {epoch + 1}, step {step_in_epoch + 1}; "
+                    f"lower the learning rate (--lr)"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step_in_epoch += 1
+            counted += 1
+            for name, value in {"loss": float(loss.detach()), **parts}.items():
+                sums[name] = sums.get(name, 0.0) + value
+            running = {name: value / counted for name, value in sums.items()}
+            elapsed = elapsed_before + time.monotonic() - started
+            emit(TrainProgress("step", kind, epoch, config.epochs, step_in_epoch, steps_per_epoch, running, lr, elapsed))
+            if limit_s is not None and time.monotonic() - started >= limit_s and step_in_epoch < steps_per_epoch:
+                stopped_early = "time limit"
+                break
+        running = {name: value / max(counted, 1) for name, value in sums.items()}
+        if stopped_early is None:
+            history.append({"epoch": epoch + 1, "lr": lr, "seconds": time.monotonic() - epoch_started, **running})
+            epochs_completed += 1
+            step_in_epoch = 0
+            if limit_s is not None and time.monotonic() - started >= limit_s and epochs_completed < config.epochs:
+                stopped_early = "time limit"
+        save(stopped_early)
+        emit(TrainProgress("epoch", kind, epoch, config.epochs, step_in_epoch or steps_per_epoch, steps_per_epoch,
+                           running, lr, elapsed_before + time.monotonic() - started))
+    if epochs_completed >= config.epochs and not Path(out).is_file():
+        save(None)  # resumed a finished run: still leave a checkpoint at ``out``
+    model.eval()
+    return TrainResult(
+        checkpoint=Path(out),
+        epochs_completed=epochs_completed,
+        step_in_epoch=step_in_epoch,
+        finished=epochs_completed >= config.epochs,
+        stopped_early=stopped_early,
+        history=tuple(history),
+        elapsed_s=elapsed_before + time.monotonic() - started,
+    )
+
+
+def _read_optimizer_state(checkpoint, saved: Mapping[str, Any]):
+    """The optimizer moments saved beside ``checkpoint``, if they belong to the same point of the run."""
+    path = optimizer_state_path(checkpoint)
+    if not path.is_file():
+        log.warning("%s not found: resuming with fresh Adam moments", path)
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    same_point = (
+        state.get("epochs_completed") == saved.get("epochs_completed")
+        and state.get("step_in_epoch") == saved.get("step_in_epoch")
+    )
+    if not same_point:
+        log.warning("%s belongs to another point of the run: resuming with fresh Adam moments", path)
+        return None
+    return state["optimizer"]
+
+
+def training_summary(checkpoint_meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Short description of a checkpoint's training record (for logs and reports)."""
+    training = checkpoint_meta.get("training") or {}
+    history = training.get("history") or []
+    last = history[-1] if history else {}
+    return {
+        "kind": checkpoint_meta.get("kind"),
+        "epochs_completed": training.get("epochs_completed"),
+        "finished": training.get("finished"),
+        "last_epoch_loss": last.get("loss"),
+        "elapsed_s": training.get("elapsed_s"),
+    }
+
+
+__all__ = [
+    "KINDS",
+    "KIND_DEFAULTS",
+    "RunOptions",
+    "TrainConfig",
+    "TrainProgress",
+    "TrainResult",
+    "cosine_lr",
+    "optimizer_state_path",
+    "resolve_device",
+    "train",
+    "training_summary",
+]

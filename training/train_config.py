@@ -1,0 +1,138 @@
+"""Training arguments (no torch here: the CLI builds its parser from these defaults)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Mapping
+
+from spikereveal.errors import ConfigError
+
+#: TFP_short window of the reference implementation (frames); M timestamps per exposure in the LDN loss.
+DEFAULT_TFP_SHORT_WINDOW = 9
+DEFAULT_LDN_TIMESTAMPS = 5
+
+KINDS = ("bsn", "sr", "ldn")
+TEACHERS = ("nets", "sdm")
+
+#: Per-network defaults: the paper's learning rates; crops in spike pixels (image crops are 4x).
+KIND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "bsn": {"lr": 3e-4, "crop": 64, "batch_size": 8},
+    "sr": {"lr": 2e-4, "crop": 48, "batch_size": 8},
+    "ldn": {"lr": 1e-3, "crop": 32, "batch_size": 4},
+}
+COMMON_DEFAULTS: dict[str, Any] = {
+    "epochs": 20,
+    "seed": 0,
+    "crops_per_exposure": 8,
+    "augment": True,
+    "tfp_window": DEFAULT_TFP_SHORT_WINDOW,
+    "timestamps": DEFAULT_LDN_TIMESTAMPS,
+    "lambda_teacher": 1.0,
+    "lambda_reblur": 100.0,
+    "teacher": "sdm",
+    "teacher_bsn": None,
+    "teacher_sr": None,
+    "init": None,
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training arguments. ``None`` means "the default for this network" (or, on resume, the saved value).
+
+    ``samples_per_epoch`` defaults to ``crops_per_exposure`` × the number of usable exposures. LDN only:
+    ``teacher`` ("nets": the BSN+SR cascade from ``teacher_bsn``/``teacher_sr``; "sdm": plain SDM),
+    ``timestamps`` (M), the two loss weights and ``init`` (an LDN checkpoint to fine-tune).
+    """
+
+    kind: str
+    epochs: int | None = None
+    batch_size: int | None = None
+    crop: int | None = None
+    lr: float | None = None
+    seed: int | None = None
+    samples_per_epoch: int | None = None
+    crops_per_exposure: int | None = None
+    augment: bool | None = None
+    tfp_window: int | None = None
+    timestamps: int | None = None
+    lambda_teacher: float | None = None
+    lambda_reblur: float | None = None
+    teacher: str | None = None
+    teacher_bsn: str | None = None
+    teacher_sr: str | None = None
+    init: str | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ConfigError(f"unknown network {self.kind!r}; train one of {list(KINDS)}")
+        positive_ints = ("epochs", "batch_size", "crop", "samples_per_epoch", "crops_per_exposure", "timestamps")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"training {name} must be a positive integer, got {value!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
+            raise ConfigError(f"the seed must be an integer >= 0, got {self.seed!r}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"the learning rate must be a positive number, got {self.lr!r}")
+        for name in ("lambda_teacher", "lambda_reblur"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+        if self.tfp_window is not None and (self.tfp_window < 1 or self.tfp_window % 2 == 0):
+            raise ConfigError(f"the short TFP window must be an odd number of frames, got {self.tfp_window!r}")
+        if self.teacher is not None and self.teacher not in TEACHERS:
+            raise ConfigError(f"unknown teacher {self.teacher!r}; use one of {list(TEACHERS)}")
+        if self.teacher == "nets" and self.kind == "ldn" and not (self.teacher_bsn and self.teacher_sr):
+            raise ConfigError(
+                "the network teacher needs both --teacher-bsn CKPT and --teacher-sr CKPT (or use --teacher sdm)"
+            )
+        if self.kind != "ldn":
+            extra = [n for n in ("teacher_bsn", "teacher_sr", "init") if getattr(self, n) is not None]
+            if self.teacher == "nets":
+                extra.append("teacher")
+            if extra:
+                raise ConfigError(f"{', '.join(extra)} only apply to training the ldn student, not {self.kind}")
+
+    def with_defaults(self) -> "TrainConfig":
+        """Every ``None`` replaced by the default (``samples_per_epoch`` stays ``None`` until data is known)."""
+        values = {**COMMON_DEFAULTS, **KIND_DEFAULTS[self.kind]}
+        if self.kind == "ldn" and self.teacher is None and self.teacher_bsn and self.teacher_sr:
+            values["teacher"] = "nets"
+        updates = {name: value for name, value in values.items() if getattr(self, name) is None}
+        return replace(self, **updates)
+
+    def over(self, saved: "TrainConfig") -> "TrainConfig":
+        """``saved`` with every field that this config sets explicitly (not ``None``) taking precedence."""
+        if saved.kind != self.kind:
+            raise ConfigError(f"cannot resume a {saved.kind} run as {self.kind}")
+        updates = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return replace(saved, **updates)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run (not part of what is trained): device string, CPU threads, wall-clock limit."""
+
+    device: str = "cpu"
+    threads: int | None = None
+    time_limit_min: float | None = None
+    num_workers: int = 0
+    cache_dir: str | None = None  # LDN: keep the teacher's targets on disk between runs
+
+    def __post_init__(self):
+        if self.threads is not None and (isinstance(self.threads, bool) or self.threads < 1):
+            raise ConfigError(f"--threads must be >= 1, got {self.threads!r}")
+        if self.time_limit_min is not None and not (self.time_limit_min > 0):
+            raise ConfigError(f"--time-limit-min must be > 0 minutes, got {self.time_limit_min!r}")
+        if self.num_workers < 0:
+            raise ConfigError(f"the number of data loader workers must be >= 0, got {self.num_workers!r}")
