@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -272,34 +272,46 @@ class EngineChoice:
             raise ConfigError("--onnx is for the ort and trt engines; the torch engine runs the checkpoint")
 
 
-def _cached_export(choice: EngineChoice, shape: InputShape, out_dir: Path, recording_path) -> Path:
+def _cached_export(choice: EngineChoice, shape: InputShape, out_dir: Path, calib_recordings: Sequence) -> Path:
     from spikereveal.engines.export import ExportConfig, export_checkpoint, read_onnx_metadata, resolve_model_path
 
     checkpoint = resolve_model_path(choice.model)
-    target = out_dir / "onnx" / f"ldn_{choice.precision}_{shape.batch}x{shape.height}x{shape.width}.onnx"
+    config = ExportConfig(precision=choice.precision, batch=shape.batch, height=shape.height, width=shape.width)
+    calib = list(calib_recordings) if choice.precision == "int8" else []
+    name = f"ldn_{choice.precision}_{shape.batch}x{shape.height}x{shape.width}"
+    if calib:  # an int8 file is only reused for the same calibration data
+        from spikereveal.calibration.int8_data import cache_key
+
+        key = cache_key([Path(p) for p in calib], shape.batch, config.calibration_windows, shape.spike_frames, True)
+        name += f"_calib{key[:12]}"
+    target = out_dir / "onnx" / f"{name}.onnx"
     sha = file_sha256(checkpoint)
     if target.is_file():
         meta = read_onnx_metadata(target)
         if meta.get("source_sha256") == sha and meta.get("precision") == choice.precision:
             logger.info("reusing %s", target)
             return target
-    config = ExportConfig(precision=choice.precision, batch=shape.batch, height=shape.height, width=shape.width)
-    calib = [recording_path] if choice.precision == "int8" else ()
     logger.info("exporting %s to %s", checkpoint, target)
     return export_checkpoint(checkpoint, target, config, calib_recordings=calib)
 
 
 def prepare_runner(choice: EngineChoice, shape: InputShape, out_dir: str | os.PathLike,
-                   recording_path=None) -> Runner:
-    """An (unloaded) runner for ``shape``; exports the checkpoint to ``<out_dir>/onnx`` when ort/trt need it."""
+                   calib_recordings: str | os.PathLike | Sequence = ()) -> Runner:
+    """An (unloaded) runner for ``shape``; exports the checkpoint to ``<out_dir>/onnx`` when ort/trt need it.
+
+    ``calib_recordings`` (one path or several): what an int8 export calibrates on; the cached file is keyed
+    by them, so a different calibration set gets its own export.
+    """
     if choice.engine == "torch":
         from spikereveal.engines.export import resolve_model_path
 
         return create_runner("torch", shape, model=resolve_model_path(choice.model), precision=choice.precision,
                              options=choice.options)
+    if isinstance(calib_recordings, (str, os.PathLike)):
+        calib_recordings = [calib_recordings]
     onnx_path = choice.onnx_path
     if onnx_path is None:
-        onnx_path = _cached_export(choice, shape, Path(out_dir), recording_path)
+        onnx_path = _cached_export(choice, shape, Path(out_dir), calib_recordings)
     return create_runner(choice.engine, shape, onnx_path=onnx_path, precision=choice.precision,
                          options=choice.options)
 
@@ -329,7 +341,7 @@ def deblur(recording_path: str | os.PathLike, out_dir: str | os.PathLike, choice
         if choice.engine != "torch":
             _prepare_output(out_dir, config.overwrite)  # fail before a costly export, not after
         started = time.perf_counter()
-        runner = prepare_runner(choice, shape, out_dir, recording_path)
+        runner = prepare_runner(choice, shape, out_dir, [recording_path])
         with runner:
             prepare_s = time.perf_counter() - started
             summary = deblur_recording(recording, runner, out_dir, config, progress, calibration)

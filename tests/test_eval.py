@@ -198,3 +198,92 @@ def test_cli_refuses_a_checkpoint_of_the_wrong_kind(recording, checkpoints, tmp_
     with pytest.raises(ConfigError, match="both --teacher-bsn and --teacher-sr"):
         _cli(["eval", "--data", str(recording), "--no-student", "--teacher-bsn", str(checkpoints["bsn"]),
               "--json", str(tmp_path / "r.json")])
+
+
+# -- the student through an inference runner ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def random_student(tmp_path_factory):
+    from engines_support import save_random_checkpoint
+
+    return save_random_checkpoint(tmp_path_factory.mktemp("student") / "ldn.pt", seed=3)
+
+
+def _student_eval(recording, checkpoint, out_dir, *extra):
+    out = out_dir / "report.json"
+    assert _cli(["eval", "--data", str(recording), "--model", str(checkpoint), "--no-teacher", "--k", "3",
+                 "--threads", "1", "--json", str(out), *extra]) == 0
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def torch_report(recording, random_student, tmp_path_factory):
+    return _student_eval(recording, random_student, tmp_path_factory.mktemp("torch"))
+
+
+def test_default_engine_is_torch_and_is_reported(torch_report, random_student):
+    assert torch_report["engine"] == {"engine": "torch", "precision": "fp32", "device": "cpu"}
+    assert torch_report["methods"]["student"]["engine"] == "torch"
+    assert torch_report["methods"]["student"]["precision"] == "fp32"
+    assert torch_report["models"]["student"] == str(random_student)
+
+
+def test_ort_fp32_student_agrees_with_torch(recording, random_student, torch_report, tmp_path):
+    from spikereveal.engines.export import read_onnx_metadata
+
+    report = _student_eval(recording, random_student, tmp_path, "--engine", "ort")
+    student = report["methods"]["student"]
+    assert (student["engine"], student["precision"]) == ("ort", "fp32")
+    engine = report["engine"]
+    assert (engine["engine"], engine["precision"], engine["batch"]) == ("ort", "fp32", 3)
+    assert engine["exported_by_eval"] and engine["checkpoint"] == str(random_student)
+    assert engine["runner"]["runner"] == "ort" and engine["calibration"] is None
+    onnx_path = tmp_path / "onnx" / "ldn_fp32_3x64x96.onnx"
+    assert engine["onnx"] == str(onnx_path) and report["models"]["student_onnx"] == str(onnx_path)
+    assert read_onnx_metadata(onnx_path)["precision"] == "fp32"
+    for metric in ("psnr", "psnr_center"):
+        assert student[metric] == pytest.approx(torch_report["methods"]["student"][metric], abs=0.01)
+    assert report["reblur_psnr"] == pytest.approx(torch_report["reblur_psnr"], abs=0.01)
+    for ours, theirs in zip(report["exposures"], torch_report["exposures"]):
+        np.testing.assert_allclose(ours["methods"]["student"]["psnr_per_frame"],
+                                   theirs["methods"]["student"]["psnr_per_frame"], atol=0.01)
+    # the other methods do not depend on the engine
+    assert report["methods"]["sdm"] == pytest.approx(torch_report["methods"]["sdm"])
+
+    # a second run reuses the cached export; --onnx runs a given file
+    stamp = onnx_path.stat().st_mtime_ns
+    again = _student_eval(recording, random_student, tmp_path, "--engine", "ort", "--onnx", str(onnx_path))
+    assert onnx_path.stat().st_mtime_ns == stamp
+    assert again["engine"]["exported_by_eval"] is False and again["engine"]["checkpoint"] is None
+    assert again["methods"]["student"]["psnr"] == pytest.approx(student["psnr"], abs=1e-6)
+
+
+def test_ort_fp16_student_runs_and_reports_its_precision(recording, random_student, torch_report, tmp_path):
+    from spikereveal.engines.export import read_onnx_metadata
+
+    report = _student_eval(recording, random_student, tmp_path, "--engine", "ort", "--precision", "fp16")
+    assert report["methods"]["student"]["precision"] == "fp16" and report["engine"]["precision"] == "fp16"
+    assert read_onnx_metadata(report["engine"]["onnx"])["precision"] == "fp16"
+    # the quality target for fp16 exports
+    assert report["methods"]["student"]["psnr"] == pytest.approx(torch_report["methods"]["student"]["psnr"], abs=0.3)
+
+
+def test_ort_int8_student_states_its_calibration(recording, random_student, tmp_path):
+    report = _student_eval(recording, random_student, tmp_path, "--engine", "ort", "--precision", "int8")
+    engine = report["engine"]
+    assert report["methods"]["student"]["precision"] == "int8"
+    assert engine["calibration"]["recordings"] == [str(recording)]
+    assert engine["calibration"]["windows"] == EXPOSURES  # one window of K per exposure
+    assert "evaluated recordings" in engine["calibration"]["note"]
+    assert "_calib" in engine["onnx"]
+    assert np.isfinite(report["methods"]["student"]["psnr"])
+
+
+def test_engine_options_are_checked(recording, random_student, tmp_path):
+    with pytest.raises(ConfigError, match="--engine ort"):
+        _student_eval(recording, random_student, tmp_path, "--precision", "fp16")
+    with pytest.raises(ConfigError, match="--engine ort"):
+        _student_eval(recording, random_student, tmp_path, "--onnx", str(tmp_path / "x.onnx"))
+    other = write_recording(tmp_path / "other", spike_shape=(8, 12))
+    with pytest.raises(ConfigError, match="one geometry"):
+        ev.network_grid([recording, other])
+    assert ev.network_grid([recording]) == (64, 96)

@@ -12,8 +12,10 @@ window, σ 1.5, population statistics and the mean over the three channels (Wang
 use_sample_covariance=False, data_range=1.0)``, which is used when installed). PSNR is capped at 100 dB so
 that identical images stay JSON numbers.
 
-The student runs through one function, :func:`run_student`, on one exposure window, so that the PyTorch
-model used here can be swapped for an inference runner.
+The student runs through one function, :func:`run_student`, on one exposure window: either the PyTorch
+model (:func:`torch_student`) or an inference runner (:func:`engine_student`: ONNX Runtime / TensorRT at
+fp32, fp16 or int8, the export made and cached by ``spikereveal.engines.deblur.prepare_runner``), so that
+the exports' quality is measured by the same code as the PyTorch model's.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -166,6 +169,63 @@ def run_student(student: StudentFn, exposure: ds.ExposureData, centers: np.ndarr
     return np.clip(frames, 0.0, 1.0)
 
 
+def network_grid(recordings: Sequence[str | os.PathLike]) -> tuple[int, int]:
+    """The image ``(height, width)`` (4x the spike grid) shared by ``recordings``; ConfigError otherwise."""
+    from spikereveal.recording import open_recording
+
+    grids = {}
+    for path in recordings:
+        with open_recording(path, strict=False) as recording:
+            h, w = ds.check_geometry(recording, path)
+        grids.setdefault((4 * h, 4 * w), os.fspath(path))
+    if len(grids) != 1:
+        raise ConfigError(
+            "an ort/trt student runs one static geometry, but the recordings have image grids "
+            + ", ".join(f"{h}x{w} ({path})" for (h, w), path in grids.items())
+            + "; evaluate recordings of one geometry per run"
+        )
+    return next(iter(grids))
+
+
+@contextmanager
+def engine_student(choice, recordings: Sequence[str | os.PathLike], batch: int,
+                   export_dir: str | os.PathLike) -> Iterator[tuple[StudentFn, dict[str, Any]]]:
+    """Load the runner of ``choice`` (a ``spikereveal.engines.deblur.EngineChoice``) for a fixed batch of
+    ``batch`` windows on the recordings' grid and yield ``(student, engine block for the report)``.
+
+    ort/trt without ``choice.onnx_path``: the checkpoint is exported once into ``<export_dir>/onnx/`` and
+    reused while checkpoint, precision and (int8) calibration data match; int8 calibrates on windows of
+    ``recordings`` themselves, which the engine block states. The runner is closed on exit.
+    """
+    from spikereveal.engines.deblur import prepare_runner
+    from spikereveal.engines.export import read_onnx_metadata, resolve_model_path
+    from spikereveal.engines.runners import InputShape
+
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ConfigError(f"the runner batch (frames per inference) must be a positive integer, got {batch!r}")
+    height, width = network_grid(recordings)
+    shape = InputShape(batch, height, width)
+    exported = choice.engine != "torch" and choice.onnx_path is None
+    runner = prepare_runner(choice, shape, export_dir, [os.fspath(p) for p in recordings])
+    block: dict[str, Any] = {
+        "engine": choice.engine, "precision": choice.precision, "batch": batch,
+        "checkpoint": None if choice.onnx_path is not None else os.fspath(resolve_model_path(choice.model)),
+        "onnx": getattr(runner, "onnx_path", None) and os.fspath(runner.onnx_path),
+        "exported_by_eval": exported, "calibration": None,
+    }
+    if choice.precision == "int8" and block["onnx"] is not None:
+        meta = read_onnx_metadata(block["onnx"])
+        block["calibration"] = {
+            "windows": int(meta["calibration_windows"]) if "calibration_windows" in meta else None,
+            "recordings": [os.fspath(p) for p in recordings] if exported else None,
+            "note": ("int8 activation ranges calibrated on windows of the evaluated recordings themselves"
+                     if exported else "calibrated when the given --onnx file was exported (data unknown here)"),
+        }
+    with runner:
+        block["runner"] = runner.describe()
+        yield runner_student(runner), block
+
+
 # -- evaluation ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class EvalOptions:
@@ -199,10 +259,13 @@ def evaluate(
     options: EvalOptions = EvalOptions(),
     progress: EvalProgress | None = None,
     models: Mapping[str, str] | None = None,
+    engine: Mapping[str, Any] | None = None,
 ) -> dict:
     """PSNR/SSIM of every method against ``gt.csv`` over every ground-truth frame; returns the JSON dict.
 
-    ``student``/``teacher`` may be None (those methods are then left out). Raises RecordingError for a
+    ``student``/``teacher`` may be None (those methods are then left out). ``engine``: what runs the student
+    (at least ``engine`` and ``precision``, e.g. the block :func:`engine_student` yields); it becomes the
+    report's ``engine`` block and ``methods.student`` gets its ``engine`` and ``precision``. Raises RecordingError for a
     recording without ``gt.csv`` and ConfigError for RGB frames that are not 4x the spike grid.
     """
     from contextlib import ExitStack
@@ -223,10 +286,10 @@ def evaluate(
                 )
             ds.check_geometry(recording, path)
             opened.append((os.fspath(path), recording))
-        return _evaluate_opened(opened, student, teacher, options, progress, models)
+        return _evaluate_opened(opened, student, teacher, options, progress, models, engine)
 
 
-def _evaluate_opened(opened, student, teacher, options: EvalOptions, progress, models) -> dict:
+def _evaluate_opened(opened, student, teacher, options: EvalOptions, progress, models, engine) -> dict:
     methods = ["blurry", "sdm"] + (["teacher"] if teacher is not None else []) + (["student"] if student is not None else [])
     sdm = ds.sdm_teacher(options.tfp_window)
     plot_dir = Path(options.plot_dir) if options.plot_dir else None
@@ -294,6 +357,17 @@ def _evaluate_opened(opened, student, teacher, options: EvalOptions, progress, m
             "no exposure could be evaluated: none has ground truth and a complete spike window "
             f"({len(skipped)} skipped)"
         )
+    summary = {
+        method: {
+            "psnr": _mean(per_frame[method]["psnr"]),
+            "ssim": _mean(per_frame[method]["ssim"]),
+            "psnr_center": _mean(per_center[method]["psnr"]),
+            "ssim_center": _mean(per_center[method]["ssim"]),
+        }
+        for method in methods
+    }
+    if student is not None and engine is not None:
+        summary["student"].update(engine=engine["engine"], precision=engine["precision"])
     return {
         "format": "spikereveal-eval",
         "version": 1,
@@ -309,15 +383,8 @@ def _evaluate_opened(opened, student, teacher, options: EvalOptions, progress, m
         "k": options.k,
         "tfp_short_window": options.tfp_window,
         "models": dict(models or {}),
-        "methods": {
-            method: {
-                "psnr": _mean(per_frame[method]["psnr"]),
-                "ssim": _mean(per_frame[method]["ssim"]),
-                "psnr_center": _mean(per_center[method]["psnr"]),
-                "ssim_center": _mean(per_center[method]["ssim"]),
-            }
-            for method in methods
-        },
+        "engine": None if engine is None else dict(engine),
+        "methods": summary,
         "reblur_psnr": _mean(reblur_scores),
         "psnr_by_position": _by_position(per_position),
         "exposures": entries,
@@ -372,6 +439,10 @@ def format_table(report: Mapping) -> str:
             f"{method:<10}{values['psnr']:>9.2f}{values['ssim']:>8.4f}{values['psnr_center']:>10.2f}"
             f"{values['ssim_center']:>10.4f}"
         )
+    if report.get("engine"):
+        engine = report["engine"]
+        lines.append(f"student engine: {engine['engine']} {engine['precision']}"
+                     + (f", batch {engine['batch']}" if engine.get("batch") else ""))
     if report.get("reblur_psnr") is not None:
         lines.append(f"re-blur consistency (mean of the student's {report['k']} frames vs blurry): "
                      f"{report['reblur_psnr']:.2f} dB")

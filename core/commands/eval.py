@@ -31,7 +31,16 @@ def register(subparsers) -> None:
     parser.add_argument("--plot", type=Path, metavar="DIR", help="write one PNG grid per exposure into DIR")
     parser.add_argument("--k", type=int, default=7, help="student frames per exposure for the re-blur check (default 7)")
     parser.add_argument("--device", default="cpu", help="torch device for the networks (default cpu)")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch and the ort runner (default: cores - 1 for ort)")
+    parser.add_argument("--engine", choices=("torch", "ort", "trt"), default="torch",
+                        help="what runs the student: torch (the checkpoint in PyTorch, default) or an inference "
+                             "runner on an ONNX export, with a fixed batch of --k windows")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+                        help="ort/trt export precision (torch: fp32 only); int8 calibrates on the --data recordings")
+    parser.add_argument("--onnx", type=Path, metavar="PATH",
+                        help="ort/trt: run this static export (batch --k, the recordings' grid) instead of exporting "
+                             "--model into <--json's folder>/onnx/ (cached while checkpoint and precision match)")
+    parser.add_argument("--engine-cache", type=Path, metavar="DIR", help="trt: engine cache directory")
     parser.set_defaults(func=run)
 
 
@@ -45,9 +54,15 @@ def _shipped(kind: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def _student(args, models: dict):
+def _student(args, models: dict, stack):
+    """The student function and the report's engine block (None, None with --no-student)."""
     if args.no_student:
-        return None
+        return None, None
+    if args.engine != "torch":
+        return _runner_student(args, models, stack)
+    if args.precision != "fp32" or args.onnx is not None:
+        raise ConfigError("the torch engine runs the checkpoint at fp32; use --engine ort (or trt) for --precision "
+                          f"{args.precision} or --onnx")
     from spikereveal.engines.checkpoint import load_checkpoint
     from spikereveal.engines.export import default_model_path
     from spikereveal.training.evaluate import torch_student
@@ -59,7 +74,23 @@ def _student(args, models: dict):
     models["student"] = str(path)
     if meta.get("source"):
         models["student_source"] = str(meta["source"])
-    return torch_student(model, args.device)
+    return torch_student(model, args.device), {"engine": "torch", "precision": "fp32", "device": args.device}
+
+
+def _runner_student(args, models: dict, stack):
+    from spikereveal.engines.deblur import EngineChoice
+    from spikereveal.engines.runners import RunnerOptions
+    from spikereveal.training.evaluate import engine_student
+
+    options = RunnerOptions(threads=args.threads, cache_dir=str(args.engine_cache) if args.engine_cache else None)
+    choice = EngineChoice(engine=args.engine, precision=args.precision,
+                          model=str(args.model) if args.model is not None else None,
+                          onnx_path=str(args.onnx) if args.onnx is not None else None, options=options)
+    student, engine = stack.enter_context(engine_student(choice, args.data, args.k, args.json.parent))
+    if engine["checkpoint"] is not None:
+        models["student"] = engine["checkpoint"]
+    models["student_onnx"] = engine["onnx"]
+    return student, engine
 
 
 def _teacher(args, models: dict):
@@ -83,6 +114,8 @@ def _teacher(args, models: dict):
 
 
 def run(args) -> int:
+    from contextlib import ExitStack
+
     from tqdm import tqdm
 
     from spikereveal.training.evaluate import EvalOptions, evaluate, format_table
@@ -93,16 +126,17 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     options = EvalOptions(k=args.k, plot_dir=None if args.plot is None else str(args.plot))
     models: dict[str, str] = {}
-    student = _student(args, models)
-    teacher = _teacher(args, models)
-    with tqdm(desc="eval", unit="exposure") as bar:
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
+    with ExitStack() as stack:  # closes the student's runner
+        student, engine = _student(args, models, stack)
+        teacher = _teacher(args, models)
+        with tqdm(desc="eval", unit="exposure") as bar:
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.n = done
+                bar.refresh()
 
-        report = evaluate(args.data, student=student, teacher=teacher, options=options, progress=progress,
-                          models=models)
+            report = evaluate(args.data, student=student, teacher=teacher, options=options, progress=progress,
+                              models=models, engine=engine)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(format_table(report))
