@@ -15,7 +15,10 @@ from spikereveal import __version__
 from spikereveal.errors import SpikeRevealError
 
 # Verbs, in the order ``--help`` lists them. A verb appears here once it works end to end.
-COMMAND_MODULES: tuple[str, ...] = ("simulate", "train", "eval", "export", "build_engine", "deblur", "calibrate", "replay", "import_weights", "bench")
+COMMAND_MODULES: tuple[str, ...] = (
+    "demo", "simulate", "deblur", "serve", "replay", "worker", "train", "eval", "import_weights", "export",
+    "build_engine", "calibrate", "bench",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,133 @@
+"""``spikereveal serve``: the live pipeline (camera streams in, sharp frames out)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _geometry(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected the spike sensor as HxW, e.g. 250x400, got {text!r}") from None
+    if height < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"spike sensor sides must be positive, got {text!r}")
+    return height, width
+
+
+def add_engine_arguments(parser) -> None:
+    """--engine/--precision/--model/--onnx/--threads (shared by serve, worker and demo)."""
+    parser.add_argument("--engine", choices=("ort", "torch", "trt"), default=None,
+                        help="inference engine (default ort)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=None,
+                        help="export precision for ort/trt (default fp32)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", metavar="CKPT", default=None,
+                        help="LDN checkpoint (default: the shipped model); exported to ONNX for ort/trt")
+    source.add_argument("--onnx", metavar="PATH", default=None, help="ort/trt: an exported ONNX file to run")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="inference threads (default: all cores but one)")
+
+
+def engine_overrides(args) -> dict:
+    return {"engine": args.engine, "precision": args.precision, "model": args.model, "onnx": args.onnx,
+            "threads": args.threads}
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="live deblurring: subscribe to a rig's spike and RGB streams, publish sharp frames",
+        description=(
+            "Connect SUB sockets to the rig's spike and RGB publishers, cut each exposure's spike window as soon "
+            "as its spikes are in, run the network (K frames as one batch) in a worker thread or processes, and "
+            "publish K sharp frames per exposure on a PUB socket. Inference slower than the exposures: the "
+            "oldest waiting exposure is dropped and counted. At exit the counters are printed and written as "
+            "JSON (--stats-json). Ctrl-C / SIGTERM stop cleanly."
+        ),
+    )
+    parser.add_argument("--spike-endpoint", metavar="E1", default=None, help="the rig's spike publisher to connect to")
+    parser.add_argument("--rgb-endpoint", metavar="E2", default=None, help="the rig's RGB publisher to connect to")
+    parser.add_argument("--output-endpoint", metavar="E3", default=None,
+                        help="endpoint to bind for sharp frames, e.g. tcp://*:5557")
+    parser.add_argument("--config", metavar="RIG_JSON", default=None,
+                        help="rig.json with these settings, per-stage options and the calibration (options override)")
+    add_engine_arguments(parser)
+    parser.add_argument("--spike-geometry", type=_geometry, default=None, metavar="HxW",
+                        help="spike sensor size, e.g. 250x400: the engine loads before streaming instead of on "
+                             "the first exposure")
+    parser.add_argument("--save", metavar="DIR", default=None,
+                        help="also write DIR/frames/*.png and DIR/frames.csv as 'deblur' does")
+    parser.add_argument("--video", action="store_true", help="with --save: also a side-by-side (blurry | sharp) MP4")
+    parser.add_argument("--exit-after", type=int, default=None, metavar="N", help="stop after N published exposures")
+    parser.add_argument("--idle-timeout", type=float, default=None, metavar="S",
+                        help="stop after S seconds without a camera message (queued exposures are finished)")
+    parser.add_argument("--stats-json", metavar="PATH", default=None, help="write the counters as JSON")
+    parser.add_argument("--trace", metavar="PATH", default=None,
+                        help="record per-exposure stage times to PATH (.npz) for 'spikereveal bench report'")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="run inference in N local worker processes (default: one thread in serve)")
+    parser.add_argument("--job-endpoint", default=None, metavar="E",
+                        help="also bind PUSH here for remote 'spikereveal worker' s (with --result-endpoint)")
+    parser.add_argument("--result-endpoint", default=None, metavar="E", help="bind PULL here for remote results")
+    parser.add_argument("--remote-workers", type=int, default=None, metavar="N",
+                        help="how many remote workers to keep jobs in flight for (default 0; at least one slot)")
+    parser.add_argument("--queue", type=int, default=None, metavar="JOBS",
+                        help="exposures that may wait for inference before the oldest is dropped (default 2)")
+    parser.add_argument("--k", type=int, default=None, help="sharp frames per exposure (default 7)")
+    parser.set_defaults(func=run)
+
+
+def config_from_args(args):
+    from spikereveal.stream.config import load_serve_config
+
+    spike_height, spike_width = args.spike_geometry or (None, None)
+    return load_serve_config(
+        args.config,
+        spike_endpoint=args.spike_endpoint, rgb_endpoint=args.rgb_endpoint, output_endpoint=args.output_endpoint,
+        spike_height=spike_height, spike_width=spike_width,
+        exit_after_exposures=args.exit_after, idle_timeout_s=args.idle_timeout, stats_json=args.stats_json,
+        trace=args.trace,
+        engine=engine_overrides(args),
+        worker={"save_dir": args.save, "write_video": True if args.video else None,
+                "queue_capacity_jobs": args.queue},
+        sync={"k": args.k},
+        scale_out={"workers": args.workers, "job_endpoint": args.job_endpoint,
+                   "result_endpoint": args.result_endpoint, "remote_workers": args.remote_workers},
+    )
+
+
+def format_counters(counters: dict) -> str:
+    keys = ("messages", "malformed", "gaps", "late", "duplicates", "exposures_done", "exposures_skipped",
+            "exposures_dropped", "exposures_failed", "exposures_abandoned")
+    lines = ["counters: " + ", ".join(f"{k}={counters[k]}" for k in keys)]
+    latency = counters.get("latency", {})
+    for name in ("end_to_end_ms", "inference_ms", "non_inference_ms"):
+        stats = latency.get(name) or {}
+        if stats.get("count"):
+            lines.append(f"{name[:-3]}: p50 {stats['p50_ms']:.2f} ms, p99 {stats['p99_ms']:.2f} ms "
+                         f"({stats['count']} exposures)")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    import signal
+    import threading
+
+    from spikereveal.stream.serve import Server
+
+    config = config_from_args(args)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    server = Server(config)
+    try:
+        counters = server.run(stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print(f"serve stopped ({counters['stop_reason']}); output was {server.output_endpoint}")
+    print(format_counters(counters))
+    for path in (config.stats_json, config.trace):
+        if path:
+            print(f"wrote {path}")
+    return 0

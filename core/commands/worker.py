@@ -1,0 +1,63 @@
+"""``spikereveal worker``: a remote inference worker for ``serve`` (PULL jobs, PUSH results)."""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    from spikereveal.commands.serve import _geometry, add_engine_arguments
+
+    parser = subparsers.add_parser(
+        "worker",
+        help="a remote inference worker: pull exposure windows from serve, push sharp frames back",
+        description=(
+            "Scale-out for 'serve': connect to the job and result endpoints that 'serve --job-endpoint E1 "
+            "--result-endpoint E2' binds, run every exposure window it receives (jobs are self-contained) and "
+            "send the K sharp frames back; serve re-orders results by exposure. Use it when one machine's "
+            "inference is slower than the exposure rate. Runs until Ctrl-C / SIGTERM."
+        ),
+    )
+    parser.add_argument("--connect", "--jobs", dest="jobs", required=True, metavar="E1",
+                        help="serve's job endpoint, e.g. tcp://serve-host:5560")
+    parser.add_argument("--results", required=True, metavar="E2",
+                        help="serve's result endpoint, e.g. tcp://serve-host:5561")
+    parser.add_argument("--id", type=int, default=0, help="worker id shown in serve's logs (default 0)")
+    add_engine_arguments(parser)
+    parser.add_argument("--spike-geometry", type=_geometry, default=None, metavar="HxW",
+                        help="load the engine now for this sensor (default: on the first job)")
+    parser.add_argument("--k", type=int, default=7, help="frames per exposure for --spike-geometry (default 7)")
+    parser.add_argument("--calibration", default=None, metavar="PATH", help="the rig's calibration.json")
+    parser.add_argument("--work-dir", default=None, metavar="DIR", help="where ONNX exports go (default: a temp dir)")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import shutil
+    import signal
+    import tempfile
+    import threading
+
+    from spikereveal.commands.serve import engine_overrides
+    from spikereveal.stream.config import EngineConfig
+    from spikereveal.stream.serve import make_runner_factory
+    from spikereveal.stream.worker import run_worker
+
+    engine = EngineConfig(**{k: v for k, v in engine_overrides(args).items() if v is not None})
+    calibration = None
+    if args.calibration is not None:
+        from spikereveal.calibration.store import read_calibration
+
+        calibration = read_calibration(args.calibration)
+    work_dir = args.work_dir or tempfile.mkdtemp(prefix="spikereveal-worker-")
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        print(f"worker {args.id}: jobs from {args.jobs}, results to {args.results} (Ctrl-C stops)", flush=True)
+        stats = run_worker(args.jobs, args.results, make_runner_factory(engine, work_dir), worker_id=args.id,
+                           spike_shape=args.spike_geometry, k=args.k, calibration=calibration, stop=stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if args.work_dir is None:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    print(f"worker {args.id}: {stats.jobs} exposures, {stats.failed} failed, {stats.malformed} malformed jobs")
+    return 0

@@ -1,0 +1,311 @@
+"""Settings of the live pipeline: one frozen dataclass per stage, loaded from one JSON file (``--config``).
+
+``rig.json`` (every section and key optional; unknown keys are an error, so typos do not pass silently)::
+
+    {"format": "spikereveal-serve", "version": 1,
+     "endpoints":  {"spike": "tcp://cam:5555", "rgb": "tcp://cam:5556", "output": "tcp://*:5557"},
+     "geometry":   {"spike_height": 250, "spike_width": 400},
+     "ingest":     {"receive_hwm_messages": 1000, "poll_interval_ms": 50},
+     "sync":       {"k": 7, "margin_frames": 10, "rgb_to_spike_offset_ns": 0, "exposure_timeout_ns": 1000000000,
+                    "max_pending_exposures": 16, "max_ring_frames": 4096, ...},
+     "engine":     {"engine": "ort", "precision": "fp32", "model": null, "onnx": null, "threads": null},
+     "worker":     {"queue_capacity_jobs": 2, "when_full": "drop_oldest", "output_pixel_format": "bgr8",
+                    "save_dir": null, "png_compression": 1, "write_video": false, "video_fps": 10.0,
+                    "drain_timeout_s": 30.0},
+     "scale_out":  {"workers": 0, "job_endpoint": null, "result_endpoint": null, "in_flight_per_worker_jobs": 2,
+                    "result_timeout_s": 30.0},
+     "publish":    {"send_hwm_messages": 1000},
+     "run":        {"exit_after_exposures": null, "idle_timeout_s": null, "stats_json": null, "trace": null},
+     "calibration": "calibration.json"}
+
+Relative paths (``calibration``, ``model``, ``onnx``, ``save_dir``, ``stats_json``, ``trace``) are relative to the
+config file. The calibration is a ``spikereveal calibrate`` file (its clock mapping moves exposures onto
+the spike clock; its geometry and photometric maps are applied to every window). Command-line options
+override the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from spikereveal.engines.runners import RunnerOptions
+from spikereveal.errors import ConfigError, FormatError
+from spikereveal.stream.sync import SyncConfig
+
+__all__ = [
+    "CONFIG_FORMAT",
+    "IngestConfig",
+    "EngineConfig",
+    "WorkerConfig",
+    "ScaleOutConfig",
+    "PublishConfig",
+    "ServeConfig",
+    "load_serve_config",
+    "WHEN_FULL_POLICIES",
+]
+
+CONFIG_FORMAT = "spikereveal-serve"
+CONFIG_VERSION = 1
+WHEN_FULL_POLICIES = ("drop_oldest", "drop_newest")
+OUTPUT_PIXEL_FORMATS = ("bgr8", "bgr_f32")
+
+
+def _positive_int(owner: str, name: str, value, low: int = 1, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{owner}.{name} must be an integer >= {low}, got {value!r}")
+
+
+def _positive_seconds(owner: str, name: str, value, allow_none: bool = False, allow_zero: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{owner}.{name} must be a finite number of seconds > 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """The two SUB sockets and the receive loop."""
+
+    receive_hwm_messages: int = 1000  # per SUB socket; beyond it ZeroMQ drops (the synchroniser sees gaps)
+    poll_interval_ms: int = 50  # longest poller wait before timeouts (sync, idle, exit) are checked
+
+    def __post_init__(self):
+        _positive_int("ingest", "receive_hwm_messages", self.receive_hwm_messages)
+        _positive_int("ingest", "poll_interval_ms", self.poll_interval_ms)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Which runner does inference: ``ort``/``trt`` from ``onnx`` (or an export of ``model``), ``torch`` from
+    ``model``; ``model`` None means the shipped default checkpoint."""
+
+    engine: str = "ort"
+    precision: str = "fp32"
+    model: str | None = None
+    onnx: str | None = None
+    threads: int | None = None  # inference threads; None: all cores but one
+
+    def __post_init__(self):
+        from spikereveal.engines.runners import RUNNERS
+
+        if self.engine not in RUNNERS:
+            raise ConfigError(f"engine.engine must be one of {sorted(RUNNERS)}, got {self.engine!r}")
+        _positive_int("engine", "threads", self.threads, allow_none=True)
+        self.choice()  # validates precision and engine/onnx combinations
+
+    def choice(self):
+        """The engines module's EngineChoice for this config."""
+        from spikereveal.engines.deblur import EngineChoice
+
+        return EngineChoice(engine=self.engine, precision=self.precision, model=self.model, onnx_path=self.onnx,
+                            options=RunnerOptions(threads=self.threads))
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """The bounded job queue between the synchroniser and inference, and what is done with the results.
+
+    Full queue (inference slower than the exposure rate): ``drop_oldest`` (default; the newest exposure
+    is the most useful live) or ``drop_newest``; either way the dropped exposure is counted in
+    ``exposures_dropped`` and memory stays at ``queue_capacity_jobs`` windows (+ one in inference).
+    """
+
+    queue_capacity_jobs: int = 2
+    when_full: str = "drop_oldest"
+    output_pixel_format: str = "bgr8"  # sharp frames on the wire: bgr8 (viewers) or bgr_f32 (bit-exact)
+    save_dir: str | None = None  # also write frames/ and frames.csv like `deblur`
+    png_compression: int = 1
+    write_video: bool = False  # with save_dir: a side-by-side (blurry | sharp) MP4
+    video_fps: float = 10.0
+    drain_timeout_s: float = 30.0  # at shutdown, finish queued exposures for at most this long
+
+    def __post_init__(self):
+        _positive_int("worker", "queue_capacity_jobs", self.queue_capacity_jobs)
+        if self.when_full not in WHEN_FULL_POLICIES:
+            raise ConfigError(f"worker.when_full must be one of {WHEN_FULL_POLICIES}, got {self.when_full!r}")
+        if self.output_pixel_format not in OUTPUT_PIXEL_FORMATS:
+            raise ConfigError(f"worker.output_pixel_format must be one of {OUTPUT_PIXEL_FORMATS}, "
+                              f"got {self.output_pixel_format!r}")
+        if isinstance(self.png_compression, bool) or not isinstance(self.png_compression, int) or not (
+                0 <= self.png_compression <= 9):
+            raise ConfigError(f"worker.png_compression must be 0..9, got {self.png_compression!r}")
+        _positive_seconds("worker", "video_fps", self.video_fps)
+        _positive_seconds("worker", "drain_timeout_s", self.drain_timeout_s, allow_zero=True)
+        if self.write_video and self.save_dir is None:
+            raise ConfigError("worker.write_video needs worker.save_dir (--save DIR)")
+
+
+@dataclass(frozen=True)
+class ScaleOutConfig:
+    """Inference outside the serve process. ``workers`` 0: one inference thread in ``serve``; N > 0: N local
+    worker processes. ``job_endpoint``/``result_endpoint``: also bind PUSH/PULL there for remote
+    ``spikereveal worker`` s. At most ``in_flight_per_worker_jobs`` jobs per worker are out at a time
+    (the rest wait in the bounded queue); a job not back after ``result_timeout_s`` is counted lost."""
+
+    workers: int = 0
+    job_endpoint: str | None = None
+    result_endpoint: str | None = None
+    in_flight_per_worker_jobs: int = 2
+    result_timeout_s: float = 30.0
+    remote_workers: int = 0  # how many remote workers to plan in-flight slots for (they announce themselves)
+
+    def __post_init__(self):
+        _positive_int("scale_out", "workers", self.workers, low=0)
+        _positive_int("scale_out", "remote_workers", self.remote_workers, low=0)
+        _positive_int("scale_out", "in_flight_per_worker_jobs", self.in_flight_per_worker_jobs)
+        _positive_seconds("scale_out", "result_timeout_s", self.result_timeout_s)
+        if (self.job_endpoint is None) != (self.result_endpoint is None):
+            raise ConfigError("scale_out.job_endpoint and scale_out.result_endpoint go together (remote workers "
+                              "pull jobs from one and push results to the other)")
+
+    @property
+    def distributed(self) -> bool:
+        return self.workers > 0 or self.job_endpoint is not None
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    send_hwm_messages: int = 1000  # PUB queue per subscriber; a slow viewer loses frames, never stalls serve
+
+    def __post_init__(self):
+        _positive_int("publish", "send_hwm_messages", self.send_hwm_messages)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything ``spikereveal serve`` needs (see the module doc for the JSON form)."""
+
+    spike_endpoint: str
+    rgb_endpoint: str
+    output_endpoint: str
+    spike_height: int | None = None  # known sensor geometry: the engine loads before streaming starts
+    spike_width: int | None = None
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    scale_out: ScaleOutConfig = field(default_factory=ScaleOutConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
+    exit_after_exposures: int | None = None  # stop once this many exposures are published
+    idle_timeout_s: float | None = None  # stop when no camera message arrived for this long
+    stats_json: str | None = None
+    trace: str | None = None  # per-exposure stage stamps (bench.trace .npz) for 'spikereveal bench report'
+    calibration: str | None = None  # a `spikereveal calibrate` file
+
+    def __post_init__(self):
+        for name in ("spike_endpoint", "rgb_endpoint", "output_endpoint"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or "://" not in value:
+                raise ConfigError(f"{name} must be a ZeroMQ endpoint such as tcp://host:port or ipc:///path, "
+                                  f"got {value!r}")
+        if (self.spike_height is None) != (self.spike_width is None):
+            raise ConfigError("give both spike_height and spike_width, or neither")
+        _positive_int("geometry", "spike_height", self.spike_height, allow_none=True)
+        _positive_int("geometry", "spike_width", self.spike_width, allow_none=True)
+        _positive_int("run", "exit_after_exposures", self.exit_after_exposures, allow_none=True)
+        _positive_seconds("run", "idle_timeout_s", self.idle_timeout_s, allow_none=True)
+
+    @property
+    def spike_shape(self) -> tuple[int, int] | None:
+        return None if self.spike_height is None else (self.spike_height, self.spike_width)
+
+
+_SECTIONS = {"ingest": IngestConfig, "sync": SyncConfig, "engine": EngineConfig, "worker": WorkerConfig,
+             "scale_out": ScaleOutConfig, "publish": PublishConfig}
+_PATH_KEYS = {("engine", "model"), ("engine", "onnx"), ("worker", "save_dir")}
+
+
+def _section(path: Path, name: str, cls, values: Any, base: Path):
+    if not isinstance(values, dict):
+        raise FormatError(path, f"section {name!r} must be a JSON object")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise FormatError(path, f"unknown key(s) {unknown} in section {name!r}; known: {sorted(known)}")
+    values = dict(values)
+    for section, key in _PATH_KEYS:
+        if section == name and values.get(key) is not None:
+            values[key] = str(base / values[key])
+    try:
+        return cls(**values)
+    except (ConfigError, TypeError) as exc:
+        raise FormatError(path, f"section {name!r}: {exc}") from None
+
+
+def load_serve_config(path: str | os.PathLike | None = None, **overrides) -> ServeConfig:
+    """A ServeConfig from ``path`` (``rig.json``; None: defaults) with ``overrides`` on top.
+
+    ``overrides``: ServeConfig fields (``spike_endpoint=...``) or per-section dicts (``worker={"save_dir":
+    ...}``) whose keys replace the file's; a value of None in an override means "not given".
+    """
+    data: dict = {}
+    base = Path(".")
+    if path is not None:
+        path = Path(path)
+        base = path.resolve().parent
+        try:
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except json.JSONDecodeError as exc:
+            raise FormatError(path, f"is not valid JSON: {exc.msg} (column {exc.colno})", exc.lineno) from None
+        if not isinstance(data, dict):
+            raise FormatError(path, "must hold a JSON object")
+        if data.get("format", CONFIG_FORMAT) != CONFIG_FORMAT:
+            raise FormatError(path, f"'format' is {data.get('format')!r}, expected {CONFIG_FORMAT!r}")
+        if data.get("version", CONFIG_VERSION) != CONFIG_VERSION:
+            raise FormatError(path, f"config version {data.get('version')!r} is not supported ({CONFIG_VERSION})")
+        known = {"format", "version", "endpoints", "geometry", "run", "calibration", *_SECTIONS}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise FormatError(path, f"unknown section(s) {unknown}; known: {sorted(known)}")
+
+    kwargs: dict = {}
+    endpoints = data.get("endpoints", {}) or {}
+    for key in ("spike", "rgb", "output"):
+        if key in endpoints:
+            kwargs[f"{key}_endpoint"] = endpoints[key]
+    for key, value in (data.get("geometry", {}) or {}).items():
+        if key not in ("spike_height", "spike_width"):
+            raise FormatError(path, f"unknown key {key!r} in section 'geometry'")
+        kwargs[key] = value
+    for key, value in (data.get("run", {}) or {}).items():
+        if key not in ("exit_after_exposures", "idle_timeout_s", "stats_json", "trace"):
+            raise FormatError(path, f"unknown key {key!r} in section 'run'")
+        kwargs[key] = str(base / value) if key in ("stats_json", "trace") and value is not None else value
+    if data.get("calibration") is not None:
+        if not isinstance(data["calibration"], str):
+            raise FormatError(path, "'calibration' must be the path of a calibration.json file")
+        kwargs["calibration"] = str(base / data["calibration"])
+    for name, cls in _SECTIONS.items():
+        values = dict(data.get(name, {}) or {})
+        if name in overrides:
+            values.update({k: v for k, v in (overrides.pop(name) or {}).items() if v is not None})
+        kwargs[name] = _section(path, name, cls, values, base) if path is not None else _build(name, cls, values)
+    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    missing = [n for n in ("spike_endpoint", "rgb_endpoint", "output_endpoint") if n not in kwargs]
+    if missing:
+        raise ConfigError(f"no {', '.join(missing)}: give --spike-endpoint/--rgb-endpoint/--output-endpoint or "
+                          "an 'endpoints' section in --config")
+    return ServeConfig(**kwargs)
+
+
+def _build(name: str, cls, values: dict):
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown {name} setting(s) {unknown}; known: {sorted(known)}")
+    return cls(**values)
+
+
+def with_section(config: ServeConfig, name: str, **changes) -> ServeConfig:
+    """``config`` with some fields of one section changed (validated again)."""
+    return replace(config, **{name: replace(getattr(config, name), **changes)})

@@ -1,0 +1,337 @@
+"""The live pipeline's graph, composed in one place. Data flows one way::
+
+    spike SUB ─┐                                       ┌─> inference thread ───────────────┐
+               ├─> decode ─> Synchroniser ─> JobQueue ─┤                                   ├─> ResultSink
+    rgb SUB ───┘                                       └─> PUSH -> workers -> PULL ->       │    ├─> PUB (sharp)
+                                                           ResultCollector (re-orders) ────┘    └─> FrameSaver
+
+Every queue is bounded, with a policy when full and a counter:
+
+=====================  ===========================================  ==============================================
+queue                  bound                                        when full
+=====================  ===========================================  ==============================================
+SUB receive buffers    ``ingest.receive_hwm_messages`` per socket   ZeroMQ drops; the synchroniser counts ``gaps``
+synchroniser ring      ``sync.max_ring_frames`` / ``max_ring_bytes`` oldest frames out (``spike_frames_dropped``)
+pending exposures      ``sync.max_pending_exposures``               oldest dropped (``sync_exposures_dropped``)
+job queue              ``worker.queue_capacity_jobs``               ``worker.when_full`` (``job_queue_dropped``)
+jobs at workers        workers x ``in_flight_per_worker_jobs``      jobs wait in the job queue (above)
+PUB send buffer        ``publish.send_hwm_messages`` per viewer     message dropped (``output_dropped``)
+=====================  ===========================================  ==============================================
+
+``exposures_dropped`` in the counters is the sum of the three exposure drops (pending, job queue, lost at a
+worker). :class:`Pipeline` holds the pure part (no sockets): it is fed camera messages with their arrival
+time and hands results to the sink; :mod:`spikereveal.stream.serve` owns the sockets and the loop.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from typing import Callable
+
+import numpy as np
+
+from spikereveal.stream.protocol import (
+    Kind,
+    ProtocolError,
+    Reason,
+    RgbExposure,
+    SharpFrame,
+    SpikeBlock,
+    decode,
+    encode,
+)
+from spikereveal.stream.sync import ReadyJob, Synchroniser
+from spikereveal.stream.worker import ExposureResult, FrameSaver, JobQueue
+
+__all__ = ["Pipeline", "ResultSink", "LatencyLog", "SourceTimes", "COUNTER_KEYS"]
+
+logger = logging.getLogger(__name__)
+
+#: integer counters every serve report has (the sync's own names plus the pipeline's)
+COUNTER_KEYS = (
+    "messages", "malformed", "gaps", "late", "duplicates", "out_of_order", "restarts",
+    "exposures_received", "exposures_done", "exposures_skipped", "exposures_dropped", "exposures_failed",
+    "exposures_abandoned", "exposures_pending_at_exit", "windows_ready", "sync_exposures_dropped",
+    "job_queue_dropped", "worker_lost", "spike_frames_received", "spike_frames_dropped",
+    "output_messages", "output_dropped", "frames_saved",
+)
+
+
+class SourceTimes:
+    """When the rig sent what each exposure needed (publisher ``send_time_ns``; same-host clocks only).
+
+    Keeps the newest ``capacity`` spike blocks' (stop index, send time) and exposure send times, so an
+    exposure's end-to-end latency can start at the send of the last message its window needed.
+    """
+
+    def __init__(self, capacity: int = 4096):
+        self._stops: deque[int] = deque(maxlen=capacity)
+        self._sent: deque[int] = deque(maxlen=capacity)
+        self._received: deque[int] = deque(maxlen=capacity)
+        self._exposures: OrderedDict[int, int] = OrderedDict()
+        self._capacity = capacity
+
+    def spike_block(self, block: SpikeBlock, received_ns: int) -> None:
+        if self._stops and block.stop_index <= self._stops[-1]:
+            return  # out of order / duplicate: keep the list sorted, the first send is what counts
+        self._stops.append(block.stop_index)
+        self._sent.append(block.send_time_ns)
+        self._received.append(received_ns)
+
+    def exposure(self, exposure: RgbExposure) -> None:
+        self._exposures[exposure.frame_id] = exposure.send_time_ns
+        while len(self._exposures) > self._capacity:
+            self._exposures.popitem(last=False)
+
+    def _completing_block(self, job: ReadyJob) -> int | None:
+        i = bisect.bisect_left(self._stops, job.window.window_stop)
+        return i if i < len(self._stops) else None
+
+    def sent_ns(self, job: ReadyJob) -> int | None:
+        """Send time of the later of the exposure and the block completing its window (None: unknown)."""
+        i = self._completing_block(job)
+        rgb = self._exposures.get(job.exposure_id)
+        if i is None or rgb is None:
+            return None
+        return max(self._sent[i], rgb)
+
+    def last_spike_received_ns(self, job: ReadyJob) -> int | None:
+        """When the block holding the window's last frame arrived (None: unknown)."""
+        i = self._completing_block(job)
+        return None if i is None else self._received[i]
+
+
+class LatencyLog:
+    """Per-exposure times (ms) of the newest ``capacity`` exposures, summarised with bench.stats conventions."""
+
+    FIELDS = ("end_to_end_ms", "from_receive_ms", "from_ready_ms", "queue_wait_ms", "ingest_ms", "prepare_ms",
+              "inference_ms", "postprocess_ms", "publish_ms", "save_ms", "non_inference_ms")
+
+    def __init__(self, capacity: int = 100_000):
+        self.rows: deque[dict] = deque(maxlen=capacity)
+        self._lock = threading.Lock()
+
+    def add(self, row: dict) -> None:
+        with self._lock:
+            self.rows.append(row)
+
+    def summary(self) -> dict:
+        from spikereveal.bench.stats import latency_stats
+
+        with self._lock:
+            rows = list(self.rows)
+        out = {}
+        for name in self.FIELDS:
+            values = [r[name] for r in rows if r.get(name) is not None]
+            out[name] = latency_stats(np.asarray(values, dtype=np.float64))
+        out["definitions"] = {
+            "end_to_end_ms": "rig send of the last message the window needed -> K frames published (same-host clocks)",
+            "from_receive_ms": "exposure message received -> K frames published",
+            "from_ready_ms": "spike window complete -> K frames published",
+            "non_inference_ms": "ingest (decode + sync of the completing message) + prepare (window cut, input "
+                                "conversion) + postprocess (clip, uint8) + publish; excludes queue wait and saving",
+        }
+        return out
+
+
+class ResultSink:
+    """The last stage: publishes K SharpFrame messages per exposure, saves like ``deblur``, logs latencies.
+
+    ``publish(parts) -> bool`` (False: the PUB high-water mark refused it) may be None (no output socket).
+    Called from one thread at a time (the inference thread, or the serve loop with worker processes).
+    """
+
+    def __init__(self, publish: Callable[[list], bool] | None, saver: FrameSaver | None = None,
+                 stream_id: int = 0, clock_ns: Callable[[], int] = time.monotonic_ns,
+                 latency: LatencyLog | None = None, keep_blur_for_video: bool = False, recorder=None):
+        from spikereveal.bench.trace import NULL_RECORDER
+
+        self.recorder = NULL_RECORDER if recorder is None else recorder  # bench.trace stamps (serve --trace)
+        self._publish = publish
+        self.saver = saver
+        self.stream_id = stream_id
+        self._clock_ns = clock_ns
+        self.latency = latency or LatencyLog()
+        self._seq = 0
+        self.exposures_done = 0
+        self.output_messages = 0
+        self.output_dropped = 0
+        self.keep_blur_for_video = keep_blur_for_video
+        self._lock = threading.Lock()
+        self.done_event = threading.Event()  # set at every delivery (serve's exit-after check wakes on it)
+        self.delivered_ids: deque[int] = deque(maxlen=4096)
+
+    def deliver(self, result: ExposureResult, job: ReadyJob | None = None, ingest_ns: int | None = None,
+                sent_ns: int | None = None, slot: int | None = None) -> None:
+        clock = self._clock_ns
+        start = clock()
+        first_published = None
+        if self._publish is not None:
+            for k in range(result.k):
+                image = result.sharp[k]
+                frame = SharpFrame(stream_id=self.stream_id, seq=self._seq, exposure_id=result.exposure_id,
+                                   t_ns=int(result.timestamps_ns[k]), k=k, count=result.k, image=image,
+                                   send_time_ns=clock())
+                self._seq += 1
+                if self._publish(encode(frame)):
+                    self.output_messages += 1
+                else:
+                    self.output_dropped += 1
+                if first_published is None:
+                    first_published = clock()
+        published = clock()
+        if slot is not None and self.recorder.enabled:
+            from spikereveal.bench import trace
+
+            inference_start = result.started_ns + result.prepare_ns
+            self.recorder.mark(slot, trace.INFERENCE_START, inference_start)
+            self.recorder.mark(slot, trace.INFERENCE_END, inference_start + result.inference_ns)
+            self.recorder.mark(slot, trace.FIRST_OUTPUT_PUBLISHED, first_published or published)
+            self.recorder.mark(slot, trace.LAST_OUTPUT_PUBLISHED, published)
+            self.recorder.set_outputs(slot, result.k)
+        if self.saver is not None:
+            from spikereveal.engines.deblur import to_bgr8
+
+            sharp8 = result.sharp if result.sharp.dtype == np.uint8 else to_bgr8(result.sharp)
+            blur8 = job.image if (job is not None and self.keep_blur_for_video) else None
+            self.saver.save(result.exposure_id, result.timestamps_ns, sharp8, blur8)
+        saved = clock()
+        ms = 1e-6
+        publish_ns = published - start
+        non_inference = result.prepare_ns + result.postprocess_ns + publish_ns + (ingest_ns or 0)
+        self.latency.add({
+            "exposure_id": result.exposure_id,
+            "end_to_end_ms": None if sent_ns is None else (published - sent_ns) * ms,
+            "from_receive_ms": (published - result.received_ns) * ms,
+            "from_ready_ms": (published - result.ready_ns) * ms,
+            "queue_wait_ms": (result.started_ns - result.ready_ns) * ms,
+            "ingest_ms": None if ingest_ns is None else ingest_ns * ms,
+            "prepare_ms": result.prepare_ns * ms,
+            "inference_ms": result.inference_ns * ms,
+            "postprocess_ms": result.postprocess_ns * ms,
+            "publish_ms": publish_ns * ms,
+            "save_ms": (saved - published) * ms if self.saver is not None else None,
+            "non_inference_ms": non_inference * ms,
+        })
+        with self._lock:
+            self.exposures_done += 1
+            self.delivered_ids.append(result.exposure_id)
+        self.done_event.set()
+
+    def close(self) -> None:
+        if self.saver is not None:
+            self.saver.close()
+
+
+class Pipeline:
+    """Synchroniser -> bounded job queue, with the bookkeeping the sink needs (no sockets, no threads).
+
+    ``on_message(parts, now_ns)`` decodes one camera message, feeds the synchroniser and enqueues the
+    windows it completes; ``tick(now_ns)`` applies the synchroniser's timeouts. Jobs leave through
+    ``queue`` (an inference thread or the worker dispatcher takes them).
+    """
+
+    def __init__(self, sync: Synchroniser, queue: JobQueue, clock_ns: Callable[[], int] = time.monotonic_ns,
+                 record_capacity: int = 4096, recorder=None):
+        from spikereveal.bench.trace import NULL_RECORDER
+
+        self.recorder = NULL_RECORDER if recorder is None else recorder  # bench.trace stamps (serve --trace)
+        self.sync = sync
+        self.queue = queue
+        self._clock_ns = clock_ns
+        self.sources = SourceTimes()
+        self._job_info: OrderedDict[int, tuple] = OrderedDict()  # id -> (ingest_ns, sent_ns, trace slot)
+        self._record_capacity = record_capacity
+        self.last_message_ns: int | None = None
+        self._info_lock = threading.Lock()
+
+    def on_message(self, parts, now_ns: int) -> int:
+        """Handle one received camera message; returns how many windows it completed."""
+        started = self._clock_ns()
+        self.last_message_ns = now_ns
+        sync = self.sync
+        try:
+            message = decode(parts)
+        except ProtocolError as exc:
+            sync.count_malformed(exc)
+            return self._enqueue(sync.poll(now_ns), started)
+        if message.kind == Kind.SHARP_FRAME:
+            sync.count_malformed(ProtocolError(Reason.KIND, "sharp frames do not belong on a camera stream",
+                                               Kind.SHARP_FRAME))
+            return self._enqueue(sync.poll(now_ns), started)
+        if isinstance(message, SpikeBlock):
+            self.sources.spike_block(message, now_ns)
+        elif isinstance(message, RgbExposure):
+            self.sources.exposure(message)
+        return self._enqueue(sync.handle(message, now_ns), started)
+
+    def tick(self, now_ns: int) -> int:
+        return self._enqueue(self.sync.poll(now_ns), self._clock_ns())
+
+    def _enqueue(self, jobs: list[ReadyJob], started_ns: int) -> int:
+        if not jobs:
+            return 0
+        cut_ns = self._clock_ns()
+        ingest_ns = cut_ns - started_ns
+        for job in jobs:
+            slot = self._trace_begin(job, cut_ns) if self.recorder.enabled else None
+            with self._info_lock:
+                self._job_info[job.exposure_id] = (ingest_ns, self.sources.sent_ns(job), slot)
+                while len(self._job_info) > self._record_capacity:
+                    self._job_info.popitem(last=False)
+            self.queue.put(job)
+        return len(jobs)
+
+    def _trace_begin(self, job: ReadyJob, cut_ns: int) -> int:
+        from spikereveal.bench import trace
+
+        recorder = self.recorder
+        slot = recorder.begin(job.exposure_id, job.start_ns + job.duration_ns)
+        last_spike = self.sources.last_spike_received_ns(job)
+        if last_spike is not None:
+            recorder.mark(slot, trace.LAST_SPIKE_RECEIVED, last_spike)
+        recorder.mark(slot, trace.EXPOSURE_RECEIVED, job.received_ns)
+        recorder.mark(slot, trace.WINDOW_COMPLETE, job.ready_ns)
+        recorder.mark(slot, trace.WINDOW_CUT, cut_ns)
+        return slot
+
+    def job_info(self, exposure_id: int) -> tuple[int | None, int | None, int | None]:
+        """(ingest_ns, sent_ns, trace slot) recorded when the exposure's window completed."""
+        with self._info_lock:
+            return self._job_info.pop(exposure_id, (None, None, None))
+
+    def counters(self, sink: ResultSink, failed: int = 0, abandoned: int = 0, worker_lost: int = 0,
+                 frames_saved: int = 0) -> dict:
+        """The serve report: integer counters (COUNTER_KEYS) plus reasons and the latency summary."""
+        c = self.sync.counters
+        sync_dropped = c.exposures_dropped
+        out = {
+            "messages": c.messages, "malformed": c.malformed, "gaps": c.gaps, "late": c.late,
+            "duplicates": c.duplicates, "out_of_order": c.out_of_order, "restarts": c.restarts,
+            "exposures_received": c.exposures_received,
+            "exposures_done": sink.exposures_done,
+            "exposures_skipped": c.exposures_skipped,
+            "exposures_dropped": sync_dropped + self.queue.dropped + worker_lost,
+            "exposures_failed": int(failed),
+            "exposures_abandoned": int(abandoned),
+            "exposures_pending_at_exit": self.sync.pending_count,
+            "windows_ready": c.exposures_done,
+            "sync_exposures_dropped": sync_dropped,
+            "job_queue_dropped": self.queue.dropped,
+            "worker_lost": int(worker_lost),
+            "spike_frames_received": c.spike_frames_received,
+            "spike_frames_dropped": c.spike_frames_dropped,
+            "output_messages": sink.output_messages,
+            "output_dropped": sink.output_dropped,
+            "frames_saved": int(frames_saved),
+        }
+        assert set(out) == set(COUNTER_KEYS)  # internal invariant, not user input
+        out["malformed_by_reason"] = dict(c.malformed_by_reason)
+        out["skipped_by_reason"] = dict(c.skipped_by_reason)
+        out["job_queue_max_depth"] = self.queue.max_depth
+        out["latency"] = sink.latency.summary()
+        return out

@@ -1,0 +1,405 @@
+"""``spikereveal serve``: the sockets and the receive loop around :class:`spikereveal.stream.graph.Pipeline`.
+
+* Two SUB sockets connect to the rig's spike and RGB publishers; a PUB (XPUB, counting its drops) binds
+  the output endpoint for sharp frames. One poller waits on all of them: no busy spin.
+* Inference never runs in the receive loop: an inference thread (default) or worker processes
+  (``scale_out``) take jobs from the bounded queue, so receiving never stalls behind the network.
+* The loop ends on ``stop`` (SIGINT/SIGTERM in the CLI), after ``exit_after_exposures`` published
+  exposures, after ``idle_timeout_s`` without a camera message, or when inference fails. Shutdown
+  policy: on an idle timeout (the stream ended) queued exposures are finished, for at most
+  ``worker.drain_timeout_s``; otherwise the exposure in progress is finished and queued ones are
+  counted in ``exposures_abandoned``. Exposures still waiting for spikes are ``exposures_pending_at_exit``.
+  Every socket closes with linger 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from spikereveal.errors import ConfigError, SpikeRevealError
+from spikereveal.stream.config import EngineConfig, ServeConfig
+from spikereveal.stream.graph import LatencyLog, Pipeline, ResultSink
+from spikereveal.stream.sync import Synchroniser
+from spikereveal.stream.worker import (
+    ExposureProcessor,
+    FrameSaver,
+    InferenceThread,
+    JobQueue,
+    runner_shape_for,
+)
+
+__all__ = ["Server", "serve", "make_runner_factory", "LazyProcessor", "STOP_REASONS"]
+
+logger = logging.getLogger(__name__)
+
+STOP_REASONS = ("stopped", "exit_after", "idle_timeout", "error")
+_MAX_BURST_MESSAGES = 64  # per socket per poll round, so one busy stream cannot starve the other
+_WORKER_START_TIMEOUT_S = 300.0
+
+
+def make_runner_factory(engine: EngineConfig, work_dir: str | os.PathLike) -> Callable:
+    """``shape -> unloaded Runner`` from an EngineConfig; ort/trt export the checkpoint into ``work_dir``."""
+    from spikereveal.engines.deblur import prepare_runner
+
+    choice = engine.choice()
+
+    def factory(shape):
+        return prepare_runner(choice, shape, work_dir)
+
+    return factory
+
+
+class LazyProcessor:
+    """An ExposureProcessor whose runner loads for the first job's geometry (or ``ensure(shape)`` up front),
+    and is rebuilt if the geometry changes (a different sensor was plugged in)."""
+
+    def __init__(self, runner_factory: Callable, calibration=None, output_pixel_format: str = "bgr8"):
+        self._factory = runner_factory
+        self.calibration = calibration
+        self.output_pixel_format = output_pixel_format
+        self.processor: ExposureProcessor | None = None
+        self.loads = 0
+
+    def ensure(self, shape) -> ExposureProcessor:
+        if self.processor is None or self.processor.shape != shape:
+            self.close()
+            runner = self._factory(shape).load()
+            self.loads += 1
+            logger.info("runner ready: %s", runner.describe())
+            self.processor = ExposureProcessor(runner, self.calibration, self.output_pixel_format)
+        return self.processor
+
+    def __call__(self, job):
+        shape = runner_shape_for(int(job.centers.shape[0]), job.spike_height, job.spike_width)
+        return self.ensure(shape).process(job)
+
+    def close(self) -> None:
+        if self.processor is not None:
+            self.processor.runner.close()
+            self.processor = None
+
+
+def _connectable(endpoint: str) -> str:
+    """A bound endpoint that a local peer can connect to (``tcp://0.0.0.0:p`` -> ``tcp://127.0.0.1:p``)."""
+    return endpoint.replace("://0.0.0.0:", "://127.0.0.1:").replace("://*:", "://127.0.0.1:")
+
+
+class Server:
+    """One serve run. ``run(stop)`` blocks until a stop condition and returns the counters dict.
+
+    ``runner_factory(shape) -> unloaded Runner`` replaces the engine config (tests pass fakes); with
+    worker processes the engine config is used by each worker.
+    """
+
+    def __init__(self, config: ServeConfig, runner_factory: Callable | None = None, context=None,
+                 clock_ns: Callable[[], int] = time.monotonic_ns):
+        self.config = config
+        self._runner_factory = runner_factory
+        self._context = context
+        self._clock_ns = clock_ns
+        self.ready = threading.Event()  # set once subscribed and the engine (or workers) are up
+        self.stopping = threading.Event()  # set once the loop ended and undrained jobs were abandoned
+        self.output_endpoint: str | None = None
+        self.stop_reason: str | None = None
+        self.counters: dict | None = None
+        self._ipc_dir: str | None = None
+
+    # -- setup ---------------------------------------------------------------------------------------------
+    def _calibration(self):
+        if self.config.calibration is None:
+            return None
+        from spikereveal.calibration.store import read_calibration
+
+        calibration = read_calibration(self.config.calibration)
+        shape = self.config.spike_shape
+        if shape is not None and calibration.spike_shape != shape:
+            raise ConfigError(f"the calibration {self.config.calibration} is for a {calibration.spike_shape} spike "
+                              f"sensor, but the config says {shape}")
+        return calibration
+
+    def run(self, stop: threading.Event | None = None) -> dict:
+        import zmq
+
+        from spikereveal.stream import transport
+
+        cfg = self.config
+        stop = stop or threading.Event()
+        own_context = self._context is None
+        context = self._context or zmq.Context()
+        calibration = self._calibration()
+        to_spike_clock = calibration.exposure_on_spike_clock if calibration is not None and calibration.clock else None
+        sync = Synchroniser(cfg.sync, exposure_to_spike_clock=to_spike_clock)
+        queue = JobQueue(cfg.worker.queue_capacity_jobs, cfg.worker.when_full)
+        from spikereveal.bench.trace import create_recorder
+
+        recorder = create_recorder(cfg.trace is not None, k=cfg.sync.k)
+        pipeline = Pipeline(sync, queue, self._clock_ns, recorder=recorder)
+        work_dir = Path(cfg.worker.save_dir) if cfg.worker.save_dir else None
+        temp_dir = tempfile.mkdtemp(prefix="spikereveal-serve-") if work_dir is None else None
+        work_dir = work_dir or Path(temp_dir)
+        sockets: list = []
+        saver = sink = processor = thread = None
+        processes: list = []
+        collector = None
+        abandoned = 0
+        try:
+            saver = None
+            if cfg.worker.save_dir is not None:
+                saver = FrameSaver(cfg.worker.save_dir, cfg.worker.png_compression,
+                                   cfg.worker.video_fps if cfg.worker.write_video else None)
+            output = transport.open_publisher(context, cfg.output_endpoint, cfg.publish.send_hwm_messages, True)
+            sockets.append(output)
+            self.output_endpoint = transport.bound_endpoint(output)
+            sink = ResultSink(lambda parts: transport.publish(output, parts), saver, clock_ns=self._clock_ns,
+                              latency=LatencyLog(), keep_blur_for_video=cfg.worker.write_video, recorder=recorder)
+            factory = self._runner_factory or make_runner_factory(cfg.engine, work_dir)
+            k = cfg.sync.k
+
+            def deliver(job, result):
+                ingest_ns, sent_ns, slot = pipeline.job_info(job.exposure_id)
+                sink.deliver(result, job, ingest_ns, sent_ns, slot)
+
+            if not cfg.scale_out.distributed:
+                processor = LazyProcessor(factory, calibration, cfg.worker.output_pixel_format)
+                if cfg.spike_shape is not None:
+                    processor.ensure(runner_shape_for(k, *cfg.spike_shape))  # load before streaming starts
+                thread = InferenceThread(queue, processor, deliver).start()
+            else:
+                push, pull, processes, collector = self._start_workers(context, factory, calibration, work_dir,
+                                                                       stop)
+                sockets += [push, pull]
+            spike_sub = transport.open_subscriber(context, cfg.spike_endpoint,
+                                                  receive_hwm=cfg.ingest.receive_hwm_messages)
+            sockets.append(spike_sub)
+            rgb_sub = transport.open_subscriber(context, cfg.rgb_endpoint,
+                                                receive_hwm=cfg.ingest.receive_hwm_messages)
+            sockets.append(rgb_sub)
+            poller = zmq.Poller()
+            for socket in (spike_sub, rgb_sub):
+                poller.register(socket, zmq.POLLIN)
+            if collector is not None:
+                poller.register(pull, zmq.POLLIN)
+            logger.info("serving: spikes %s, rgb %s -> %s", cfg.spike_endpoint, cfg.rgb_endpoint,
+                        self.output_endpoint)
+            self.ready.set()
+            reason = self._loop(stop, poller, (spike_sub, rgb_sub), output, pipeline, sink, thread,
+                                collector, push if collector else None, pull if collector else None, deliver)
+            self.stop_reason = reason
+            for socket in (spike_sub, rgb_sub):  # no more input
+                poller.unregister(socket)
+            if reason != "idle_timeout":  # not drained: what waits is abandoned at once
+                abandoned = len(queue.clear())
+            self.stopping.set()
+            abandoned += self._shutdown(reason, queue, thread, collector, push if collector else None,
+                                        pull if collector else None, poller, deliver)
+        finally:
+            if thread is not None:
+                thread.stop()
+            if processor is not None:
+                processor.close()
+            if processes:
+                from spikereveal.stream.collector import stop_local_workers
+
+                stop_local_workers(processes)
+            if sink is not None:
+                sink.close()
+            elif saver is not None:
+                saver.close()
+            for socket in sockets:
+                socket.close(linger=0)
+            if own_context:
+                context.term()
+            for folder in (temp_dir, self._ipc_dir):
+                if folder is not None:
+                    shutil.rmtree(folder, ignore_errors=True)
+        failed = (thread.failed if thread is not None else 0) + (collector.failed if collector is not None else 0)
+        counters = pipeline.counters(sink, failed=failed, abandoned=abandoned,
+                                     worker_lost=collector.lost if collector is not None else 0,
+                                     frames_saved=saver.frames_written if saver is not None else 0)
+        counters["stop_reason"] = self.stop_reason
+        counters["workers"] = cfg.scale_out.workers
+        counters["engine"] = cfg.engine.engine
+        self.counters = counters
+        if cfg.trace is not None:
+            self._save_trace(recorder, counters)
+        if cfg.stats_json:
+            path = Path(cfg.stats_json)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(counters, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        if thread is not None and thread.error is not None:
+            raise SpikeRevealError(f"inference failed: {thread.error}") from thread.error
+        return counters
+
+    def _save_trace(self, recorder, counters: dict) -> None:
+        from spikereveal.bench.environment import collect_environment
+
+        cfg = self.config
+        integers = {k: v for k, v in counters.items() if isinstance(v, int) and not isinstance(v, bool)}
+        environment = collect_environment(engine=cfg.engine.engine, ort_threads=cfg.engine.threads,
+                                          extra={"workers": cfg.scale_out.workers})
+        recorder.save(cfg.trace, counters=integers, environment=environment,
+                      extra={"skipped_by_reason": counters["skipped_by_reason"]})
+        logger.info("wrote the latency trace %s (spikereveal bench report %s)", cfg.trace, cfg.trace)
+
+    def _start_workers(self, context, factory, calibration, work_dir: Path, stop: threading.Event):
+        """Bind PUSH (jobs) and PULL (results), start local workers, wait until they are ready."""
+        import zmq
+
+        from spikereveal.stream import transport
+        from spikereveal.stream.collector import ResultCollector, start_local_workers
+        from spikereveal.stream.worker import decode_ready
+
+        cfg, scale = self.config, self.config.scale_out
+        push = context.socket(zmq.PUSH)
+        pull = context.socket(zmq.PULL)
+        for socket in (push, pull):
+            socket.setsockopt(zmq.LINGER, 0)
+        push.setsockopt(zmq.SNDHWM, 1)
+        try:
+            if scale.job_endpoint is not None:
+                push.bind(scale.job_endpoint)
+                pull.bind(scale.result_endpoint)
+            else:
+                short = tempfile.mkdtemp(prefix="sr-", dir="/tmp")  # ipc paths are limited to ~100 bytes
+                self._ipc_dir = short
+                push.bind(f"ipc://{short}/jobs")
+                pull.bind(f"ipc://{short}/results")
+        except zmq.ZMQError as exc:
+            push.close(linger=0)
+            pull.close(linger=0)
+            raise ConfigError(f"cannot bind the worker endpoints: {exc}") from None
+        job_endpoint = _connectable(transport.bound_endpoint(push))
+        result_endpoint = _connectable(transport.bound_endpoint(pull))
+        logger.info("workers: jobs on %s, results on %s", job_endpoint, result_endpoint)
+        onnx_engine = cfg.engine
+        processes = []
+        if scale.workers > 0:
+            if cfg.spike_shape is not None and cfg.engine.engine != "torch" and cfg.engine.onnx is None:
+                # export once here rather than once per worker
+                onnx_path = getattr(factory(runner_shape_for(cfg.sync.k, *cfg.spike_shape)), "onnx_path", None)
+                if onnx_path is not None:
+                    onnx_engine = EngineConfig(engine=cfg.engine.engine, precision=cfg.engine.precision,
+                                               onnx=str(onnx_path), threads=cfg.engine.threads)
+            threads = max(1, (os.cpu_count() or 2) // scale.workers)
+            processes = start_local_workers(scale.workers, job_endpoint, result_endpoint, onnx_engine,
+                                            cfg.spike_shape, cfg.sync.k, cfg.calibration,
+                                            cfg.worker.output_pixel_format, str(work_dir), threads)
+            ready, deadline = set(), time.monotonic() + _WORKER_START_TIMEOUT_S
+            while len(ready) < scale.workers and not stop.is_set():
+                if time.monotonic() > deadline or not any(p.is_alive() for p in processes):
+                    raise SpikeRevealError(f"only {len(ready)} of {scale.workers} worker processes started; "
+                                           "run with -v to see their errors")
+                if pull.poll(100):
+                    worker_id = decode_ready(pull.recv_multipart())
+                    if worker_id is not None:
+                        ready.add(worker_id)
+        slots = max(1, scale.workers + scale.remote_workers) * scale.in_flight_per_worker_jobs
+        collector = ResultCollector(slots, int(scale.result_timeout_s * 1e9))
+        return push, pull, processes, collector
+
+    # -- the loop ----------------------------------------------------------------------------------------
+    def _loop(self, stop, poller, camera_sockets, output, pipeline: Pipeline, sink: ResultSink, thread,
+              collector, push, pull, deliver) -> str:
+        import zmq
+
+        from spikereveal.stream import transport
+
+        cfg, clock = self.config, self._clock_ns
+        poll_ms = cfg.ingest.poll_interval_ms
+        idle_ns = None if cfg.idle_timeout_s is None else int(cfg.idle_timeout_s * 1e9)
+        started = clock()
+        while True:
+            if stop.is_set():
+                return "stopped"
+            if thread is not None and thread.error is not None:
+                return "error"
+            if cfg.exit_after_exposures is not None and sink.exposures_done >= cfg.exit_after_exposures:
+                return "exit_after"
+            now = clock()
+            if idle_ns is not None and now - (pipeline.last_message_ns or started) >= idle_ns:
+                return "idle_timeout"
+            for socket, _ in poller.poll(poll_ms):
+                if socket is pull:
+                    self._receive_results(pull, collector, deliver)
+                    continue
+                for _ in range(_MAX_BURST_MESSAGES):
+                    try:
+                        parts = socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    pipeline.on_message(parts, clock())
+            pipeline.tick(clock())
+            transport.drain_subscriptions(output)
+            if collector is not None:
+                self._dispatch(pipeline.queue, collector, push)
+                for job, result in collector.release(clock()):
+                    deliver(job, result)
+
+    def _receive_results(self, pull, collector, deliver) -> None:
+        import zmq
+
+        from spikereveal.stream.protocol import ProtocolError
+        from spikereveal.stream.worker import decode_ready, decode_result
+
+        while True:
+            try:
+                parts = pull.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            if decode_ready(parts) is not None:
+                continue
+            try:
+                wire = decode_result(parts)
+            except ProtocolError as exc:
+                logger.warning("malformed worker result dropped: %s", exc)
+                continue
+            for job, result in collector.received(wire, self._clock_ns()):
+                deliver(job, result)
+
+    def _dispatch(self, queue: JobQueue, collector, push) -> None:
+        import zmq
+
+        from spikereveal.stream.worker import encode_job
+
+        while collector.has_slot and len(queue) and push.poll(0, zmq.POLLOUT):
+            job = queue.get_nowait()
+            if job is None:
+                return
+            try:
+                push.send_multipart(encode_job(job), flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:  # the peer went away between poll and send: the job is lost, counted
+                queue.dropped += 1
+                return
+            collector.dispatched(job, self._clock_ns())
+
+    def _shutdown(self, reason: str, queue: JobQueue, thread, collector, push, pull, poller, deliver) -> int:
+        """Drain or abandon queued work per the policy in the module doc; returns how many were abandoned."""
+        drain_s = self.config.worker.drain_timeout_s if reason == "idle_timeout" else 0.0
+        deadline = time.monotonic() + drain_s
+        if thread is not None:
+            if drain_s > 0:
+                thread.wait_idle(drain_s)
+            abandoned = len(queue.clear())
+            queue.close()
+            thread.stop(timeout_s=max(drain_s, 60.0))  # the exposure in progress finishes
+            return abandoned
+        while drain_s > 0 and (len(queue) or collector.in_flight) and time.monotonic() < deadline:
+            self._dispatch(queue, collector, push)
+            if pull.poll(50):
+                self._receive_results(pull, collector, deliver)
+            for job, result in collector.release(self._clock_ns()):
+                deliver(job, result)
+        return len(queue.clear()) + collector.abandon()
+
+
+def serve(config: ServeConfig, stop: threading.Event | None = None, runner_factory: Callable | None = None) -> dict:
+    """Run the live pipeline until a stop condition; returns the counters (also written to ``stats_json``)."""
+    return Server(config, runner_factory=runner_factory).run(stop)

@@ -1,0 +1,634 @@
+"""Inference on ready exposure windows: bounded job queue, window cutting, the runner, saving, and jobs on the wire.
+
+* :class:`JobQueue` -- the bounded FIFO between the synchroniser and inference. When inference is slower
+  than the exposure rate it fills; the policy is explicit (``drop_oldest`` by default, or ``drop_newest``)
+  and every dropped exposure is counted. Memory: ``capacity`` windows waiting + the ones being inferred.
+* :class:`ExposureProcessor` -- one ReadyJob in, K sharp frames out: cuts the LDN input with
+  :func:`spikereveal.kernels.extract_ldn_input` into preallocated buffers, runs the runner once (K as the
+  batch), converts with the engines' :func:`~spikereveal.engines.deblur.to_bgr8`.
+* :class:`FrameSaver` -- ``frames/<exposure>_<k>.png`` + ``frames.csv`` exactly as ``spikereveal deblur``
+  writes them (same names, header and timestamps: the output times on the RGB clock), and optionally the
+  side-by-side video.
+* :class:`InferenceThread` -- consumes the queue in a thread, so the receive loop never waits for inference.
+* ``encode_job``/``decode_job`` and ``encode_result``/``decode_result`` -- self-contained jobs for worker
+  processes (PUSH/PULL), validated like the wire protocol and never unpickled; :func:`run_worker` is the
+  worker process's loop (``spikereveal worker``).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import struct
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from spikereveal.errors import ConfigError, FormatError, SpikeRevealError
+from spikereveal.kernels.timing import ExposureWindow, output_timestamps
+from spikereveal.stream.protocol import MAX_IMAGE_SIDE, MAX_SPIKE_SIDE, MAX_OUTPUT_COUNT, ProtocolError, Reason
+from spikereveal.stream.sync import ReadyJob
+
+__all__ = [
+    "JobQueue",
+    "ExposureResult",
+    "ExposureProcessor",
+    "FrameSaver",
+    "InferenceThread",
+    "encode_job",
+    "decode_job",
+    "encode_result",
+    "decode_result",
+    "run_worker",
+    "runner_shape_for",
+]
+
+logger = logging.getLogger(__name__)
+
+NS_PER_S = 1_000_000_000
+
+
+# -- the bounded queue -------------------------------------------------------------------------------------
+class JobQueue:
+    """Bounded, thread-safe FIFO of ReadyJobs with a stated policy when full (see the module doc)."""
+
+    def __init__(self, capacity_jobs: int = 2, when_full: str = "drop_oldest"):
+        if isinstance(capacity_jobs, bool) or not isinstance(capacity_jobs, int) or capacity_jobs < 1:
+            raise ConfigError(f"the job queue needs a capacity >= 1, got {capacity_jobs!r}")
+        if when_full not in ("drop_oldest", "drop_newest"):
+            raise ConfigError(f"when_full must be drop_oldest or drop_newest, got {when_full!r}")
+        self.capacity = capacity_jobs
+        self.when_full = when_full
+        self._items: deque = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self.dropped = 0
+        self.dropped_ids: deque[int] = deque(maxlen=64)  # the latest dropped exposure ids, for logs and tests
+        self.max_depth = 0
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+    def put(self, job) -> object | None:
+        """Enqueue ``job``; returns the job dropped to make room (or ``job`` itself under drop_newest), else None."""
+        with self._cond:
+            if self._closed:
+                raise ConfigError("the job queue is closed")
+            dropped = None
+            if len(self._items) >= self.capacity:
+                if self.when_full == "drop_newest":
+                    dropped = job
+                else:
+                    dropped = self._items.popleft()
+                    self._items.append(job)
+            else:
+                self._items.append(job)
+            if dropped is not None:
+                self.dropped += 1
+                self.dropped_ids.append(int(dropped.exposure_id))
+                logger.debug("job queue full: dropped exposure %d", dropped.exposure_id)
+            self.max_depth = max(self.max_depth, len(self._items))
+            self._cond.notify()
+            return dropped
+
+    def get(self, timeout_s: float | None = None):
+        """The oldest job; waits up to ``timeout_s`` (None: until one comes or the queue closes). None if none."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._items or self._closed, timeout_s):
+                return None
+            return self._items.popleft() if self._items else None
+
+    def get_nowait(self):
+        with self._cond:
+            return self._items.popleft() if self._items else None
+
+    def clear(self) -> list:
+        """Remove and return every waiting job."""
+        with self._cond:
+            items = list(self._items)
+            self._items.clear()
+            return items
+
+    def close(self) -> None:
+        """No more puts; ``get`` returns what is left, then None."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+# -- one exposure through the network ----------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class ExposureResult:
+    """K sharp frames of one exposure with the times it went through the pipeline (monotonic ns)."""
+
+    exposure_id: int
+    timestamps_ns: np.ndarray  # (K,) output times on the RGB clock (as deblur's frames.csv and gt.csv)
+    sharp: np.ndarray  # uint8 (K, H, W, 3) BGR, or float32 (K, 3, H, W) BGR in [0, 1] for bgr_f32
+    received_ns: int  # the exposure message arrived
+    ready_ns: int  # its spike window was complete
+    started_ns: int  # inference work started (after waiting in the queue)
+    prepare_ns: int  # window cut + input conversion
+    inference_ns: int
+    postprocess_ns: int
+    finished_ns: int
+
+    @property
+    def k(self) -> int:
+        return int(self.timestamps_ns.shape[0])
+
+    @property
+    def non_inference_ns(self) -> int:
+        return self.prepare_ns + self.postprocess_ns
+
+
+def runner_shape_for(k: int, spike_height: int, spike_width: int):
+    """The runner's InputShape for K frames of a spike sensor (the network grid is 4x the sensor)."""
+    from spikereveal.engines.runners import SPIKE_SCALE, InputShape
+
+    return InputShape(k, SPIKE_SCALE * spike_height, SPIKE_SCALE * spike_width)
+
+
+class ExposureProcessor:
+    """Runs ReadyJobs through a loaded runner on preallocated buffers (one processor per runner/thread).
+
+    ``calibration`` (a RigCalibration or None) warps the RGB frame onto the network grid and corrects the
+    spike frames, as ``deblur`` does; without one the RGB frame must already be on the grid.
+    """
+
+    def __init__(self, runner, calibration=None, output_pixel_format: str = "bgr8",
+                 clock_ns: Callable[[], int] = time.monotonic_ns):
+        import cv2
+
+        from spikereveal.kernels import extract_ldn_input  # numba, loaded on first use
+
+        self._cv2 = cv2
+        self._extract = extract_ldn_input
+        self.runner = runner
+        self.calibration = calibration
+        self.output_pixel_format = output_pixel_format
+        self._clock_ns = clock_ns
+        shape = runner.shape
+        self.shape = shape
+        # every buffer written once now: first-touch page faults would otherwise land on the first exposures
+        self.blur = np.empty(shape.blur, np.float32)
+        self.spikes = np.empty(shape.spikes, np.float32)
+        self._scratch = np.empty(shape.sharp, np.float32)
+        self._planar8 = np.empty(shape.sharp, np.uint8)
+        for buffer in (self.blur, self.spikes, self._scratch, self._planar8):
+            buffer.fill(0)
+        self._rgb: np.ndarray | None = None  # calibrated rigs: the RGB frame before warping
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Compile the numba kernel now rather than on the first live exposure (its signature is shape-free)."""
+        window = self.shape.spike_frames
+        packed = np.zeros((window, 1), np.uint8)
+        self._extract(packed, 1, 8, np.array([window // 2]), window=window, first_index=0,
+                      out=np.empty((1, window, 1, 8), np.float32))
+
+    def check(self, job: ReadyJob) -> None:
+        shape = self.shape
+        k = int(job.centers.shape[0])
+        grid = (4 * job.spike_height, 4 * job.spike_width)
+        if k != shape.batch or grid != (shape.height, shape.width):
+            raise ConfigError(
+                f"exposure {job.exposure_id} needs K={k} frames on a {grid[1]}x{grid[0]} grid but the "
+                f"{self.runner.name} runner is loaded for K={shape.batch} at {shape.width}x{shape.height}; "
+                "restart serve with the rig's geometry")
+        if self.calibration is None and job.image.shape[:2] != grid:
+            raise ConfigError(
+                f"exposure {job.exposure_id}: the RGB frame is {job.image.shape[1]}x{job.image.shape[0]} but the "
+                f"network grid is {grid[1]}x{grid[0]}; give the rig's calibration (--config with 'calibration')")
+
+    def prepare(self, job: ReadyJob) -> tuple[np.ndarray, np.ndarray]:
+        """Fill the preallocated LDN inputs for ``job``; returns ``(blur, spikes)`` (the buffers)."""
+        self.check(job)
+        first = self.blur[0]
+        height, width = job.image.shape[:2]
+        target = first
+        if self.calibration is not None:  # the RGB camera's own size, warped onto the grid below
+            if self._rgb is None or self._rgb.shape[1:] != (height, width):
+                self._rgb = np.empty((3, height, width), np.float32)
+            target = self._rgb
+        # the same arithmetic as Recording.read_exposure (uint8 -> float32, / 255), so serve and deblur see
+        # identical inputs; cv2.split de-interleaves HWC much faster than a strided numpy copy
+        for channel, plane in enumerate(self._cv2.split(np.ascontiguousarray(job.image))):
+            np.divide(plane, np.float32(255.0), out=target[channel], dtype=np.float32)
+        if self.calibration is not None:
+            np.copyto(first, self.calibration.warp_exposure(target))
+        np.copyto(self.blur[1:], first[None])  # the same blurry frame for every output time
+        self._extract(job.packed, job.spike_height, job.spike_width, job.centers, window=self.shape.spike_frames,
+                      first_index=job.first_index, out=self.spikes)
+        if self.calibration is not None and self.calibration.photometric is not None:
+            np.copyto(self.spikes, self.calibration.correct_spike_frames(self.spikes))
+        return self.blur, self.spikes
+
+    def to_bgr8(self, sharp: np.ndarray) -> np.ndarray:
+        """engines.deblur.to_bgr8's exact arithmetic (clip, x255, +0.5, truncate) on preallocated buffers, with
+        cv2.merge interleaving the planes; returns a fresh (K, H, W, 3) array (the result outlives the call)."""
+        scratch, planar = self._scratch, self._planar8
+        np.clip(sharp, 0.0, 1.0, out=scratch)
+        np.multiply(scratch, np.float32(255.0), out=scratch)
+        np.add(scratch, np.float32(0.5), out=scratch)
+        np.copyto(planar, scratch, casting="unsafe")
+        out = np.empty((sharp.shape[0], sharp.shape[2], sharp.shape[3], 3), np.uint8)
+        for k in range(sharp.shape[0]):
+            self._cv2.merge([planar[k, 0], planar[k, 1], planar[k, 2]], dst=out[k])
+        return out
+
+    def process(self, job: ReadyJob) -> ExposureResult:
+        clock = self._clock_ns
+        started = clock()
+        blur, spikes = self.prepare(job)
+        prepared = clock()
+        sharp = self.runner.infer(blur, spikes)
+        inferred = clock()
+        if self.output_pixel_format == "bgr8":
+            out = self.to_bgr8(sharp)
+        else:
+            out = np.clip(sharp, 0.0, 1.0).astype(np.float32)
+        finished = clock()
+        return ExposureResult(
+            exposure_id=int(job.exposure_id),
+            timestamps_ns=output_timestamps(int(job.start_ns), int(job.duration_ns), self.shape.batch),
+            sharp=out, received_ns=int(job.received_ns), ready_ns=int(job.ready_ns), started_ns=started,
+            prepare_ns=prepared - started, inference_ns=inferred - prepared, postprocess_ns=finished - inferred,
+            finished_ns=finished,
+        )
+
+
+# -- saving like deblur --------------------------------------------------------------------------------------
+class FrameSaver:
+    """Writes results as ``spikereveal deblur`` does: ``frames/<exposure:06d>_<k:02d>.png`` and ``frames.csv``
+    (rows written as results arrive), plus an optional side-by-side (blurry | sharp) MP4."""
+
+    def __init__(self, out_dir: str | os.PathLike, png_compression: int = 1, video_fps: float | None = None,
+                 video_name: str | None = None):
+        import cv2
+
+        from spikereveal.engines.deblur import FRAMES_CSV, FRAMES_DIR, FRAMES_HEADER, VIDEO_FILE
+
+        self._cv2 = cv2
+        self.out_dir = Path(out_dir)
+        self.frames_dir = FRAMES_DIR
+        (self.out_dir / FRAMES_DIR).mkdir(parents=True, exist_ok=True)
+        self._png_params = [cv2.IMWRITE_PNG_COMPRESSION, int(png_compression)]
+        self._csv_handle = open(self.out_dir / FRAMES_CSV, "w", newline="", encoding="utf-8")
+        self._csv = csv.writer(self._csv_handle, lineterminator="\n")
+        self._csv.writerow(FRAMES_HEADER)
+        self._video_fps = video_fps
+        self.video_path = self.out_dir / (video_name or VIDEO_FILE) if video_fps else None
+        self._video = None
+        self._side_by_side = None
+        self.frames_written = 0
+
+    def save(self, exposure_id: int, timestamps_ns: np.ndarray, sharp8: np.ndarray,
+             blur8: np.ndarray | None = None) -> None:
+        """``sharp8``: uint8 (K, H, W, 3); ``blur8``: uint8 (H, W, 3) for the video (skipped when None)."""
+        cv2 = self._cv2
+        for k in range(sharp8.shape[0]):
+            name = f"{self.frames_dir}/{exposure_id:06d}_{k:02d}.png"
+            if not cv2.imwrite(str(self.out_dir / name), sharp8[k], self._png_params):
+                raise FormatError(self.out_dir / name, "OpenCV could not write the PNG image")
+            self._csv.writerow((exposure_id, int(timestamps_ns[k]), name))
+            self.frames_written += 1
+        self._csv_handle.flush()
+        if self.video_path is not None and blur8 is not None:
+            self._write_video(blur8, sharp8)
+
+    def _write_video(self, blur8: np.ndarray, sharp8: np.ndarray) -> None:
+        from spikereveal.engines.deblur import _open_video  # deblur's writer (mp4v), reused as is
+
+        height, width = sharp8.shape[1:3]
+        if self._video is None and self._side_by_side is None:
+            self._video = _open_video(self.video_path, self._video_fps, 2 * width, height)
+            self._side_by_side = np.empty((height, 2 * width, 3), np.uint8)
+        if self._video is None:
+            return
+        if blur8.shape[:2] != (height, width):  # the raw RGB frame of a calibrated rig: show it at grid size
+            blur8 = self._cv2.resize(blur8, (width, height), interpolation=self._cv2.INTER_AREA)
+        self._side_by_side[:, :width] = blur8
+        for k in range(sharp8.shape[0]):
+            self._side_by_side[:, width:] = sharp8[k]
+            self._video.write(self._side_by_side)
+
+    def close(self) -> None:
+        if self._video is not None:
+            self._video.release()
+            self._video = None
+        if not self._csv_handle.closed:
+            self._csv_handle.close()
+
+
+# -- the inference thread -----------------------------------------------------------------------------------
+class InferenceThread:
+    """Takes jobs from a JobQueue, runs them through ``process`` and hands ``(job, result)`` to ``deliver``
+    (in this thread).
+
+    A job that fails with a SpikeRevealError (e.g. a geometry the runner was not loaded for) is counted in
+    ``failed`` and logged; the thread goes on. ``busy`` is true while a job is being processed.
+    """
+
+    def __init__(self, queue: JobQueue, process: Callable[[ReadyJob], ExposureResult],
+                 deliver: Callable[[ReadyJob, ExposureResult], None], name: str = "inference"):
+        self.queue = queue
+        self._process = process
+        self._deliver = deliver
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._idle = threading.Condition()
+        self.busy = False
+        self.processed = 0
+        self.failed = 0
+        self.error: BaseException | None = None  # an unexpected exception that ended the thread
+
+    def start(self) -> "InferenceThread":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                job = self.queue.get(timeout_s=0.1)
+                if job is None:
+                    if self.queue._closed and not len(self.queue):
+                        return
+                    continue
+                with self._idle:
+                    self.busy = True
+                try:
+                    result = self._process(job)
+                except SpikeRevealError as exc:
+                    self.failed += 1
+                    logger.error("exposure %d failed: %s", job.exposure_id, exc)
+                else:
+                    self._deliver(job, result)
+                    self.processed += 1
+                finally:
+                    with self._idle:
+                        self.busy = False
+                        self._idle.notify_all()
+        except BaseException as exc:  # surfaced by serve, which stops and reports it
+            self.error = exc
+            logger.exception("inference thread stopped")
+        finally:
+            with self._idle:
+                self.busy = False
+                self._idle.notify_all()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def wait_idle(self, timeout_s: float | None = None) -> bool:
+        """Wait until the queue is empty and no job is in progress (True), or the timeout passed (False)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._idle:
+            while self.alive and (self.busy or len(self.queue)):
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._idle.wait(0.05 if remaining is None else min(remaining, 0.05))
+        return not (self.busy or len(self.queue))
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Finish the job in progress and stop (waiting jobs stay in the queue, for the caller to count)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+
+# -- jobs and results on the wire (worker processes) ----------------------------------------------------------
+JOB_MAGIC = b"SRJB"
+RESULT_MAGIC = b"SRRS"
+READY_MAGIC = b"SRWK"
+JOB_VERSION = 1
+JOB_TOPIC, RESULT_TOPIC, READY_TOPIC = b"job", b"res", b"ready"
+# magic, version, k, exposure_id, start_ns, duration_ns, first_index, exposure_first, exposure_stop,
+# received_ns, ready_ns, spike_h, spike_w, frame_count, image_h, image_w, reserved
+_JOB = struct.Struct("<4sHHqqqqqqqqIIIIII")
+# magic, version, k, exposure_id, status, pixel_format, reserved, height, width, worker_id,
+# started_ns, prepare_ns, inference_ns, postprocess_ns, finished_ns
+_RESULT = struct.Struct("<4sHHqBBHIIIqqqqq")
+_READY = struct.Struct("<4sHHII")  # magic, version, reserved, worker_id, pid
+RESULT_OK, RESULT_FAILED = 0, 1
+_PIXEL_CODES = {"bgr8": 1, "bgr_f32": 2}
+_PIXEL_NAMES = {code: name for name, code in _PIXEL_CODES.items()}
+
+
+def _view(part) -> memoryview:
+    view = memoryview(getattr(part, "buffer", part))
+    return view if view.ndim == 1 and view.format == "B" else view.cast("B")
+
+
+def encode_job(job: ReadyJob) -> list:
+    """``[b"job", header, packed, image, times]`` -- everything a worker needs, no references to serve."""
+    k = int(job.centers.shape[0])
+    packed = np.ascontiguousarray(job.packed)
+    image = np.ascontiguousarray(job.image)
+    window = job.window
+    header = _JOB.pack(JOB_MAGIC, JOB_VERSION, k, int(job.exposure_id), int(job.start_ns), int(job.duration_ns),
+                       int(job.first_index), int(window.exposure_first), int(window.exposure_stop),
+                       int(job.received_ns), int(job.ready_ns), int(job.spike_height), int(job.spike_width),
+                       int(packed.shape[0]), int(image.shape[0]), int(image.shape[1]), 0)
+    times = np.stack([np.asarray(job.centers, "<i8"), np.asarray(job.timestamps_ns, "<i8")])
+    return [JOB_TOPIC, header, memoryview(packed.reshape(-1)), memoryview(image.reshape(-1)), times.tobytes()]
+
+
+def _bad(message: str) -> ProtocolError:
+    return ProtocolError(Reason.FIELD, message, None)
+
+
+def decode_job(parts) -> ReadyJob:
+    """Validate and decode a job (headers before payloads; ProtocolError when malformed)."""
+    if not isinstance(parts, (list, tuple)) or len(parts) != 5:
+        raise ProtocolError(Reason.PARTS, f"a job has 5 parts, got {len(parts) if isinstance(parts, list) else '?'}")
+    topic, header, packed, image, times = (_view(p) for p in parts)
+    if bytes(topic) != JOB_TOPIC or len(header) != _JOB.size:
+        raise ProtocolError(Reason.HEADER_SIZE, "not a spikereveal job (topic or header size)")
+    (magic, version, k, exposure_id, start_ns, duration_ns, first_index, exposure_first, exposure_stop, received_ns,
+     ready_ns, spike_h, spike_w, frame_count, image_h, image_w, _) = _JOB.unpack(header)
+    if magic != JOB_MAGIC:
+        raise ProtocolError(Reason.MAGIC, "not a spikereveal job")
+    if version != JOB_VERSION:
+        raise ProtocolError(Reason.VERSION, f"job version {version} is not {JOB_VERSION}; run the same spikereveal "
+                                            "version on serve and workers")
+    if not (1 <= k <= MAX_OUTPUT_COUNT and 1 <= spike_h <= MAX_SPIKE_SIDE and 1 <= spike_w <= MAX_SPIKE_SIDE
+            and (spike_h * spike_w) % 8 == 0 and 1 <= image_h <= MAX_IMAGE_SIDE and 1 <= image_w <= MAX_IMAGE_SIDE
+            and 1 <= frame_count <= 1 << 20 and exposure_id >= 0 and duration_ns >= 0):
+        raise ProtocolError(Reason.GEOMETRY, "job geometry out of range")
+    frame_bytes = spike_h * spike_w // 8
+    if len(packed) != frame_count * frame_bytes or len(image) != image_h * image_w * 3 or len(times) != 16 * k:
+        raise ProtocolError(Reason.PAYLOAD_SIZE, "job payload sizes disagree with its header")
+    centers_times = np.frombuffer(times, "<i8").reshape(2, k).astype(np.int64)
+    centers, timestamps = centers_times[0], centers_times[1]
+    if centers.min() - 10 < first_index or centers.max() + 10 >= first_index + frame_count:
+        raise _bad("job centres outside its spike frames")
+    window = ExposureWindow(exposure_first=exposure_first, exposure_stop=exposure_stop, window_first=first_index,
+                            window_stop=first_index + frame_count, centers=centers, timestamps_ns=timestamps)
+    return ReadyJob(
+        exposure_id=exposure_id, start_ns=start_ns, duration_ns=duration_ns,
+        image=np.frombuffer(image, np.uint8).reshape(image_h, image_w, 3),
+        packed=np.frombuffer(packed, np.uint8).reshape(frame_count, frame_bytes), first_index=first_index,
+        centers=centers, timestamps_ns=timestamps, window=window, spike_height=spike_h, spike_width=spike_w,
+        received_ns=received_ns, ready_ns=ready_ns,
+    )
+
+
+def encode_result(result: ExposureResult | None, worker_id: int, exposure_id: int | None = None,
+                  k: int = 0) -> list:
+    """``[b"res", header, sharp, timestamps]``; ``result`` None: the exposure failed on the worker."""
+    if result is None:
+        header = _RESULT.pack(RESULT_MAGIC, JOB_VERSION, k, int(exposure_id), RESULT_FAILED, 1, 0, 1, 1, worker_id,
+                              0, 0, 0, 0, 0)
+        return [RESULT_TOPIC, header, b"", b""]
+    sharp = np.ascontiguousarray(result.sharp)
+    pixel = "bgr8" if sharp.dtype == np.uint8 else "bgr_f32"
+    height, width = (sharp.shape[1], sharp.shape[2]) if pixel == "bgr8" else (sharp.shape[2], sharp.shape[3])
+    header = _RESULT.pack(RESULT_MAGIC, JOB_VERSION, result.k, result.exposure_id, RESULT_OK, _PIXEL_CODES[pixel], 0,
+                          height, width, worker_id, result.started_ns, result.prepare_ns, result.inference_ns,
+                          result.postprocess_ns, result.finished_ns)
+    return [RESULT_TOPIC, header, memoryview(sharp.reshape(-1).view(np.uint8)),
+            np.asarray(result.timestamps_ns, "<i8").tobytes()]
+
+
+@dataclass(frozen=True, eq=False)
+class WireResult:
+    """A decoded result: the worker's ExposureResult fields except the serve-side times (filled by the collector)."""
+
+    exposure_id: int
+    ok: bool
+    worker_id: int
+    k: int
+    sharp: np.ndarray | None
+    timestamps_ns: np.ndarray | None
+    started_ns: int = 0
+    prepare_ns: int = 0
+    inference_ns: int = 0
+    postprocess_ns: int = 0
+    finished_ns: int = 0
+
+
+def decode_result(parts) -> WireResult:
+    if not isinstance(parts, (list, tuple)) or len(parts) != 4:
+        raise ProtocolError(Reason.PARTS, "a result has 4 parts")
+    topic, header, sharp, times = (_view(p) for p in parts)
+    if bytes(topic) != RESULT_TOPIC or len(header) != _RESULT.size:
+        raise ProtocolError(Reason.HEADER_SIZE, "not a spikereveal result (topic or header size)")
+    (magic, version, k, exposure_id, status, pixel, _, height, width, worker_id, started, prepare, inference, post,
+     finished) = _RESULT.unpack(header)
+    if magic != RESULT_MAGIC or version != JOB_VERSION:
+        raise ProtocolError(Reason.VERSION, "result from another spikereveal version")
+    if status == RESULT_FAILED:
+        return WireResult(exposure_id, False, worker_id, k, None, None)
+    if status != RESULT_OK or pixel not in _PIXEL_NAMES or not (1 <= k <= MAX_OUTPUT_COUNT) or not (
+            1 <= height <= MAX_IMAGE_SIDE and 1 <= width <= MAX_IMAGE_SIDE):
+        raise _bad("result fields out of range")
+    item = 1 if pixel == 1 else 4
+    if len(sharp) != k * height * width * 3 * item or len(times) != 8 * k:
+        raise ProtocolError(Reason.PAYLOAD_SIZE, "result payload sizes disagree with its header")
+    if pixel == 1:
+        images = np.frombuffer(sharp, np.uint8).reshape(k, height, width, 3)
+    else:
+        images = np.frombuffer(sharp, "<f4").reshape(k, 3, height, width)
+    return WireResult(exposure_id, True, worker_id, k, images, np.frombuffer(times, "<i8").astype(np.int64),
+                      started, prepare, inference, post, finished)
+
+
+def encode_ready(worker_id: int) -> list:
+    return [READY_TOPIC, _READY.pack(READY_MAGIC, JOB_VERSION, 0, worker_id, os.getpid())]
+
+
+def decode_ready(parts) -> int | None:
+    """The worker id of a ready announcement, or None when ``parts`` is not one."""
+    if len(parts) != 2 or bytes(_view(parts[0])) != READY_TOPIC or len(_view(parts[1])) != _READY.size:
+        return None
+    magic, version, _, worker_id, _ = _READY.unpack(_view(parts[1]))
+    return worker_id if magic == READY_MAGIC and version == JOB_VERSION else None
+
+
+# -- the worker process ----------------------------------------------------------------------------------------
+@dataclass
+class WorkerStats:
+    jobs: int = 0
+    failed: int = 0
+    malformed: int = 0
+
+
+def run_worker(job_endpoint: str, result_endpoint: str, runner_factory: Callable, worker_id: int = 0,
+               spike_shape: tuple[int, int] | None = None, k: int | None = None, calibration=None,
+               output_pixel_format: str = "bgr8", stop: threading.Event | None = None,
+               max_jobs: int | None = None) -> WorkerStats:
+    """Pull jobs from ``job_endpoint``, push results to ``result_endpoint`` until ``stop`` (or ``max_jobs``).
+
+    ``runner_factory(shape) -> unloaded Runner``. With ``spike_shape`` and ``k`` the runner loads before the
+    first job and the worker announces itself ready; otherwise it loads on the first job's geometry (and
+    again if the geometry changes). Receive HWM 1: a worker holds at most one job beyond the one it runs,
+    so slow workers do not hoard work.
+    """
+    import zmq
+
+    stop = stop or threading.Event()
+    context = zmq.Context()
+    pull = context.socket(zmq.PULL)
+    push = context.socket(zmq.PUSH)
+    stats = WorkerStats()
+    runner = processor = None
+    for socket in (pull, push):
+        socket.setsockopt(zmq.LINGER, 0)
+    pull.setsockopt(zmq.RCVHWM, 1)
+    try:
+        pull.connect(job_endpoint)
+        push.connect(result_endpoint)
+
+        def load(shape):
+            nonlocal runner, processor
+            if runner is not None:
+                runner.close()
+            runner = runner_factory(shape).load()
+            processor = ExposureProcessor(runner, calibration, output_pixel_format)
+            push.send_multipart(encode_ready(worker_id))
+            logger.info("worker %d ready: %s", worker_id, runner.describe())
+
+        if spike_shape is not None and k is not None:
+            load(runner_shape_for(k, *spike_shape))
+        else:
+            push.send_multipart(encode_ready(worker_id))
+        poller = zmq.Poller()
+        poller.register(pull, zmq.POLLIN)
+        while not stop.is_set() and (max_jobs is None or stats.jobs + stats.failed < max_jobs):
+            if not poller.poll(100):
+                continue
+            parts = pull.recv_multipart(copy=False)
+            try:
+                job = decode_job(parts)
+            except ProtocolError as exc:
+                stats.malformed += 1
+                logger.warning("malformed job dropped: %s", exc)
+                continue
+            shape = runner_shape_for(int(job.centers.shape[0]), job.spike_height, job.spike_width)
+            try:
+                if processor is None or processor.shape != shape:
+                    load(shape)
+                result = processor.process(job)
+            except SpikeRevealError as exc:
+                stats.failed += 1
+                logger.error("exposure %d failed: %s", job.exposure_id, exc)
+                push.send_multipart(encode_result(None, worker_id, job.exposure_id, int(job.centers.shape[0])))
+                continue
+            push.send_multipart(encode_result(result, worker_id), copy=False)
+            stats.jobs += 1
+    finally:
+        if runner is not None:
+            runner.close()
+        pull.close(linger=0)
+        push.close(linger=0)
+        context.term()
+    return stats

@@ -1,0 +1,446 @@
+"""serve end to end on loopback: replay -> serve --save gives deblur's frames; counters JSON; CLI; workers."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import tempfile
+import threading
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+zmq = pytest.importorskip("zmq")
+cv2 = pytest.importorskip("cv2")
+
+from engines_support import SPIKE_H, SPIKE_W, make_recording, psnr, save_random_checkpoint  # noqa: E402
+from spikereveal.engines.deblur import DeblurConfig, EngineChoice, deblur  # noqa: E402
+from spikereveal.stream.config import load_serve_config  # noqa: E402
+from spikereveal.stream.graph import COUNTER_KEYS  # noqa: E402
+
+K = 3
+EXPOSURES = 5
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return save_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "ldn.pt", seed=5)
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    # the last exposure's trailing margin is cut off: deblur and serve must both skip it
+    return make_recording(tmp_path_factory.mktemp("rec") / "rec", exposures=EXPOSURES, seed=2,
+                          frames=10 + (EXPOSURES - 1) * 30 + 21 + 5)
+
+
+@pytest.fixture(scope="module")
+def deblurred(recording, checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("deblur")
+    summary = deblur(recording, out, EngineChoice(engine="ort", model=str(checkpoint)),
+                     DeblurConfig(k=K, write_video=False))
+    onnx = next((out / "onnx").glob("*.onnx"))
+    return out, summary, onnx
+
+
+def _endpoints():
+    folder = tempfile.mkdtemp(prefix="sr-", dir="/tmp")  # ipc paths must stay short
+    return f"ipc://{folder}/s", f"ipc://{folder}/r", f"ipc://{folder}/o"
+
+
+def replay_into_serve(recording_path, config, speed=1.0, block=8, on_ready=None):
+    """Run serve (thread) and replay (this thread) on loopback; returns serve's counters and replay stats."""
+    from spikereveal.recording import open_recording
+    from spikereveal.stream.replay import LiveReplay, ReplayConfig
+    from spikereveal.stream.serve import Server
+
+    server = Server(config)
+    result, errors = {}, []
+
+    def run_server():
+        try:
+            result["counters"] = server.run()
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+            server.ready.set()
+
+    thread = threading.Thread(target=run_server)
+    thread.start()
+    assert server.ready.wait(120)
+    assert not errors, errors
+    if on_ready is not None:
+        on_ready(server)
+    replay_config = ReplayConfig(speed=speed, block_frames=block, wait_for_subscribers=True, start_delay_s=0,
+                                 subscriber_timeout_s=20, drain_s=0.2, heartbeat_interval_s=0.02)
+    with open_recording(recording_path, strict=False) as rec:
+        with LiveReplay(rec, config.spike_endpoint, config.rgb_endpoint, replay_config) as replay:
+            stats = replay.run()
+    thread.join(120)
+    assert not thread.is_alive()
+    assert not errors, errors
+    return result["counters"], stats
+
+
+def _rows(out):
+    with open(out / "frames.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    return rows[0], rows[1:]
+
+
+def _serve_config(tmp_path, onnx, **changes):
+    spike, rgb, output = _endpoints()
+    worker = {"save_dir": str(tmp_path / "serve"), "queue_capacity_jobs": 8}
+    worker.update(changes.pop("worker", {}))
+    return load_serve_config(
+        None, spike_endpoint=spike, rgb_endpoint=rgb, output_endpoint=output, spike_height=SPIKE_H,
+        spike_width=SPIKE_W, idle_timeout_s=1.0, stats_json=str(tmp_path / "stats.json"),
+        sync={"k": K}, engine={"engine": "ort", "onnx": str(onnx), "threads": 1}, worker=worker, **changes)
+
+
+def _compare_with_deblur(deblur_out, serve_out):
+    header, expected = _rows(deblur_out)
+    serve_header, got = _rows(serve_out)
+    assert serve_header == header
+    assert got == expected  # same exposures, times and file names, in the same order
+    worst = np.inf
+    for _, _, name in expected:
+        a = cv2.imread(str(deblur_out / name))
+        b = cv2.imread(str(serve_out / name))
+        worst = min(worst, psnr(a / 255.0, b / 255.0))
+    assert worst >= 50.0
+    return worst
+
+
+@pytest.mark.parametrize("speed", [1.0, 5.0])
+def test_serve_save_matches_deblur(recording, deblurred, tmp_path, speed):
+    deblur_out, summary, onnx = deblurred
+    assert summary["exposures_processed"] == EXPOSURES - 1
+    config = _serve_config(tmp_path, onnx)
+    counters, stats = replay_into_serve(recording, config, speed=speed)
+    assert stats.dropped_messages == 0
+    _compare_with_deblur(deblur_out, tmp_path / "serve")
+    assert counters["exposures_done"] == EXPOSURES - 1
+    assert counters["exposures_received"] == EXPOSURES
+    assert counters["malformed"] == counters["gaps"] == counters["exposures_dropped"] == 0
+    assert counters["frames_saved"] == counters["output_messages"] == K * (EXPOSURES - 1)
+    assert counters["stop_reason"] == "idle_timeout"
+
+
+def test_counters_json_schema(recording, deblurred, tmp_path):
+    _, _, onnx = deblurred
+    config = _serve_config(tmp_path, onnx, worker={"save_dir": None})
+    counters, _ = replay_into_serve(recording, config, speed=5.0)
+    written = json.loads((tmp_path / "stats.json").read_text())
+    assert written == json.loads(json.dumps(counters))
+    for key in ("messages", "malformed", "gaps", "late", "duplicates", "exposures_done", "exposures_skipped",
+                "exposures_dropped", *COUNTER_KEYS):
+        assert isinstance(written[key], int) and not isinstance(written[key], bool), key
+    assert written["messages"] > 0 and written["exposures_done"] == EXPOSURES - 1
+    # the last exposure's window never completes: skipped on the heartbeat, or still pending at exit
+    assert written["exposures_skipped"] + written["exposures_pending_at_exit"] == 1
+    latency = written["latency"]
+    for name in ("end_to_end_ms", "non_inference_ms", "inference_ms"):
+        assert latency[name]["count"] == EXPOSURES - 1
+        assert 0 < latency[name]["p50_ms"] <= latency[name]["p99_ms"]
+    assert latency["inference_ms"]["p50_ms"] < latency["end_to_end_ms"]["p99_ms"]
+
+
+def test_published_frames_reach_a_subscriber(recording, deblurred, tmp_path):
+    from spikereveal.stream import transport
+    from spikereveal.stream.protocol import SharpFrame, decode
+
+    deblur_out, _, onnx = deblurred
+    config = _serve_config(tmp_path, onnx, worker={"save_dir": None, "output_pixel_format": "bgr8"})
+    context = zmq.Context()
+    frames, threads = [], []
+
+    def consume(sub):
+        poller = zmq.Poller()
+        poller.register(sub, zmq.POLLIN)
+        try:
+            while len(frames) < K * (EXPOSURES - 1) and poller.poll(20000):
+                frames.append(decode(sub.recv_multipart(copy=False)))
+        finally:
+            sub.close(linger=0)
+
+    def subscribe(server):  # serve has bound its output: a viewer connects
+        thread = threading.Thread(target=consume, args=(transport.open_subscriber(context, server.output_endpoint),))
+        thread.start()
+        threads.append(thread)
+
+    try:
+        replay_into_serve(recording, config, speed=2.0, on_ready=subscribe)
+        threads[0].join(30)
+    finally:
+        context.term()
+    assert len(frames) == K * (EXPOSURES - 1)
+    assert all(isinstance(f, SharpFrame) for f in frames)
+    _, rows = _rows(deblur_out)
+    assert [(f.exposure_id, f.t_ns, f.k) for f in frames] == [
+        (int(r[0]), int(r[1]), int(r[2].split("_")[-1][:2])) for r in rows]
+    for frame, (_, _, name) in zip(frames, rows):
+        assert np.array_equal(frame.image, cv2.imread(str(deblur_out / name)))
+
+
+def test_cli_serve_arguments_build_the_config(tmp_path):
+    import argparse
+
+    from spikereveal.commands import serve as command
+
+    rig = tmp_path / "rig.json"
+    rig.write_text(json.dumps({
+        "format": "spikereveal-serve", "version": 1,
+        "endpoints": {"spike": "tcp://cam:1", "rgb": "tcp://cam:2", "output": "tcp://*:3"},
+        "geometry": {"spike_height": 250, "spike_width": 400},
+        "sync": {"rgb_to_spike_offset_ns": 1500, "max_pending_exposures": 4},
+        "worker": {"queue_capacity_jobs": 3, "save_dir": "out"},
+        "engine": {"engine": "ort", "onnx": "model.onnx"},
+    }))
+    parser = argparse.ArgumentParser()
+    command.register(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--config", str(rig), "--output-endpoint", "tcp://*:9", "--queue", "5",
+                              "--exit-after", "7"])
+    config = command.config_from_args(args)
+    assert config.spike_endpoint == "tcp://cam:1" and config.output_endpoint == "tcp://*:9"
+    assert config.spike_shape == (250, 400) and config.exit_after_exposures == 7
+    assert config.sync.rgb_to_spike_offset_ns == 1500 and config.sync.max_pending_exposures == 4
+    assert config.worker.queue_capacity_jobs == 5
+    assert config.worker.save_dir == str(tmp_path / "out") and config.engine.onnx == str(tmp_path / "model.onnx")
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"sync": {"k": 0}}, "k"),
+    ({"worker": {"when_full": "block"}}, "when_full"),
+    ({"worker": {"queue_size": 3}}, "unknown key"),
+    ({"sinks": {}}, "unknown section"),
+])
+def test_bad_rig_config_is_a_clear_error(tmp_path, content, message):
+    from spikereveal.errors import SpikeRevealError
+
+    rig = tmp_path / "rig.json"
+    rig.write_text(json.dumps(content))
+    with pytest.raises(SpikeRevealError, match=message):
+        load_serve_config(rig, spike_endpoint="tcp://a:1", rgb_endpoint="tcp://a:2", output_endpoint="tcp://*:3")
+
+
+def test_serve_command_registers_without_importing_zmq():
+    import subprocess
+    import sys
+
+    code = ("import argparse, sys\n"
+            "from spikereveal.commands import serve, worker, demo\n"
+            "p = argparse.ArgumentParser(); s = p.add_subparsers()\n"
+            "serve.register(s); worker.register(s); demo.register(s)\n"
+            "p.parse_args(['serve', '--spike-endpoint', 'a', '--rgb-endpoint', 'b', '--output-endpoint', 'c'])\n"
+            "bad = [m for m in ('zmq', 'torch', 'onnxruntime', 'numba') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.slow
+def test_serve_with_worker_processes_matches_deblur(recording, deblurred, tmp_path):
+    deblur_out, _, onnx = deblurred
+    config = _serve_config(tmp_path, onnx, scale_out={"workers": 2})
+    counters, _ = replay_into_serve(recording, config, speed=5.0)
+    _compare_with_deblur(deblur_out, tmp_path / "serve")
+    assert counters["exposures_done"] == EXPOSURES - 1 and counters["worker_lost"] == 0
+
+
+# -- policies with a fake runner (no model): exit-after, stop, and slow inference ---------------------------------
+class GatedRunnerFactory:
+    """Runners whose inferences wait for ``gate`` (set by the test) and output the blurry frame."""
+
+    def __init__(self, gate: threading.Event | None = None):
+        self.gate = gate
+
+    def __call__(self, shape):
+        from spikereveal.engines.runners import Runner, RunnerOptions
+
+        gate = self.gate
+
+        class Gated(Runner):
+            name = "gated"
+
+            def _load(self):
+                self.sharp = np.empty(self.shape.sharp, np.float32)
+
+            def _infer(self, blur, spikes):
+                if gate is not None:
+                    assert gate.wait(60)
+                np.copyto(self.sharp, blur)
+                return self.sharp
+
+        return Gated(shape, options=RunnerOptions(warmup_runs=0))
+
+
+def _accounted(counters):
+    return sum(counters[k] for k in ("exposures_done", "exposures_skipped", "exposures_dropped",
+                                     "exposures_pending_at_exit", "exposures_abandoned", "exposures_failed"))
+
+
+def _run_with_factory(recording_path, config, factory, speed=5.0, release=None):
+    from spikereveal.recording import open_recording
+    from spikereveal.stream.replay import LiveReplay, ReplayConfig
+    from spikereveal.stream.serve import Server
+
+    server = Server(config, runner_factory=factory)
+    out = {}
+    thread = threading.Thread(target=lambda: out.setdefault("counters", server.run()))
+    thread.start()
+    assert server.ready.wait(60)
+    replay_config = ReplayConfig(speed=speed, block_frames=8, wait_for_subscribers=True, start_delay_s=0,
+                                 subscriber_timeout_s=20, drain_s=0.2, heartbeat_interval_s=0.02)
+    with open_recording(recording_path, strict=False) as rec:
+        with LiveReplay(rec, config.spike_endpoint, config.rgb_endpoint, replay_config) as replay:
+            replay.run()
+    if release is not None:
+        release.set()
+    thread.join(60)
+    assert not thread.is_alive()
+    return out["counters"]
+
+
+def test_slow_inference_drops_the_oldest_and_every_exposure_is_accounted_for(recording, tmp_path):
+    gate = threading.Event()  # inference blocks until the whole recording has been replayed
+    config = _serve_config(tmp_path, "unused.onnx", worker={"save_dir": None, "queue_capacity_jobs": 1})
+    counters = _run_with_factory(recording, config, GatedRunnerFactory(gate), speed=5.0, release=gate)
+    complete = EXPOSURES - 1
+    assert counters["windows_ready"] == complete
+    # one exposure in inference, one waiting, the rest dropped while inference was stuck
+    assert counters["exposures_done"] == 2 and counters["job_queue_dropped"] == complete - 2
+    assert counters["exposures_dropped"] == counters["job_queue_dropped"]
+    assert counters["job_queue_max_depth"] == 1
+    assert _accounted(counters) == counters["exposures_received"] == EXPOSURES
+
+
+def test_exit_after_stops_once_enough_exposures_are_published(recording, tmp_path):
+    config = _serve_config(tmp_path, "unused.onnx", worker={"save_dir": str(tmp_path / "out")})
+    config = dataclasses.replace(config, exit_after_exposures=2, idle_timeout_s=10.0)  # idle: a safety net
+    counters = _run_with_factory(recording, config, GatedRunnerFactory(), speed=1.0)
+    assert counters["stop_reason"] == "exit_after"
+    assert counters["exposures_done"] >= 2
+    assert _accounted(counters) == counters["exposures_received"]
+    _, rows = _rows(tmp_path / "out")
+    assert len(rows) == K * counters["exposures_done"]
+
+
+def test_stop_event_ends_serve_and_abandons_queued_exposures(recording, tmp_path):
+    from spikereveal.recording import open_recording
+    from spikereveal.stream.replay import LiveReplay, ReplayConfig
+    from spikereveal.stream.serve import Server
+
+    gate = threading.Event()
+    config = _serve_config(tmp_path, "unused.onnx", worker={"save_dir": None, "queue_capacity_jobs": 8})
+    server = Server(config, runner_factory=GatedRunnerFactory(gate))
+    stop = threading.Event()
+    out = {}
+    thread = threading.Thread(target=lambda: out.setdefault("counters", server.run(stop)))
+    thread.start()
+    assert server.ready.wait(60)
+    replay_config = ReplayConfig(speed=5.0, block_frames=8, wait_for_subscribers=True, start_delay_s=0,
+                                 subscriber_timeout_s=20, drain_s=0.2, heartbeat_interval_s=0.02)
+    with open_recording(recording, strict=False) as rec:
+        with LiveReplay(rec, config.spike_endpoint, config.rgb_endpoint, replay_config) as replay:
+            replay.run()
+    stop.set()  # inference is still stuck on the first exposure: the rest are abandoned, not waited for
+    assert server.stopping.wait(30)
+    gate.set()
+    thread.join(60)
+    counters = out["counters"]
+    assert counters["stop_reason"] == "stopped"
+    assert counters["exposures_done"] == 1 and counters["exposures_abandoned"] == EXPOSURES - 2
+    assert _accounted(counters) == counters["exposures_received"]
+
+
+def test_cli_serve_end_to_end_with_idle_timeout(recording, deblurred, tmp_path, capsys):
+    import argparse
+
+    from spikereveal.commands import serve as command
+    from spikereveal.recording import open_recording
+    from spikereveal.stream.replay import LiveReplay, ReplayConfig
+
+    deblur_out, _, onnx = deblurred
+    spike, rgb, output = _endpoints()
+    replay_config = ReplayConfig(speed=5.0, block_frames=8, wait_for_subscribers=True, start_delay_s=0,
+                                 subscriber_timeout_s=60, drain_s=0.2, heartbeat_interval_s=0.02)
+    parser = argparse.ArgumentParser()
+    command.register(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--spike-endpoint", spike, "--rgb-endpoint", rgb, "--output-endpoint", output,
+                              "--onnx", str(onnx), "--k", str(K), "--spike-geometry", f"{SPIKE_H}x{SPIKE_W}",
+                              "--save", str(tmp_path / "serve"), "--queue", "8", "--idle-timeout", "1",
+                              "--stats-json", str(tmp_path / "stats.json"), "--threads", "1"])
+    with open_recording(recording, strict=False) as rec:
+        with LiveReplay(rec, spike, rgb, replay_config) as replay:  # binds now, streams once serve subscribes
+            publisher = threading.Thread(target=replay.run)
+            publisher.start()
+            assert args.func(args) == 0  # the main thread: serve installs its signal handlers
+            publisher.join(30)
+    printed = capsys.readouterr().out
+    assert "exposures_done=4" in printed and "idle_timeout" in printed
+    assert json.loads((tmp_path / "stats.json").read_text())["exposures_done"] == EXPOSURES - 1
+    _compare_with_deblur(deblur_out, tmp_path / "serve")
+
+
+def test_remote_worker_over_tcp_matches_deblur(recording, deblurred, tmp_path):
+    from spikereveal.stream.config import EngineConfig
+    from spikereveal.stream.serve import make_runner_factory
+    from spikereveal.stream.worker import run_worker
+
+    deblur_out, _, onnx = deblurred
+    context = zmq.Context()
+    ports = []
+    for _ in range(2):  # free ports, released again for serve to bind
+        probe = context.socket(zmq.PULL)
+        ports.append(probe.bind_to_random_port("tcp://127.0.0.1"))
+        probe.close(linger=0)
+    context.term()
+    jobs, results = (f"tcp://127.0.0.1:{port}" for port in ports)
+    config = _serve_config(tmp_path, onnx, scale_out={"job_endpoint": jobs, "result_endpoint": results,
+                                                      "remote_workers": 1})
+    stop = threading.Event()
+    worker_out = {}
+    factory = make_runner_factory(EngineConfig(engine="ort", onnx=str(onnx), threads=1), tmp_path / "w")
+    worker = threading.Thread(target=lambda: worker_out.setdefault("stats", run_worker(
+        jobs, results, factory, worker_id=3, spike_shape=(SPIKE_H, SPIKE_W), k=K, stop=stop)))
+    worker.start()
+    try:
+        counters, _ = replay_into_serve(recording, config, speed=1.0)
+    finally:
+        stop.set()
+        worker.join(30)
+    assert worker_out["stats"].jobs == EXPOSURES - 1 and worker_out["stats"].malformed == 0
+    assert counters["exposures_done"] == EXPOSURES - 1 and counters["worker_lost"] == 0
+    _compare_with_deblur(deblur_out, tmp_path / "serve")
+
+
+def test_calibrated_clock_offset_from_the_rig_config_matches_deblur(tmp_path, checkpoint):
+    from spikereveal.calibration.clock import ClockCalibration
+    from spikereveal.calibration.store import RigCalibration, write_calibration
+
+    offset_ns = 3_000_000  # RGB clock = spike clock + 3 ms: windows move 3 frames earlier
+    rec = make_recording(tmp_path / "rec", exposures=4, seed=8)
+    clock = ClockCalibration(offset_ns=offset_ns, drift_ppm=0.0, residual_ns=0.0, exposures=4, reference_ns=0)
+    write_calibration(RigCalibration((SPIKE_H, SPIKE_W), (4 * SPIKE_H, 4 * SPIKE_W), clock=clock), rec)
+    deblur_out = tmp_path / "deblur"
+    summary = deblur(rec, deblur_out, EngineChoice(engine="ort", model=str(checkpoint)),
+                     DeblurConfig(k=K, write_video=False))
+    assert summary["exposures_processed"] == 3  # the first window now starts before the first frame
+    onnx = next((deblur_out / "onnx").glob("*.onnx"))
+    spike, rgb, output = _endpoints()
+    rig = tmp_path / "rig.json"
+    rig.write_text(json.dumps({
+        "endpoints": {"spike": spike, "rgb": rgb, "output": output},
+        "geometry": {"spike_height": SPIKE_H, "spike_width": SPIKE_W},
+        "sync": {"k": K}, "engine": {"onnx": str(onnx), "threads": 1},
+        "worker": {"save_dir": "serve", "queue_capacity_jobs": 8},
+        "run": {"idle_timeout_s": 1.0},
+        "calibration": "rec/calibration.json",
+    }))
+    config = load_serve_config(rig)
+    counters, _ = replay_into_serve(rec, config, speed=5.0)
+    assert counters["exposures_skipped"] == 1 and counters["skipped_by_reason"] == {"stream_start": 1}
+    _compare_with_deblur(deblur_out, tmp_path / "serve")
