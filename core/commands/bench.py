@@ -10,15 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
+from spikereveal.commands._types import positive_int
 
 
 def write_json(path: Path, result: dict) -> None:

@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+from spikereveal.commands._types import int_pair
+
 TARGETS = ("geometry", "time", "dark")
-
-
-def _board(text: str) -> tuple[int, int]:
-    try:
-        columns, rows = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected COLUMNSxROWS of inner corners, e.g. 8x5, got {text!r}") from None
-    if columns < 2 or rows < 2:
-        raise argparse.ArgumentTypeError(f"a board needs at least 2x2 inner corners, got {text!r}")
-    return columns, rows
 
 
 def register(subparsers) -> None:
@@ -37,7 +28,7 @@ def register(subparsers) -> None:
     parser.add_argument("--recording", required=True, type=Path, help="the recording to calibrate (REC)")
     parser.add_argument("--method", choices=("checkerboard", "features"), default="features",
                         help="geometry: a checkerboard seen by both cameras, or target-free (default features)")
-    parser.add_argument("--board", type=_board, default=(8, 5), metavar="CxR",
+    parser.add_argument("--board", type=int_pair("COLUMNSxROWS of inner corners", "8x5", minimum=2), default=(8, 5), metavar="CxR",
                         help="checkerboard inner corners, columns x rows (default 8x5: a 9x6-square board)")
     parser.add_argument("--dark", type=Path, metavar="DARK_REC",
                         help="dark: the lens-cap recording (default: --recording itself)")

@@ -2,17 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
-
-
-def _speed(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a factor of real time such as 1 or 5, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"speed must be > 0, got {text!r}")
-    return value
+from spikereveal.commands._types import speed_factor
 
 
 def register(subparsers) -> None:
@@ -33,7 +23,7 @@ def register(subparsers) -> None:
     parser.add_argument("--model", metavar="CKPT", default=None, help="LDN checkpoint (default: the shipped model)")
     parser.add_argument("--preset", choices=("tiny", "gopro", "rsb"), default="tiny",
                         help="simulator preset (default tiny: finishes in seconds on a laptop CPU)")
-    parser.add_argument("--speed", type=_speed, default=1.0, metavar="X", help="replay speed, x real time (default 1)")
+    parser.add_argument("--speed", type=speed_factor, default=1.0, metavar="X", help="replay speed, x real time (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
     parser.add_argument("--threads", type=int, default=None, metavar="N", help="inference threads (default: cores - 1)")
     parser.set_defaults(func=run)

@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 
-
-def _speed(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a factor of real time such as 1, 5 or inf, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"speed must be > 0 (inf: as fast as possible), got {text!r}")
-    return value
+from spikereveal.commands._types import speed_factor
 
 
 def register(subparsers) -> None:
@@ -31,7 +22,7 @@ def register(subparsers) -> None:
     parser.add_argument("--spike-endpoint", required=True, metavar="E1",
                         help="endpoint to bind for spike blocks, e.g. tcp://*:5555 or ipc:///tmp/spikes")
     parser.add_argument("--rgb-endpoint", required=True, metavar="E2", help="endpoint to bind for RGB exposures")
-    parser.add_argument("--speed", type=_speed, default=1.0, metavar="X",
+    parser.add_argument("--speed", type=speed_factor, default=1.0, metavar="X",
                         help="X times real time; inf = as fast as the sockets take it (default 1)")
     parser.add_argument("--block", type=int, default=32, metavar="F",
                         help="spike frames per message, 8-64 recommended (default 32)")

@@ -2,17 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
-
-
-def _geometry(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected the spike sensor as HxW, e.g. 250x400, got {text!r}") from None
-    if height < 1 or width < 1:
-        raise argparse.ArgumentTypeError(f"spike sensor sides must be positive, got {text!r}")
-    return height, width
+from spikereveal.commands._types import int_pair
 
 
 def add_engine_arguments(parser) -> None:
@@ -53,7 +43,7 @@ def register(subparsers) -> None:
     parser.add_argument("--config", metavar="RIG_JSON", default=None,
                         help="rig.json with these settings, per-stage options and the calibration (options override)")
     add_engine_arguments(parser)
-    parser.add_argument("--spike-geometry", type=_geometry, default=None, metavar="HxW",
+    parser.add_argument("--spike-geometry", type=int_pair("HxW", "250x400"), default=None, metavar="HxW",
                         help="spike sensor size, e.g. 250x400: the engine loads before streaming instead of on "
                              "the first exposure")
     parser.add_argument("--save", metavar="DIR", default=None,

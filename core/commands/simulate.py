@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from spikereveal.commands._types import int_pair
+
 PRESET_NAMES = ("gopro", "rsb", "tiny")  # spikereveal.sim.config.PRESETS; listed here to keep --help light
 
 
@@ -16,14 +18,6 @@ def _homography(text: str) -> tuple[float, ...]:
     if len(values) != 9:
         raise argparse.ArgumentTypeError(f"a homography needs 9 numbers (row-major 3x3), got {len(values)}")
     return values
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 1280x720, got {text!r}") from None
-    return width, height
 
 
 def register(subparsers) -> None:
@@ -51,7 +45,7 @@ def register(subparsers) -> None:
     parser.add_argument("--noise-rate", type=float, help="dark-current spikes per pixel-frame (preset default)")
     parser.add_argument("--homography", type=_homography, metavar="H11,H12,...,H33",
                         help="RGB camera homography: canonical (4x spike) pixel -> RGB pixel, 9 numbers row-major")
-    parser.add_argument("--rgb-size", type=_size, metavar="WxH", help="RGB frame size (with --homography)")
+    parser.add_argument("--rgb-size", type=int_pair("WIDTHxHEIGHT", "1280x720"), metavar="WxH", help="RGB frame size (with --homography)")
     parser.add_argument("--clock-offset-ns", type=int, default=0, help="RGB clock minus spike clock, ns")
     parser.add_argument("--clock-drift-ppm", type=float, default=0.0, help="RGB clock rate error, ppm")
     scene = parser.add_mutually_exclusive_group()

@@ -6,19 +6,13 @@ import argparse
 from pathlib import Path
 
 from spikereveal.errors import ConfigError
+from spikereveal.commands._types import positive_int
 
 _HELP = {
     "bsn": "the teacher's blind-spot denoiser: MSE(TFP_short, BSN(TFP_short))",
     "sr": "the teacher's x4 gray super-resolver: MSE(SR(TFP_long), gray(blurry))",
     "ldn": "the student: distillation from the teacher + 100 x re-blur MSE over 5 timestamps",
 }
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def _add_common(parser: argparse.ArgumentParser, kind: str) -> None:
@@ -29,20 +23,20 @@ def _add_common(parser: argparse.ArgumentParser, kind: str) -> None:
                         help="recording directories to train on (no ground truth is used)")
     parser.add_argument("--out", type=Path, required=True, metavar="CKPT",
                         help="checkpoint to write (after every epoch; the optimizer state goes to CKPT.optim)")
-    parser.add_argument("--epochs", type=_positive_int, help=f"epochs (default {defaults['epochs']})")
-    parser.add_argument("--batch-size", type=_positive_int, help=f"crops per step (default {defaults['batch_size']})")
-    parser.add_argument("--crop", type=_positive_int,
+    parser.add_argument("--epochs", type=positive_int, help=f"epochs (default {defaults['epochs']})")
+    parser.add_argument("--batch-size", type=positive_int, help=f"crops per step (default {defaults['batch_size']})")
+    parser.add_argument("--crop", type=positive_int,
                         help=f"crop side in spike pixels; image crops are 4x (default {defaults['crop']})")
     parser.add_argument("--lr", type=float, help=f"Adam learning rate, cosine-annealed per epoch (default {defaults['lr']:g})")
     parser.add_argument("--seed", type=int, help=f"seed of the weights and of the crops (default {defaults['seed']})")
-    parser.add_argument("--samples-per-epoch", type=_positive_int,
+    parser.add_argument("--samples-per-epoch", type=positive_int,
                         help=f"crops per epoch (default {defaults['crops_per_exposure']} per usable exposure)")
     parser.add_argument("--no-augment", dest="augment", action="store_const", const=False, default=None,
                         help="no random flips of the crops")
     parser.add_argument("--resume", type=Path, metavar="CKPT",
                         help="continue the run saved in CKPT (its arguments apply unless given here)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
-    parser.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--time-limit-min", type=float, metavar="M",
                         help="stop after M minutes (checkpoint saved; --resume continues)")
     parser.add_argument("--workers", type=int, default=0, help="data loader worker processes (default 0)")
@@ -72,7 +66,7 @@ def register(subparsers) -> None:
                                     "other hyper-parameters): the network teacher is the expensive part")
             child.add_argument("--init", type=Path, metavar="CKPT",
                                help="start from this LDN checkpoint (fine-tune, e.g. on the rig's own recordings)")
-            child.add_argument("--timestamps", type=_positive_int, help="timestamps per exposure in the loss (default 5)")
+            child.add_argument("--timestamps", type=positive_int, help="timestamps per exposure in the loss (default 5)")
             child.add_argument("--lambda-teacher", type=float, help="weight of the distillation term (default 1)")
             child.add_argument("--lambda-reblur", type=float, help="weight of the re-blur term (default 100)")
 

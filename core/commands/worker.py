@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from spikereveal.commands._types import int_pair
+
 
 def register(subparsers) -> None:
-    from spikereveal.commands.serve import _geometry, add_engine_arguments
+    from spikereveal.commands.serve import add_engine_arguments
 
     parser = subparsers.add_parser(
         "worker",
@@ -22,7 +24,7 @@ def register(subparsers) -> None:
                         help="serve's result endpoint, e.g. tcp://serve-host:5561")
     parser.add_argument("--id", type=int, default=0, help="worker id shown in serve's logs (default 0)")
     add_engine_arguments(parser)
-    parser.add_argument("--spike-geometry", type=_geometry, default=None, metavar="HxW",
+    parser.add_argument("--spike-geometry", type=int_pair("HxW", "250x400"), default=None, metavar="HxW",
                         help="load the engine now for this sensor (default: on the first job)")
     parser.add_argument("--k", type=int, default=7, help="frames per exposure for --spike-geometry (default 7)")
     parser.add_argument("--calibration", default=None, metavar="PATH", help="the rig's calibration.json")
