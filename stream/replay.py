@@ -31,11 +31,10 @@ import heapq
 import itertools
 import logging
 import math
-import os
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
@@ -44,7 +43,8 @@ from spikereveal.errors import ConfigError, SpikeRevealError
 from spikereveal.kernels.packing import from_canonical
 from spikereveal.kernels.timing import DEFAULT_MARGIN_FRAMES, exposure_window, index_to_time
 from spikereveal.stream.clock import Clock, MonotonicClock
-from spikereveal.stream.protocol import MAX_BLOCK_FRAMES, Heartbeat, Kind, RgbExposure, SpikeBlock, encode
+from spikereveal.stream.protocol import MAX_BLOCK_FRAMES, Kind
+from spikereveal.stream.transport import PublishStats, RigStreams, random_stream_id
 
 __all__ = ["ReplayConfig", "ReplayEvent", "ReplayStats", "Replayer", "LiveReplay", "replay_schedule"]
 
@@ -184,32 +184,19 @@ def replay_schedule(
 
 
 @dataclass
-class ReplayStats:
-    spike_messages: int = 0
-    spike_frames: int = 0
-    exposures: int = 0
-    heartbeats: int = 0
-    dropped_messages: int = 0  # refused by a high-water mark (counted, never waited for)
+class ReplayStats(PublishStats):
+    """The publishing counters (messages, frames, exposures, heartbeats, drops) plus the pacing ones."""
+
     loops_completed: int = 0
     max_lag_ns: int = 0  # worst delay of a publication (its send_time_ns) behind its schedule
     duration_ns: int = 0
     stopped: bool = False  # ended by the stop event rather than the end of the recording
-    spike_stream_id: int = 0
-    rgb_stream_id: int = 0
-    drops_by_kind: dict = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
 
 
 def _to_bgr8(image: np.ndarray) -> np.ndarray:
     """Library float (3, H, W) BGR in [0, 1] -> uint8 (H, W, 3) BGR (exact for images read from 8-bit PNGs)."""
     scaled = np.clip(image, 0.0, 1.0) * np.float32(255.0) + np.float32(0.5)
     return np.ascontiguousarray(scaled.astype(np.uint8).transpose(1, 2, 0))
-
-
-def _random_stream_id() -> int:
-    return int.from_bytes(os.urandom(4), "little")
 
 
 class Replayer:
@@ -228,21 +215,16 @@ class Replayer:
     ):
         self.recording = recording
         self.config = config
-        self._send = {Kind.SPIKE_BLOCK: send_spike, Kind.RGB_EXPOSURE: send_rgb}
         self.clock = clock or MonotonicClock()
         self.stop = stop or threading.Event()
         self._poll_sockets = poll_sockets or (lambda: None)
         spike = recording.meta.spike
         self._spike_meta = spike
         self.stats = ReplayStats(
-            spike_stream_id=config.spike_stream_id if config.spike_stream_id is not None else _random_stream_id(),
-            rgb_stream_id=config.rgb_stream_id if config.rgb_stream_id is not None else _random_stream_id(),
+            spike_stream_id=config.spike_stream_id if config.spike_stream_id is not None else random_stream_id(),
+            rgb_stream_id=config.rgb_stream_id if config.rgb_stream_id is not None else random_stream_id(),
         )
-        self._spike_seq = 0
-        self._rgb_seq = 0
-        self._spike_position = 0  # one past the last frame index sent
-        self._last_frame_id = -1
-        self._stream_clock_ns = int(spike.t0_ns)
+        self._streams = RigStreams(send_spike, send_rgb, self.clock, self.stats, stream_clock_ns=int(spike.t0_ns))
         rgb = recording.meta.rgb
         total_mb = len(recording.exposures) * rgb.height * rgb.width * 3 / 2**20
         self._preload = total_mb <= config.preload_mb
@@ -250,12 +232,6 @@ class Replayer:
         self._prefetched: dict[int, Future] = {}
 
     # -- messages ----------------------------------------------------------------------------------------
-    def _emit(self, kind: Kind, parts: list) -> None:
-        if not self._send[kind](parts):
-            self.stats.dropped_messages += 1
-            name = kind.name.lower()
-            self.stats.drops_by_kind[name] = self.stats.drops_by_kind.get(name, 0) + 1
-
     def _spike_block(self, event: ReplayEvent) -> int:
         spike = self._spike_meta
         packed = self.recording.spikes.read(event.first_index, event.first_index + event.frame_count)
@@ -263,18 +239,10 @@ class Replayer:
         if self.config.wire_layout == "recorded":
             bit_order, flip_rows = spike.bit_order, bool(spike.flip_rows)
             packed = from_canonical(packed, spike.height, spike.width, bit_order, flip_rows)
-        block = SpikeBlock(
-            stream_id=self.stats.spike_stream_id, seq=self._spike_seq, first_index=event.stream_index,
-            t0_ns=int(spike.t0_ns), rate_hz=float(spike.rate_hz), height=spike.height, width=spike.width,
-            packed=packed, bit_order=bit_order, flip_rows=flip_rows, send_time_ns=self.clock.now_ns(),
+        return self._streams.spike_block(
+            event.stream_index, packed, t0_ns=int(spike.t0_ns), rate_hz=float(spike.rate_hz), height=spike.height,
+            width=spike.width, bit_order=bit_order, flip_rows=flip_rows,
         )
-        self._spike_seq += 1  # used up even if the send is refused: the receiver must see the gap
-        self._spike_position = block.stop_index
-        self._stream_clock_ns = int(spike.t0_ns) + event.due_ns
-        self.stats.spike_messages += 1
-        self.stats.spike_frames += event.frame_count
-        self._emit(Kind.SPIKE_BLOCK, encode(block))
-        return block.send_time_ns
 
     def _image(self, index: int) -> np.ndarray:
         if self._image_cache is not None and index in self._image_cache:
@@ -336,31 +304,13 @@ class Replayer:
         exposure = self.recording.exposure(event.exposure_index)
         future = self._prefetched.pop(event.frame_id, None)
         image = future.result() if future is not None else self._image(event.exposure_index)
-        message = RgbExposure(
-            stream_id=self.stats.rgb_stream_id, seq=self._rgb_seq, frame_id=event.frame_id,
-            start_ns=int(exposure.start_ns) + event.shift_ns, duration_ns=int(exposure.duration_ns),
-            image=image, send_time_ns=self.clock.now_ns(),
+        return self._streams.exposure(
+            event.frame_id, int(exposure.start_ns) + event.shift_ns, int(exposure.duration_ns), image
         )
-        self._rgb_seq += 1
-        self._last_frame_id = event.frame_id
-        self.stats.exposures += 1
-        self._emit(Kind.RGB_EXPOSURE, encode(message))
-        return message.send_time_ns
 
     def heartbeats(self) -> None:
         """Publish one heartbeat per stream (on its own socket) with its last sequence number."""
-        now = self.clock.now_ns()
-        spike = Heartbeat(
-            stream_id=self.stats.spike_stream_id, stream_kind=Kind.SPIKE_BLOCK, last_seq=self._spike_seq - 1,
-            position=self._spike_position, clock_ns=self._stream_clock_ns, send_time_ns=now,
-        )
-        rgb = Heartbeat(
-            stream_id=self.stats.rgb_stream_id, stream_kind=Kind.RGB_EXPOSURE, last_seq=self._rgb_seq - 1,
-            position=self._last_frame_id, clock_ns=self._stream_clock_ns, send_time_ns=now,
-        )
-        self.stats.heartbeats += 2
-        self._emit(Kind.SPIKE_BLOCK, encode(spike))
-        self._emit(Kind.RGB_EXPOSURE, encode(rgb))
+        self._streams.heartbeats()
 
     # -- pacing ----------------------------------------------------------------------------------------
     def run(self, events: Iterator[ReplayEvent] | None = None) -> ReplayStats:
@@ -442,46 +392,27 @@ class LiveReplay:
 
     def __init__(self, recording, spike_endpoint: str, rgb_endpoint: str, config: ReplayConfig | None = None,
                  context=None):
-        from spikereveal.stream import transport
-
-        import zmq
+        from spikereveal.stream.transport import RigSockets
 
         self.recording = recording
         self.config = config or ReplayConfig()
-        self._own_context = context is None
-        self.context = context or zmq.Context()
-        self._transport = transport
-        self.spike_socket = self.rgb_socket = None
-        try:
-            cfg = self.config
-            self.spike_socket = transport.open_publisher(self.context, spike_endpoint, cfg.send_hwm, cfg.count_drops)
-            self.rgb_socket = transport.open_publisher(self.context, rgb_endpoint, cfg.send_hwm, cfg.count_drops)
-        except BaseException:
-            self.close()
-            raise
-        self.spike_endpoint = transport.bound_endpoint(self.spike_socket)
-        self.rgb_endpoint = transport.bound_endpoint(self.rgb_socket)
+        self.sockets = RigSockets(spike_endpoint, rgb_endpoint, self.config.send_hwm, self.config.count_drops,
+                                  context=context)
+        self.spike_endpoint = self.sockets.spike_endpoint
+        self.rgb_endpoint = self.sockets.rgb_endpoint
 
     def run(self, stop: threading.Event | None = None, clock: Clock | None = None) -> ReplayStats:
         stop = stop or threading.Event()
         clock = clock or MonotonicClock()
-        cfg, transport = self.config, self._transport
-
-        def poll() -> None:  # keep the XPUB subscription queues empty
-            transport.drain_subscriptions(self.spike_socket)
-            transport.drain_subscriptions(self.rgb_socket)
-
+        cfg, sockets = self.config, self.sockets
         replayer = Replayer(
-            self.recording, cfg,
-            send_spike=lambda parts: transport.publish(self.spike_socket, parts),
-            send_rgb=lambda parts: transport.publish(self.rgb_socket, parts),
-            clock=clock, stop=stop, poll_sockets=poll,
+            self.recording, cfg, send_spike=sockets.send_spike, send_rgb=sockets.send_rgb,
+            clock=clock, stop=stop, poll_sockets=sockets.poll,
         )
         replayer.prepare()  # decode images while subscribers connect
         if cfg.wait_for_subscribers:
             logger.info("waiting for subscribers on %s and %s", self.spike_endpoint, self.rgb_endpoint)
-            if not transport.wait_for_subscribers([self.spike_socket, self.rgb_socket], cfg.subscriber_timeout_s,
-                                                  stop):
+            if not sockets.wait_for_subscribers(cfg.subscriber_timeout_s, stop):
                 if stop.is_set():
                     return ReplayStats(stopped=True)
                 raise SpikeRevealError(
@@ -493,13 +424,7 @@ class LiveReplay:
         return replayer.run()
 
     def close(self) -> None:
-        for socket in (self.spike_socket, self.rgb_socket):
-            if socket is not None:
-                socket.close(linger=0)
-        self.spike_socket = self.rgb_socket = None
-        if self._own_context and self.context is not None:
-            self.context.term()
-            self.context = None
+        self.sockets.close()
 
     def __enter__(self) -> LiveReplay:
         return self

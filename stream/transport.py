@@ -5,15 +5,26 @@ addition (1) receive subscription messages, so a publisher can wait for its firs
 guessing a slow-joiner delay, and (2) with ``XPUB_NODROP`` a send that would exceed the high-water mark
 fails with EAGAIN instead of being discarded silently, so the publisher counts its own drops. Sends are
 always non-blocking. Every socket is made with ``LINGER 0`` so that closing never hangs.
+
+The publishing side of a rig (used by ``replay`` and by :mod:`spikereveal.stream.driver`) is split the same
+way: :class:`RigStreams` (no sockets: stream ids, sequence numbers, drop counting, heartbeats) and
+:class:`RigSockets` (the two bound XPUB sockets it sends on).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
 
 from spikereveal.errors import ConfigError
+from spikereveal.kernels.timing import index_to_time
+from spikereveal.stream.protocol import Heartbeat, Kind, RgbExposure, SpikeBlock, encode
 
 logger = logging.getLogger(__name__)
 
@@ -110,3 +121,151 @@ def wait_for_subscribers(sockets, timeout_s: float, stop: threading.Event | None
             if drain_subscriptions(socket) > 0:
                 waiting.pop(id(socket), None)
     return True
+
+
+# -- the publishing side of a rig ----------------------------------------------------------------------------
+def random_stream_id() -> int:
+    """A random 32-bit stream id, so that a restarted publisher is seen as a restart."""
+    return int.from_bytes(os.urandom(4), "little")
+
+
+@dataclass
+class PublishStats:
+    """What :class:`RigStreams` counts (publishers extend it with their own fields)."""
+
+    spike_messages: int = 0
+    spike_frames: int = 0
+    exposures: int = 0
+    heartbeats: int = 0
+    dropped_messages: int = 0  # refused by a high-water mark (counted, never waited for)
+    spike_stream_id: int = 0
+    rgb_stream_id: int = 0
+    drops_by_kind: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class RigStreams:
+    """Turns a rig's data into protocol messages on two streams and hands them to ``send_spike`` /
+    ``send_rgb`` (each returns False when the message was dropped; the drop is counted in ``stats``).
+
+    Owns the sequence numbers (a dropped message still uses its number up, so the receiver sees the gap)
+    and the stream positions that :meth:`heartbeats` announce. No sockets, no threads: call it from one
+    thread. ``stats.spike_stream_id`` / ``rgb_stream_id`` name the streams (0 is a valid id).
+    """
+
+    def __init__(self, send_spike: Callable[[list], bool], send_rgb: Callable[[list], bool], clock,
+                 stats: PublishStats, stream_clock_ns: int = 0):
+        self._send = {Kind.SPIKE_BLOCK: send_spike, Kind.RGB_EXPOSURE: send_rgb}
+        self.clock = clock
+        self.stats = stats
+        self.spike_seq = 0  # next sequence number of each stream
+        self.rgb_seq = 0
+        self.spike_position = 0  # one past the last frame index sent
+        self.last_frame_id = -1
+        self.stream_clock_ns = int(stream_clock_ns)  # spike-clock time of the last frame sent
+
+    def _emit(self, kind: Kind, parts: list) -> None:
+        if not self._send[kind](parts):
+            self.stats.dropped_messages += 1
+            name = kind.name.lower()
+            self.stats.drops_by_kind[name] = self.stats.drops_by_kind.get(name, 0) + 1
+
+    def spike_block(self, first_index: int, packed: np.ndarray, *, t0_ns: int, rate_hz: float, height: int,
+                    width: int, bit_order: str = "little", flip_rows: bool = False) -> int:
+        """Publish frames ``first_index ..`` (packed, in the stated layout); returns the send time."""
+        block = SpikeBlock(
+            stream_id=self.stats.spike_stream_id, seq=self.spike_seq, first_index=int(first_index),
+            t0_ns=int(t0_ns), rate_hz=float(rate_hz), height=height, width=width, packed=packed,
+            bit_order=bit_order, flip_rows=bool(flip_rows), send_time_ns=self.clock.now_ns(),
+        )
+        parts = encode(block)  # validates before the sequence number is used
+        self.spike_seq += 1  # used up even if the send is refused: the receiver must see the gap
+        self.spike_position = block.stop_index
+        self.stream_clock_ns = int(index_to_time(block.stop_index - 1, block.t0_ns, block.rate_hz))
+        self.stats.spike_messages += 1
+        self.stats.spike_frames += block.frame_count
+        self._emit(Kind.SPIKE_BLOCK, parts)
+        return block.send_time_ns
+
+    def exposure(self, frame_id: int, start_ns: int, duration_ns: int, image: np.ndarray) -> int:
+        """Publish one uint8 (H, W, 3) BGR exposure; returns the send time."""
+        message = RgbExposure(
+            stream_id=self.stats.rgb_stream_id, seq=self.rgb_seq, frame_id=int(frame_id), start_ns=int(start_ns),
+            duration_ns=int(duration_ns), image=image, send_time_ns=self.clock.now_ns(),
+        )
+        parts = encode(message)
+        self.rgb_seq += 1
+        self.last_frame_id = message.frame_id
+        self.stats.exposures += 1
+        self._emit(Kind.RGB_EXPOSURE, parts)
+        return message.send_time_ns
+
+    def heartbeats(self) -> None:
+        """Publish one heartbeat per stream (on its own socket) with its last sequence number."""
+        now = self.clock.now_ns()
+        spike = Heartbeat(
+            stream_id=self.stats.spike_stream_id, stream_kind=Kind.SPIKE_BLOCK, last_seq=self.spike_seq - 1,
+            position=self.spike_position, clock_ns=self.stream_clock_ns, send_time_ns=now,
+        )
+        rgb = Heartbeat(
+            stream_id=self.stats.rgb_stream_id, stream_kind=Kind.RGB_EXPOSURE, last_seq=self.rgb_seq - 1,
+            position=self.last_frame_id, clock_ns=self.stream_clock_ns, send_time_ns=now,
+        )
+        self.stats.heartbeats += 2
+        self._emit(Kind.SPIKE_BLOCK, encode(spike))
+        self._emit(Kind.RGB_EXPOSURE, encode(rgb))
+
+
+class RigSockets:
+    """The two XPUB publishers of a rig (spike blocks, RGB exposures), linger 0; a context manager.
+
+    ``spike_endpoint`` / ``rgb_endpoint`` are the endpoints really bound (``tcp://127.0.0.1:*`` resolves).
+    Use from one thread (ZeroMQ sockets are not thread-safe).
+    """
+
+    def __init__(self, spike_endpoint: str, rgb_endpoint: str, send_hwm: int = 1000, count_drops: bool = True,
+                 context=None):
+        zmq = _zmq()
+        self._own_context = context is None
+        self.context = context or zmq.Context()
+        self.spike_socket = self.rgb_socket = None
+        try:
+            self.spike_socket = open_publisher(self.context, spike_endpoint, send_hwm, count_drops)
+            self.rgb_socket = open_publisher(self.context, rgb_endpoint, send_hwm, count_drops)
+        except BaseException:
+            self.close()
+            raise
+        self.spike_endpoint = bound_endpoint(self.spike_socket)
+        self.rgb_endpoint = bound_endpoint(self.rgb_socket)
+
+    def send_spike(self, parts) -> bool:
+        return publish(self.spike_socket, parts)
+
+    def send_rgb(self, parts) -> bool:
+        return publish(self.rgb_socket, parts)
+
+    def poll(self) -> None:
+        """Keep the XPUB subscription queues empty (call now and then, e.g. with the heartbeats)."""
+        drain_subscriptions(self.spike_socket)
+        drain_subscriptions(self.rgb_socket)
+
+    def wait_for_subscribers(self, timeout_s: float, stop: threading.Event | None = None) -> bool:
+        """True once both sockets have a subscriber; False on timeout or stop."""
+        return wait_for_subscribers([self.spike_socket, self.rgb_socket], timeout_s, stop)
+
+    def close(self) -> None:
+        for socket in (self.spike_socket, self.rgb_socket):
+            if socket is not None:
+                socket.close(linger=0)
+        self.spike_socket = self.rgb_socket = None
+        if self._own_context and self.context is not None:
+            self.context.term()
+            self.context = None
+
+    def __enter__(self) -> "RigSockets":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
