@@ -138,12 +138,12 @@ class ExposureWindowReader:
 
 
 def to_bgr8(images: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """float (N,3,H,W) BGR (any range) -> uint8 (N,H,W,3), clipped to [0,1] and rounded."""
-    scaled = np.clip(images, 0.0, 1.0) * np.float32(255.0) + np.float32(0.5)
-    if out is None:
-        out = np.empty((images.shape[0], images.shape[2], images.shape[3], 3), np.uint8)
-    np.copyto(out, scaled.transpose(0, 2, 3, 1), casting="unsafe")
-    return out
+    """float (N,3,H,W) BGR (any range) -> uint8 (N,H,W,3), clipped to [0,1] (NaN -> 0) and rounded half up
+    (``x * 255 + 0.5`` truncated), in one pass (:func:`spikereveal.kernels.convert.planar_to_bgr8`).
+    ``out``: a C-contiguous uint8 (N,H,W,3) array to write into."""
+    from spikereveal.kernels.convert import planar_to_bgr8  # numba, loaded on first use
+
+    return planar_to_bgr8(images, out)
 
 
 def _prepare_output(out_dir: Path, overwrite: bool) -> None:

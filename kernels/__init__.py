@@ -6,6 +6,7 @@ and upside-down storage to this layout once, at read time.
 """
 
 from spikereveal.kernels.accumulate import MAX_WINDOW_FRAMES, SpikeAccumulator, window_count, window_counts
+from spikereveal.kernels.convert import bgr8_to_planar, planar_to_bgr8
 from spikereveal.kernels.extract import extract_ldn_input
 from spikereveal.kernels.images import (
     SDM_SHORT_WINDOW,
@@ -43,6 +44,8 @@ __all__ = [
     "SpikeAccumulator",
     "window_count",
     "window_counts",
+    "bgr8_to_planar",
+    "planar_to_bgr8",
     "extract_ldn_input",
     "SDM_SHORT_WINDOW",
     "reblur",

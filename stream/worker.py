@@ -3,9 +3,10 @@
 * :class:`JobQueue` -- the bounded FIFO between the synchroniser and inference. When inference is slower
   than the exposure rate it fills; the policy is explicit (``drop_oldest`` by default, or ``drop_newest``)
   and every dropped exposure is counted. Memory: ``capacity`` windows waiting + the ones being inferred.
-* :class:`ExposureProcessor` -- one ReadyJob in, K sharp frames out: cuts the LDN input with
+* :class:`ExposureProcessor` -- one ReadyJob in, K sharp frames out: converts the frame with
+  :func:`spikereveal.kernels.convert.bgr8_to_planar` and cuts the LDN input with
   :func:`spikereveal.kernels.extract_ldn_input` into preallocated buffers, runs the runner once (K as the
-  batch), converts with the engines' :func:`~spikereveal.engines.deblur.to_bgr8`.
+  batch), converts with the engines' :func:`~spikereveal.engines.deblur.to_bgr8` into reused outputs.
 * :class:`FrameSaver` -- ``frames/<exposure>_<k>.png`` + ``frames.csv`` exactly as ``spikereveal deblur``
   writes them (same names, header and timestamps: the output times on the RGB clock), and optionally the
   side-by-side video.
@@ -21,6 +22,7 @@ import csv
 import logging
 import os
 import struct
+import sys
 import threading
 import time
 from collections import deque
@@ -39,6 +41,7 @@ __all__ = [
     "JobQueue",
     "ExposureResult",
     "ExposureProcessor",
+    "ReusableOutputs",
     "FrameSaver",
     "InferenceThread",
     "encode_job",
@@ -148,6 +151,44 @@ class ExposureResult:
         return self.prepare_ns + self.postprocess_ns
 
 
+class ReusableOutputs:
+    """Output arrays of one shape, handed out with results and reused once nothing references them.
+
+    A result's ``sharp`` outlives ``process`` (queued, published, saved), so it cannot be one fixed buffer;
+    a fresh array per exposure costs page faults on every exposure (~4 ms for 34 MB). ``take`` returns a
+    pooled array that no other Python object refers to -- a result, a view, a memoryview or a zmq frame
+    over it all hold a reference -- or, when all ``capacity`` arrays are in use, a new unpooled one.
+    A reference count never rises from "unreferenced", so the check is safe from other threads.
+    """
+
+    def __init__(self, shape: tuple[int, ...], dtype, capacity: int = 3):
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise ConfigError(f"capacity must be a positive integer, got {capacity!r}")
+        self.shape, self.dtype, self.capacity = tuple(shape), np.dtype(dtype), capacity
+        self._arrays: list[np.ndarray] = [self._new()]
+        self._unreferenced = self._references(0)  # measured, not assumed: it depends on the interpreter
+        self.allocated = 0  # arrays made beyond the pool (every one in use when asked)
+
+    def _new(self) -> np.ndarray:
+        array = np.empty(self.shape, self.dtype)
+        array.fill(0)  # first-touch page faults now, not on a live exposure
+        return array
+
+    def _references(self, index: int) -> int:
+        return sys.getrefcount(self._arrays[index])
+
+    def take(self) -> np.ndarray:
+        for index in range(len(self._arrays)):
+            if self._references(index) <= self._unreferenced:
+                return self._arrays[index]
+        array = np.empty(self.shape, self.dtype)
+        if len(self._arrays) < self.capacity:
+            self._arrays.append(array)
+        else:
+            self.allocated += 1
+        return array
+
+
 def runner_shape_for(k: int, spike_height: int, spike_width: int):
     """The runner's InputShape for K frames of a spike sensor (the network grid is 4x the sensor)."""
     from spikereveal.engines.runners import SPIKE_SCALE, InputShape
@@ -164,12 +205,12 @@ class ExposureProcessor:
 
     def __init__(self, runner, calibration=None, output_pixel_format: str = "bgr8",
                  clock_ns: Callable[[], int] = time.monotonic_ns):
-        import cv2
+        from spikereveal.engines.deblur import to_bgr8
+        from spikereveal.kernels import bgr8_to_planar, extract_ldn_input  # numba, loaded on first use
 
-        from spikereveal.kernels import extract_ldn_input  # numba, loaded on first use
-
-        self._cv2 = cv2
         self._extract = extract_ldn_input
+        self._bgr8_to_planar = bgr8_to_planar
+        self._to_bgr8 = to_bgr8
         self.runner = runner
         self.calibration = calibration
         self.output_pixel_format = output_pixel_format
@@ -179,19 +220,28 @@ class ExposureProcessor:
         # every buffer written once now: first-touch page faults would otherwise land on the first exposures
         self.blur = np.empty(shape.blur, np.float32)
         self.spikes = np.empty(shape.spikes, np.float32)
-        self._scratch = np.empty(shape.sharp, np.float32)
-        self._planar8 = np.empty(shape.sharp, np.uint8)
-        for buffer in (self.blur, self.spikes, self._scratch, self._planar8):
+        for buffer in (self.blur, self.spikes):
             buffer.fill(0)
+        k, _, height, width = shape.sharp
+        if output_pixel_format == "bgr8":
+            self.outputs = ReusableOutputs((k, height, width, 3), np.uint8)
+        else:
+            self.outputs = ReusableOutputs(shape.sharp, np.float32)
         self._rgb: np.ndarray | None = None  # calibrated rigs: the RGB frame before warping
         self._warm_up()
 
     def _warm_up(self) -> None:
-        """Compile the numba kernel now rather than on the first live exposure (its signature is shape-free)."""
+        """Compile the numba kernels now rather than on the first live exposure (their signatures are
+        shape-free: tiny arrays of the live dtypes and layouts)."""
         window = self.shape.spike_frames
+        image = np.zeros((4, 4, 3), np.uint8)
         packed = np.zeros((window, 1), np.uint8)
-        self._extract(packed, 1, 8, np.array([window // 2]), window=window, first_index=0,
-                      out=np.empty((1, window, 1, 8), np.float32))
+        for writeable in (True, False):  # decoded messages are read-only views: numba types them apart
+            image.flags.writeable = packed.flags.writeable = writeable
+            self._extract(packed, 1, 8, np.array([window // 2]), window=window, first_index=0,
+                          out=np.empty((1, window, 1, 8), np.float32))
+            planar = self._bgr8_to_planar(image, 2)
+        self._to_bgr8(planar)
 
     def check(self, job: ReadyJob) -> None:
         shape = self.shape
@@ -210,20 +260,16 @@ class ExposureProcessor:
     def prepare(self, job: ReadyJob) -> tuple[np.ndarray, np.ndarray]:
         """Fill the preallocated LDN inputs for ``job``; returns ``(blur, spikes)`` (the buffers)."""
         self.check(job)
-        first = self.blur[0]
-        height, width = job.image.shape[:2]
-        target = first
-        if self.calibration is not None:  # the RGB camera's own size, warped onto the grid below
+        # the same arithmetic as Recording.read_exposure (uint8 -> float32, / 255), so serve and deblur see
+        # identical inputs; written once into every one of the K copies (one per output time)
+        if self.calibration is None:
+            self._bgr8_to_planar(job.image, out=self.blur)
+        else:  # the RGB camera's own size, warped onto the grid
+            height, width = job.image.shape[:2]
             if self._rgb is None or self._rgb.shape[1:] != (height, width):
                 self._rgb = np.empty((3, height, width), np.float32)
-            target = self._rgb
-        # the same arithmetic as Recording.read_exposure (uint8 -> float32, / 255), so serve and deblur see
-        # identical inputs; cv2.split de-interleaves HWC much faster than a strided numpy copy
-        for channel, plane in enumerate(self._cv2.split(np.ascontiguousarray(job.image))):
-            np.divide(plane, np.float32(255.0), out=target[channel], dtype=np.float32)
-        if self.calibration is not None:
-            np.copyto(first, self.calibration.warp_exposure(target))
-        np.copyto(self.blur[1:], first[None])  # the same blurry frame for every output time
+            self._bgr8_to_planar(job.image, out=self._rgb[None])
+            np.copyto(self.blur, self.calibration.warp_exposure(self._rgb)[None])
         self._extract(job.packed, job.spike_height, job.spike_width, job.centers, window=self.shape.spike_frames,
                       first_index=job.first_index, out=self.spikes)
         if self.calibration is not None and self.calibration.photometric is not None:
@@ -231,17 +277,8 @@ class ExposureProcessor:
         return self.blur, self.spikes
 
     def to_bgr8(self, sharp: np.ndarray) -> np.ndarray:
-        """engines.deblur.to_bgr8's exact arithmetic (clip, x255, +0.5, truncate) on preallocated buffers, with
-        cv2.merge interleaving the planes; returns a fresh (K, H, W, 3) array (the result outlives the call)."""
-        scratch, planar = self._scratch, self._planar8
-        np.clip(sharp, 0.0, 1.0, out=scratch)
-        np.multiply(scratch, np.float32(255.0), out=scratch)
-        np.add(scratch, np.float32(0.5), out=scratch)
-        np.copyto(planar, scratch, casting="unsafe")
-        out = np.empty((sharp.shape[0], sharp.shape[2], sharp.shape[3], 3), np.uint8)
-        for k in range(sharp.shape[0]):
-            self._cv2.merge([planar[k, 0], planar[k, 1], planar[k, 2]], dst=out[k])
-        return out
+        """engines.deblur.to_bgr8 into an output no earlier result still holds: (K, H, W, 3) uint8."""
+        return self._to_bgr8(sharp, out=self.outputs.take() if self.output_pixel_format == "bgr8" else None)
 
     def process(self, job: ReadyJob) -> ExposureResult:
         clock = self._clock_ns
@@ -253,7 +290,7 @@ class ExposureProcessor:
         if self.output_pixel_format == "bgr8":
             out = self.to_bgr8(sharp)
         else:
-            out = np.clip(sharp, 0.0, 1.0).astype(np.float32)
+            out = np.clip(sharp, 0.0, 1.0, out=self.outputs.take())
         finished = clock()
         return ExposureResult(
             exposure_id=int(job.exposure_id),

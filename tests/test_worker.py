@@ -4,6 +4,7 @@ results on the wire, and the collector's re-ordering. Fake runners: no model, no
 from __future__ import annotations
 
 import threading
+import weakref
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from spikereveal.stream.worker import (
     ExposureProcessor,
     InferenceThread,
     JobQueue,
+    ReusableOutputs,
     decode_job,
     decode_result,
     encode_job,
@@ -134,6 +136,44 @@ def test_processor_reuses_its_input_buffers():
     blur, spikes = processor.prepare(make_job(0))
     blur2, spikes2 = processor.prepare(make_job(1))
     assert blur is blur2 and spikes is spikes2
+
+
+def test_processor_reuses_an_output_only_once_nothing_holds_it():
+    processor = ExposureProcessor(loaded_runner())
+    jobs = [make_job(i, seed=3) for i in range(6)]
+    held = [processor.process(job) for job in jobs]  # more results alive than the pool has arrays
+    assert len({id(result.sharp) for result in held}) == len(held)
+    for job, result in zip(jobs, held):
+        assert np.array_equal(result.sharp, reference_output(job))
+    assert processor.outputs.allocated == len(held) - processor.outputs.capacity
+
+    pooled = weakref.ref(held[0].sharp)
+    frame = held[1].sharp[2]  # a view keeps its array out of the pool
+    expected_frame = reference_output(jobs[1])[2]
+    del held, result
+    again = [processor.process(job) for job in jobs[2:4]]
+    assert again[0].sharp is pooled()
+    assert all(item.sharp is not frame.base for item in again)
+    assert np.array_equal(frame, expected_frame)
+    for job, result in zip(jobs[2:4], again):
+        assert np.array_equal(result.sharp, reference_output(job))
+
+
+def test_float_output_is_clipped_into_reused_arrays():
+    processor = ExposureProcessor(loaded_runner(), output_pixel_format="bgr_f32")
+    job = make_job(0, seed=5)
+    result = processor.process(job)
+    expected = np.clip(processor.runner.sharp, 0.0, 1.0)
+    assert result.sharp.dtype == np.float32 and np.array_equal(result.sharp, expected)
+    pooled = weakref.ref(result.sharp)
+    del result
+    assert processor.process(make_job(1, seed=5)).sharp is pooled()
+
+
+@pytest.mark.parametrize("capacity", [0, True, 1.5])
+def test_reusable_outputs_capacity_is_validated(capacity):
+    with pytest.raises(ConfigError):
+        ReusableOutputs((2, 2), np.uint8, capacity)
 
 
 def test_processor_rejects_a_job_for_another_geometry():
