@@ -60,6 +60,29 @@ class DeblurConfig:
             raise ConfigError(f"png_compression must be 0..9, got {self.png_compression}")
 
 
+def calibrated_exposure_window(recording, index: int, k: int = DEFAULT_K, calibration=None) -> ExposureWindow:
+    """The spike window of exposure ``index`` of an open recording, cut on the spike clock.
+
+    ``calibration`` (RigCalibration or None) moves the exposure from the RGB clock onto the spike clock
+    first; ``timestamps_ns`` of the result stay on the recording's (RGB) clock, like ``gt.csv``. The one
+    place deblur and eval cut windows, so both see the same frames for the same calibration.
+    """
+    exposure = recording.exposure(index)
+    spike = recording.meta.spike
+    start, duration = exposure.start_ns, exposure.duration_ns
+    if calibration is not None:
+        start, duration = calibration.exposure_on_spike_clock(start, duration)
+    window = exposure_window(start, duration, spike.t0_ns, spike.rate_hz, k, recording.margin_frames)
+    return replace(window, timestamps_ns=output_timestamps(exposure.start_ns, exposure.duration_ns, k))
+
+
+def calibrated_exposure_image(recording, index: int, calibration=None) -> np.ndarray:
+    """The blurry frame of exposure ``index`` (3, H, W) float32, warped onto the canonical grid when a
+    ``calibration`` is given (as read, otherwise)."""
+    image = recording.read_exposure(index)
+    return image if calibration is None else calibration.warp_exposure(image)
+
+
 class ExposureWindowReader:
     """Reads one exposure at a time into preallocated LDN inputs ``blur (K,3,H,W)``, ``spikes (K,S,H/4,W/4)``.
 
@@ -90,13 +113,7 @@ class ExposureWindowReader:
 
     def window(self, index: int) -> ExposureWindow:
         """Spike frames of exposure ``index`` (on the spike clock) with its output times (recording clock)."""
-        exposure = self.recording.exposure(index)
-        spike = self.recording.meta.spike
-        start, duration = exposure.start_ns, exposure.duration_ns
-        if self.calibration is not None:
-            start, duration = self.calibration.exposure_on_spike_clock(start, duration)
-        window = exposure_window(start, duration, spike.t0_ns, spike.rate_hz, self.k, self.recording.margin_frames)
-        return replace(window, timestamps_ns=output_timestamps(exposure.start_ns, exposure.duration_ns, self.k))
+        return calibrated_exposure_window(self.recording, index, self.k, self.calibration)
 
     def complete_exposures(self):
         frames = self.recording.spikes.frame_count
@@ -118,9 +135,7 @@ class ExposureWindowReader:
         recording, calibration = self.recording, self.calibration
         window = self.window(index)
         started = time.perf_counter()
-        image = recording.read_exposure(index)
-        if calibration is not None:
-            image = calibration.warp_exposure(image)
+        image = calibrated_exposure_image(recording, index, calibration)
         np.copyto(self.blur, image[None])  # the same blurry frame for every output time
         read_image = time.perf_counter()
         packed = recording.spikes.read(window.window_first, window.window_stop)

@@ -287,3 +287,144 @@ def test_engine_options_are_checked(recording, random_student, tmp_path):
     with pytest.raises(ConfigError, match="one geometry"):
         ev.network_grid([recording, other])
     assert ev.network_grid([recording]) == (64, 96)
+
+
+# -- rig calibration ---------------------------------------------------------------------------------------------
+# A small misaligned rig (spikes 40x64): the RGB camera is shifted, rotated and in perspective against the
+# canonical grid, its clock runs 2 ms (~4 frames) ahead of the spike clock, and the sensor has hot pixels.
+CAL_SPIKE = (40, 64)
+CAL_HOMOGRAPHY = np.array([[0.97, 0.03, 5.0], [-0.025, 0.96, 4.0], [6e-5, -4e-5, 1.0]])
+CAL_SENSOR = {"hot_pixel_fraction": 0.01, "hot_pixel_rate": 0.5}
+
+
+def _misaligned(path, rgb_shape):
+    from spikereveal.sim.config import preset
+    from spikereveal.sim.simulate import simulate_recording
+
+    config = preset("tiny", spike_height=CAL_SPIKE[0], spike_width=CAL_SPIKE[1], rgb_height=rgb_shape[0],
+                    rgb_width=rgb_shape[1], rgb_homography=tuple(CAL_HOMOGRAPHY.ravel()), clock_offset_ns=2_000_000,
+                    k=3, sensor=CAL_SENSOR)
+    return simulate_recording(config, path, seed=5, exposures=3)
+
+
+def _write_true_calibration(recording_path, target):
+    """calibration.json (+ dark maps) holding the simulator's truth, written through the calibration API.
+    The estimators that find these values have their own tests; here only applying them is under test."""
+    from spikereveal.calibration import (ClockCalibration, GeometryCalibration, PhotometricCalibration,
+                                         RigCalibration, write_calibration)
+    from spikereveal.sim import TRUTH_FILE
+
+    truth = json.loads((recording_path / TRUTH_FILE).read_text())
+    with open_recording(recording_path) as rec:
+        spike, rgb = rec.meta.spike, rec.meta.rgb
+        hot = np.zeros(CAL_SPIKE, bool)
+        hot[tuple(np.asarray(truth["hot_pixels"]).T)] = True
+        dark = truth["config"]["sensor"]["dark_spike_rate"]
+        calibration = RigCalibration(
+            (spike.height, spike.width), (rgb.height, rgb.width),
+            geometry=GeometryCalibration(np.asarray(truth["rgb_homography"]), "features", 0.0, 3, 3),
+            clock=ClockCalibration(truth["clock"]["offset_ns"], 0.0, 0.0, 3, spike.t0_ns),
+            photometric=PhotometricCalibration(np.full(CAL_SPIKE, dark, np.float32), hot, 1000, dark, 0.05),
+        )
+    return write_calibration(calibration, target)
+
+
+@pytest.fixture(scope="module")
+def misaligned(tmp_path_factory):
+    """The rig with a 4x RGB frame (so it can also be scored without calibration), calibration.json inside."""
+    path = _misaligned(tmp_path_factory.mktemp("cal") / "rig", (4 * CAL_SPIKE[0], 4 * CAL_SPIKE[1]))
+    _write_true_calibration(path, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def calibrated_reports(misaligned):
+    return ev.evaluate([misaligned]), ev.evaluate([misaligned], use_calibration=False)
+
+
+def test_the_recordings_calibration_is_applied_and_pays(misaligned, calibrated_reports):
+    calibrated, raw = calibrated_reports
+    assert calibrated["frames"] == raw["frames"] > 0
+    assert calibrated["methods"]["sdm"]["psnr"] >= raw["methods"]["sdm"]["psnr"] + 2.0  # 2.7 dB measured
+    assert calibrated["methods"]["blurry"]["psnr"] > raw["methods"]["blurry"]["psnr"]
+    block = calibrated["calibration"]
+    assert block["applied"] and block["path"] == str(misaligned / "calibration.json")
+    assert block["recordings"][0]["applied"] == ["geometry", "time", "photometric"]
+    assert block["recordings"][0]["summary"]["time"]["offset_ns"] == 2_000_000
+    assert raw["calibration"]["path"] is None and not raw["calibration"]["applied"]
+    assert raw["calibration"]["recordings"][0]["applied"] == []
+    json.dumps(calibrated, allow_nan=False)
+
+
+def test_calibration_moves_the_gt_times_onto_the_spike_clock(misaligned):
+    """The student is asked for the spike frames at the ground-truth times shifted by the clock offset,
+    with hot pixels filled."""
+    from spikereveal.calibration import load_rig_calibration
+    from spikereveal.engines.deblur import calibrated_exposure_window
+    from spikereveal.kernels import extract_ldn_input
+    from spikereveal.kernels.timing import time_to_index
+
+    seen = []
+
+    def recording_student(blurry, spikes):
+        seen.append(spikes.copy())
+        return _blurry_student(blurry, spikes)
+
+    ev.evaluate([misaligned], student=recording_student, options=ev.EvalOptions(k=2))
+    with open_recording(misaligned) as rec:
+        calibration = load_rig_calibration(rec)
+        spike = rec.meta.spike
+        exposure = rec.exposures[0]
+        window = calibrated_exposure_window(rec, exposure.index, 2, calibration)
+        shifted = [f.t_ns - 2_000_000 for f in rec.ground_truth_for(exposure.index)]
+        centers = np.asarray(time_to_index(shifted, spike.t0_ns, spike.rate_hz), np.int64)
+        raw = extract_ldn_input(rec.spikes.read(window.window_first, window.window_stop), spike.height,
+                                spike.width, centers, first_index=window.window_first)
+    hot = calibration.photometric.hot_mask
+    np.testing.assert_array_equal(seen[0], calibration.correct_spike_frames(raw))
+    assert not np.array_equal(seen[0][..., hot], raw[..., hot])
+
+
+def test_cli_calibration_flags(misaligned, calibrated_reports, tmp_path, capsys):
+    calibrated, raw = calibrated_reports
+    elsewhere = tmp_path / "rig_calibration.json"
+    _write_true_calibration(misaligned, elsewhere)
+    copy = tmp_path / "rig"  # the same recording without its own calibration.json
+    shutil.copytree(misaligned, copy, ignore=shutil.ignore_patterns("calibration*"))
+    runs = {"auto": ["--data", str(misaligned)], "off": ["--data", str(misaligned), "--no-calibration"],
+            "given": ["--data", str(copy), "--calibration", str(elsewhere)], "none": ["--data", str(copy)]}
+    reports = {}
+    for name, argv in runs.items():
+        out = tmp_path / f"{name}.json"
+        assert _cli(["eval", *argv, "--no-student", "--no-teacher", "--json", str(out)]) == 0
+        reports[name] = json.loads(out.read_text())
+    assert "calibration " in capsys.readouterr().out
+    for name, expected in (("auto", calibrated), ("given", calibrated), ("off", raw), ("none", raw)):
+        assert reports[name]["methods"]["sdm"] == pytest.approx(expected["methods"]["sdm"]), name
+    assert reports["given"]["calibration"]["path"] == str(elsewhere)
+    assert reports["given"]["calibration"]["requested"] == str(elsewhere)
+    assert reports["none"]["calibration"]["path"] is None and reports["off"]["calibration"]["path"] is None
+    with pytest.raises(SystemExit):  # both flags at once
+        _cli(["eval", "--data", str(misaligned), "--calibration", str(elsewhere), "--no-calibration",
+              "--json", str(tmp_path / "x.json")])
+
+
+def test_an_rgb_frame_off_the_grid_needs_the_calibration(tmp_path):
+    path = _misaligned(tmp_path / "rig", (152, 240))  # not 4x the 40x64 spikes
+    with pytest.raises(ConfigError, match="exactly 4x"):
+        ev.evaluate([path])
+    _write_true_calibration(path, path)
+    with pytest.raises(ConfigError, match="exactly 4x"):
+        ev.evaluate([path], use_calibration=False)
+    report = ev.evaluate([path], student=_blurry_student)
+    assert report["frames"] > 0 and report["calibration"]["applied"]
+    assert report["exposures"][0]["methods"]["sdm"]["psnr"] > 15.0
+    assert ev.network_grid([path]) == (4 * CAL_SPIKE[0], 4 * CAL_SPIKE[1])
+    with pytest.raises(ConfigError, match="exactly 4x"):
+        ev.network_grid([path], use_calibration=False)
+    from spikereveal.calibration import ClockCalibration, RigCalibration, write_calibration
+
+    clock_only = write_calibration(RigCalibration(CAL_SPIKE, (152, 240), clock=ClockCalibration(2e6, 0, 0, 3, 0)),
+                                   tmp_path / "clock_only.json")
+    with pytest.raises(ConfigError, match="no geometry to warp them"):
+        ev.evaluate([path], calibration_path=clock_only)

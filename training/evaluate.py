@@ -16,6 +16,13 @@ The student runs through one function, :func:`run_student`, on one exposure wind
 model (:func:`torch_student`) or an inference runner (:func:`engine_student`: ONNX Runtime / TensorRT at
 fp32, fp16 or int8, the export made and cached by ``spikereveal.engines.deblur.prepare_runner``), so that
 the exports' quality is measured by the same code as the PyTorch model's.
+
+Rig calibration (``calibration.json``, see ``spikereveal.calibration``) is applied like ``deblur`` applies
+it: the recording's own file when present, another with ``calibration_path``, none with
+``use_calibration=False``. Applied, it moves the exposure and the ground-truth times onto the spike clock
+(the window is cut by ``spikereveal.engines.deblur.calibrated_exposure_window``, shared with deblur), warps
+the blurry frame onto the canonical grid (so an RGB camera that is not 4x the spike sensor can be scored),
+fills hot pixels in the student's spike frames and corrects the TFPs of SDM and teacher for dark current.
 """
 
 from __future__ import annotations
@@ -169,14 +176,70 @@ def run_student(student: StudentFn, exposure: ds.ExposureData, centers: np.ndarr
     return np.clip(frames, 0.0, 1.0)
 
 
-def network_grid(recordings: Sequence[str | os.PathLike]) -> tuple[int, int]:
-    """The image ``(height, width)`` (4x the spike grid) shared by ``recordings``; ConfigError otherwise."""
+# -- rig calibration ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class CalibratedExposureData(ds.ExposureData):
+    """An :class:`ExposureData` whose spike-derived inputs go through a rig calibration: TFPs (SDM, teacher)
+    through ``correct_rate``, the student's spike frames through ``correct_spike_frames``. ``blurry`` is
+    expected already warped onto the canonical grid and ``window`` cut on the spike clock."""
+
+    calibration: Any = None  # spikereveal.calibration.RigCalibration
+
+    def tfp_short(self, center: int, window: int = ds.DEFAULT_TFP_SHORT_WINDOW) -> np.ndarray:
+        return self.calibration.correct_rate(super().tfp_short(center, window))
+
+    def tfp_shorts(self, centers: np.ndarray, window: int = ds.DEFAULT_TFP_SHORT_WINDOW) -> np.ndarray:
+        return self.calibration.correct_rate(super().tfp_shorts(centers, window))
+
+    def tfp_long(self) -> np.ndarray:
+        return self.calibration.correct_rate(super().tfp_long())
+
+    def ldn_inputs(self, centers: np.ndarray, window: int = ds.LDN_SPIKE_WINDOW) -> np.ndarray:
+        return self.calibration.correct_spike_frames(super().ldn_inputs(centers, window))
+
+
+def calibration_sections(calibration) -> list[str]:
+    """What a RigCalibration applies: a subset of ``["geometry", "time", "photometric"]``."""
+    if calibration is None:
+        return []
+    present = {"geometry": calibration.geometry, "time": calibration.clock, "photometric": calibration.photometric}
+    return [name for name, section in present.items() if section is not None]
+
+
+def spike_clock_times(calibration, times_ns: Sequence[int]) -> np.ndarray:
+    """RGB-clock times (``gt.csv``) as int64 ns on the spike clock (unchanged without a clock calibration)."""
+    times = np.asarray(times_ns, dtype=np.int64)
+    if calibration is None or calibration.clock is None:
+        return times
+    return np.asarray(calibration.clock.to_spike_clock(times), dtype=np.int64)
+
+
+def _check_evaluable(recording, path, calibration) -> tuple[int, int]:
+    """Spike (h, w) of a recording eval can score: RGB exactly 4x the spikes, or warped by a calibration."""
+    if calibration is None:
+        return ds.check_geometry(recording, path)
+    if calibration.geometry is None and calibration.rgb_shape != calibration.canonical_shape:
+        (height, width), (grid_h, grid_w) = calibration.rgb_shape, calibration.canonical_shape
+        raise ConfigError(
+            f"{path}: the RGB frames ({width}x{height}) are not the network grid ({grid_w}x{grid_h}) and the "
+            f"calibration {calibration.path or ''} has no geometry to warp them; run 'spikereveal calibrate "
+            f"geometry --recording {path}'")
+    return int(recording.meta.spike.height), int(recording.meta.spike.width)
+
+
+def network_grid(recordings: Sequence[str | os.PathLike], calibration_path: str | os.PathLike | None = None,
+                 use_calibration: bool = True) -> tuple[int, int]:
+    """The image ``(height, width)`` (4x the spike grid) shared by ``recordings``; ConfigError otherwise.
+
+    A recording whose RGB frame is not 4x its spikes needs a rig calibration (warping it onto the grid)."""
+    from spikereveal.calibration import load_rig_calibration
     from spikereveal.recording import open_recording
 
     grids = {}
     for path in recordings:
         with open_recording(path, strict=False) as recording:
-            h, w = ds.check_geometry(recording, path)
+            calibration = load_rig_calibration(recording, calibration_path, use_calibration)
+            h, w = _check_evaluable(recording, path, calibration)
         grids.setdefault((4 * h, 4 * w), os.fspath(path))
     if len(grids) != 1:
         raise ConfigError(
@@ -189,13 +252,15 @@ def network_grid(recordings: Sequence[str | os.PathLike]) -> tuple[int, int]:
 
 @contextmanager
 def engine_student(choice, recordings: Sequence[str | os.PathLike], batch: int,
-                   export_dir: str | os.PathLike) -> Iterator[tuple[StudentFn, dict[str, Any]]]:
+                   export_dir: str | os.PathLike, calibration_path: str | os.PathLike | None = None,
+                   use_calibration: bool = True) -> Iterator[tuple[StudentFn, dict[str, Any]]]:
     """Load the runner of ``choice`` (a ``spikereveal.engines.deblur.EngineChoice``) for a fixed batch of
     ``batch`` windows on the recordings' grid and yield ``(student, engine block for the report)``.
 
     ort/trt without ``choice.onnx_path``: the checkpoint is exported once into ``<export_dir>/onnx/`` and
     reused while checkpoint, precision and (int8) calibration data match; int8 calibrates on windows of
     ``recordings`` themselves, which the engine block states. The runner is closed on exit.
+    ``calibration_path``/``use_calibration``: as for :func:`evaluate` (they decide the grid check).
     """
     from spikereveal.engines.deblur import prepare_runner
     from spikereveal.engines.export import read_onnx_metadata, resolve_model_path
@@ -203,7 +268,7 @@ def engine_student(choice, recordings: Sequence[str | os.PathLike], batch: int,
 
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"the runner batch (frames per inference) must be a positive integer, got {batch!r}")
-    height, width = network_grid(recordings)
+    height, width = network_grid(recordings, calibration_path, use_calibration)
     shape = InputShape(batch, height, width)
     exported = choice.engine != "torch" and choice.onnx_path is None
     runner = prepare_runner(choice, shape, export_dir, [os.fspath(p) for p in recordings])
@@ -260,16 +325,22 @@ def evaluate(
     progress: EvalProgress | None = None,
     models: Mapping[str, str] | None = None,
     engine: Mapping[str, Any] | None = None,
+    calibration_path: str | os.PathLike | None = None,
+    use_calibration: bool = True,
 ) -> dict:
     """PSNR/SSIM of every method against ``gt.csv`` over every ground-truth frame; returns the JSON dict.
 
     ``student``/``teacher`` may be None (those methods are then left out). ``engine``: what runs the student
     (at least ``engine`` and ``precision``, e.g. the block :func:`engine_student` yields); it becomes the
     report's ``engine`` block and ``methods.student`` gets its ``engine`` and ``precision``. Raises RecordingError for a
-    recording without ``gt.csv`` and ConfigError for RGB frames that are not 4x the spike grid.
+    recording without ``gt.csv`` and ConfigError for RGB frames that are not 4x the spike grid (without a
+    calibration to warp them). Rig calibration: each recording's ``calibration.json`` when present, or the
+    file ``calibration_path`` for every recording, or none with ``use_calibration=False``; the report's
+    ``calibration`` block says which file was applied to which recording, and what it held.
     """
     from contextlib import ExitStack
 
+    from spikereveal.calibration import load_rig_calibration
     from spikereveal.recording import open_recording
 
     if not recordings:
@@ -284,12 +355,17 @@ def evaluate(
                     "is missing: eval needs ground-truth sharp frames, which only simulated recordings have "
                     "('spikereveal simulate' writes them); for a real rig use 'spikereveal deblur' instead",
                 )
-            ds.check_geometry(recording, path)
-            opened.append((os.fspath(path), recording))
-        return _evaluate_opened(opened, student, teacher, options, progress, models, engine)
+            calibration = load_rig_calibration(recording, calibration_path, use_calibration)
+            _check_evaluable(recording, path, calibration)
+            opened.append((os.fspath(path), recording, calibration))
+        return _evaluate_opened(opened, student, teacher, options, progress, models, engine, calibration_path,
+                                use_calibration)
 
 
-def _evaluate_opened(opened, student, teacher, options: EvalOptions, progress, models, engine) -> dict:
+def _evaluate_opened(opened, student, teacher, options: EvalOptions, progress, models, engine,
+                     calibration_path=None, use_calibration: bool = True) -> dict:
+    from spikereveal.engines.deblur import calibrated_exposure_image, calibrated_exposure_window
+
     methods = ["blurry", "sdm"] + (["teacher"] if teacher is not None else []) + (["student"] if student is not None else [])
     sdm = ds.sdm_teacher(options.tfp_window)
     plot_dir = Path(options.plot_dir) if options.plot_dir else None
@@ -302,26 +378,33 @@ def _evaluate_opened(opened, student, teacher, options: EvalOptions, progress, m
     entries: list[dict] = []
     reblur_scores: list[float] = []
     skipped: list[dict] = []
-    todo = [(path, rec, e) for path, rec in opened for e in rec.exposures if rec.ground_truth_for(e.index)]
-    for done, (path, recording, exposure) in enumerate(todo, start=1):
+    todo = [(path, rec, calibration, e) for path, rec, calibration in opened
+            for e in rec.exposures if rec.ground_truth_for(e.index)]
+    for done, (path, recording, calibration, exposure) in enumerate(todo, start=1):
         spike = recording.meta.spike
-        window = recording.exposure_window(exposure.index, k=options.k)
+        window = calibrated_exposure_window(recording, exposure.index, options.k, calibration)
         if not window.inside(recording.spikes.frame_count):
             skipped.append({"recording": path, "exposure_index": exposure.index,
                             "reason": "spike window not inside the recorded spikes"})
             continue
-        data = ds.ExposureData(
+        fields = dict(
             recording=path,
             exposure_index=exposure.index,
-            blurry=recording.read_exposure(exposure.index),
+            blurry=calibrated_exposure_image(recording, exposure.index, calibration),
             packed=recording.spikes.read(int(window.window_first), int(window.window_stop)),
             window=window,
             spike_height=int(spike.height),
             spike_width=int(spike.width),
         )
+        data = (ds.ExposureData(**fields) if calibration is None
+                else CalibratedExposureData(**fields, calibration=calibration))
         gt_frames = recording.ground_truth_for(exposure.index)
         gt_images = np.stack([recording.read_ground_truth(f) for f in gt_frames])
-        centers = np.asarray(time_to_index([f.t_ns for f in gt_frames], spike.t0_ns, spike.rate_hz), dtype=np.int64)
+        gt_times = spike_clock_times(calibration, [f.t_ns for f in gt_frames])
+        centers = np.asarray(time_to_index(gt_times, spike.t0_ns, spike.rate_hz), dtype=np.int64)
+        if gt_images.shape[1:] != data.blurry.shape:
+            raise ConfigError(f"{path}: the ground-truth frames are {gt_images.shape[-1]}x{gt_images.shape[-2]} but "
+                              f"the network grid is {data.blurry.shape[-1]}x{data.blurry.shape[-2]}")
         outputs = {"blurry": np.broadcast_to(data.blurry, gt_images.shape), "sdm": sdm(data, centers)}
         if teacher is not None:
             outputs["teacher"] = teacher(data, centers)
@@ -371,7 +454,7 @@ def _evaluate_opened(opened, student, teacher, options: EvalOptions, progress, m
     return {
         "format": "spikereveal-eval",
         "version": 1,
-        "recordings": [path for path, _ in opened],
+        "recordings": [path for path, _, _ in opened],
         "metrics": {
             "image": "float BGR in [0, 1], 3 channels, on the network grid",
             "psnr": {"data_range": DATA_RANGE, "cap_db": PSNR_CAP_DB, "mean": "over frames of per-frame PSNR"},
@@ -384,11 +467,38 @@ def _evaluate_opened(opened, student, teacher, options: EvalOptions, progress, m
         "tfp_short_window": options.tfp_window,
         "models": dict(models or {}),
         "engine": None if engine is None else dict(engine),
+        "calibration": _calibration_block(opened, calibration_path, use_calibration),
         "methods": summary,
         "reblur_psnr": _mean(reblur_scores),
         "psnr_by_position": _by_position(per_position),
         "exposures": entries,
         "skipped": skipped,
+    }
+
+
+def _calibration_block(opened, calibration_path, use_calibration: bool) -> dict:
+    """The report's ``calibration`` block: what was asked for, and per recording the file and its sections."""
+    if not use_calibration:
+        requested = "none (--no-calibration)"
+    elif calibration_path is not None:
+        requested = os.fspath(calibration_path)
+    else:
+        requested = "each recording's calibration.json, when present"
+    recordings = []
+    for path, _, calibration in opened:
+        applied = calibration is not None
+        recordings.append({
+            "recording": path,
+            "path": os.fspath(calibration.path) if applied else None,
+            "applied": calibration_sections(calibration),
+            "summary": calibration.summary() if applied else None,
+        })
+    paths = {item["path"] for item in recordings}
+    return {
+        "requested": requested,
+        "path": paths.pop() if len(paths) == 1 else None,  # the one file applied to every recording, else null
+        "applied": any(item["path"] is not None for item in recordings),
+        "recordings": recordings,
     }
 
 

@@ -41,6 +41,11 @@ def register(subparsers) -> None:
                         help="ort/trt: run this static export (batch --k, the recordings' grid) instead of exporting "
                              "--model into <--json's folder>/onnx/ (cached while checkpoint and precision match)")
     parser.add_argument("--engine-cache", type=Path, metavar="DIR", help="trt: engine cache directory")
+    calibration = parser.add_mutually_exclusive_group()
+    calibration.add_argument("--calibration", type=Path, metavar="PATH",
+                             help="rig calibration to apply to every recording (default: each recording's own "
+                                  "calibration.json, if any)")
+    calibration.add_argument("--no-calibration", action="store_true", help="apply no rig calibration")
     parser.set_defaults(func=run)
 
 
@@ -86,7 +91,8 @@ def _runner_student(args, models: dict, stack):
     choice = EngineChoice(engine=args.engine, precision=args.precision,
                           model=str(args.model) if args.model is not None else None,
                           onnx_path=str(args.onnx) if args.onnx is not None else None, options=options)
-    student, engine = stack.enter_context(engine_student(choice, args.data, args.k, args.json.parent))
+    student, engine = stack.enter_context(engine_student(choice, args.data, args.k, args.json.parent,
+                                                         args.calibration, not args.no_calibration))
     if engine["checkpoint"] is not None:
         models["student"] = engine["checkpoint"]
     models["student_onnx"] = engine["onnx"]
@@ -136,9 +142,15 @@ def run(args) -> int:
                 bar.refresh()
 
             report = evaluate(args.data, student=student, teacher=teacher, options=options, progress=progress,
-                              models=models, engine=engine)
+                              models=models, engine=engine, calibration_path=args.calibration,
+                              use_calibration=not args.no_calibration)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(format_table(report))
+    block = report["calibration"]
+    for item in block["recordings"]:
+        if item["path"] is not None:
+            print(f"calibration {item['path']} applied to {item['recording']}: "
+                  + (", ".join(item["applied"]) or "no section"))
     print(f"wrote {args.json}" + (f" and {len(report['exposures'])} plot(s) in {args.plot}" if args.plot else ""))
     return 0
