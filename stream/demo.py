@@ -17,6 +17,7 @@ in that queue (shown separately as ``queue_wait_ms``). A live rig keeps the smal
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -25,13 +26,13 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 from spikereveal.errors import ConfigError, SpikeRevealError
 
-__all__ = ["DemoConfig", "run_demo", "DEMO_FILE", "VIDEO_NAME"]
+__all__ = ["DemoConfig", "run_demo", "run_loopback", "LoopbackRun", "DEMO_FILE", "VIDEO_NAME"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +69,7 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None,
              progress: Callable[[str], None] | None = None) -> dict:
     """Run the whole loop; returns the summary also written to ``<out_dir>/demo.json``."""
     from spikereveal.engines.export import resolve_model_path
-    from spikereveal.recording import open_recording
     from spikereveal.sim import preset, simulate_recording
-    from spikereveal.stream.config import load_serve_config
-    from spikereveal.stream.replay import LiveReplay, ReplayConfig
-    from spikereveal.stream.serve import Server
 
     config = config or DemoConfig()
     say = progress or (lambda message: None)
@@ -90,50 +87,14 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None,
                                         overwrite=True)
     simulated = time.perf_counter()
 
-    ipc_dir = tempfile.mkdtemp(prefix="sr-demo-", dir="/tmp")  # ipc paths are limited to ~100 bytes
-    try:
-        serve_config = load_serve_config(
-            None, spike_endpoint=f"ipc://{ipc_dir}/spikes", rgb_endpoint=f"ipc://{ipc_dir}/rgb",
-            output_endpoint=f"ipc://{ipc_dir}/sharp", spike_height=sim.spike_height, spike_width=sim.spike_width,
-            idle_timeout_s=config.idle_timeout_s, sync={"k": config.k}, trace=str(out_dir / TRACE_FILE),
-            engine={"engine": config.engine, "model": model, "threads": config.threads},
-            worker={"save_dir": str(out_dir), "write_video": True, "video_fps": config.video_fps,
-                    "queue_capacity_jobs": config.exposures},
-        )
-        server = Server(serve_config)
-        result: dict = {}
-        errors: list = []
-
-        def run_server():
-            try:
-                result["counters"] = server.run()
-            except BaseException as exc:  # reported by the caller's thread
-                errors.append(exc)
-            finally:
-                server.ready.set()
-
-        say(f"loading the {config.engine} engine")
-        thread = threading.Thread(target=run_server, name="demo-serve", daemon=True)
-        thread.start()
-        server.ready.wait()
-        if errors:
-            raise errors[0]
-        engine_ready = time.perf_counter()
-        replay_config = ReplayConfig(speed=config.speed, block_frames=config.block_frames, wait_for_subscribers=True,
-                                     start_delay_s=0.0, subscriber_timeout_s=60.0, drain_s=0.2)
-        speed = "unpaced" if math.isinf(config.speed) else f"{config.speed:g}x real time"
-        say(f"replaying at {speed} into serve")
-        with open_recording(recording_path, strict=False) as recording:
-            with LiveReplay(recording, serve_config.spike_endpoint, serve_config.rgb_endpoint,
-                            replay_config) as replay:
-                replay_stats = replay.run()
-        say("finishing the queued exposures")
-        thread.join()
-        if errors:
-            raise errors[0]
-    finally:
-        shutil.rmtree(ipc_dir, ignore_errors=True)
-    counters = result["counters"]
+    run = run_loopback(
+        recording_path,
+        dict(idle_timeout_s=config.idle_timeout_s, sync={"k": config.k}, trace=str(out_dir / TRACE_FILE),
+             engine={"engine": config.engine, "model": model, "threads": config.threads},
+             worker={"save_dir": str(out_dir), "write_video": True, "video_fps": config.video_fps,
+                     "queue_capacity_jobs": config.exposures}),
+        speed=config.speed, block_frames=config.block_frames, progress=say)
+    engine_ready, replay_stats, counters = run.engine_ready_s, run.replay_stats, run.counters
     _rename_video(out_dir)
     plots = _plots(out_dir)
     finished = time.perf_counter()
@@ -158,6 +119,99 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None,
     if counters["exposures_done"] == 0:
         raise SpikeRevealError(f"the demo published no sharp frames; see {out_dir / DEMO_FILE}")
     return summary
+
+
+class LoopbackObserver(Protocol):
+    """Watches a loopback run from outside (e.g. ``bench pipeline``'s wire monitor)."""
+
+    def before_replay(self, server, replay) -> float | None:
+        """Serve is ready and subscribed to the replay, nothing sent yet; may return a new speed. An observer
+        subscribing to the replay must wait for its own subscription before returning (the replay starts
+        at once)."""
+
+    def after_serve(self) -> None:
+        """Serve has stopped (every output it will publish is published)."""
+
+
+@dataclass
+class LoopbackRun:
+    counters: dict  # serve's counters
+    replay_stats: object  # ReplayStats of the replay
+    speed: float  # the replay speed really used
+    engine_ready_s: float  # time.perf_counter() when serve was ready (engine loaded)
+    finished_s: float  # time.perf_counter() when serve had stopped
+    serve_config: object = field(repr=False, default=None)
+
+
+def run_loopback(recording_path, serve_overrides: dict, *, speed: float = 1.0, block_frames: int = 16,
+                 runner_factory: Callable | None = None, observer: LoopbackObserver | None = None,
+                 progress: Callable[[str], None] | None = None) -> LoopbackRun:
+    """Replay the recording at ``recording_path`` into ``serve`` on private ipc endpoints on this host.
+
+    ``serve_overrides``: :func:`spikereveal.stream.config.load_serve_config` overrides (the endpoints and
+    the spike geometry, read from the recording, are filled in here). Serve loads its engine before the
+    replay starts and stops ``idle_timeout_s`` after the replay's last message (set it in the overrides),
+    finishing the queued exposures. ``runner_factory``: as for :class:`spikereveal.stream.serve.Server`.
+    """
+    from spikereveal.recording import open_recording
+    from spikereveal.stream.config import load_serve_config
+    from spikereveal.stream.replay import LiveReplay, ReplayConfig
+    from spikereveal.stream.serve import Server
+
+    say = progress or (lambda message: None)
+    ipc_dir = tempfile.mkdtemp(prefix="sr-demo-", dir="/tmp")  # ipc paths are limited to ~100 bytes
+    try:
+        with open_recording(recording_path, strict=False) as recording:
+            spike = recording.meta.spike
+            serve_config = load_serve_config(
+                None, spike_endpoint=f"ipc://{ipc_dir}/spikes", rgb_endpoint=f"ipc://{ipc_dir}/rgb",
+                output_endpoint=f"ipc://{ipc_dir}/sharp", spike_height=spike.height, spike_width=spike.width,
+                **serve_overrides)
+            server = Server(serve_config, runner_factory=runner_factory)
+            result: dict = {}
+            errors: list = []
+
+            def run_server():
+                try:
+                    result["counters"] = server.run()
+                except BaseException as exc:  # reported by the caller's thread
+                    errors.append(exc)
+                finally:
+                    server.ready.set()
+
+            say(f"loading the {serve_config.engine.engine} engine" if runner_factory is None else "loading the runner")
+            thread = threading.Thread(target=run_server, name="loopback-serve", daemon=True)
+            thread.start()
+            server.ready.wait()
+            if errors:
+                thread.join()
+                raise errors[0]
+            engine_ready = time.perf_counter()
+            replay_config = ReplayConfig(speed=speed, block_frames=block_frames, wait_for_subscribers=True,
+                                         start_delay_s=0.0, subscriber_timeout_s=60.0, drain_s=0.2)
+            with LiveReplay(recording, serve_config.spike_endpoint, serve_config.rgb_endpoint,
+                            replay_config) as replay:
+                try:
+                    if observer is not None:
+                        # serve's subscriptions first, so that an observer's cannot stand in for them
+                        if not replay.sockets.wait_for_subscribers(replay_config.subscriber_timeout_s):
+                            raise SpikeRevealError("serve did not subscribe to the replay within "
+                                                   f"{replay_config.subscriber_timeout_s} s")
+                        speed = observer.before_replay(server, replay) or speed
+                        replay.config = dataclasses.replace(replay_config, speed=speed, wait_for_subscribers=False)
+                    pace = "unpaced" if math.isinf(speed) else f"{speed:g}x real time"
+                    say(f"replaying at {pace} into serve")
+                    replay_stats = replay.run()
+                    say("finishing the queued exposures")
+                    thread.join()
+                finally:
+                    if observer is not None:
+                        observer.after_serve()
+            if errors:
+                raise errors[0]
+    finally:
+        shutil.rmtree(ipc_dir, ignore_errors=True)
+    return LoopbackRun(result["counters"], replay_stats, speed, engine_ready, time.perf_counter(), serve_config)
 
 
 def _plots(out_dir: Path) -> dict:

@@ -1,4 +1,4 @@
-"""``spikereveal bench``: benchmarks, one sub-verb each (``kernels`` now; transport, engines, pipeline later).
+"""``spikereveal bench``: benchmarks, one sub-verb each (kernels, engines, report, compare, transport, pipeline, all).
 
 A sub-verb is a function ``register_<name>(subparsers)`` listed in ``SUBVERBS``; it adds its parser and
 sets ``func``. Handlers import the benchmark code lazily, so ``spikereveal --help`` stays light.
@@ -190,7 +190,99 @@ def register_transport(subparsers) -> None:
     parser.set_defaults(func=run_transport)
 
 
-SUBVERBS = (register_kernels, register_engines, register_report, register_compare, register_transport)
+def run_pipeline(args: argparse.Namespace) -> int:
+    from spikereveal.bench.pipeline import bench_pipeline, format_independent
+    from spikereveal.bench.report import format_table
+
+    def progress(status: str) -> None:
+        print(f"pipeline: {status} ...", flush=True)
+
+    report = bench_pipeline(
+        preset=args.preset, engine=args.engine, model=args.model, exposures=args.exposures, speed=args.speed,
+        warmup=args.warmup, k=args.k, threads=args.threads, trace_path=args.trace, progress=progress,
+        recording=args.recording, random_weights=args.random_weights, pass_through=args.pass_through,
+        trace_overhead=args.trace_overhead, plot_dir=args.plot, seed=args.seed)
+    print(format_table(report))
+    print(format_independent(report))
+    write_json(args.json, report)
+    print(f"wrote {args.json}")
+    for path in (report.get("plots") or {}).values():
+        print(f"wrote {path}")
+    return 0
+
+
+def register_pipeline(subparsers) -> None:
+    from spikereveal.commands._types import speed_factor
+
+    parser = subparsers.add_parser(
+        "pipeline",
+        help="simulate (or a recording) -> replay -> serve on loopback, traced: the latency report",
+        description="Replay a simulated rig (or --recording) into serve over loopback ZeroMQ with tracing on, "
+        "then the per-stage / end-to-end latency report (nearest-rank percentiles, warm-up excluded), an "
+        "independent wall-clock measure from outside subscribers and the agreement between the two. "
+        "--pass-through isolates the non-inference cost (no network).",
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", required=True, help="write the report as JSON to PATH")
+    parser.add_argument("--plot", type=Path, metavar="DIR", help="write latency_cdf/timeline/throughput PNGs to DIR")
+    parser.add_argument("--trace", type=Path, metavar="PATH", help="keep the trace file (.npz) at PATH")
+    parser.add_argument("--preset", choices=("rsb", "gopro", "tiny"), default="rsb",
+                        help="simulator preset (default rsb: 250x400 spikes, 1600x1000 RGB)")
+    parser.add_argument("--recording", type=Path, metavar="REC", help="replay this recording instead of simulating")
+    parser.add_argument("--engine", choices=("ort", "torch", "trt"), default="ort",
+                        help="inference engine (default ort)")
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument("--model", metavar="CKPT", default=None, help="LDN checkpoint (default: the shipped model)")
+    weights.add_argument("--random-weights", action="store_true",
+                         help="a seeded random LDN (same inference cost, meaningless images; said in the report)")
+    weights.add_argument("--pass-through", action="store_true",
+                         help="no network: the blurry batch is returned, isolating the non-inference cost")
+    parser.add_argument("--exposures", type=positive_int, default=None, metavar="N",
+                        help="exposures to simulate (default 40 with --pass-through, else 8 for rsb/gopro, 20 tiny)")
+    parser.add_argument("--speed", type=speed_factor, default=None, metavar="X",
+                        help="replay speed, x real time (default: 1 with --pass-through, else paced to the "
+                        "measured inference time so exposures do not queue)")
+    parser.add_argument("--warmup", type=int, default=None, metavar="N",
+                        help="exclude the first N exposures (default min(10, exposures/5), at least 1)")
+    parser.add_argument("--k", type=positive_int, default=7, help="sharp frames per exposure (default 7)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="inference threads (default: cores - 1)")
+    parser.add_argument("--trace-overhead", action="store_true",
+                        help="also two unpaced runs, tracing off and on: the throughput cost of tracing")
+    parser.add_argument("--seed", type=int, default=0, help="simulation / random-weights seed (default 0)")
+    parser.set_defaults(func=run_pipeline)
+
+
+def run_all(args: argparse.Namespace) -> int:
+    from spikereveal.bench.summary import bench_all
+
+    def progress(status: str) -> None:
+        print(f"bench all: {status} ...", flush=True)
+
+    summary = bench_all(args.out, quick=args.quick, model=args.model, threads=args.threads, progress=progress)
+    print(summary["markdown"])
+    print(f"wrote {summary['files']['json']} and {summary['files']['markdown']}")
+    return 0
+
+
+def register_all(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "all",
+        help="kernels, transport, engines and pipeline: one summary (JSON + Markdown) for this machine",
+        description="Run every benchmark with small repeats (the available runners only) and write "
+        "OUT/summary.json (one key per benchmark + environment; compare two machines with `bench compare`) "
+        "and OUT/summary.md (the headline numbers).",
+    )
+    parser.add_argument("--out", type=Path, metavar="DIR", required=True, help="output folder")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny settings (seconds, not minutes): a smoke test of the whole bench")
+    parser.add_argument("--model", metavar="CKPT", default=None,
+                        help="LDN checkpoint for the engine and pipeline runs (default: the shipped model, else a "
+                        "seeded random LDN)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="inference threads (default: cores - 1)")
+    parser.set_defaults(func=run_all)
+
+
+SUBVERBS = (register_kernels, register_engines, register_report, register_compare, register_transport,
+            register_pipeline, register_all)
 
 
 def register(subparsers) -> None:
