@@ -13,6 +13,15 @@ from pathlib import Path
 from spikereveal.commands._types import positive_int
 
 
+def emit(table: str, result: dict, json_path: Path | None) -> int:
+    """Print a benchmark's table and, when asked, write its JSON; the exit code of a finished benchmark."""
+    print(table)
+    if json_path is not None:
+        write_json(json_path, result)
+        print(f"wrote {json_path}")
+    return 0
+
+
 def write_json(path: Path, result: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -25,11 +34,7 @@ def run_kernels(args: argparse.Namespace) -> int:
     result = run_kernel_bench(
         height=args.height, width=args.width, frames=args.frames, repeats=args.repeats, seed=args.seed
     )
-    print(format_table(result))
-    if args.json is not None:
-        write_json(args.json, result)
-        print(f"wrote {args.json}")
-    return 0
+    return emit(format_table(result), result, args.json)
 
 
 def register_kernels(subparsers) -> None:
@@ -57,11 +62,7 @@ def run_engines(args: argparse.Namespace) -> int:
     result = bench_engines(runners=args.runner, geometries=args.geometry, repeats=args.repeats, warmup=args.warmup,
                            k=args.k, threads=args.threads, precisions=args.precision, model_path=args.model,
                            progress=progress, interleave=not args.sequential)
-    print(format_table(result))
-    if args.json is not None:
-        write_json(args.json, result)
-        print(f"wrote {args.json}")
-    return 0
+    return emit(format_table(result), result, args.json)
 
 
 def register_engines(subparsers) -> None:
@@ -94,10 +95,7 @@ def run_report(args: argparse.Namespace) -> int:
 
     trace = load_trace(args.trace)
     report = build_report(trace, warmup=args.warmup)
-    print(format_table(report))
-    if args.json is not None:
-        write_json(args.json, report)
-        print(f"wrote {args.json}")
+    emit(format_table(report), report, args.json)
     if args.plot is not None:
         from spikereveal.bench.plots import write_plots
 
@@ -162,11 +160,7 @@ def run_transport(args: argparse.Namespace) -> int:
         rates.append(None)
     result = bench_transport(height=args.height, width=args.width, block_frames=args.block, seconds=args.seconds,
                              rates_hz=tuple(rates), endpoint=args.endpoint, seed=args.seed)
-    print(format_table(result))
-    if args.json is not None:
-        write_json(args.json, result)
-        print(f"wrote {args.json}")
-    return 0
+    return emit(format_table(result), result, args.json)
 
 
 def register_transport(subparsers) -> None:
@@ -202,10 +196,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
         warmup=args.warmup, k=args.k, threads=args.threads, trace_path=args.trace, progress=progress,
         recording=args.recording, random_weights=args.random_weights, pass_through=args.pass_through,
         trace_overhead=args.trace_overhead, plot_dir=args.plot, seed=args.seed)
-    print(format_table(report))
-    print(format_independent(report))
-    write_json(args.json, report)
-    print(f"wrote {args.json}")
+    emit(format_table(report) + "\n" + format_independent(report), report, args.json)
     for path in (report.get("plots") or {}).values():
         print(f"wrote {path}")
     return 0
