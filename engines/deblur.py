@@ -325,6 +325,10 @@ def prepare_runner(choice: EngineChoice, shape: InputShape, out_dir: str | os.Pa
     if isinstance(calib_recordings, (str, os.PathLike)):
         calib_recordings = [calib_recordings]
     onnx_path = choice.onnx_path
+    if onnx_path is None and choice.model is None and choice.engine == "ort" and choice.precision == "fp32":
+        from spikereveal.engines.export import default_onnx_path
+
+        onnx_path = default_onnx_path()  # the shipped export: the default model runs without torch
     if onnx_path is None:
         onnx_path = _cached_export(choice, shape, Path(out_dir), calib_recordings)
     return create_runner(choice.engine, shape, onnx_path=onnx_path, precision=choice.precision,

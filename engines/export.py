@@ -35,6 +35,7 @@ DEFAULT_OPSET = 17
 #: shape used to trace a dynamic export (any multiple of 4 works)
 _TRACE_SHAPE = (1, 64, 96)
 DEFAULT_MODEL_RESOURCE = "models/ldn_default.pt"
+DEFAULT_ONNX_RESOURCE = "models/ldn_default.onnx"
 
 
 @dataclass(frozen=True)
@@ -71,14 +72,24 @@ class ExportConfig:
 
 
 # -- model location ------------------------------------------------------------------------------------
-def default_model_path() -> Path | None:
-    """The shipped default LDN checkpoint (package data ``spikereveal/models/ldn_default.pt``), if any."""
+def _package_file(resource_name: str) -> Path | None:
     try:
-        resource = importlib.resources.files("spikereveal").joinpath(DEFAULT_MODEL_RESOURCE)
+        resource = importlib.resources.files("spikereveal").joinpath(resource_name)
     except (ModuleNotFoundError, TypeError):
         return None
     path = Path(str(resource))
     return path if path.is_file() else None
+
+
+def default_model_path() -> Path | None:
+    """The shipped default LDN checkpoint (package data ``spikereveal/models/ldn_default.pt``), if any."""
+    return _package_file(DEFAULT_MODEL_RESOURCE)
+
+
+def default_onnx_path() -> Path | None:
+    """The shipped fp32 ONNX export of the default checkpoint (dynamic shapes), if any: lets ONNX Runtime run
+    the default model on a machine without torch (the deployed service)."""
+    return _package_file(DEFAULT_ONNX_RESOURCE)
 
 
 def resolve_model_path(model: str | os.PathLike | None) -> Path:

@@ -104,6 +104,8 @@ def test_without_a_model_it_says_to_pass_one(monkeypatch):
     import spikereveal.engines.export as export
 
     monkeypatch.setattr(export, "default_model_path", lambda: None)
+
+    monkeypatch.setattr(export, "default_onnx_path", lambda: None)
     with pytest.raises(ConfigError, match="--model"):
         bench_pipeline("tiny", exposures=3)
 

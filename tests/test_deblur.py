@@ -176,6 +176,8 @@ def test_no_default_model_says_pass_model(recording, tmp_path, monkeypatch):
     import spikereveal.engines.export as export
 
     monkeypatch.setattr(export, "default_model_path", lambda: None)
+
+    monkeypatch.setattr(export, "default_onnx_path", lambda: None)
     with pytest.raises(ConfigError, match="--model"):
         deblur(recording, tmp_path / "out", EngineChoice(engine="torch"), DeblurConfig(k=K))
 

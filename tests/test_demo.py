@@ -21,7 +21,7 @@ from spikereveal.stream.demo import DEMO_FILE, DemoConfig, run_demo  # noqa: E40
 def test_demo_writes_video_frames_and_latency(tmp_path):
     checkpoint = save_random_checkpoint(tmp_path / "ldn.pt", seed=1)
     exposures = 4
-    summary = run_demo(tmp_path / "demo", DemoConfig(exposures=exposures, model=str(checkpoint), k=3, threads=1))
+    summary = run_demo(tmp_path / "demo", DemoConfig(preset="tiny", exposures=exposures, model=str(checkpoint), k=3, threads=1))
     out = tmp_path / "demo"
     serve = summary["serve"]
     assert serve["exposures_done"] == exposures and serve["exposures_dropped"] == 0 and serve["gaps"] == 0
@@ -52,6 +52,8 @@ def test_demo_without_a_model_says_what_to_pass(tmp_path, monkeypatch):
     import spikereveal.engines.export as export
 
     monkeypatch.setattr(export, "default_model_path", lambda: None)
+
+    monkeypatch.setattr(export, "default_onnx_path", lambda: None)
     with pytest.raises(ConfigError, match="--model"):
         run_demo(tmp_path / "demo", DemoConfig())
     assert not (tmp_path / "demo").exists()  # fails before simulating anything

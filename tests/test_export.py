@@ -165,6 +165,8 @@ def test_default_model_missing_says_pass_model(monkeypatch):
     import spikereveal.engines.export as export
 
     monkeypatch.setattr(export, "default_model_path", lambda: None)
+
+    monkeypatch.setattr(export, "default_onnx_path", lambda: None)
     with pytest.raises(ConfigError, match="--model"):
         export.resolve_model_path(None)
 

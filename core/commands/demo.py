@@ -17,12 +17,13 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--out", default="spikereveal-demo", metavar="DIR",
                         help="output folder (default spikereveal-demo)")
-    parser.add_argument("--exposures", type=int, default=8, metavar="N", help="exposures to simulate (default 8)")
+    parser.add_argument("--exposures", type=int, default=6, metavar="N", help="exposures to simulate (default 6)")
     parser.add_argument("--engine", choices=("ort", "torch", "trt"), default="ort",
                         help="inference engine (default ort)")
     parser.add_argument("--model", metavar="CKPT", default=None, help="LDN checkpoint (default: the shipped model)")
-    parser.add_argument("--preset", choices=("tiny", "gopro", "rsb"), default="tiny",
-                        help="simulator preset (default tiny: finishes in seconds on a laptop CPU)")
+    parser.add_argument("--preset", choices=("tiny", "gopro", "rsb"), default="gopro",
+                        help="simulator preset (default gopro, the shipped model's geometry: about 30 s on 2 CPU "
+                        "cores; tiny: seconds)")
     parser.add_argument("--speed", type=speed_factor, default=1.0, metavar="X", help="replay speed, x real time (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
     parser.add_argument("--threads", type=int, default=None, metavar="N", help="inference threads (default: cores - 1)")
