@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 
 from spikereveal.errors import ConfigError, SpikeRevealError
-from spikereveal.kernels.packing import pack_frames, to_canonical
-from spikereveal.kernels.timing import index_to_time
-from spikereveal.recording import RecordingWriter, RgbMeta, SpikeMeta, open_recording
+from spikereveal.kernels.packing import to_canonical
 from spikereveal.stream.clock import ManualClock
 from spikereveal.stream.driver import (
     RecordingDriver,
@@ -22,28 +20,22 @@ from spikereveal.stream.driver import (
 )
 from spikereveal.stream.protocol import Heartbeat, Kind, RgbExposure, SpikeBlock, decode
 from spikereveal.stream.sync import Synchroniser
+from stream_support import (  # noqa: E402
+    EXPOSURE_STARTS,
+    FRAMES,
+    H,
+    RATE_HZ,
+    T0_NS,
+    W,
+    tiny_rig_recording,
+)
 
-H, W = 8, 24
-RATE_HZ = 1000.0
-PERIOD_NS = 1_000_000
-T0_NS = 7_000_000
-FRAMES = 203
-EXPOSURE_STARTS = (5, 25, 60, 100, 150, 185)  # first and last have windows outside the data
-EXPOSURE_FRAMES = 20
 FORMAT = SpikeFormat(height=H, width=W, rate_hz=RATE_HZ, t0_ns=T0_NS, bit_order="big", flip_rows=True)
 
 
 @pytest.fixture(scope="module")
 def recording(tmp_path_factory):
-    path = tmp_path_factory.mktemp("rec") / "tiny"
-    rng = np.random.default_rng(5)
-    spike = SpikeMeta(height=H, width=W, rate_hz=RATE_HZ, t0_ns=T0_NS, flip_rows=True, bit_order="big")
-    with RecordingWriter(path, spike, RgbMeta(height=4 * H, width=4 * W)) as writer:
-        writer.append_spikes(pack_frames(rng.random((FRAMES, H, W)) < 0.25))
-        for first in EXPOSURE_STARTS:
-            image = rng.integers(0, 256, (4 * H, 4 * W, 3), dtype=np.uint8)
-            writer.add_exposure(int(index_to_time(first, T0_NS, RATE_HZ)), EXPOSURE_FRAMES * PERIOD_NS, image)
-    rec = open_recording(path, strict=False)
+    rec = tiny_rig_recording(tmp_path_factory.mktemp("rec") / "tiny", seed=5)
     yield rec
     rec.close()
 
