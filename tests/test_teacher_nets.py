@@ -49,6 +49,28 @@ def test_bsn_default_network_is_blind():
     assert _bsn_output_change(model, x, 2, 5, at=(3, 5)) > 1e-9
 
 
+def _bsn_one_view_at_a_time(model, x):
+    """The BSN's function with every rotated view through the U-Net on its own (no batching of views)."""
+    import torch.nn.functional as F
+
+    from spikereveal.training.bsn import _ROTATIONS, LEAKY_SLOPE, shift_down
+
+    height, width = x.shape[2:]
+    x = F.pad(x, (0, -width % 4, 0, -height % 4))
+    views = [torch.rot90(shift_down(model.unet(torch.rot90(x, k, dims=(2, 3)))), -k, dims=(2, 3)) for k in _ROTATIONS]
+    y = F.leaky_relu(model.nin_A(torch.cat(views, dim=1)), LEAKY_SLOPE)
+    return model.nin_C(F.leaky_relu(model.nin_B(y), LEAKY_SLOPE))[:, :, :height, :width]
+
+
+@pytest.mark.parametrize("height, width", [(12, 20), (20, 12), (13, 7), (16, 16)])
+def test_bsn_batches_its_views_without_mixing_them_up(height, width):
+    torch.manual_seed(2)
+    model = BSN(TINY_BSN).double().eval()
+    x = torch.rand(2, 1, height, width, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), _bsn_one_view_at_a_time(model, x), rtol=0, atol=1e-12)
+
+
 def test_bsn_keeps_shape_and_rejects_colour_input():
     model = BSN(TINY_BSN)
     assert model(torch.rand(3, 1, 10, 6)).shape == (3, 1, 10, 6)

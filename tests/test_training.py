@@ -75,6 +75,19 @@ def test_distillation_distance_is_zero_only_for_equal_images():
     assert float(losses.distillation_distance(a.flip(-1), a)) > same + 0.1
 
 
+def test_charbonnier_only_distance_leaves_out_the_structural_term():
+    rng = torch.Generator().manual_seed(1)
+    a, b = torch.rand(2, 3, 3, 16, 16, generator=rng), torch.rand(2, 3, 3, 16, 16, generator=rng)
+    full = float(losses.distillation_distance(a, b))
+    plain = float(losses.distillation_distance(a, b, with_ssim=False))
+    assert plain == pytest.approx(float(losses.charbonnier(a, b)))
+    assert full == pytest.approx(plain + 1 - float(losses.ssim(a.reshape(-1, 3, 16, 16), b.reshape(-1, 3, 16, 16))))
+    frames, teacher, blurry = a[:1], b[:1], a[0].mean(dim=0, keepdim=True)
+    weights = losses.LdnLossWeights(1.0, 0.0, distillation_ssim=False)
+    assert float(losses.ldn_loss(frames, teacher, blurry, weights)[0]) == pytest.approx(
+        float(losses.charbonnier(frames, teacher)), rel=1e-6)
+
+
 def test_ldn_loss_reblur_term_vanishes_when_the_frames_average_to_the_blurry_input():
     rng = torch.Generator().manual_seed(1)
     blurry = torch.rand(2, 3, 16, 16, generator=rng)
@@ -242,6 +255,46 @@ def test_loss_decreases_over_a_few_steps(kind, exposures):
     assert history[-1] < 0.8 * history[0], history
 
 
+@pytest.mark.parametrize("kind", ["bsn", "sr", "ldn"])
+def test_bf16_autocast_gives_the_float32_loss_closely_and_float32_gradients(kind, exposures):
+    torch.manual_seed(0)
+    if kind == "bsn":
+        dataset, model = ds.BSNDataset(exposures, crop=12, samples_per_epoch=2), BSN(BSNConfig(**TINY_BSN))
+    elif kind == "sr":
+        dataset, model = ds.SRDataset(exposures, crop=6, samples_per_epoch=2), SR(SRConfig(**TINY_SR))
+    else:
+        dataset, model = ds.LDNDataset(exposures, ds.sdm_teacher(), crop=4, samples_per_epoch=2), LDN()
+    batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=len(dataset))))
+    weights, cpu = losses.LdnLossWeights(), torch.device("cpu")
+    exact, _ = batch_loss(kind, model, batch, cpu, weights, autocast="off")
+    mixed, _ = batch_loss(kind, model, batch, cpu, weights, autocast="bf16")
+    exact_value, mixed_value = float(exact.detach()), float(mixed.detach())
+    assert mixed.dtype == torch.float32 and mixed_value != exact_value  # it really ran in bf16
+    assert mixed_value == pytest.approx(exact_value, rel=0.05)
+    mixed.backward()
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in model.parameters())
+
+
+def test_bf16_teacher_targets_are_close_and_cached_apart(recording, exposures, tmp_path):
+    from spikereveal.training.train import _teacher_fn
+
+    bsn_path, sr_path = tmp_path / "bsn.pt", tmp_path / "sr.pt"
+    torch.manual_seed(3)
+    bsn, sr = BSN(BSNConfig(**TINY_BSN)), SR(SRConfig(**TINY_SR))
+    save_checkpoint(bsn_path, "bsn", bsn, bsn.config)
+    save_checkpoint(sr_path, "sr", sr, sr.config)
+    centers = ds.evenly_spread_centers(exposures[0].window, 3)
+    targets = {}
+    for precision in ("off", "bf16"):
+        config = TrainConfig("ldn", teacher_bsn=str(bsn_path), teacher_sr=str(sr_path),
+                             teacher_autocast=precision).with_defaults()
+        targets[precision] = _teacher_fn(config, torch.device("cpu"), str(tmp_path / "cache"))(exposures[0], centers)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2  # one cache entry per precision
+    assert targets["off"].dtype == targets["bf16"].dtype == np.float32
+    assert not np.array_equal(targets["off"], targets["bf16"])
+    assert np.abs(targets["off"] - targets["bf16"]).mean() < 0.02
+
+
 def test_cosine_schedule_per_epoch():
     assert cosine_lr(1e-3, 0, 4) == pytest.approx(1e-3)
     assert cosine_lr(1e-3, 2, 4) == pytest.approx(0.5e-3)
@@ -354,6 +407,9 @@ def test_resume_needs_a_training_record(recording, tmp_path):
     ({"kind": "sr", "lr": -1.0}, "learning rate"),
     ({"kind": "sr", "epochs": 0}, "epochs"),
     ({"kind": "sr", "tfp_window": 4}, "odd"),
+    ({"kind": "sr", "autocast": "fp16"}, "unknown autocast"),
+    ({"kind": "ldn", "teacher": "sdm", "teacher_autocast": "int8"}, "unknown teacher_autocast"),
+    ({"kind": "ldn", "teacher": "sdm", "distillation": "lpips"}, "unknown distillation"),
 ])
 def test_invalid_training_arguments(changes, message):
     with pytest.raises(ConfigError, match=message):

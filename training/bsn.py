@@ -6,9 +6,12 @@ the input; its outputs are shifted down one row (so each sees strictly above), u
 ``MSE(x, BSN(x))`` it cannot learn the identity and learns to denoise instead.
 
 Parameter names follow the official S-SDM code (``unet.enc1.conv1.conv.weight`` ... ``nin_C.weight``).
-One deliberate difference: the input is padded to a square with zeros (bottom/right), not by reflection
-as in the official code, because a reflected copy of a pixel can sit above it and leak its own value
-into its prediction near the border, which breaks the blind spot there.
+Two deliberate differences from the official code: the input is padded with zeros (bottom/right) to a
+multiple of 4, not by reflection, because a reflected copy of a pixel can sit above it and leak its own
+value into its prediction near the border, which breaks the blind spot there; and a non-square input is
+not padded to a square: the 0° and 180° views run as one (H, W) batch and the 90° and 270° views as one
+(W, H) batch, which computes the same function away from the bottom/right borders at about half the cost
+on a 16:9 frame (the teacher runs the BSN on full frames).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from spikereveal.engines.ldn import config_from_dict
 from spikereveal.errors import ConfigError
 
 LEAKY_SLOPE = 0.1
-#: Two blind poolings: the (square) side must be a multiple of 4.
+#: Two blind poolings: both sides must be multiples of 4 (the input is zero-padded to that).
 SIDE_MULTIPLE = 4
 
 
@@ -139,13 +142,20 @@ class BSN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 1:
             raise ConfigError(f"BSN input must be (N, 1, H, W) gray images, got shape {tuple(x.shape)}")
-        n, _, height, width = x.shape
-        side = -(-max(height, width) // SIDE_MULTIPLE) * SIDE_MULTIPLE
-        x = F.pad(x, (0, side - width, 0, side - height))
-        rotated = torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in _ROTATIONS], dim=0)
-        features = shift_down(self.unet(rotated))
-        branches = torch.chunk(features, len(_ROTATIONS), dim=0)
-        x = torch.cat([torch.rot90(b, -k, dims=(2, 3)) for b, k in zip(branches, _ROTATIONS)], dim=1)
+        height, width = x.shape[2:]
+        padded_height = -(-height // SIDE_MULTIPLE) * SIDE_MULTIPLE
+        padded_width = -(-width // SIDE_MULTIPLE) * SIDE_MULTIPLE
+        x = F.pad(x, (0, padded_width - width, 0, padded_height - height))
+        # Views of one shape share a batch: (0°, 180°) keep (H, W), (90°, 270°) are (W, H); on a square
+        # input both pairs share one batch.
+        views = [torch.rot90(x, k, dims=(2, 3)) for k in _ROTATIONS]
+        if padded_height == padded_width:
+            outputs = torch.chunk(shift_down(self.unet(torch.cat(views, dim=0))), len(views), dim=0)
+        else:
+            upright = torch.chunk(shift_down(self.unet(torch.cat(views[0::2], dim=0))), 2, dim=0)
+            sideways = torch.chunk(shift_down(self.unet(torch.cat(views[1::2], dim=0))), 2, dim=0)
+            outputs = (upright[0], sideways[0], upright[1], sideways[1])
+        x = torch.cat([torch.rot90(out, -k, dims=(2, 3)) for out, k in zip(outputs, _ROTATIONS)], dim=1)
         x = F.leaky_relu(self.nin_A(x), LEAKY_SLOPE)
         x = F.leaky_relu(self.nin_B(x), LEAKY_SLOPE)
         return self.nin_C(x)[:, :, :height, :width]

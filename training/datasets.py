@@ -15,11 +15,12 @@ as float16 (half the memory; ~5e-4 error at 1.0, below an 8-bit image's quantisa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, ContextManager, Sequence
 
 import numpy as np
 import torch
@@ -304,18 +305,20 @@ def sdm_teacher(tfp_window: int = DEFAULT_TFP_SHORT_WINDOW) -> TeacherFn:
     return teacher
 
 
-def network_teacher(bsn, sr, tfp_window: int = DEFAULT_TFP_SHORT_WINDOW, chunk_size: int | None = 2) -> TeacherFn:
+def network_teacher(bsn, sr, tfp_window: int = DEFAULT_TFP_SHORT_WINDOW, chunk_size: int | None = 2,
+                    precision: Callable[[], ContextManager] = contextlib.nullcontext) -> TeacherFn:
     """The cascade teacher ``clip(B ⊙ SR(BSN(TFP_short)) / SR(TFP_long), 0, 1)`` from trained nets.
 
     The nets run on the device they are on, in eval mode (set by the caller), ``chunk_size`` timestamps
-    at a time (bounds memory on full frames).
+    at a time (bounds memory on full frames), inside the context ``precision()`` (e.g. a bf16 autocast).
     """
     from spikereveal.training.teacher import teacher_frames
 
     def teacher(exposure: ExposureData, centers: np.ndarray) -> np.ndarray:
         shorts = exposure.tfp_shorts(centers, tfp_window)
-        frames = teacher_frames(exposure.blurry, shorts, exposure.tfp_long(), bsn, sr, chunk_size=chunk_size)
-        return frames.detach().cpu().numpy().astype(np.float32, copy=False)
+        with precision():
+            frames = teacher_frames(exposure.blurry, shorts, exposure.tfp_long(), bsn, sr, chunk_size=chunk_size)
+        return frames.detach().float().cpu().numpy()
 
     return teacher
 

@@ -96,6 +96,11 @@ def _new_model(kind: str, network_config):
     return build_model(kind, {} if network_config is None else network_config)
 
 
+def autocast_context(device: torch.device, autocast: str):
+    """The forward-pass precision context for ``autocast`` ("off" or "bf16", see ``AUTOCAST_CHOICES``)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast == "bf16")
+
+
 def _teacher_fn(config: TrainConfig, device: torch.device, cache_dir: str | None) -> ds.TeacherFn:
     if config.teacher == "sdm":
         teacher, key = ds.sdm_teacher(config.tfp_window), f"sdm-w{config.tfp_window}"
@@ -104,8 +109,11 @@ def _teacher_fn(config: TrainConfig, device: torch.device, cache_dir: str | None
 
         bsn, _ = load_checkpoint(config.teacher_bsn, expected_kind="bsn", map_location=device)
         sr, _ = load_checkpoint(config.teacher_sr, expected_kind="sr", map_location=device)
-        teacher = ds.network_teacher(bsn.eval(), sr.eval(), config.tfp_window)
+        teacher = ds.network_teacher(bsn.eval(), sr.eval(), config.tfp_window,
+                                     precision=lambda: autocast_context(device, config.teacher_autocast))
         key = f"nets-{sha256_of(config.teacher_bsn)}-{sha256_of(config.teacher_sr)}-w{config.tfp_window}"
+        if config.teacher_autocast != "off":
+            key += f"-{config.teacher_autocast}"
     return teacher if cache_dir is None else ds.cached_teacher(teacher, cache_dir, key)
 
 
@@ -121,20 +129,24 @@ def _dataset(config: TrainConfig, exposures, device, prepare: Callable[[int, int
     )
 
 
-def batch_loss(kind: str, model, batch, device, weights: LdnLossWeights) -> tuple[torch.Tensor, dict[str, float]]:
+def batch_loss(kind: str, model, batch, device, weights: LdnLossWeights,
+               autocast: str = "off") -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss of one batch; the forward pass runs at ``autocast`` precision, the loss in float32."""
     if kind == "bsn":
         tfp_short = batch.to(device)
-        loss = bsn_loss(model(tfp_short), tfp_short)
-        return loss, {}
+        with autocast_context(device, autocast):
+            denoised = model(tfp_short)
+        return bsn_loss(denoised.float(), tfp_short), {}
     if kind == "sr":
         tfp_long, gray_blurry = (t.to(device) for t in batch)
-        return sr_loss(model(tfp_long), gray_blurry), {}
+        with autocast_context(device, autocast):
+            super_resolved = model(tfp_long)
+        return sr_loss(super_resolved.float(), gray_blurry), {}
     blurry, spikes, targets = (t.to(device) for t in batch)
     n, m = spikes.shape[:2]
-    frames = model(
-        blurry.repeat_interleave(m, dim=0), spikes.reshape(n * m, *spikes.shape[2:]).to(blurry.dtype)
-    ).reshape(n, m, *blurry.shape[1:])
-    return ldn_loss(frames, targets, blurry, weights)
+    with autocast_context(device, autocast):
+        frames = model(blurry.repeat_interleave(m, dim=0), spikes.reshape(n * m, *spikes.shape[2:]).to(blurry.dtype))
+    return ldn_loss(frames.float().reshape(n, m, *blurry.shape[1:]), targets, blurry, weights)
 
 
 # -- the loop ------------------------------------------------------------------------------------------------
@@ -207,7 +219,8 @@ def train(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
-    weights = LdnLossWeights(config.lambda_teacher, config.lambda_reblur)
+    weights = LdnLossWeights(config.lambda_teacher, config.lambda_reblur,
+                             distillation_ssim=config.distillation == "charbonnier+ssim")
     limit_s = None if options.time_limit_min is None else 60.0 * options.time_limit_min
     data_paths = [os.fspath(path) for path in data]
 
@@ -251,7 +264,7 @@ def train(
         counted = 0
         epoch_started = time.monotonic()
         for batch in loader:
-            loss, parts = batch_loss(kind, model, batch, device, weights)
+            loss, parts = batch_loss(kind, model, batch, device, weights, config.autocast)
             if not torch.isfinite(loss):
                 raise ConfigError(
                     f"the {kind} loss became {float(loss)} at epoch {epoch + 1}, step {step_in_epoch + 1}; "

@@ -14,6 +14,12 @@ DEFAULT_LDN_TIMESTAMPS = 5
 
 KINDS = ("bsn", "sr", "ldn")
 TEACHERS = ("nets", "sdm")
+#: Mixed precision of the forward passes: "off" (float32) or "bf16" (torch.autocast to bfloat16; weights,
+#: optimizer and losses stay float32). bf16 pays off on CPUs with AVX512-BF16/AMX and on recent GPUs.
+AUTOCAST_CHOICES = ("off", "bf16")
+#: The student's distillation distance D: Charbonnier + (1 - SSIM) (our offline stand-in for LPIPS-VGG),
+#: or Charbonnier alone (the ablation).
+DISTILLATION_CHOICES = ("charbonnier+ssim", "charbonnier")
 
 #: Per-network defaults: the paper's learning rates; crops in spike pixels (image crops are 4x).
 KIND_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -34,6 +40,9 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "teacher_bsn": None,
     "teacher_sr": None,
     "init": None,
+    "autocast": "off",
+    "teacher_autocast": "off",
+    "distillation": "charbonnier+ssim",
 }
 
 
@@ -43,7 +52,9 @@ class TrainConfig:
 
     ``samples_per_epoch`` defaults to ``crops_per_exposure`` × the number of usable exposures. LDN only:
     ``teacher`` ("nets": the BSN+SR cascade from ``teacher_bsn``/``teacher_sr``; "sdm": plain SDM),
-    ``timestamps`` (M), the two loss weights and ``init`` (an LDN checkpoint to fine-tune).
+    ``timestamps`` (M), the two loss weights, ``init`` (an LDN checkpoint to fine-tune), ``distillation``
+    (the distance to the teacher) and ``teacher_autocast`` (precision of the teacher nets computing the
+    targets). ``autocast``: precision of the trained network's forward pass (see ``AUTOCAST_CHOICES``).
     """
 
     kind: str
@@ -63,6 +74,9 @@ class TrainConfig:
     teacher_bsn: str | None = None
     teacher_sr: str | None = None
     init: str | None = None
+    autocast: str | None = None
+    teacher_autocast: str | None = None
+    distillation: str | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -84,6 +98,11 @@ class TrainConfig:
             raise ConfigError(f"the short TFP window must be an odd number of frames, got {self.tfp_window!r}")
         if self.teacher is not None and self.teacher not in TEACHERS:
             raise ConfigError(f"unknown teacher {self.teacher!r}; use one of {list(TEACHERS)}")
+        for name, choices in (("autocast", AUTOCAST_CHOICES), ("teacher_autocast", AUTOCAST_CHOICES),
+                              ("distillation", DISTILLATION_CHOICES)):
+            value = getattr(self, name)
+            if value is not None and value not in choices:
+                raise ConfigError(f"unknown {name} {value!r}; use one of {list(choices)}")
         if self.teacher == "nets" and self.kind == "ldn" and not (self.teacher_bsn and self.teacher_sr):
             raise ConfigError(
                 "the network teacher needs both --teacher-bsn CKPT and --teacher-sr CKPT (or use --teacher sdm)"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from spikereveal.errors import ConfigError
 from spikereveal.commands._types import positive_int
+from spikereveal.training.train_config import AUTOCAST_CHOICES, DISTILLATION_CHOICES  # torch-free
 
 _HELP = {
     "bsn": "the teacher's blind-spot denoiser: MSE(TFP_short, BSN(TFP_short))",
@@ -41,6 +42,9 @@ def _add_common(parser: argparse.ArgumentParser, kind: str) -> None:
                         help="stop after M minutes (checkpoint saved; --resume continues)")
     parser.add_argument("--workers", type=int, default=0, help="data loader worker processes (default 0)")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists (fresh runs)")
+    parser.add_argument("--autocast", choices=AUTOCAST_CHOICES,
+                        help="precision of the forward passes: off (float32, default) or bf16 (mixed precision; "
+                             "2-3x faster on CPUs with AVX512-BF16/AMX, weights stay float32)")
     parser.set_defaults(func=run, kind=kind)
 
 
@@ -69,6 +73,12 @@ def register(subparsers) -> None:
             child.add_argument("--timestamps", type=positive_int, help="timestamps per exposure in the loss (default 5)")
             child.add_argument("--lambda-teacher", type=float, help="weight of the distillation term (default 1)")
             child.add_argument("--lambda-reblur", type=float, help="weight of the re-blur term (default 100)")
+            child.add_argument("--distillation", choices=DISTILLATION_CHOICES,
+                               help="distance to the teacher's frames (default charbonnier+ssim; charbonnier "
+                                    "alone is the ablation)")
+            child.add_argument("--teacher-autocast", choices=AUTOCAST_CHOICES,
+                               help="precision of the teacher nets computing the targets (default off; bf16 "
+                                    "halves their time on CPUs with AVX512-BF16)")
 
 
 def _config(args):
@@ -76,7 +86,7 @@ def _config(args):
 
     values = dict(
         kind=args.kind, epochs=args.epochs, batch_size=args.batch_size, crop=args.crop, lr=args.lr, seed=args.seed,
-        samples_per_epoch=args.samples_per_epoch, augment=args.augment,
+        samples_per_epoch=args.samples_per_epoch, augment=args.augment, autocast=args.autocast,
     )
     if args.kind == "ldn":
         teacher = args.teacher
@@ -93,6 +103,7 @@ def _config(args):
             teacher_sr=None if args.teacher_sr is None else str(args.teacher_sr),
             init=None if args.init is None else str(args.init),
             timestamps=args.timestamps, lambda_teacher=args.lambda_teacher, lambda_reblur=args.lambda_reblur,
+            distillation=args.distillation, teacher_autocast=args.teacher_autocast,
         )
     return TrainConfig(**values)
 
