@@ -26,6 +26,7 @@ from spikereveal import __version__
 from spikereveal.engines.cache import check_precision_name
 from spikereveal.engines.runners import InputShape, RunnerOptions, create_runner, runner_unavailable_reason
 from spikereveal.errors import ConfigError
+from spikereveal.kernels.extract import SPIKE_LEVEL
 from spikereveal.kernels.timing import DEFAULT_K
 
 logger = logging.getLogger(__name__)
@@ -69,21 +70,21 @@ def summarise_window_times(times_s: Sequence[float], k: int) -> dict:
 
 
 def random_window(shape: InputShape, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A random exposure in the deployed graph's formats: ``image`` uint8 and spike levels."""
     rng = np.random.default_rng(seed)
-    blur = np.empty(shape.blur, np.float32)
-    blur[:] = rng.random(shape.blur[1:], dtype=np.float32)  # one blurry frame for all K windows
-    spikes = (rng.random(shape.spikes, dtype=np.float32) < SPIKE_DENSITY).astype(np.float32)
-    return blur, spikes
+    image = rng.integers(0, 256, size=shape.image, dtype=np.uint8)
+    spikes = (rng.random(shape.spikes, dtype=np.float32) < SPIKE_DENSITY).astype(np.uint8) * np.uint8(SPIKE_LEVEL)
+    return image, spikes
 
 
-def time_runner(runner, blur: np.ndarray, spikes: np.ndarray, repeats: int, warmup: int) -> list[float]:
+def time_runner(runner, image: np.ndarray, spikes: np.ndarray, repeats: int, warmup: int) -> list[float]:
     """Seconds per ``infer`` call, after ``warmup`` untimed calls."""
     for _ in range(warmup):
-        runner.infer(blur, spikes)
+        runner.infer(image, spikes)
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        runner.infer(blur, spikes)
+        runner.infer(image, spikes)
         times.append(time.perf_counter() - started)
     return times
 
@@ -155,14 +156,14 @@ def bench_engines(runners: Sequence[str] = DEFAULT_RUNNERS, geometries: Sequence
     with tempfile.TemporaryDirectory(prefix="spikereveal-bench-", dir=work_dir) as tmp:
         for geometry in geometries:
             shape = geometry_shape(geometry, k)
-            blur, spikes = random_window(shape)
+            image, spikes = random_window(shape)
             exports: dict[str, Path] = {}
 
             def make(name: str, precision: str):
                 if name == "torch":
                     return create_runner("torch", shape, model=model, options=options)
                 if precision not in exports:
-                    exports[precision] = _export(model, shape, precision, Path(tmp), blur, spikes)
+                    exports[precision] = _export(model, shape, precision, Path(tmp), image, spikes)
                 return create_runner(name, shape, onnx_path=exports[precision], precision=precision, options=options)
 
             keys = [name if precision == "fp32" else f"{name}-{precision}" for name, precision in plan]
@@ -175,10 +176,10 @@ def bench_engines(runners: Sequence[str] = DEFAULT_RUNNERS, geometries: Sequence
                             progress(f"{geometry} {key}")
                         runner = make(name, precision).load()
                         loaded.append((key, runner))
-                        time_runner(runner, blur, spikes, 0, warmup)
+                        time_runner(runner, image, spikes, 0, warmup)
                     for _ in range(repeats):
                         for key, runner in loaded:
-                            times[key] += time_runner(runner, blur, spikes, 1, 0)
+                            times[key] += time_runner(runner, image, spikes, 1, 0)
                 finally:
                     for _, runner in loaded:
                         runner.close()
@@ -187,7 +188,7 @@ def bench_engines(runners: Sequence[str] = DEFAULT_RUNNERS, geometries: Sequence
                     if progress is not None:
                         progress(f"{geometry} {key}")
                     with make(name, precision) as runner:
-                        times[key] = time_runner(runner, blur, spikes, repeats, warmup)
+                        times[key] = time_runner(runner, image, spikes, repeats, warmup)
             results[geometry] = {key: summarise_window_times(times[key], k) for key in keys}
             logger.info("%s: %s", geometry, results[geometry])
     results["environment"] = environment(options.resolved_threads())
@@ -198,12 +199,12 @@ def bench_engines(runners: Sequence[str] = DEFAULT_RUNNERS, geometries: Sequence
     return results
 
 
-def _export(model, shape: InputShape, precision: str, directory: Path, blur, spikes) -> Path:
+def _export(model, shape: InputShape, precision: str, directory: Path, image, spikes) -> Path:
     from spikereveal.engines.export import ExportConfig, export_ldn
 
     config = ExportConfig(precision=precision, batch=shape.batch, height=shape.height, width=shape.width,
                           calibration_windows=2)
-    calibration = [(blur, spikes)] * 2 if precision == "int8" else None
+    calibration = [(image, spikes)] * 2 if precision == "int8" else None
     path = directory / f"ldn_{precision}_{shape.batch}x{shape.height}x{shape.width}.onnx"
     return export_ldn(model, path, config, calibration=calibration)
 

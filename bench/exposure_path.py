@@ -1,9 +1,9 @@
 """The non-inference cost of one exposure: the worker's input preparation and post-processing, timed alone.
 
 :func:`time_exposure_path` runs the real :class:`~spikereveal.stream.worker.ExposureProcessor` on a
-synthetic exposure of a given geometry with a pass-through runner (its output is a fixed buffer of values
-in [-0.1, 1.1], so clipping is exercised), and reports the processor's own ``prepare_ns`` (uint8 frame ->
-float LDN inputs, window cut) and ``postprocess_ns`` (network output -> uint8 BGR) per exposure, plus their
+synthetic exposure of a given geometry with a pass-through runner (no network), and reports the
+processor's own ``prepare_ns`` (frame copy or warp, window cut into uint8 spike levels) and
+``postprocess_ns`` (only for ``bgr_f32`` output: the graph already gives uint8 BGR) per exposure, plus their
 sum (``non_inference``: the issue's "non-inference pipeline cost" less ingest and publish). Pure: no
 sockets, no files; ``bench pipeline`` can call it to break its non-inference figure down.
 """
@@ -15,30 +15,32 @@ from typing import Callable
 import numpy as np
 
 from spikereveal.bench.stats import latency_stats
+from spikereveal.engines.runners import Runner
 from spikereveal.errors import ConfigError
 from spikereveal.kernels.packing import pack_frames
 from spikereveal.kernels.timing import DEFAULT_K, DEFAULT_MARGIN_FRAMES, exposure_window
 
 STAGES = ("prepare", "postprocess", "non_inference")
+PASS_THROUGH = "pass-through"
 SPIKE_DENSITY = 0.2
 
 
-class PassThroughRunner:
-    """Stands in for a loaded runner: ``infer`` returns a preallocated (K,3,H,W) buffer and does no work."""
+class PassThroughRunner(Runner):
+    """No network, to isolate the non-inference cost: every sharp frame is the blurry frame (one copy of
+    it per output frame, inside ``infer``, so it counts as inference)."""
 
-    name = "passthrough"
-    precision = "fp32"
+    name = PASS_THROUGH
 
-    def __init__(self, shape, seed: int = 0):
-        self.shape = shape
-        rng = np.random.default_rng(seed)
-        self.sharp = rng.uniform(-0.1, 1.1, size=shape.sharp).astype(np.float32)
+    def _load(self) -> None:
+        self.sharp = np.zeros(self.shape.sharp, np.uint8)
 
-    def infer(self, blur: np.ndarray, spikes: np.ndarray) -> np.ndarray:
-        return self.sharp
+    def _infer(self, image: np.ndarray, spikes: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+        target = self.sharp if out is None else out
+        np.copyto(target, image)  # (1, H, W, 3) broadcast over the K frames
+        return target
 
     def describe(self) -> dict:
-        return {"runner": self.name, "shape": self.shape.as_dict()}
+        return {**super().describe(), "note": "pass-through: the blurry frame is returned, no network"}
 
 
 def synthetic_job(shape, exposure_frames: int = 300, rate_hz: float = 20000.0,
@@ -84,7 +86,7 @@ def time_exposure_path(shape, repeats: int = 20, warmup: int = 2, output_pixel_f
         def processor_factory(runner):
             return ExposureProcessor(runner, output_pixel_format=output_pixel_format)
 
-    processor = processor_factory(PassThroughRunner(shape, seed))
+    processor = processor_factory(PassThroughRunner(shape).load())
     job = synthetic_job(shape, seed=seed)
     samples_ns = {stage: [] for stage in STAGES}
     for _ in range(warmup + repeats):

@@ -19,7 +19,7 @@ is :func:`spikereveal.bench.report.build_report` of the trace plus three blocks:
   (target: tracing costs <= 2 %), beside the recorder's micro-benchmarked cost per exposure.
 
 Runner: the shipped model by default, ``model`` for a checkpoint, ``random_weights`` for a seeded random
-LDN (same inference cost, meaningless images), or ``pass_through`` (returns the blurry batch, no network):
+LDN (same inference cost, meaningless images), or ``pass_through`` (returns the blurry frame, no network):
 the non-inference cost alone. With a network the replay is paced (``speed=None``) so that exposures
 arrive at 1/:data:`AUTO_PACE_MARGIN` of the measured inference rate: exposures do not wait in the queue,
 so the non-inference figures are the pipeline's and not queueing.
@@ -37,7 +37,7 @@ from typing import Callable
 
 import numpy as np
 
-from spikereveal.engines.runners import Runner
+from spikereveal.bench.exposure_path import PASS_THROUGH, PassThroughRunner
 from spikereveal.errors import ConfigError, SpikeRevealError
 from spikereveal.kernels.timing import DEFAULT_K
 
@@ -46,7 +46,6 @@ __all__ = ["bench_pipeline", "PassThroughRunner", "default_exposures", "AGREEMEN
 logger = logging.getLogger(__name__)
 
 PRESETS = ("rsb", "gopro", "tiny")
-PASS_THROUGH = "pass-through"
 AGREEMENT_TARGET = 0.05  # the report's end to end vs the independent measure
 TRACE_COST_TARGET = 0.02  # throughput lost to tracing
 AUTO_PACE_MARGIN = 1.5  # exposure interval / inference time when the pace is automatic
@@ -55,21 +54,6 @@ PASS_THROUGH_EXPOSURES = 40
 _MONITOR_QUIET_S = 0.3  # after serve stopped, the monitor ends once the wire was quiet this long
 _MONITOR_MAX_DRAIN_S = 10.0
 _SUBSCRIBE_TIMEOUT_S = 30.0
-
-
-class PassThroughRunner(Runner):
-    """No network: returns the blurry batch as the sharp one, to isolate the non-inference cost."""
-
-    name = PASS_THROUGH
-
-    def _load(self) -> None:
-        pass
-
-    def _infer(self, blur: np.ndarray, spikes: np.ndarray) -> np.ndarray:
-        return blur  # the processor's own buffer; post-processing only reads it
-
-    def describe(self) -> dict:
-        return {**super().describe(), "note": "pass-through: the blurry batch is returned, no network"}
 
 
 def default_exposures(preset: str, pass_through: bool) -> int:
@@ -128,9 +112,9 @@ class WireMonitor:
         speed = None
         if self.auto_pace and self.stash is not None and self.stash.runner is not None:
             runner = self.stash.runner  # serve is idle until the replay starts: nothing else uses it now
-            blur, spikes = np.zeros(runner.shape.blur, np.float32), np.zeros(runner.shape.spikes, np.float32)
+            image, spikes = np.zeros(runner.shape.image, np.uint8), np.zeros(runner.shape.spikes, np.uint8)
             started = time.perf_counter()
-            runner.infer(blur, spikes)
+            runner.infer(image, spikes)
             self.inference_probe_s = time.perf_counter() - started
             if self.exposure_period_s:
                 speed = min(1.0, self.exposure_period_s / (AUTO_PACE_MARGIN * self.inference_probe_s))

@@ -125,6 +125,15 @@ def warp_to_canonical(
     return np.ascontiguousarray(warped.transpose(2, 0, 1))
 
 
+def warp_bgr8_to_canonical(image: np.ndarray, homography, canonical_shape: tuple[int, int],
+                           interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """A camera frame (h, w, 3) uint8 BGR resampled onto the canonical grid (H, W, 3) uint8, with the same
+    map and border rule as :func:`warp_to_canonical` (OpenCV rounds the interpolated values)."""
+    height, width = canonical_shape
+    return cv2.warpPerspective(np.ascontiguousarray(image), check_homography(homography), (width, height),
+                               flags=interpolation | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+
+
 def valid_canonical_mask(homography, canonical_shape: tuple[int, int], rgb_shape: tuple[int, int]) -> np.ndarray:
     """(H, W) bool: canonical pixels whose RGB position lies inside the RGB frame."""
     ones = np.ones(rgb_shape, dtype=np.float32)

@@ -1,9 +1,9 @@
 """int8 calibration data for the inference engines: real LDN input windows cut from recordings.
 
-Each item is ``{"blur": (K, 3, H, W) float32, "spikes": (K, 21, h, w) float32}``: the exposure's RGB frame
-on the canonical grid (repeated for the K output times) and the 21 raw spike frames around each output
-time, exactly what the pipeline feeds the network, with the recording's calibration applied (clock,
-geometry, hot pixels) unless told otherwise.
+Each item is ``{"image": (1, H, W, 3) uint8, "spikes": (K, 21, h, w) uint8}``: the exposure's RGB frame
+on the canonical grid and the 21 raw spike frames (as levels, see ``kernels.extract.SPIKE_LEVEL``) around
+each output time, exactly what the pipeline feeds the deployed graph (``engines.deblur.fill_exposure_inputs``),
+with the recording's calibration applied (clock, geometry, hot pixels) unless told otherwise.
 
 Cutting is cached: the cache (npz) keeps the compact sources (the 8-bit RGB frames and the packed spike
 frames of each window), keyed by the recordings' files and the settings, so a repeated export re-expands
@@ -23,7 +23,6 @@ import numpy as np
 
 from spikereveal.calibration.store import RigCalibration, load_rig_calibration
 from spikereveal.errors import ConfigError
-from spikereveal.kernels.extract import extract_ldn_input
 from spikereveal.kernels.timing import DEFAULT_K, DEFAULT_MARGIN_FRAMES, LDN_SPIKE_WINDOW, exposure_window
 
 logger = logging.getLogger(__name__)
@@ -52,7 +51,7 @@ def cache_key(recordings: Sequence[Path], k: int, max_windows: int, spike_window
 
 
 class LdnCalibrationData:
-    """Iterable of LDN input windows (dicts ``blur``/``spikes``); ``pairs()`` gives ``(blur, spikes)``
+    """Iterable of LDN input windows (dicts ``image``/``spikes``); ``pairs()`` gives ``(image, spikes)``
     tuples (the engines' WindowCalibrationReader takes those)."""
 
     def __init__(self, rgb8: list[np.ndarray], packed: list[np.ndarray], centers: list[np.ndarray],
@@ -68,22 +67,20 @@ class LdnCalibrationData:
         return len(self._rgb8)
 
     def window(self, i: int) -> dict[str, np.ndarray]:
+        from spikereveal.engines.deblur import fill_exposure_inputs
+
         height, width = self.spike_shape
-        image = self._rgb8[i].astype(np.float32).transpose(2, 0, 1) / np.float32(255.0)
         calibration = self._calibrations[i]
-        if calibration is not None:
-            image = calibration.warp_exposure(image)
-        elif image.shape[1:] != (4 * height, 4 * width):
+        if calibration is None and self._rgb8[i].shape[:2] != (4 * height, 4 * width):
             raise ConfigError(
                 f"{self.sources[i][0]}: the RGB frames are not on the canonical grid and no calibration is "
                 "applied; run 'spikereveal calibrate geometry' or allow the calibration"
             )
         centers = self._centers[i]
-        spikes = extract_ldn_input(self._packed[i], height, width, centers, self.spike_window)
-        if calibration is not None and calibration.photometric is not None:
-            spikes = calibration.correct_spike_frames(spikes)
-        blur = np.ascontiguousarray(np.broadcast_to(image, (len(centers),) + image.shape), dtype=np.float32)
-        return {"blur": blur, "spikes": spikes}
+        image = np.empty((1, 4 * height, 4 * width, 3), np.uint8)
+        spikes = np.empty((len(centers), self.spike_window, height, width), np.uint8)
+        fill_exposure_inputs(image, spikes, self._rgb8[i], self._packed[i], (height, width), centers, 0, calibration)
+        return {"image": image, "spikes": spikes}
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         for i in range(len(self)):
@@ -91,7 +88,7 @@ class LdnCalibrationData:
 
     def pairs(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for item in self:
-            yield item["blur"], item["spikes"]
+            yield item["image"], item["spikes"]
 
 
 def _choose(per_recording: list[list[int]], max_windows: int) -> list[tuple[int, int]]:
@@ -152,8 +149,7 @@ def ldn_calibration_windows(
         for r, index in _choose(per_recording, max_windows):
             recording, calibration = opened[r], calibrations[r]
             window = _window(recording, recording.exposure(index), calibration, k, margin)
-            image = recording.read_exposure(index)
-            rgb8.append(np.clip(image.transpose(1, 2, 0) * 255.0 + 0.5, 0, 255).astype(np.uint8))
+            rgb8.append(recording.read_exposure_bgr8(index))
             packed.append(recording.spikes.read(window.window_first, window.window_stop))
             centers.append((window.centers - window.window_first).astype(np.int64))
             sources.append((str(paths[r]), int(index)))

@@ -67,13 +67,33 @@ class PhotometricCalibration:
         if values.shape[-2:] != self.shape:
             raise ConfigError(f"values are {values.shape[-2:]} but the hot-pixel map is {self.shape}")
         out = np.array(values, dtype=np.result_type(values.dtype, np.float32), copy=True)
-        targets, sources, weights = self._fill
+        targets = self._fill[0]
         if targets.size:
             flat = out.reshape(out.shape[:-2] + (-1,))
-            filled = np.zeros(flat.shape[:-1] + (targets.size,), dtype=np.float64)
-            np.add.at(filled, (..., sources[:, 0]), flat[..., sources[:, 1]] * weights)
-            flat[..., targets] = filled
+            flat[..., targets] = self._neighbour_means(flat)
         return out
+
+    def fill_hot_pixel_levels(self, levels: np.ndarray) -> np.ndarray:
+        """In place: uint8 spike levels (..., h, w) (the deployed graph's spike input, see
+        ``kernels.extract.SPIKE_LEVEL``) with every hot pixel set to its non-hot neighbours' mean level,
+        rounded (what ``correct_spike_frames`` gives, to 1/255 of a spike). Returns ``levels``."""
+        if (not isinstance(levels, np.ndarray) or levels.dtype != np.uint8 or not levels.flags.writeable
+                or not levels.flags.c_contiguous):
+            raise ConfigError(f"spike levels must be a writeable C-contiguous uint8 array, got {getattr(levels, 'dtype', levels)!r}")
+        if levels.shape[-2:] != self.shape:
+            raise ConfigError(f"spike levels are {levels.shape[-2:]} but the hot-pixel map is {self.shape}")
+        targets = self._fill[0]
+        if targets.size:
+            flat = levels.reshape(levels.shape[:-2] + (-1,))  # a view: levels is written
+            flat[..., targets] = np.rint(self._neighbour_means(flat)).astype(np.uint8)
+        return levels
+
+    def _neighbour_means(self, flat: np.ndarray) -> np.ndarray:
+        """(..., n_hot) float64: the weighted mean of each hot pixel's fill sources in ``flat`` (..., h*w)."""
+        targets, sources, weights = self._fill
+        filled = np.zeros(flat.shape[:-1] + (targets.size,), dtype=np.float64)
+        np.add.at(filled, (..., sources[:, 0]), flat[..., sources[:, 1]] * weights)
+        return filled
 
     def correct_counts(self, counts: np.ndarray, frames: int) -> np.ndarray:
         """Spike counts (..., h, w) over ``frames`` frames: hot pixels filled, dark spikes removed (see

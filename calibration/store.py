@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from spikereveal.calibration.clock import ClockCalibration
-from spikereveal.calibration.geometry import GeometryCalibration, warp_to_canonical
+from spikereveal.calibration.geometry import GeometryCalibration, warp_bgr8_to_canonical, warp_to_canonical
 from spikereveal.calibration.photometric import PhotometricCalibration
 from spikereveal.errors import ConfigError, FormatError
 from spikereveal.recording import CALIBRATION_FILE, CANONICAL_SCALE, _json_key_lines
@@ -90,14 +90,37 @@ class RigCalibration:
         if image.shape[-2:] != self.rgb_shape:
             raise ConfigError(f"the image is {image.shape[-2:]} but the calibration's RGB camera is {self.rgb_shape}")
         if self.geometry is None:
-            if self.rgb_shape != self.canonical_shape:
-                raise ConfigError(
-                    f"the RGB frames ({self.rgb_shape[1]}x{self.rgb_shape[0]}) are not the canonical grid "
-                    f"({self.canonical_shape[1]}x{self.canonical_shape[0]}) and the calibration has no geometry; "
-                    "run 'spikereveal calibrate geometry'"
-                )
+            self._check_grid_without_geometry()
             return image
         return warp_to_canonical(image, self.geometry.homography, self.canonical_shape)
+
+    def _check_grid_without_geometry(self) -> None:
+        if self.rgb_shape != self.canonical_shape:
+            raise ConfigError(
+                f"the RGB frames ({self.rgb_shape[1]}x{self.rgb_shape[0]}) are not the canonical grid "
+                f"({self.canonical_shape[1]}x{self.canonical_shape[0]}) and the calibration has no geometry; "
+                "run 'spikereveal calibrate geometry'"
+            )
+
+    def warp_image_bgr8(self, image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """A camera frame (h_rgb, w_rgb, 3) uint8 BGR on the canonical grid (4h, 4w, 3) uint8, into ``out``
+        when given (what the deployed graph takes; ``warp_exposure`` is the float twin)."""
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ConfigError(f"expected a uint8 (h, w, 3) BGR frame, got {image.dtype} {image.shape}")
+        if image.shape[:2] != self.rgb_shape:
+            raise ConfigError(f"the image is {image.shape[:2]} but the calibration's RGB camera is {self.rgb_shape}")
+        if self.geometry is None:
+            self._check_grid_without_geometry()
+            if out is None:
+                return image.copy()
+            np.copyto(out, image)
+            return out
+        warped = warp_bgr8_to_canonical(image, self.geometry.homography, self.canonical_shape)
+        if out is None:
+            return warped
+        np.copyto(out, warped)
+        return out
 
     def exposure_on_spike_clock(self, start_ns: int, duration_ns: int) -> tuple[int, int]:
         """(start_ns, duration_ns) of an exposure, moved from the RGB clock to the spike clock."""

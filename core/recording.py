@@ -440,6 +440,11 @@ def _load_image(path: Path) -> np.ndarray:
     return image
 
 
+def _planar_float(image_bgr8: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3) -> float32 (3, H, W) in [0, 1] (float32 division by 255)."""
+    return np.ascontiguousarray(image_bgr8.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)
+
+
 def _to_bgr8(image: np.ndarray, height: int, width: int, what: str) -> np.ndarray:
     """uint8 (H, W, 3) BGR, or float (3, H, W) BGR in [0, 1] (rounded) -> uint8 (H, W, 3)."""
     image = np.asarray(image)
@@ -642,15 +647,19 @@ class Recording:
                     problem = f"decodes to {image.shape[1]}x{image.shape[0]}"
         if problem:
             raise RecordingError(csv_path, f"image {item.image!r} {problem}", line)
-        return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)
+        return image
 
-    def read_exposure(self, index: int) -> np.ndarray:
-        """The blurry RGB frame of exposure ``index``: float32 (3, h, w), BGR, values in [0, 1]."""
+    def read_exposure_bgr8(self, index: int) -> np.ndarray:
+        """The blurry RGB frame of exposure ``index`` as decoded: uint8 (h, w, 3), BGR."""
         exposure = self.exposure(index)
         rgb = self.meta.rgb
         return self._read_image(
             exposure, EXPOSURES_FILE, self._line[("exposure", index)], [(rgb.height, rgb.width)]
         )
+
+    def read_exposure(self, index: int) -> np.ndarray:
+        """The blurry RGB frame of exposure ``index``: float32 (3, h, w), BGR, values in [0, 1]."""
+        return _planar_float(self.read_exposure_bgr8(index))
 
     def ground_truth_for(self, index: int) -> tuple[GroundTruthFrame, ...]:
         """The ground-truth frames of exposure ``index`` in time order (empty if it has none)."""
@@ -667,7 +676,7 @@ class Recording:
         key = ("gt", frame.exposure_index, frame.t_ns)
         if key not in self._line:
             raise ConfigError(f"{self.path}: {frame!r} is not a ground-truth frame of this recording")
-        return self._read_image(frame, GT_FILE, self._line[key], [self.ground_truth_shape])
+        return _planar_float(self._read_image(frame, GT_FILE, self._line[key], [self.ground_truth_shape]))
 
     def exposure_window(
         self, index: int, k: int = DEFAULT_K, margin_frames: int | None = None

@@ -1,7 +1,8 @@
 """Offline deblurring of a recording (``spikereveal deblur``) as library functions.
 
 For every exposure: read the blurry frame, cut its spike window with the kernels into K LDN inputs
-(21 frames centred at each output time), run the runner once with K as the batch, clip, and write
+(21 frames centred at each output time), run the runner once with K as the batch (uint8 in and out, see
+``engines.runners``), and write
 ``frames/<exposure>_<k>.png`` (exposure zero-padded to 6 digits, k to 2), ``frames.csv`` (header
 ``exposure_index,t_ns,image``, the shape of ``gt.csv``), a side-by-side MP4 (blurry | sharp) and
 ``summary.json`` (engine, precision, per-stage times, skipped exposures). Exposures whose spike window is
@@ -83,8 +84,32 @@ def calibrated_exposure_image(recording, index: int, calibration=None) -> np.nda
     return image if calibration is None else calibration.warp_exposure(image)
 
 
+def fill_exposure_inputs(image_out: np.ndarray, spikes_out: np.ndarray, image_bgr8: np.ndarray, packed: np.ndarray,
+                         spike_shape: tuple[int, int], centers, first_index: int, calibration=None) -> None:
+    """Fill the deployed graph's inputs for one exposure: the one place deblur, serve and int8 calibration
+    turn a camera frame and its packed spikes into ``image (1,H,W,3)`` and ``spikes (K,S,h,w)`` uint8.
+
+    ``image_bgr8`` is the RGB camera's frame (h_rgb, w_rgb, 3) uint8 BGR; with a ``calibration`` (a
+    RigCalibration) it is warped onto the grid and hot pixels are filled in the spike levels, without one it
+    must already be the grid's size. ``packed`` holds canonical frames from index ``first_index`` on.
+    """
+    from spikereveal.kernels import extract_ldn_input  # numba, loaded on first use
+
+    if calibration is None:
+        if image_bgr8.shape != image_out.shape[1:]:
+            raise ConfigError(f"the RGB frame is {image_bgr8.shape[1]}x{image_bgr8.shape[0]} but the network grid is "
+                              f"{image_out.shape[2]}x{image_out.shape[1]}; give the rig's calibration")
+        np.copyto(image_out[0], image_bgr8)
+    else:
+        calibration.warp_image_bgr8(image_bgr8, out=image_out[0])
+    extract_ldn_input(packed, spike_shape[0], spike_shape[1], centers, window=spikes_out.shape[1],
+                      first_index=first_index, out=spikes_out)
+    if calibration is not None and calibration.photometric is not None:
+        calibration.photometric.fill_hot_pixel_levels(spikes_out)
+
+
 class ExposureWindowReader:
-    """Reads one exposure at a time into preallocated LDN inputs ``blur (K,3,H,W)``, ``spikes (K,S,H/4,W/4)``.
+    """Reads one exposure at a time into preallocated inputs ``image (1,H,W,3)``, ``spikes (K,S,H/4,W/4)``.
 
     The network grid is 4x the spike grid. ``calibration`` (a ``spikereveal.calibration`` RigCalibration or
     None) moves exposure times onto the spike clock, warps the RGB frame onto the grid and corrects spike
@@ -93,9 +118,6 @@ class ExposureWindowReader:
     """
 
     def __init__(self, recording, k: int = DEFAULT_K, spike_frames: int = LDN_SPIKE_WINDOW, calibration=None):
-        from spikereveal.kernels import extract_ldn_input  # the numba kernels, loaded on first use
-
-        self._extract = extract_ldn_input
         self.recording = recording
         self.calibration = calibration
         self.k = k
@@ -107,8 +129,8 @@ class ExposureWindowReader:
                 f"{width}x{height} (4x the {spike.width}x{spike.height} spike sensor); calibrate the rig "
                 "('spikereveal calibrate geometry') so the RGB frame can be warped onto the grid")
         self.shape = InputShape(k, height, width, spike_frames)
-        self.blur = np.empty(self.shape.blur, np.float32)
-        self.spikes = np.empty(self.shape.spikes, np.float32)
+        self.image = np.zeros(self.shape.image, np.uint8)
+        self.spikes = np.zeros(self.shape.spikes, np.uint8)
         self.times_s = {"read_image": 0.0, "read_spikes": 0.0, "kernels": 0.0}
 
     def window(self, index: int) -> ExposureWindow:
@@ -131,25 +153,22 @@ class ExposureWindowReader:
         return skipped
 
     def read(self, index: int):
-        """Fill the buffers for exposure ``index``; returns ``(blur, spikes, window)`` (the buffers themselves)."""
-        recording, calibration = self.recording, self.calibration
+        """Fill the buffers for exposure ``index``; returns ``(image, spikes, window)`` (the buffers themselves)."""
+        recording = self.recording
         window = self.window(index)
         started = time.perf_counter()
-        image = calibrated_exposure_image(recording, index, calibration)
-        np.copyto(self.blur, image[None])  # the same blurry frame for every output time
+        image_bgr8 = recording.read_exposure_bgr8(index)
         read_image = time.perf_counter()
         packed = recording.spikes.read(window.window_first, window.window_stop)
         read_spikes = time.perf_counter()
-        spike_height, spike_width = recording.meta.spike.height, recording.meta.spike.width
-        self._extract(packed, spike_height, spike_width, window.centers, window=self.shape.spike_frames,
-                      first_index=window.window_first, out=self.spikes)
-        if calibration is not None and calibration.photometric is not None:
-            np.copyto(self.spikes, calibration.correct_spike_frames(self.spikes))
+        spike = recording.meta.spike
+        fill_exposure_inputs(self.image, self.spikes, image_bgr8, packed, (spike.height, spike.width),
+                             window.centers, window.window_first, self.calibration)
         done = time.perf_counter()
         self.times_s["read_image"] += read_image - started
         self.times_s["read_spikes"] += read_spikes - read_image
         self.times_s["kernels"] += done - read_spikes
-        return self.blur, self.spikes, window
+        return self.image, self.spikes, window
 
 
 def to_bgr8(images: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -191,7 +210,7 @@ def deblur_recording(recording, runner: Runner, out_dir: str | os.PathLike, conf
                      progress: ProgressCallback | None = None, calibration=None) -> dict:
     """Deblur every complete exposure of an opened recording with a loaded runner; returns the summary.
 
-    The runner's shape must be ``(config.k, 3, H, W)`` on the recording's network grid; ``calibration``
+    The runner's shape must be ``config.k`` frames on the recording's network grid; ``calibration``
     (RigCalibration or None) is applied to every exposure.
     """
     import cv2
@@ -210,7 +229,7 @@ def deblur_recording(recording, runner: Runner, out_dir: str | os.PathLike, conf
         logger.warning("exposure %d skipped: %s", item["index"], item["reason"])
     height, width = reader.shape.height, reader.shape.width
     video = _open_video(out_dir / VIDEO_FILE, config.video_fps, 2 * width, height) if config.write_video else None
-    sharp8 = np.empty((config.k, height, width, 3), np.uint8)
+    sharp8 = np.empty(runner.shape.sharp, np.uint8)
     side_by_side = np.empty((height, 2 * width, 3), np.uint8)
     png_params = [cv2.IMWRITE_PNG_COMPRESSION, config.png_compression]
     stage_s: dict[str, list[float]] = {stage: [] for stage in STAGES}
@@ -219,14 +238,13 @@ def deblur_recording(recording, runner: Runner, out_dir: str | os.PathLike, conf
     try:
         for done, exposure in enumerate(exposures, start=1):
             before = dict(reader.times_s)
-            blur, spikes, window = reader.read(exposure.index)
+            image, spikes, window = reader.read(exposure.index)
             for stage in ("read_image", "read_spikes", "kernels"):
                 stage_s[stage].append(reader.times_s[stage] - before[stage])
             t0 = time.perf_counter()
-            sharp = runner.infer(blur, spikes)
+            runner.infer(image, spikes, out=sharp8)
             t1 = time.perf_counter()
-            to_bgr8(sharp, out=sharp8)
-            blur8 = to_bgr8(blur[:1])[0]
+            blur8 = image[0]
             t2 = time.perf_counter()
             for k in range(config.k):
                 name = f"{FRAMES_DIR}/{exposure.index:06d}_{k:02d}.png"

@@ -1,9 +1,10 @@
 """Export the LDN student to ONNX at fp32, fp16 or int8 (SPEC §3, §8).
 
-Every export has the inputs ``blur`` (K,3,H,W) and ``spikes`` (K,S,H/4,W/4) and the output ``sharp``
-(K,3,H,W), all float32 whatever the precision (the output is the unclipped network value: clip to [0,1]
-where it is consumed). fp16 is a float16 graph with float32 I/O; int8 is a static Q/DQ graph calibrated on
-real exposure windows, the form TensorRT 11 (which has no INT8 builder flag) and ONNX Runtime both run.
+Every export is the deployed graph ``engines.ldn.ExposureLDN``: inputs ``image`` (1,H,W,3) BGR and
+``spikes`` (K,S,H/4,W/4) levels (``SPIKE_LEVEL`` = one spike), output ``sharp`` (K,H,W,3) BGR, all uint8
+whatever the precision; the conversions to and from float, the clipping and the rounding are in the
+graph. fp16 is a float16 graph inside those uint8 edges; int8 is a static Q/DQ graph calibrated on real
+exposure windows, the form TensorRT 11 (which has no INT8 builder flag) and ONNX Runtime both run.
 The file carries ``spikereveal.*`` metadata: network config, spike window, colour order, precision, the
 source checkpoint's sha256 and the spikereveal version; ``read_onnx_metadata`` reads it back.
 """
@@ -24,7 +25,7 @@ import numpy as np
 
 from spikereveal import __version__
 from spikereveal.engines.cache import PRECISIONS, check_precision_name, file_sha256
-from spikereveal.engines.runners import INPUT_NAMES, OUTPUT_NAME, SPIKE_SCALE, InputShape
+from spikereveal.engines.runners import INPUT_NAMES, IO_DTYPE, OUTPUT_NAME, SPIKE_LEVEL, SPIKE_SCALE, InputShape
 from spikereveal.errors import ConfigError, FormatError, require
 from spikereveal.kernels.timing import DEFAULT_K
 
@@ -121,7 +122,8 @@ def build_metadata(network_config: Mapping[str, Any], precision: str, source_sha
         "spike_window": spike_frames,
         "spike_scale": SPIKE_SCALE,
         "color_order": "bgr",
-        "value_range": "[0,1]; output unclipped, clip to [0,1]",
+        "io": "uint8: image (1,H,W,3), spikes (K,S,H/4,W/4), sharp (K,H,W,3)",
+        "spike_level": SPIKE_LEVEL,
         "precision": precision,
         "source_sha256": source_sha256,
         "batch": "dynamic" if config.dynamic else config.batch,
@@ -186,33 +188,35 @@ def check_onnx_precision(metadata: Mapping[str, str], precision: str, path) -> N
 # -- export ----------------------------------------------------------------------------------------------
 def _export_fp32(model, out_path: Path, config: ExportConfig) -> None:
     torch = require("torch", "ONNX export", "train")
+    from spikereveal.engines.ldn import ExposureLDN
+
     spike_frames = int(getattr(getattr(model, "config", None), "spike_frames", 21))
     batch, height, width = _TRACE_SHAPE if config.dynamic else (config.batch, config.height, config.width)
     generator = torch.Generator().manual_seed(0)
-    blur = torch.rand(batch, 3, height, width, generator=generator)
+    image = torch.randint(0, 256, (1, height, width, 3), generator=generator, dtype=torch.uint8)
     spikes = (torch.rand(batch, spike_frames, height // SPIKE_SCALE, width // SPIKE_SCALE,
-                         generator=generator) < 0.2).float()
+                         generator=generator) < 0.2).to(torch.uint8) * SPIKE_LEVEL
     dynamic_axes = None
     if config.dynamic:
         dynamic_axes = {
-            "blur": {0: "batch", 2: "height", 3: "width"},
+            "image": {1: "height", 2: "width"},
             "spikes": {0: "batch", 2: "spike_height", 3: "spike_width"},
-            "sharp": {0: "batch", 2: "height", 3: "width"},
+            "sharp": {0: "batch", 1: "height", 2: "width"},
         }
-    model = model.eval().float()
+    model = ExposureLDN(model.eval().float()).eval()
     with warnings.catch_warnings(), torch.no_grad():
         # the TorchScript exporter is deprecated in torch >= 2.9 but needs no onnxscript and gives the plain
         # Conv/Relu graph every runtime (TensorRT 10.3 included) handles
         warnings.simplefilter("ignore", category=DeprecationWarning)
         warnings.simplefilter("ignore", category=FutureWarning)
         torch.onnx.export(
-            model, (blur, spikes), str(out_path), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+            model, (image, spikes), str(out_path), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
             dynamic_axes=dynamic_axes, opset_version=config.opset, do_constant_folding=True, dynamo=False,
         )
 
 
 def _to_fp16(model_proto):
-    """float16 graph, float32 inputs/outputs (Cast at the edges)."""
+    """float16 graph inside the uint8 edges (the converter turns the edge Casts to float16)."""
     try:  # the standalone package, when installed, is the upstream of onnxruntime's copy
         from onnxconverter_common.float16 import convert_float_to_float16
     except ImportError:
@@ -245,8 +249,8 @@ def _sort_nodes_topologically(graph) -> None:
 
 
 class WindowCalibrationReader:
-    """onnxruntime CalibrationDataReader over exposure windows: ``(blur, spikes)`` pairs or
-    ``{"blur", "spikes"}`` dicts (e.g. ``spikereveal.calibration.int8_data.ldn_calibration_windows``).
+    """onnxruntime CalibrationDataReader over exposure windows: ``(image, spikes)`` uint8 pairs or
+    ``{"image", "spikes"}`` dicts (e.g. ``spikereveal.calibration.int8_data.ldn_calibration_windows``).
 
     ``shape``: refuse windows of another geometry with a clear error (a static export calibrates on its own).
     """
@@ -264,16 +268,19 @@ class WindowCalibrationReader:
             item = next(self._windows)
         except StopIteration:
             return None
-        blur, spikes = (item["blur"], item["spikes"]) if isinstance(item, Mapping) else item
-        if self._shape is not None and (blur.shape, spikes.shape) != (self._shape.blur, self._shape.spikes):
+        image, spikes = (item["image"], item["spikes"]) if isinstance(item, Mapping) else item
+        if self._shape is not None and (image.shape, spikes.shape) != (self._shape.image, self._shape.spikes):
             raise ConfigError(
-                f"a calibration window has blur {blur.shape} and spikes {spikes.shape} but the export's geometry "
-                f"is {self._shape.blur} / {self._shape.spikes}; calibrate on recordings of the export's geometry "
+                f"a calibration window has image {image.shape} and spikes {spikes.shape} but the export's geometry "
+                f"is {self._shape.image} / {self._shape.spikes}; calibrate on recordings of the export's geometry "
                 "and --batch (or export with --dynamic)")
+        if image.dtype != IO_DTYPE or spikes.dtype != IO_DTYPE:
+            raise ConfigError(f"calibration windows must be uint8 (image, spike levels), got {image.dtype} and "
+                              f"{spikes.dtype}")
         if self._left is not None:
             self._left -= 1
         self.count += 1
-        return {"blur": np.ascontiguousarray(blur, np.float32), "spikes": np.ascontiguousarray(spikes, np.float32)}
+        return {"image": np.ascontiguousarray(image), "spikes": np.ascontiguousarray(spikes)}
 
     def __iter__(self):
         return self
@@ -318,7 +325,7 @@ def export_ldn(model, out_path: str | os.PathLike, config: ExportConfig, *, sour
                extra_metadata: Mapping[str, Any] | None = None) -> Path:
     """Export an LDN ``nn.Module`` to ``out_path`` at ``config.precision``; returns the path.
 
-    ``calibration`` (int8 only): an iterable of ``(blur, spikes)`` float32 windows (pairs or dicts) of the
+    ``calibration`` (int8 only): an iterable of ``(image, spikes)`` uint8 windows (pairs or dicts) of the
     export's geometry; the first ``config.calibration_windows`` are used.
     """
     onnx = require("onnx", "ONNX export", "train")

@@ -12,9 +12,11 @@ from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from spikereveal.errors import ConfigError
+from spikereveal.kernels.extract import SPIKE_LEVEL
 from spikereveal.kernels.timing import LDN_SPIKE_WINDOW
 
 #: The image/spike resolution ratio the LDN is built for (two stride-2 encoder stages).
@@ -147,15 +149,17 @@ class LDN(nn.Module):
         if not _exporting():
             self.check_inputs(blur, spikes)
         spikes = spikes.to(blur.dtype)
-        blur_features = self.blur_enc2(self.blur_enc(blur))
-        spike_features = self.spike_enc2(self.spike_enc(spikes))
+        fused = self.fuse_and_decode(self.blur_enc2(self.blur_enc(blur)), self.spike_enc2(self.spike_enc(spikes)))
+        # The official head concatenates the blurry image FIRST, then the 16 decoded channels.
+        return self.pred(torch.cat([blur, fused], dim=1))
+
+    def fuse_and_decode(self, blur_features: torch.Tensor, spike_features: torch.Tensor) -> torch.Tensor:
+        """Everything between the two encoders and the head: (N, 32, H/4, W/4) x 2 -> (N, 16, H, W)."""
         fused = torch.cat([blur_features, spike_features], dim=1)
         fused = self.ca(fused) * fused
         fused = self.sa(fused) * fused
         fused = self.resBlock2(self.resBlock1(fused))
-        fused = self.decoder2(self.decoder1(fused))
-        # The official head concatenates the blurry image FIRST, then the 16 decoded channels.
-        return self.pred(torch.cat([blur, fused], dim=1))
+        return self.decoder2(self.decoder1(fused))
 
     def forward_exposure(self, blur: torch.Tensor, spike_windows: torch.Tensor) -> torch.Tensor:
         """All K timestamps of one exposure as one batch: the same blurry frame for each spike window.
@@ -172,6 +176,33 @@ class LDN(nn.Module):
                 f"got {tuple(spike_windows.shape)}"
             )
         return self(blur.expand(spike_windows.shape[0], -1, -1, -1), spike_windows)
+
+
+class ExposureLDN(nn.Module):
+    """The deployed graph: one exposure in its wire formats, the same function as ``LDN.forward_exposure``.
+
+    ``forward(image (1,H,W,3) uint8 BGR, spikes (K,S,H/4,W/4) uint8 levels) -> (K,H,W,3) uint8 BGR``:
+    ``image / 255`` and ``spikes / SPIKE_LEVEL`` in, the output clipped to [0, 1] and rounded half up
+    (``floor(x * 255 + 0.5)``, as ``engines.deblur.to_bgr8``). The conversions run inside the graph (on a
+    GPU they fuse into the first and last layers, and the host moves uint8, not float32), and the blurry
+    frame is encoded once for the K timestamps: the head's 1x1 conv over ``cat(blur, decoded)`` is split
+    into its blur and decoded parts, so the (K,3,H,W) copies of the frame are never made.
+    """
+
+    def __init__(self, ldn: nn.Module):
+        super().__init__()
+        self.ldn = ldn
+
+    def forward(self, image: torch.Tensor, spikes: torch.Tensor) -> torch.Tensor:
+        ldn = self.ldn
+        blur = image.permute(0, 3, 1, 2).float() / 255.0  # (1, 3, H, W)
+        spikes = spikes.float() / float(SPIKE_LEVEL)
+        blur_features = ldn.blur_enc2(ldn.blur_enc(blur))
+        blur_features = blur_features.expand(spikes.shape[0], -1, -1, -1)
+        decoded = ldn.fuse_and_decode(blur_features, ldn.spike_enc2(ldn.spike_enc(spikes)))
+        weight = ldn.pred.weight  # (3, 3 + 16, 1, 1): the blurry image's channels come first
+        sharp = F.conv2d(blur, weight[:, :3]) + F.conv2d(decoded, weight[:, 3:], ldn.pred.bias)
+        return (sharp.clamp(0.0, 1.0) * 255.0 + 0.5).floor().to(torch.uint8).permute(0, 2, 3, 1)
 
 
 def count_parameters(model: nn.Module) -> int:

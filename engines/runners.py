@@ -1,10 +1,13 @@
 """One small runner interface over ONNX Runtime, PyTorch eager and TensorRT (Polygraphy-like).
 
-A runner holds one loaded network for one static input geometry ``(K, 3, H, W)`` + ``(K, S, H/4, W/4)``
-(K = output frames per exposure, S = spike frames per window). ``load()`` builds/loads and warms it up;
-``infer(blur, spikes)`` runs one exposure window and returns the runner's preallocated ``sharp`` array
-(float32, ``(K, 3, H, W)``, unclipped network output) which the next call overwrites: copy it to keep it.
-Runners are context managers (``with create_runner(...) as runner:`` loads and closes).
+A runner holds one loaded network (the deployed graph, ``engines.ldn.ExposureLDN``) for one static
+geometry: the exposure's ``image`` (1, H, W, 3) uint8 BGR and ``spikes`` (K, S, H/4, W/4) uint8 levels
+(``SPIKE_LEVEL`` = one spike) in, ``sharp`` (K, H, W, 3) uint8 BGR out (K = output frames per exposure,
+S = spike frames per window). ``load()`` builds/loads and warms it up; ``infer(image, spikes)`` runs one
+exposure and returns the runner's preallocated ``sharp`` array, which the next call overwrites (copy it to
+keep it), or writes into ``out=`` when given. The host moves uint8 only: the float conversions, the
+clipping and the rounding happen inside the graph. Runners are context managers
+(``with create_runner(...) as runner:`` loads and closes).
 
 Backends are looked up by name in ``RUNNERS`` and imported lazily, so this module imports neither
 onnxruntime, torch nor TensorRT; a missing backend raises one MissingDependencyError.
@@ -24,18 +27,25 @@ import numpy as np
 
 from spikereveal.engines.cache import check_precision_name
 from spikereveal.errors import ConfigError, MissingDependencyError, SpikeRevealError
+from spikereveal.kernels.extract import SPIKE_LEVEL
 from spikereveal.kernels.timing import LDN_SPIKE_WINDOW
 
 logger = logging.getLogger(__name__)
 
 SPIKE_SCALE = 4  # image / spike resolution ratio of the LDN
-INPUT_NAMES = ("blur", "spikes")
+INPUT_NAMES = ("image", "spikes")
 OUTPUT_NAME = "sharp"
+#: dtype of every input and output of a deployed graph
+IO_DTYPE = np.uint8
 
 
 @dataclass(frozen=True)
 class InputShape:
-    """Static geometry of one exposure window: K frames of an H x W image, S spike frames each."""
+    """Static geometry of one exposure window: K frames of an H x W image, S spike frames each.
+
+    The deployed graph's tensors: ``image`` (1, H, W, 3), ``spikes`` (K, S, H/4, W/4), ``sharp``
+    (K, H, W, 3), all uint8.
+    """
 
     batch: int
     height: int
@@ -55,8 +65,8 @@ class InputShape:
             )
 
     @property
-    def blur(self) -> tuple[int, int, int, int]:
-        return (self.batch, 3, self.height, self.width)
+    def image(self) -> tuple[int, int, int, int]:
+        return (1, self.height, self.width, 3)
 
     @property
     def spikes(self) -> tuple[int, int, int, int]:
@@ -64,10 +74,10 @@ class InputShape:
 
     @property
     def sharp(self) -> tuple[int, int, int, int]:
-        return self.blur
+        return (self.batch, self.height, self.width, 3)
 
     def as_dict(self) -> dict[str, tuple[int, ...]]:
-        return {"blur": self.blur, "spikes": self.spikes}
+        return {"image": self.image, "spikes": self.spikes}
 
 
 @dataclass(frozen=True)
@@ -118,10 +128,10 @@ class Runner(abc.ABC):
             return self
         self._load()
         self.loaded = True
-        blur = np.zeros(self.shape.blur, np.float32)
-        spikes = np.zeros(self.shape.spikes, np.float32)
+        image = np.zeros(self.shape.image, IO_DTYPE)
+        spikes = np.zeros(self.shape.spikes, IO_DTYPE)
         for _ in range(self.options.warmup_runs):
-            self.infer(blur, spikes)
+            self.infer(image, spikes)
         return self
 
     def close(self) -> None:
@@ -136,24 +146,30 @@ class Runner(abc.ABC):
         self.close()
 
     # -- inference -------------------------------------------------------------------------------------
-    def infer(self, blur: np.ndarray, spikes: np.ndarray) -> np.ndarray:
-        """One exposure window: ``blur (K,3,H,W)``, ``spikes (K,S,H/4,W/4)`` float32 -> ``sharp (K,3,H,W)``.
+    def infer(self, image: np.ndarray, spikes: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """One exposure: ``image (1,H,W,3)``, ``spikes (K,S,H/4,W/4)`` uint8 -> ``sharp (K,H,W,3)`` uint8.
 
-        Returns the runner's own output buffer (unclipped), overwritten by the next call.
+        Returns the runner's own output buffer, overwritten by the next call, or ``out`` (a C-contiguous
+        uint8 array of the output's shape) filled with the result.
         """
         if not self.loaded:
             raise RunnerError(f"{self.name} runner: call load() (or use it as a context manager) before infer()")
-        return self._infer(self._check_input("blur", blur, self.shape.blur),
-                           self._check_input("spikes", spikes, self.shape.spikes))
+        if out is not None and (not isinstance(out, np.ndarray) or out.shape != self.shape.sharp
+                                or out.dtype != IO_DTYPE or not out.flags.c_contiguous or not out.flags.writeable):
+            raise ConfigError(f"out must be a writeable C-contiguous uint8 array of shape {self.shape.sharp}, got "
+                              f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
+        return self._infer(self._check_input("image", image, self.shape.image),
+                           self._check_input("spikes", spikes, self.shape.spikes), out)
 
     def _check_input(self, name: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         if not isinstance(array, np.ndarray):
             raise ConfigError(f"{name} must be a numpy array, got {type(array).__name__}")
         if array.shape != shape:
             raise ConfigError(f"{self.name} runner was loaded for {name} of shape {shape}, got {array.shape}")
-        if array.dtype != np.float32 or not array.flags.c_contiguous:
-            array = np.ascontiguousarray(array, dtype=np.float32)
-        return array
+        if array.dtype != IO_DTYPE:
+            raise ConfigError(f"{name} must be uint8 (the image as the camera gives it; spikes as levels, "
+                              f"{SPIKE_LEVEL} = one spike), got {array.dtype}")
+        return np.ascontiguousarray(array)
 
     def describe(self) -> dict[str, Any]:
         """What a report needs to say about this runner."""
@@ -163,7 +179,7 @@ class Runner(abc.ABC):
     def _load(self) -> None: ...
 
     @abc.abstractmethod
-    def _infer(self, blur: np.ndarray, spikes: np.ndarray) -> np.ndarray: ...
+    def _infer(self, image: np.ndarray, spikes: np.ndarray, out: np.ndarray | None) -> np.ndarray: ...
 
     def _close(self) -> None:
         pass
@@ -220,17 +236,21 @@ class OrtRunner(Runner):
                 raise ConfigError(f"{self.onnx_path} is a static export with {tensor.name} {tuple(tensor.shape)}, "
                                   f"but {expected[tensor.name]} is needed; re-export it for this geometry "
                                   "(--batch/--height/--width) or with --dynamic")
-        self.sharp = np.empty(self.shape.sharp, np.float32)
+        self.sharp = np.zeros(self.shape.sharp, IO_DTYPE)
         self._binding = self._session.io_binding()
-        self._binding.bind_output(OUTPUT_NAME, "cpu", 0, np.float32, self.shape.sharp, self.sharp.ctypes.data)
+        self._bound_output = None
         self._ortvalue = ort.OrtValue
 
-    def _infer(self, blur: np.ndarray, spikes: np.ndarray) -> np.ndarray:
-        # OrtValues over the caller's CPU arrays: no copy of the (large) inputs
-        self._binding.bind_ortvalue_input("blur", self._ortvalue.ortvalue_from_numpy(blur))
+    def _infer(self, image: np.ndarray, spikes: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+        # OrtValues over the caller's CPU arrays: no copy of the inputs; ORT writes straight into the output
+        target = self.sharp if out is None else out
+        if self._bound_output is not target:
+            self._binding.bind_output(OUTPUT_NAME, "cpu", 0, IO_DTYPE, self.shape.sharp, target.ctypes.data)
+            self._bound_output = target
+        self._binding.bind_ortvalue_input("image", self._ortvalue.ortvalue_from_numpy(image))
         self._binding.bind_ortvalue_input("spikes", self._ortvalue.ortvalue_from_numpy(spikes))
         self._session.run_with_iobinding(self._binding)
-        return self.sharp
+        return target
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
@@ -238,7 +258,7 @@ class OrtRunner(Runner):
         return info
 
     def _close(self) -> None:
-        self._binding = None
+        self._binding = self._bound_output = None
         self._session = None
 
 
@@ -266,18 +286,20 @@ class TorchRunner(Runner):
             model, _ = load_checkpoint(_require_file(model, "PyTorch runner"), expected_kind="ldn")
         if not isinstance(model, torch.nn.Module):
             raise ConfigError(f"the torch runner needs an nn.Module or a checkpoint path, got {type(model).__name__}")
+        from spikereveal.engines.ldn import ExposureLDN
+
         # process-wide in torch; set always so that torch and ort compare at the same thread count
         torch.set_num_threads(self.options.resolved_threads())
-        self._model = model.eval().float()
+        self._model = ExposureLDN(model.eval().float()).eval()
         self._torch = torch
-        self.sharp = np.empty(self.shape.sharp, np.float32)
-        self._sharp_tensor = torch.from_numpy(self.sharp)
+        self.sharp = np.zeros(self.shape.sharp, IO_DTYPE)
 
-    def _infer(self, blur: np.ndarray, spikes: np.ndarray) -> np.ndarray:
+    def _infer(self, image: np.ndarray, spikes: np.ndarray, out: np.ndarray | None) -> np.ndarray:
         torch = self._torch
+        target = self.sharp if out is None else out
         with torch.inference_mode():
-            self._sharp_tensor.copy_(self._model(torch.from_numpy(blur), torch.from_numpy(spikes)))
-        return self.sharp
+            torch.from_numpy(target).copy_(self._model(torch.from_numpy(image), torch.from_numpy(spikes)))
+        return target
 
     def _close(self) -> None:
         self._model = None

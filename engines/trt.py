@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from spikereveal.engines.cache import EngineCache, EngineKey, check_precision_name, file_sha256
-from spikereveal.engines.runners import INPUT_NAMES, OUTPUT_NAME, InputShape, Runner, RunnerError, RunnerOptions
+from spikereveal.engines.runners import INPUT_NAMES, IO_DTYPE, OUTPUT_NAME, InputShape, Runner, RunnerError, RunnerOptions
 from spikereveal.errors import ConfigError, MissingDependencyError, SpikeRevealError
 
 logger = logging.getLogger(__name__)
@@ -85,13 +85,14 @@ def engine_precision_problems(requested: str, io_dtypes: Mapping[str, str], laye
                               ) -> list[str]:
     """Why an engine does not match ``requested``; empty when it does.
 
-    Rules: I/O is float32 at every precision. fp32: no reduced-precision layer tensor at all. fp16: some
+    Rules: I/O is uint8 at every precision (the deployed graph's edges, see ``engines.runners``). fp32: no
+    reduced-precision layer tensor at all. fp16: some
     fp16 layer tensors, no int8. int8: some int8 layer tensors. Without layer detail nothing is verified,
     which is itself a problem (the engine must be built with DETAILED profiling verbosity).
     """
     check_precision_name(requested)
-    problems = [f"I/O tensor {name!r} is {dtype}, expected fp32" for name, dtype in sorted(io_dtypes.items())
-                if dtype != "fp32"]
+    problems = [f"I/O tensor {name!r} is {dtype}, expected uint8 (re-export the model with this version)"
+                for name, dtype in sorted(io_dtypes.items()) if dtype != "uint8"]
     seen = {dtype for dtype, count in layer_dtypes.items() if count > 0}
     if not seen:
         problems.append("the engine reports no layer tensor types (build it with DETAILED profiling verbosity)")
@@ -193,15 +194,15 @@ class _CudaRuntime:
         pointer = self._check(self.cudart.cudaMalloc(nbytes), "cudaMalloc")
         return pointer, int(pointer)
 
-    def host_buffer(self, shape: tuple[int, ...]) -> tuple[Any, np.ndarray]:
-        """Pinned host memory as a float32 numpy array."""
+    def host_buffer(self, shape: tuple[int, ...], dtype=IO_DTYPE) -> tuple[Any, np.ndarray]:
+        """Pinned host memory as a numpy array of ``dtype``."""
         if self.backend == "pycuda":
-            array = self.driver.pagelocked_empty(shape, np.float32)
+            array = self.driver.pagelocked_empty(shape, dtype)
             return array, array
-        nbytes = int(np.prod(shape)) * 4
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         pointer = int(self._check(self.cudart.cudaMallocHost(nbytes), "cudaMallocHost"))
         raw = (ctypes.c_byte * nbytes).from_address(pointer)
-        return pointer, np.frombuffer(raw, np.float32).reshape(shape)
+        return pointer, np.frombuffer(raw, dtype).reshape(shape)
 
     def copy_async(self, dst: int, src: int, nbytes: int, to_device: bool, stream) -> None:
         if self.backend == "pycuda":
@@ -404,7 +405,7 @@ class TrtRunner(Runner):
         shapes = {**self.shape.as_dict(), OUTPUT_NAME: self.shape.sharp}
         self._device, self._host, self._host_arrays = {}, {}, {}
         for name, dims in shapes.items():
-            nbytes = int(np.prod(dims)) * 4
+            nbytes = int(np.prod(dims)) * np.dtype(IO_DTYPE).itemsize
             self._device[name] = cuda.device_buffer(nbytes)
             self._host[name], self._host_arrays[name] = cuda.host_buffer(dims)
             if name in INPUT_NAMES and tuple(self._engine.get_tensor_shape(name)) != tuple(dims):
@@ -428,8 +429,8 @@ class TrtRunner(Runner):
         cuda.copy_async(out.ctypes.data if cuda.backend != "pycuda" else out, self._device[OUTPUT_NAME][1],
                         out.nbytes, False, stream)
 
-    def _infer(self, blur: np.ndarray, spikes: np.ndarray) -> np.ndarray:
-        for name, array in (("blur", blur), ("spikes", spikes)):
+    def _infer(self, image: np.ndarray, spikes: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+        for name, array in (("image", image), ("spikes", spikes)):
             host = self._host_arrays[name]
             if array is not host:
                 np.copyto(host, array)
@@ -438,7 +439,10 @@ class TrtRunner(Runner):
         else:
             self._enqueue()
         self._cuda.synchronize(self._stream)
-        return self.sharp
+        if out is None:
+            return self.sharp
+        np.copyto(out, self.sharp)  # the captured graph copies into the pinned buffer; hand out a copy
+        return out
 
     @property
     def inputs(self) -> dict[str, np.ndarray]:

@@ -1,4 +1,9 @@
-"""The LDN's spike input: the raw frames around each output timestamp, unpacked to float32 planes."""
+"""The LDN's spike input: the raw frames around each output timestamp, unpacked to planes.
+
+float32 0/1 for training and PyTorch; uint8 levels (``SPIKE_LEVEL`` = one spike) for the deployed graph,
+which divides by ``SPIKE_LEVEL`` itself: a quarter of the bytes to write per exposure, and room for the
+fractional values a hot-pixel fill gives (``calibration.photometric``).
+"""
 
 from __future__ import annotations
 
@@ -10,21 +15,23 @@ from spikereveal.kernels.accumulate import check_out
 from spikereveal.kernels.packing import as_packed
 from spikereveal.kernels.timing import LDN_SPIKE_WINDOW
 
-# byte -> its 8 bits as float32 0/1, least significant bit first (the canonical bit order)
-_BYTE_TO_FLOATS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little").astype(
-    np.float32
-)
+#: one spike in the uint8 spike planes of the deployed graph
+SPIKE_LEVEL = 255
+_BITS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little")
+# byte -> its 8 bits, least significant bit first (the canonical bit order), in each output dtype
+_BYTE_TO_BITS = {np.dtype(np.float32): _BITS.astype(np.float32),
+                 np.dtype(np.uint8): (_BITS * SPIKE_LEVEL).astype(np.uint8)}
 
 
 @njit
-def _unpack_rows_kernel(packed, first_rows, window, out):
-    """out[k, f, :] = the bits of packed[first_rows[k] + f] as float32 0/1; out is (K, window, H*W)."""
+def _unpack_rows_kernel(packed, first_rows, window, table, out):
+    """out[k, f, :] = table[bit] for the bits of packed[first_rows[k] + f]; out is (K, window, H*W)."""
     n_bytes = packed.shape[1]
     for k in range(first_rows.shape[0]):
         for f in range(window):
             row = first_rows[k] + f
             for i in range(n_bytes):
-                bits = _BYTE_TO_FLOATS[packed[row, i]]
+                bits = table[packed[row, i]]
                 for bit in range(8):
                     out[k, f, 8 * i + bit] = bits[bit]
 
@@ -57,18 +64,26 @@ def centred_rows(centers, window: int, frame_count: int, first_index: int = 0) -
 
 
 def extract_ldn_input(
-    packed, height: int, width: int, centers, window: int = LDN_SPIKE_WINDOW, first_index: int = 0, out=None
+    packed, height: int, width: int, centers, window: int = LDN_SPIKE_WINDOW, first_index: int = 0, out=None,
+    dtype=np.float32,
 ) -> np.ndarray:
-    """The ``window`` raw frames centred on each of ``centers``, unpacked: (K, window, H, W) float32 of 0/1.
+    """The ``window`` raw frames centred on each of ``centers``, unpacked: (K, window, H, W).
 
-    Frame ``i`` of ``packed`` (canonical packed frames) has index ``first_index + i``; window ``k`` holds
-    frames ``centers[k] - window // 2 .. centers[k] + window // 2``. Written into ``out`` when given (a
-    C-contiguous float32 array of exactly that shape, e.g. the inference engine's input buffer).
+    float32 0/1, or with ``dtype=np.uint8`` the deployed graph's levels 0/``SPIKE_LEVEL``. Frame ``i`` of
+    ``packed`` (canonical packed frames) has index ``first_index + i``; window ``k`` holds frames
+    ``centers[k] - window // 2 .. centers[k] + window // 2``. Written into ``out`` when given (a
+    C-contiguous array of exactly that shape whose dtype sets the output's, e.g. the engine's input buffer).
     """
     packed = as_packed(packed, height, width)
     window = check_window_size(window)
     first_rows = centred_rows(centers, window, packed.shape[0], first_index)
-    out = check_out(out, (first_rows.size, window, height, width), np.float32)
+    what = "out" if isinstance(out, np.ndarray) else "dtype"
+    if isinstance(out, np.ndarray):
+        dtype = out.dtype
+    table = _BYTE_TO_BITS.get(np.dtype(dtype))
+    if table is None:
+        raise ConfigError(f"{what} must be float32 (spikes 0/1) or uint8 (spikes 0/{SPIKE_LEVEL}), got {np.dtype(dtype)}")
+    out = check_out(out, (first_rows.size, window, height, width), table.dtype)
     if first_rows.size:
-        _unpack_rows_kernel(packed, first_rows, window, out.reshape(first_rows.size, window, height * width))
+        _unpack_rows_kernel(packed, first_rows, window, table, out.reshape(first_rows.size, window, height * width))
     return out

@@ -120,7 +120,7 @@ class WorkerConfig:
 
     queue_capacity_jobs: int = 2
     when_full: str = "drop_oldest"
-    output_pixel_format: str = "bgr8"  # sharp frames on the wire: bgr8 (viewers) or bgr_f32 (bit-exact)
+    output_pixel_format: str = "bgr8"  # sharp frames on the wire: bgr8 (viewers) or bgr_f32 (float layout)
     save_dir: str | None = None  # also write frames/ and frames.csv like `deblur`
     png_compression: int = 1
     write_video: bool = False  # with save_dir: a side-by-side (blurry | sharp) MP4

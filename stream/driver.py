@@ -495,7 +495,7 @@ class RecordingDriver(RigDriver):
             self._thread.join()
 
     def _deliver(self, sink: RigSink) -> None:
-        from spikereveal.stream.replay import _to_bgr8, replay_schedule
+        from spikereveal.stream.replay import replay_schedule
 
         try:
             spike, fmt = self.recording.meta.spike, self.spike_format()
@@ -514,7 +514,7 @@ class RecordingDriver(RigDriver):
                     sink.spike_block(event.stream_index, packed, copy=False)
                 else:
                     exposure = self.recording.exposure(event.exposure_index)
-                    image = _to_bgr8(self.recording.read_exposure(event.exposure_index))
+                    image = self.recording.read_exposure_bgr8(event.exposure_index)
                     sink.exposure(int(exposure.start_ns), int(exposure.duration_ns), image,
                                   frame_id=event.frame_id, copy=False)
             sink.finish()

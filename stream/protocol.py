@@ -30,7 +30,7 @@ Bodies (all integers little-endian, reserved bytes zero)::
                   | pixel_format u8 | reserved u8 | reserved u16
                   payload: pixel_format 1 (bgr8): uint8 (height, width, 3) BGR -- the default, what a
                   viewer shows and a quarter of the bytes; pixel_format 2 (bgr_f32): float32 (3, height,
-                  width) BGR in [0, 1], the library's own layout, for bit-exact comparisons.
+                  width) BGR in [0, 1], the library's own layout (the network's 8-bit result / 255).
 
 Decoding validates the whole header (part count, magic, version, kind, header size, topic, every field,
 geometry limits, payload size implied by the geometry, actual payload length) before it touches the

@@ -193,12 +193,6 @@ class ReplayStats(PublishStats):
     stopped: bool = False  # ended by the stop event rather than the end of the recording
 
 
-def _to_bgr8(image: np.ndarray) -> np.ndarray:
-    """Library float (3, H, W) BGR in [0, 1] -> uint8 (H, W, 3) BGR (exact for images read from 8-bit PNGs)."""
-    scaled = np.clip(image, 0.0, 1.0) * np.float32(255.0) + np.float32(0.5)
-    return np.ascontiguousarray(scaled.astype(np.uint8).transpose(1, 2, 0))
-
-
 class Replayer:
     """Paces :func:`replay_schedule` on ``clock`` and hands encoded messages to ``send_spike`` / ``send_rgb``
     (each returns False when the message was dropped). No sockets, so tests run it on a manual clock."""
@@ -265,7 +259,7 @@ class Replayer:
                 image = None
         if image is None or image.shape != (rgb.height, rgb.width, 3):
             # the recording's reader validates and names the file and line of whatever is wrong
-            image = _to_bgr8(recording.read_exposure(index))
+            image = recording.read_exposure_bgr8(index)
         return image
 
     def prepare(self) -> None:

@@ -3,10 +3,10 @@
 * :class:`JobQueue` -- the bounded FIFO between the synchroniser and inference. When inference is slower
   than the exposure rate it fills; the policy is explicit (``drop_oldest`` by default, or ``drop_newest``)
   and every dropped exposure is counted. Memory: ``capacity`` windows waiting + the ones being inferred.
-* :class:`ExposureProcessor` -- one ReadyJob in, K sharp frames out: converts the frame with
-  :func:`spikereveal.kernels.convert.bgr8_to_planar` and cuts the LDN input with
-  :func:`spikereveal.kernels.extract_ldn_input` into preallocated buffers, runs the runner once (K as the
-  batch), converts with the engines' :func:`~spikereveal.engines.deblur.to_bgr8` into reused outputs.
+* :class:`ExposureProcessor` -- one ReadyJob in, K sharp frames out: copies (or, calibrated, warps) the
+  uint8 frame and cuts the spike levels with :func:`spikereveal.engines.deblur.fill_exposure_inputs` into
+  preallocated buffers, runs the runner once (K as the batch) straight into a reused uint8 output: the
+  float conversions, clipping and rounding are inside the graph (``engines.ldn.ExposureLDN``).
 * :class:`FrameSaver` -- ``frames/<exposure>_<k>.png`` + ``frames.csv`` exactly as ``spikereveal deblur``
   writes them (same names, header and timestamps: the output times on the RGB clock), and optionally the
   side-by-side video.
@@ -205,12 +205,9 @@ class ExposureProcessor:
 
     def __init__(self, runner, calibration=None, output_pixel_format: str = "bgr8",
                  clock_ns: Callable[[], int] = time.monotonic_ns):
-        from spikereveal.engines.deblur import to_bgr8
-        from spikereveal.kernels import bgr8_to_planar, extract_ldn_input  # numba, loaded on first use
+        from spikereveal.engines.deblur import fill_exposure_inputs
 
-        self._extract = extract_ldn_input
-        self._bgr8_to_planar = bgr8_to_planar
-        self._to_bgr8 = to_bgr8
+        self._fill_inputs = fill_exposure_inputs
         self.runner = runner
         self.calibration = calibration
         self.output_pixel_format = output_pixel_format
@@ -218,30 +215,25 @@ class ExposureProcessor:
         shape = runner.shape
         self.shape = shape
         # every buffer written once now: first-touch page faults would otherwise land on the first exposures
-        self.blur = np.empty(shape.blur, np.float32)
-        self.spikes = np.empty(shape.spikes, np.float32)
-        for buffer in (self.blur, self.spikes):
-            buffer.fill(0)
-        k, _, height, width = shape.sharp
-        if output_pixel_format == "bgr8":
-            self.outputs = ReusableOutputs((k, height, width, 3), np.uint8)
-        else:
-            self.outputs = ReusableOutputs(shape.sharp, np.float32)
-        self._rgb: np.ndarray | None = None  # calibrated rigs: the RGB frame before warping
+        self.image = np.zeros(shape.image, np.uint8)
+        self.spikes = np.zeros(shape.spikes, np.uint8)
+        k, height, width, _ = shape.sharp
+        # the runner writes each result straight into an output no earlier result still holds
+        self.outputs = ReusableOutputs(shape.sharp, np.uint8)
+        self.float_outputs = ReusableOutputs((k, 3, height, width), np.float32) if output_pixel_format != "bgr8" else None
         self._warm_up()
 
     def _warm_up(self) -> None:
         """Compile the numba kernels now rather than on the first live exposure (their signatures are
         shape-free: tiny arrays of the live dtypes and layouts)."""
+        from spikereveal.kernels import extract_ldn_input
+
         window = self.shape.spike_frames
-        image = np.zeros((4, 4, 3), np.uint8)
         packed = np.zeros((window, 1), np.uint8)
         for writeable in (True, False):  # decoded messages are read-only views: numba types them apart
-            image.flags.writeable = packed.flags.writeable = writeable
-            self._extract(packed, 1, 8, np.array([window // 2]), window=window, first_index=0,
-                          out=np.empty((1, window, 1, 8), np.float32))
-            planar = self._bgr8_to_planar(image, 2)
-        self._to_bgr8(planar)
+            packed.flags.writeable = writeable
+            extract_ldn_input(packed, 1, 8, np.array([window // 2]), window=window, first_index=0,
+                              out=np.empty((1, window, 1, 8), np.uint8))
 
     def check(self, job: ReadyJob) -> None:
         shape = self.shape
@@ -258,39 +250,24 @@ class ExposureProcessor:
                 f"network grid is {grid[1]}x{grid[0]}; give the rig's calibration (--config with 'calibration')")
 
     def prepare(self, job: ReadyJob) -> tuple[np.ndarray, np.ndarray]:
-        """Fill the preallocated LDN inputs for ``job``; returns ``(blur, spikes)`` (the buffers)."""
+        """Fill the preallocated network inputs for ``job``; returns ``(image, spikes)`` (the buffers):
+        the same function as ``deblur`` uses, so serve and deblur see identical inputs."""
         self.check(job)
-        # the same arithmetic as Recording.read_exposure (uint8 -> float32, / 255), so serve and deblur see
-        # identical inputs; written once into every one of the K copies (one per output time)
-        if self.calibration is None:
-            self._bgr8_to_planar(job.image, out=self.blur)
-        else:  # the RGB camera's own size, warped onto the grid
-            height, width = job.image.shape[:2]
-            if self._rgb is None or self._rgb.shape[1:] != (height, width):
-                self._rgb = np.empty((3, height, width), np.float32)
-            self._bgr8_to_planar(job.image, out=self._rgb[None])
-            np.copyto(self.blur, self.calibration.warp_exposure(self._rgb)[None])
-        self._extract(job.packed, job.spike_height, job.spike_width, job.centers, window=self.shape.spike_frames,
-                      first_index=job.first_index, out=self.spikes)
-        if self.calibration is not None and self.calibration.photometric is not None:
-            np.copyto(self.spikes, self.calibration.correct_spike_frames(self.spikes))
-        return self.blur, self.spikes
-
-    def to_bgr8(self, sharp: np.ndarray) -> np.ndarray:
-        """engines.deblur.to_bgr8 into an output no earlier result still holds: (K, H, W, 3) uint8."""
-        return self._to_bgr8(sharp, out=self.outputs.take() if self.output_pixel_format == "bgr8" else None)
+        self._fill_inputs(self.image, self.spikes, job.image, job.packed, (job.spike_height, job.spike_width),
+                          job.centers, job.first_index, self.calibration)
+        return self.image, self.spikes
 
     def process(self, job: ReadyJob) -> ExposureResult:
         clock = self._clock_ns
         started = clock()
-        blur, spikes = self.prepare(job)
+        image, spikes = self.prepare(job)
         prepared = clock()
-        sharp = self.runner.infer(blur, spikes)
+        out = self.runner.infer(image, spikes, out=self.outputs.take())
         inferred = clock()
-        if self.output_pixel_format == "bgr8":
-            out = self.to_bgr8(sharp)
-        else:
-            out = np.clip(sharp, 0.0, 1.0, out=self.outputs.take())
+        if self.float_outputs is not None:  # bgr_f32 on the wire: the graph's 8-bit result as floats
+            planar = self.float_outputs.take()
+            np.divide(out.transpose(0, 3, 1, 2), np.float32(255.0), out=planar, dtype=np.float32)  # as files are read
+            out = planar
         finished = clock()
         return ExposureResult(
             exposure_id=int(job.exposure_id),

@@ -74,3 +74,51 @@ def reference_spike_windows(packed: np.ndarray, centers, first_index: int, windo
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
     mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
     return float("inf") if mse == 0 else 10.0 * np.log10(peak * peak / mse)
+
+
+# -- the deployed graph's uint8 interface (engines.runners) ----------------------------------------------
+def exposure_inputs(shape, seed: int = 0, spike_rate: float = 0.25):
+    """Random inputs of the deployed graph for ``shape`` (an InputShape): ``image`` (1,H,W,3) uint8 BGR and
+    ``spikes`` (K,S,h,w) uint8 levels (0 or SPIKE_LEVEL)."""
+    from spikereveal.kernels.extract import SPIKE_LEVEL
+
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, shape.image, dtype=np.uint8)
+    spikes = np.where(rng.random(shape.spikes) < spike_rate, SPIKE_LEVEL, 0).astype(np.uint8)
+    return image, spikes
+
+
+def reference_sharp8(model, image: np.ndarray, spikes: np.ndarray) -> np.ndarray:
+    """The float reference of the deployed graph: ``to_bgr8(model.forward_exposure(image/255, spikes/SPIKE_LEVEL))``
+    -> (K,H,W,3) uint8."""
+    import torch
+
+    from spikereveal.engines.deblur import to_bgr8
+    from spikereveal.kernels.extract import SPIKE_LEVEL
+
+    blur = image.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
+    levels = spikes.astype(np.float32) / np.float32(SPIKE_LEVEL)
+    with torch.no_grad():
+        sharp = model.forward_exposure(torch.from_numpy(np.ascontiguousarray(blur)), torch.from_numpy(levels))
+    return to_bgr8(sharp.numpy())
+
+
+def assert_within_lsb(actual: np.ndarray, expected: np.ndarray, max_lsb: int, max_fraction: float = 1.0) -> None:
+    """uint8 images agree: no value differs by more than ``max_lsb`` and at most ``max_fraction`` of them
+    differ at all."""
+    assert actual.dtype == expected.dtype == np.uint8, (actual.dtype, expected.dtype)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    diff = np.abs(actual.astype(np.int16) - expected.astype(np.int16))
+    fraction = float(np.mean(diff > 0))
+    assert int(diff.max()) <= max_lsb and fraction <= max_fraction, (
+        f"max |diff| {int(diff.max())} LSB (allowed {max_lsb}), {fraction:.2e} of the values differ "
+        f"(allowed {max_fraction:.2e})")
+
+
+def assert_not_flat(sharp: np.ndarray, min_levels: int = 32, max_clipped: float = 0.5) -> None:
+    """A comparison means something only if the output is not clipped flat: ask for many distinct values and
+    at most ``max_clipped`` of them at 0 or 255."""
+    levels = np.unique(sharp).size
+    clipped = float(np.mean((sharp == 0) | (sharp == 255)))
+    assert levels >= min_levels and clipped <= max_clipped, (
+        f"the output holds {levels} distinct values, {clipped:.0%} clipped: too flat to compare")

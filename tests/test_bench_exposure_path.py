@@ -32,19 +32,33 @@ def test_timings_per_stage_with_warmup_excluded():
     assert "non_inference" in format_table(result)
 
 
-def test_synthetic_job_fits_the_processor_and_the_runner_output_needs_clipping():
+def test_synthetic_job_fits_the_processor_and_passes_the_frame_through():
     from spikereveal.stream.worker import ExposureProcessor
 
-    runner = PassThroughRunner(SHAPE)
-    assert runner.sharp.min() < 0 and runner.sharp.max() > 1
+    runner = PassThroughRunner(SHAPE).load()
     job = synthetic_job(SHAPE)
     assert job.image.shape == (16, 24, 3) and job.centers.shape == (3,)
-    sharp = ExposureProcessor(runner).process(job).sharp
-    expected = (np.clip(runner.sharp, 0, 1) * np.float32(255) + np.float32(0.5)).astype(np.uint8)
-    assert np.array_equal(sharp, expected.transpose(0, 2, 3, 1))
+    processor = ExposureProcessor(runner)
+    sharp = processor.process(job).sharp
+    assert sharp.shape == (3, 16, 24, 3) and all(np.array_equal(frame, job.image) for frame in sharp)
+    assert processor.spikes.any()  # the window was really cut
 
 
 @pytest.mark.parametrize("kwargs", [{"repeats": 0}, {"repeats": 2.0}, {"warmup": -1}])
 def test_bad_counts_raise(kwargs):
     with pytest.raises(ConfigError):
         time_exposure_path(SHAPE, **kwargs)
+
+
+def test_cli_prints_the_table_and_writes_json(tmp_path, monkeypatch, capsys):
+    import json
+
+    from spikereveal import cli
+
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("bench",))
+    out = tmp_path / "path.json"
+    rc = cli.main(["bench", "exposure-path", "--geometry", "16x24", "--k", "3", "--repeats", "3", "--warmup", "1",
+                   "--json", str(out)])
+    assert rc == 0 and "non_inference" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["geometry"]["k"] == 3 and result["stages"]["prepare"]["count"] == 3

@@ -78,11 +78,12 @@ def test_trace_and_plots_are_written(pass_through_run):
             assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_pass_through_runner_returns_the_blurry_batch():
+def test_pass_through_runner_returns_the_blurry_frame_k_times():
     shape = InputShape(2, 8, 12)
-    blur = np.random.default_rng(0).random(shape.blur, dtype=np.float32)
+    image = np.random.default_rng(0).integers(0, 256, shape.image, dtype=np.uint8)
     with PassThroughRunner(shape) as runner:
-        assert np.array_equal(runner.infer(blur, np.zeros(shape.spikes, np.float32)), blur)
+        sharp = runner.infer(image, np.zeros(shape.spikes, np.uint8))
+        assert sharp.shape == (2, 8, 12, 3) and np.array_equal(sharp[0], image[0]) and np.array_equal(sharp[1], image[0])
         assert runner.describe()["runner"] == "pass-through"
 
 

@@ -7,6 +7,7 @@ import pytest
 from calibration_support import dark_recording, truth
 from spikereveal.calibration import CalibrationError, PhotometricCalibration, dark_maps
 from spikereveal.calibration.fit import calibrate_dark
+from spikereveal.errors import ConfigError
 from spikereveal.recording import open_recording
 
 
@@ -93,6 +94,23 @@ def test_fill_matches_reference_including_clusters_and_edges(shape):
     np.testing.assert_array_equal(maps.fill_hot_pixels(values)[..., ~hot], values[..., ~hot])
     none = PhotometricCalibration(np.zeros(shape, np.float32), np.zeros(shape, bool), 1000, 0.0, 0.01)
     np.testing.assert_array_equal(none.fill_hot_pixels(values), values)
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (12, 16)])
+def test_level_fill_is_the_float_fill_rounded_in_place(shape):
+    rng = np.random.default_rng(3 * sum(shape))
+    hot = rng.random(shape) < 0.2
+    maps = PhotometricCalibration(np.zeros(shape, np.float32), hot, 1000, 0.0, 0.01)
+    levels = ((rng.random((3, 21) + shape) < 0.4) * 255).astype(np.uint8)
+    expected = np.rint(_reference_fill(levels.astype(np.float64), hot)).astype(np.uint8)
+    original = levels.copy()
+    assert maps.fill_hot_pixel_levels(levels) is levels
+    np.testing.assert_array_equal(levels, expected)
+    np.testing.assert_array_equal(levels[..., ~hot], original[..., ~hot])
+    with pytest.raises(ConfigError, match="uint8"):
+        maps.fill_hot_pixel_levels(levels.astype(np.float32))
+    with pytest.raises(ConfigError, match="C-contiguous"):
+        maps.fill_hot_pixel_levels(np.zeros((2,) + shape, np.uint8, order="F")[0:1, ::1].transpose(0, 1, 2)[..., ::-1])
 
 
 def test_corrections_subtract_dark_rate_and_clip():

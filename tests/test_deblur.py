@@ -191,7 +191,7 @@ def test_to_bgr8_clips_and_rounds():
 
 def test_rig_calibration_warps_rgb_onto_the_grid(checkpoint, tmp_path):
     """An RGB camera at 2x the network grid: refused without a calibration, warped with one."""
-    from spikereveal.calibration.geometry import GeometryCalibration, warp_to_canonical
+    from spikereveal.calibration.geometry import GeometryCalibration, warp_bgr8_to_canonical
     from spikereveal.calibration.store import RigCalibration, write_calibration
     from spikereveal.engines.checkpoint import load_checkpoint
 
@@ -210,7 +210,9 @@ def test_rig_calibration_warps_rgb_onto_the_grid(checkpoint, tmp_path):
         window = rec.exposure_window(0, K)
         packed = rec.spikes.read(window.window_first, window.window_stop)
         spikes = reference_spike_windows(packed, window.centers, window.window_first)
-        image = warp_to_canonical(rec.read_exposure(0), homography, (IMAGE_H, IMAGE_W))
+        # the uint8 frame is warped (what the deployed graph is given), then read as the network's floats
+        image8 = warp_bgr8_to_canonical(rec.read_exposure_bgr8(0), homography, (IMAGE_H, IMAGE_W))
+        image = image8.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
     model, _ = load_checkpoint(checkpoint, expected_kind="ldn")
     with torch.no_grad():
         expected = to_bgr8(model(torch.from_numpy(np.repeat(image[None], K, 0)), torch.from_numpy(spikes)).numpy())

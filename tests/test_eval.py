@@ -131,7 +131,9 @@ def test_a_runner_with_a_fixed_batch_can_stand_in_for_the_student(recording, che
     shape = InputShape(2, *exposure.blurry.shape[1:])  # batch 2: groups of 2, 2 and a padded 1
     with create_runner("torch", shape, model=ldn) as runner:
         got = ev.run_student(ev.runner_student(runner), exposure, centers)
-    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # the runner gives the deployed graph's 8-bit frames: the float frames rounded (<= 1 LSB off, rarely)
+    rounded = np.floor(expected * 255 + 0.5) / 255
+    assert np.abs(got - rounded).max() <= 1 / 255 + 1e-6 and (np.abs(got - rounded) > 1e-6).mean() <= 1e-3
 
 
 def test_psnr_by_position_averages_each_frame_position(recording):

@@ -5,6 +5,7 @@ import pytest
 
 from spikereveal.errors import ConfigError
 from spikereveal.kernels import LDN_SPIKE_WINDOW, extract_ldn_input, pack_frames
+from spikereveal.kernels.extract import SPIKE_LEVEL
 
 
 def reference_ldn_input(bits: np.ndarray, centers, window: int, first_index: int = 0) -> np.ndarray:
@@ -28,6 +29,23 @@ def test_matches_numpy_twin(height, width):
     result = extract_ldn_input(pack_frames(bits), height, width, centers)
     assert result.dtype == np.float32 and result.shape == (5, LDN_SPIKE_WINDOW, height, width)
     np.testing.assert_array_equal(result, reference_ldn_input(bits, centers, LDN_SPIKE_WINDOW))
+
+
+@pytest.mark.parametrize("height,width", [(250, 400), (13, 56), (1, 8)])
+def test_uint8_levels_match_the_twin(height, width):
+    bits = random_bits(7 * height + width, 40, height, width)
+    centers = np.array([10, 29, 20])
+    result = extract_ldn_input(pack_frames(bits), height, width, centers, dtype=np.uint8)
+    assert result.dtype == np.uint8
+    np.testing.assert_array_equal(result, reference_ldn_input(bits, centers, 21) * SPIKE_LEVEL)
+    out = np.full(result.shape, 7, np.uint8)
+    assert extract_ldn_input(pack_frames(bits), height, width, centers, out=out) is out
+    np.testing.assert_array_equal(out, result)
+
+
+def test_unknown_dtype_is_refused():
+    with pytest.raises(ConfigError, match="dtype must be float32"):
+        extract_ldn_input(pack_frames(random_bits(1, 30, 8, 8)), 8, 8, [15], dtype=np.int16)
 
 
 @pytest.mark.parametrize("window", [1, 3, 9])

@@ -12,6 +12,7 @@ import pytest
 from engines_support import reference_spike_windows
 from spikereveal.engines.runners import InputShape, Runner
 from spikereveal.errors import ConfigError
+from spikereveal.kernels.extract import SPIKE_LEVEL
 from spikereveal.kernels.packing import pack_frames
 from spikereveal.kernels.timing import exposure_window, output_timestamps
 from spikereveal.stream.collector import ResultCollector
@@ -34,7 +35,8 @@ K = 3
 
 
 class FakeRunner(Runner):
-    """sharp = blur / 2 + mean spike frame (nearest-upsampled); ``gate`` (an Event) holds each inference."""
+    """sharp = image / 2 + mean spike level (nearest-upsampled), in uint8 like the deployed graph; ``gate``
+    (an Event) holds each inference."""
 
     name = "fake"
 
@@ -45,22 +47,27 @@ class FakeRunner(Runner):
         self.calls = 0
 
     def _load(self):
-        self.sharp = np.empty(self.shape.sharp, np.float32)
+        self.sharp = np.empty(self.shape.sharp, np.uint8)
 
-    def _infer(self, blur, spikes):
+    def _infer(self, image, spikes, out):
         if self.gate is not None and self.loaded and self.calls >= 0:
             self.started.release()
             assert self.gate.wait(30)
         self.calls += 1
-        self.sharp[:] = blur / 2 + np.repeat(np.repeat(spikes.mean(axis=1), 4, axis=1), 4, axis=2)[:, None]
-        return self.sharp
+        target = self.sharp if out is None else out
+        target[:] = fake_network(image, spikes.astype(np.float64) / SPIKE_LEVEL)
+        return target
+
+
+def fake_network(image: np.ndarray, spikes: np.ndarray) -> np.ndarray:
+    """(1,H,W,3) uint8 and (K,S,h,w) spike fractions -> (K,H,W,3) uint8."""
+    spike_mean = np.repeat(np.repeat(spikes.mean(axis=1), 4, axis=1), 4, axis=2)[..., None]
+    return np.clip(image.astype(np.float64) / 2 + 100 * spike_mean, 0, 255).astype(np.uint8)
 
 
 def reference_output(job: ReadyJob) -> np.ndarray:
     spikes = reference_spike_windows(job.packed, job.centers, job.first_index)
-    blur = job.image.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
-    sharp = blur[None] / 2 + np.repeat(np.repeat(spikes.mean(axis=1), 4, axis=1), 4, axis=2)[:, None]
-    return (np.clip(sharp, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)
+    return fake_network(job.image[None], spikes)
 
 
 def make_job(exposure_id: int, seed: int = 0, start_frame: int = 15, duration_frames: int = 20) -> ReadyJob:
@@ -133,9 +140,10 @@ def test_processor_cuts_the_window_like_the_slow_reference():
 
 def test_processor_reuses_its_input_buffers():
     processor = ExposureProcessor(loaded_runner())
-    blur, spikes = processor.prepare(make_job(0))
-    blur2, spikes2 = processor.prepare(make_job(1))
-    assert blur is blur2 and spikes is spikes2
+    image, spikes = processor.prepare(make_job(0))
+    image2, spikes2 = processor.prepare(make_job(1))
+    assert image is image2 and spikes is spikes2
+    assert image.dtype == spikes.dtype == np.uint8 and set(np.unique(spikes)) <= {0, SPIKE_LEVEL}
 
 
 def test_processor_reuses_an_output_only_once_nothing_holds_it():
@@ -159,11 +167,11 @@ def test_processor_reuses_an_output_only_once_nothing_holds_it():
         assert np.array_equal(result.sharp, reference_output(job))
 
 
-def test_float_output_is_clipped_into_reused_arrays():
+def test_float_output_is_the_8_bit_result_in_reused_arrays():
     processor = ExposureProcessor(loaded_runner(), output_pixel_format="bgr_f32")
     job = make_job(0, seed=5)
     result = processor.process(job)
-    expected = np.clip(processor.runner.sharp, 0.0, 1.0)
+    expected = reference_output(job).transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
     assert result.sharp.dtype == np.float32 and np.array_equal(result.sharp, expected)
     pooled = weakref.ref(result.sharp)
     del result

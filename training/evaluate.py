@@ -53,7 +53,8 @@ PLOT_COLUMNS = ("blurry", "sdm", "teacher", "student", "gt")
 PLOT_TILE_WIDTH = 320
 PLOT_MAX_ROWS = 7
 
-#: ``student(blurry (3,H,W), spikes (K,21,H/4,W/4) float32) -> (K,3,H,W) float32`` frames in [0, 1].
+#: ``student(blurry (3,H,W), spikes (K,21,H/4,W/4) float32) -> (K,3,H,W) float32`` frames in [0, 1]
+#: (the spike frames are 0/1, or fractions where a rig calibration filled hot pixels).
 StudentFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 #: ``progress(done, total)`` over exposures.
 EvalProgress = Callable[[int, int], None]
@@ -147,21 +148,27 @@ def runner_student(runner) -> StudentFn:
     """A :data:`StudentFn` over a loaded inference runner (``spikereveal.engines.runners.Runner``).
 
     The runner has a fixed batch K; windows are fed K at a time, the last group padded by repeating its
-    final window (the padded outputs are dropped). Outputs are copied and clipped to [0, 1].
+    final window (the padded outputs are dropped). The runner's uint8 I/O is bridged here: the frame is
+    rounded to 8 bits (exact for frames read from 8-bit images), the spike frames become levels
+    (``SPIKE_LEVEL`` per spike), and the 8-bit output frames come back as floats in [0, 1], as a user
+    gets them from ``deblur`` and ``serve``.
     """
+    from spikereveal.kernels.extract import SPIKE_LEVEL
+
     batch = int(runner.shape.batch)
 
     def student(blurry: np.ndarray, spikes: np.ndarray) -> np.ndarray:
         count = spikes.shape[0]
-        blur = np.ascontiguousarray(np.broadcast_to(blurry, (batch,) + blurry.shape), dtype=np.float32)
+        image = np.floor(np.clip(blurry, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(1, 2, 0)[None]
+        levels = np.rint(np.clip(spikes, 0.0, 1.0) * SPIKE_LEVEL).astype(np.uint8)
         frames = np.empty((count,) + blurry.shape, dtype=np.float32)
         for first in range(0, count, batch):
-            group = spikes[first : first + batch]
+            group = levels[first : first + batch]
             if group.shape[0] < batch:
                 group = np.concatenate([group, np.repeat(group[-1:], batch - group.shape[0], axis=0)])
-            sharp = runner.infer(blur, np.ascontiguousarray(group, dtype=np.float32))
-            frames[first : first + batch] = sharp[: min(batch, count - first)]
-        return np.clip(frames, 0.0, 1.0)
+            sharp = runner.infer(np.ascontiguousarray(image), np.ascontiguousarray(group))
+            frames[first : first + batch] = sharp[: min(batch, count - first)].transpose(0, 3, 1, 2)
+        return frames / np.float32(255.0)
 
     return student
 

@@ -1,4 +1,5 @@
-"""``spikereveal bench``: benchmarks, one sub-verb each (kernels, engines, report, compare, transport, pipeline, all).
+"""``spikereveal bench``: benchmarks, one sub-verb each (kernels, engines, report, compare, transport, pipeline,
+exposure-path, all).
 
 A sub-verb is a function ``register_<name>(subparsers)`` listed in ``SUBVERBS``; it adds its parser and
 sets ``func``. Handlers import the benchmark code lazily, so ``spikereveal --help`` stays light.
@@ -272,8 +273,36 @@ def register_all(subparsers) -> None:
     parser.set_defaults(func=run_all)
 
 
+def run_exposure_path(args: argparse.Namespace) -> int:
+    from spikereveal.bench.engines import geometry_shape
+    from spikereveal.bench.exposure_path import format_table, time_exposure_path
+
+    result = time_exposure_path(geometry_shape(args.geometry, args.k), repeats=args.repeats, warmup=args.warmup,
+                                output_pixel_format=args.output_pixel_format)
+    return emit(format_table(result), result, args.json)
+
+
+def register_exposure_path(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "exposure-path",
+        help="the worker's own per-exposure cost around inference (no network, no sockets)",
+        description="Run serve's exposure processor on a synthetic exposure with a pass-through runner and time "
+        "its input preparation (frame copy, spike window cut into the graph's uint8 inputs) and its "
+        "post-processing, per exposure: the part of the non-inference cost that is not transport or queueing.",
+    )
+    parser.add_argument("--geometry", default="rsb",
+                        help="simulator preset (gopro, rsb) or HxW of the network grid (default rsb)")
+    parser.add_argument("--k", type=positive_int, default=7, help="frames per exposure (default 7)")
+    parser.add_argument("--repeats", type=positive_int, default=50, help="timed exposures (default 50)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed exposures first (default 3)")
+    parser.add_argument("--output-pixel-format", choices=("bgr8", "bgr_f32"), default="bgr8",
+                        help="what serve publishes (default bgr8)")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH")
+    parser.set_defaults(func=run_exposure_path)
+
+
 SUBVERBS = (register_kernels, register_engines, register_report, register_compare, register_transport,
-            register_pipeline, register_all)
+            register_pipeline, register_exposure_path, register_all)
 
 
 def register(subparsers) -> None:

@@ -13,9 +13,10 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "export",
         help="export the LDN student to ONNX (fp32, fp16 or int8)",
-        description="Export an LDN checkpoint to ONNX with inputs 'blur' (K,3,H,W) and 'spikes' (K,21,H/4,W/4) "
-                    "and output 'sharp' (K,3,H,W), float32 at every precision (BGR, [0,1], output unclipped). "
-                    "fp16: a float16 graph with float32 I/O. int8: static Q/DQ quantization calibrated on real "
+        description="Export an LDN checkpoint to ONNX as the deployed graph: inputs 'image' (1,H,W,3) BGR and "
+                    "'spikes' (K,21,H/4,W/4) levels (255 = one spike), output 'sharp' (K,H,W,3) BGR, uint8 at "
+                    "every precision (the float conversions, clipping and rounding are in the graph). "
+                    "fp16: a float16 graph inside the uint8 edges. int8: static Q/DQ quantization calibrated on real "
                     "exposure windows cut from --calib recordings (the form TensorRT 11 needs). The file carries "
                     "spikereveal.* metadata (network config, spike window, colour order, precision, checkpoint "
                     "sha256) and passes the ONNX checker.",
@@ -53,8 +54,8 @@ def run(args) -> int:
                           subpixel_decoder=not args.keep_deconv)
     path = export_checkpoint(args.model, args.out, config, calib_recordings=args.calib, calib_cache=args.calib_cache)
     meta = read_onnx_metadata(path)
-    shape = "dynamic" if args.dynamic else f"{config.batch}x3x{config.height}x{config.width}"
-    print(f"wrote {path}: {meta['precision']}, blur {shape}, checkpoint sha256 {meta['source_sha256'][:12]}"
+    shape = "dynamic" if args.dynamic else f"K={config.batch}, {config.width}x{config.height}"
+    print(f"wrote {path}: {meta['precision']}, {shape}, checkpoint sha256 {meta['source_sha256'][:12]}"
           + (f", calibrated on {meta['calibration_windows']} windows" if "calibration_windows" in meta else ""))
     return 0
 
