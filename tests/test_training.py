@@ -79,11 +79,13 @@ def test_charbonnier_only_distance_leaves_out_the_structural_term():
     rng = torch.Generator().manual_seed(1)
     a, b = torch.rand(2, 3, 3, 16, 16, generator=rng), torch.rand(2, 3, 3, 16, 16, generator=rng)
     full = float(losses.distillation_distance(a, b))
-    plain = float(losses.distillation_distance(a, b, with_ssim=False))
+    plain = float(losses.distillation_distance(a, b, ssim_weight=0.0))
+    double = float(losses.distillation_distance(a, b, ssim_weight=2.0))
     assert plain == pytest.approx(float(losses.charbonnier(a, b)))
-    assert full == pytest.approx(plain + 1 - float(losses.ssim(a.reshape(-1, 3, 16, 16), b.reshape(-1, 3, 16, 16))))
+    structural = 1 - float(losses.ssim(a.reshape(-1, 3, 16, 16), b.reshape(-1, 3, 16, 16)))
+    assert full == pytest.approx(plain + structural) and double == pytest.approx(plain + 2 * structural)
     frames, teacher, blurry = a[:1], b[:1], a[0].mean(dim=0, keepdim=True)
-    weights = losses.LdnLossWeights(1.0, 0.0, distillation_ssim=False)
+    weights = losses.LdnLossWeights(1.0, 0.0, ssim=0.0)
     assert float(losses.ldn_loss(frames, teacher, blurry, weights)[0]) == pytest.approx(
         float(losses.charbonnier(frames, teacher)), rel=1e-6)
 
@@ -409,7 +411,7 @@ def test_resume_needs_a_training_record(recording, tmp_path):
     ({"kind": "sr", "tfp_window": 4}, "odd"),
     ({"kind": "sr", "autocast": "fp16"}, "unknown autocast"),
     ({"kind": "ldn", "teacher": "sdm", "teacher_autocast": "int8"}, "unknown teacher_autocast"),
-    ({"kind": "ldn", "teacher": "sdm", "distillation": "lpips"}, "unknown distillation"),
+    ({"kind": "ldn", "teacher": "sdm", "lambda_ssim": -1.0}, "lambda_ssim"),
 ])
 def test_invalid_training_arguments(changes, message):
     with pytest.raises(ConfigError, match=message):

@@ -89,15 +89,17 @@ def ssim(
     return (numerator / denominator).mean()
 
 
-def distillation_distance(prediction: torch.Tensor, target: torch.Tensor, with_ssim: bool = True) -> torch.Tensor:
-    """Offline stand-in for LPIPS-VGG: ``Charbonnier + (1 − SSIM)`` over ``(..., C, H, W)`` images.
+def distillation_distance(prediction: torch.Tensor, target: torch.Tensor, ssim_weight: float = 1.0) -> torch.Tensor:
+    """Offline stand-in for LPIPS-VGG: ``Charbonnier + ssim_weight · (1 − SSIM)`` over ``(..., C, H, W)``.
 
-    ``with_ssim=False`` leaves Charbonnier alone (the ablation of the structural term).
+    ``ssim_weight=0`` leaves Charbonnier alone (the ablation of the structural term).
     """
     flat_prediction = prediction.reshape(-1, *prediction.shape[-3:])
     flat_target = target.reshape(-1, *target.shape[-3:])
     distance = charbonnier(flat_prediction, flat_target)
-    return distance + (1.0 - ssim(flat_prediction, flat_target)) if with_ssim else distance
+    if ssim_weight == 0:
+        return distance
+    return distance + ssim_weight * (1.0 - ssim(flat_prediction, flat_target))
 
 
 def bsn_loss(denoised: torch.Tensor, tfp_short: torch.Tensor) -> torch.Tensor:
@@ -112,15 +114,15 @@ def sr_loss(super_resolved: torch.Tensor, gray_blurry: torch.Tensor) -> torch.Te
 
 @dataclass(frozen=True)
 class LdnLossWeights:
-    """Weights of the student's two terms (the paper's λ_tea = 1, λ_reblur = 100) and whether the
-    distillation distance includes its SSIM term."""
+    """Weights of the student's two terms (the paper's λ_tea = 1, λ_reblur = 100) and of the SSIM term
+    inside the distillation distance."""
 
     teacher: float = LAMBDA_TEACHER
     reblur: float = LAMBDA_REBLUR
-    distillation_ssim: bool = True
+    ssim: float = 1.0
 
     def __post_init__(self):
-        for name in ("teacher", "reblur"):
+        for name in ("teacher", "reblur", "ssim"):
             value = getattr(self, name)
             if not (value >= 0.0):
                 raise ConfigError(f"LDN loss weight '{name}' must be >= 0, got {value!r}")
@@ -147,7 +149,7 @@ def ldn_loss(
             f"ldn_loss() needs the blurry crops as (N, 3, H, W) = {tuple(frames.shape[:1] + frames.shape[2:])}, "
             f"got {tuple(blurry.shape)}"
         )
-    teacher_term = distillation_distance(frames, teacher_frames, with_ssim=weights.distillation_ssim)
+    teacher_term = distillation_distance(frames, teacher_frames, ssim_weight=weights.ssim)
     reblur_term = F.mse_loss(frames.mean(dim=1), blurry)
     total = weights.teacher * teacher_term + weights.reblur * reblur_term
     return total, {"teacher": float(teacher_term.detach()), "reblur": float(reblur_term.detach())}

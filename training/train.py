@@ -220,7 +220,7 @@ def train(
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     weights = LdnLossWeights(config.lambda_teacher, config.lambda_reblur,
-                             distillation_ssim=config.distillation == "charbonnier+ssim")
+                             ssim=config.lambda_ssim)
     limit_s = None if options.time_limit_min is None else 60.0 * options.time_limit_min
     data_paths = [os.fspath(path) for path in data]
 

@@ -17,9 +17,6 @@ TEACHERS = ("nets", "sdm")
 #: Mixed precision of the forward passes: "off" (float32) or "bf16" (torch.autocast to bfloat16; weights,
 #: optimizer and losses stay float32). bf16 pays off on CPUs with AVX512-BF16/AMX and on recent GPUs.
 AUTOCAST_CHOICES = ("off", "bf16")
-#: The student's distillation distance D: Charbonnier + (1 - SSIM) (our offline stand-in for LPIPS-VGG),
-#: or Charbonnier alone (the ablation).
-DISTILLATION_CHOICES = ("charbonnier+ssim", "charbonnier")
 
 #: Per-network defaults: the paper's learning rates; crops in spike pixels (image crops are 4x).
 KIND_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -42,7 +39,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "init": None,
     "autocast": "off",
     "teacher_autocast": "off",
-    "distillation": "charbonnier+ssim",
+    "lambda_ssim": 1.0,
 }
 
 
@@ -76,7 +73,7 @@ class TrainConfig:
     init: str | None = None
     autocast: str | None = None
     teacher_autocast: str | None = None
-    distillation: str | None = None
+    lambda_ssim: float | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -90,7 +87,7 @@ class TrainConfig:
             raise ConfigError(f"the seed must be an integer >= 0, got {self.seed!r}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"the learning rate must be a positive number, got {self.lr!r}")
-        for name in ("lambda_teacher", "lambda_reblur"):
+        for name in ("lambda_teacher", "lambda_reblur", "lambda_ssim"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
@@ -98,8 +95,7 @@ class TrainConfig:
             raise ConfigError(f"the short TFP window must be an odd number of frames, got {self.tfp_window!r}")
         if self.teacher is not None and self.teacher not in TEACHERS:
             raise ConfigError(f"unknown teacher {self.teacher!r}; use one of {list(TEACHERS)}")
-        for name, choices in (("autocast", AUTOCAST_CHOICES), ("teacher_autocast", AUTOCAST_CHOICES),
-                              ("distillation", DISTILLATION_CHOICES)):
+        for name, choices in (("autocast", AUTOCAST_CHOICES), ("teacher_autocast", AUTOCAST_CHOICES)):
             value = getattr(self, name)
             if value is not None and value not in choices:
                 raise ConfigError(f"unknown {name} {value!r}; use one of {list(choices)}")

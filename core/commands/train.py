@@ -7,7 +7,7 @@ from pathlib import Path
 
 from spikereveal.errors import ConfigError
 from spikereveal.commands._types import positive_int
-from spikereveal.training.train_config import AUTOCAST_CHOICES, DISTILLATION_CHOICES  # torch-free
+from spikereveal.training.train_config import AUTOCAST_CHOICES  # torch-free
 
 _HELP = {
     "bsn": "the teacher's blind-spot denoiser: MSE(TFP_short, BSN(TFP_short))",
@@ -73,9 +73,9 @@ def register(subparsers) -> None:
             child.add_argument("--timestamps", type=positive_int, help="timestamps per exposure in the loss (default 5)")
             child.add_argument("--lambda-teacher", type=float, help="weight of the distillation term (default 1)")
             child.add_argument("--lambda-reblur", type=float, help="weight of the re-blur term (default 100)")
-            child.add_argument("--distillation", choices=DISTILLATION_CHOICES,
-                               help="distance to the teacher's frames (default charbonnier+ssim; charbonnier "
-                                    "alone is the ablation)")
+            child.add_argument("--lambda-ssim", type=float,
+                               help="weight of the SSIM term in the distance to the teacher, D = Charbonnier + "
+                                    "w (1 - SSIM) (default 1; 0 = Charbonnier alone, the ablation)")
             child.add_argument("--teacher-autocast", choices=AUTOCAST_CHOICES,
                                help="precision of the teacher nets computing the targets (default off; bf16 "
                                     "halves their time on CPUs with AVX512-BF16)")
@@ -103,7 +103,7 @@ def _config(args):
             teacher_sr=None if args.teacher_sr is None else str(args.teacher_sr),
             init=None if args.init is None else str(args.init),
             timestamps=args.timestamps, lambda_teacher=args.lambda_teacher, lambda_reblur=args.lambda_reblur,
-            distillation=args.distillation, teacher_autocast=args.teacher_autocast,
+            lambda_ssim=args.lambda_ssim, teacher_autocast=args.teacher_autocast,
         )
     return TrainConfig(**values)
 
