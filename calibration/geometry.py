@@ -126,11 +126,12 @@ def warp_to_canonical(
 
 
 def warp_bgr8_to_canonical(image: np.ndarray, homography, canonical_shape: tuple[int, int],
-                           interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+                           interpolation: int = cv2.INTER_LINEAR, out: np.ndarray | None = None) -> np.ndarray:
     """A camera frame (h, w, 3) uint8 BGR resampled onto the canonical grid (H, W, 3) uint8, with the same
-    map and border rule as :func:`warp_to_canonical` (OpenCV rounds the interpolated values)."""
+    map and border rule as :func:`warp_to_canonical` (OpenCV rounds the interpolated values). ``out``: a
+    C-contiguous (H, W, 3) uint8 array OpenCV writes into (no intermediate frame)."""
     height, width = canonical_shape
-    return cv2.warpPerspective(np.ascontiguousarray(image), check_homography(homography), (width, height),
+    return cv2.warpPerspective(np.ascontiguousarray(image), check_homography(homography), (width, height), dst=out,
                                flags=interpolation | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
 
 

@@ -110,16 +110,12 @@ class RigCalibration:
             raise ConfigError(f"expected a uint8 (h, w, 3) BGR frame, got {image.dtype} {image.shape}")
         if image.shape[:2] != self.rgb_shape:
             raise ConfigError(f"the image is {image.shape[:2]} but the calibration's RGB camera is {self.rgb_shape}")
-        if self.geometry is None:
-            self._check_grid_without_geometry()
-            if out is None:
-                return image.copy()
-            np.copyto(out, image)
-            return out
-        warped = warp_bgr8_to_canonical(image, self.geometry.homography, self.canonical_shape)
+        if self.geometry is not None:
+            return warp_bgr8_to_canonical(image, self.geometry.homography, self.canonical_shape, out=out)
+        self._check_grid_without_geometry()
         if out is None:
-            return warped
-        np.copyto(out, warped)
+            return image.copy()
+        np.copyto(out, image)
         return out
 
     def exposure_on_spike_clock(self, start_ns: int, duration_ns: int) -> tuple[int, int]:

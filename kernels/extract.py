@@ -77,9 +77,9 @@ def extract_ldn_input(
     packed = as_packed(packed, height, width)
     window = check_window_size(window)
     first_rows = centred_rows(centers, window, packed.shape[0], first_index)
-    what = "out" if isinstance(out, np.ndarray) else "dtype"
+    what = "dtype"
     if isinstance(out, np.ndarray):
-        dtype = out.dtype
+        dtype, what = out.dtype, "out"
     table = _BYTE_TO_BITS.get(np.dtype(dtype))
     if table is None:
         raise ConfigError(f"{what} must be float32 (spikes 0/1) or uint8 (spikes 0/{SPIKE_LEVEL}), got {np.dtype(dtype)}")

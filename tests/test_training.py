@@ -242,16 +242,21 @@ def _fixed_batch_losses(kind, model, batch, steps=12, lr=1e-3):
     return history
 
 
-@pytest.mark.parametrize("kind", ["bsn", "sr", "ldn"])
-def test_loss_decreases_over_a_few_steps(kind, exposures):
+def _tiny_model_and_batch(kind, exposures, samples):
+    """A seeded tiny network of ``kind`` and one batch of its dataset (``samples`` crops for bsn/sr, 2 for ldn)."""
     torch.manual_seed(0)
     if kind == "bsn":
-        dataset, model = ds.BSNDataset(exposures, crop=12, samples_per_epoch=4), BSN(BSNConfig(**TINY_BSN))
+        dataset, model = ds.BSNDataset(exposures, crop=12, samples_per_epoch=samples), BSN(BSNConfig(**TINY_BSN))
     elif kind == "sr":
-        dataset, model = ds.SRDataset(exposures, crop=6, samples_per_epoch=4), SR(SRConfig(**TINY_SR))
+        dataset, model = ds.SRDataset(exposures, crop=6, samples_per_epoch=samples), SR(SRConfig(**TINY_SR))
     else:
         dataset, model = ds.LDNDataset(exposures, ds.sdm_teacher(), crop=4, samples_per_epoch=2), LDN()
-    batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=len(dataset))))
+    return model, next(iter(torch.utils.data.DataLoader(dataset, batch_size=len(dataset))))
+
+
+@pytest.mark.parametrize("kind", ["bsn", "sr", "ldn"])
+def test_loss_decreases_over_a_few_steps(kind, exposures):
+    model, batch = _tiny_model_and_batch(kind, exposures, samples=4)
     history = _fixed_batch_losses(kind, model, batch, lr=3e-3 if kind == "bsn" else 1e-3)
     assert all(math.isfinite(v) for v in history)
     assert history[-1] < 0.8 * history[0], history
@@ -259,14 +264,7 @@ def test_loss_decreases_over_a_few_steps(kind, exposures):
 
 @pytest.mark.parametrize("kind", ["bsn", "sr", "ldn"])
 def test_bf16_autocast_gives_the_float32_loss_closely_and_float32_gradients(kind, exposures):
-    torch.manual_seed(0)
-    if kind == "bsn":
-        dataset, model = ds.BSNDataset(exposures, crop=12, samples_per_epoch=2), BSN(BSNConfig(**TINY_BSN))
-    elif kind == "sr":
-        dataset, model = ds.SRDataset(exposures, crop=6, samples_per_epoch=2), SR(SRConfig(**TINY_SR))
-    else:
-        dataset, model = ds.LDNDataset(exposures, ds.sdm_teacher(), crop=4, samples_per_epoch=2), LDN()
-    batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=len(dataset))))
+    model, batch = _tiny_model_and_batch(kind, exposures, samples=2)
     weights, cpu = losses.LdnLossWeights(), torch.device("cpu")
     exact, _ = batch_loss(kind, model, batch, cpu, weights, autocast="off")
     mixed, _ = batch_loss(kind, model, batch, cpu, weights, autocast="bf16")

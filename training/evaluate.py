@@ -153,20 +153,21 @@ def runner_student(runner) -> StudentFn:
     (``SPIKE_LEVEL`` per spike), and the 8-bit output frames come back as floats in [0, 1], as a user
     gets them from ``deblur`` and ``serve``.
     """
+    from spikereveal.engines.deblur import to_bgr8
     from spikereveal.kernels.extract import SPIKE_LEVEL
 
     batch = int(runner.shape.batch)
 
     def student(blurry: np.ndarray, spikes: np.ndarray) -> np.ndarray:
         count = spikes.shape[0]
-        image = np.floor(np.clip(blurry, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(1, 2, 0)[None]
+        image = to_bgr8(blurry[None])  # (1, H, W, 3), rounded half up like the graph's own output
         levels = np.rint(np.clip(spikes, 0.0, 1.0) * SPIKE_LEVEL).astype(np.uint8)
         frames = np.empty((count,) + blurry.shape, dtype=np.float32)
         for first in range(0, count, batch):
             group = levels[first : first + batch]
             if group.shape[0] < batch:
                 group = np.concatenate([group, np.repeat(group[-1:], batch - group.shape[0], axis=0)])
-            sharp = runner.infer(np.ascontiguousarray(image), np.ascontiguousarray(group))
+            sharp = runner.infer(image, np.ascontiguousarray(group))
             frames[first : first + batch] = sharp[: min(batch, count - first)].transpose(0, 3, 1, 2)
         return frames / np.float32(255.0)
 
