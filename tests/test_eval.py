@@ -82,8 +82,13 @@ def test_report_covers_every_ground_truth_frame(recording, tmp_path):
             middle = exposure.start_ns + exposure.duration_ns / 2
             centre_frames.append(min(frames, key=lambda f: abs(f.t_ns - middle)))
         centre = [ev.psnr(rec.read_ground_truth(f), rec.read_exposure(f.exposure_index)) for f in centre_frames]
+        truth_reblur = [ev.psnr(rec.read_exposure(e.index),
+                                np.mean([rec.read_ground_truth(f) for f in rec.ground_truth_for(e.index)], axis=0))
+                        for e in rec.exposures]
     assert report["methods"]["blurry"]["psnr"] == pytest.approx(np.mean(scores))
     assert report["methods"]["blurry"]["psnr_center"] == pytest.approx(np.mean(centre))
+    assert report["reblur_psnr_ground_truth"] == pytest.approx(np.mean(truth_reblur))
+    assert report["reblur_psnr_ground_truth"] < ev.PSNR_CAP_DB  # a moving scene's samples do not average to its blur
 
     plots = sorted(tmp_path.glob("*.png"))
     assert len(plots) == EXPOSURES and [e["plot"] for e in report["exposures"]] == [str(p) for p in plots]
