@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from spikereveal.errors import ConfigError
 from spikereveal.kernels.timing import DEFAULT_MARGIN_FRAMES, LDN_SPIKE_WINDOW, ExposureWindow
-from spikereveal.training.train_config import DEFAULT_LDN_TIMESTAMPS, DEFAULT_TFP_SHORT_WINDOW
+from spikereveal.training.train_config import DEFAULT_LDN_TIMESTAMPS, DEFAULT_TFP_SHORT_WINDOW, distilled_positions
 
 log = logging.getLogger(__name__)
 
@@ -354,10 +354,12 @@ def cached_teacher(teacher: TeacherFn, cache_dir: str | os.PathLike, teacher_key
 
 
 class LDNDataset(_CropDataset):
-    """Items: ``(blurry (3, 4c, 4c), spikes (M, 21, c, c) uint8, teacher (M, 3, 4c, 4c))``, aligned.
+    """Items: ``(blurry (3, 4c, 4c), spikes (N, 21, c, c) uint8, teacher (M, 3, 4c, 4c))``, aligned.
 
-    The M timestamps are spread evenly over each exposure (first, last and M−2 between). Spike inputs and
-    teacher targets are computed for every exposure up front (``teacher`` is called once per exposure).
+    The N = ``reblur_timestamps`` (default M) timestamps are spread evenly over each exposure (first, last
+    and N−2 between); the teacher's targets are at the M = ``timestamps`` of them that are themselves
+    evenly spread (``distilled_positions``). Spike inputs and teacher targets are computed for every
+    exposure up front (``teacher`` is called once per exposure).
     """
 
     def __init__(
@@ -370,16 +372,19 @@ class LDNDataset(_CropDataset):
         timestamps: int = DEFAULT_LDN_TIMESTAMPS,
         augment: bool = True,
         progress: LoadProgress | None = None,
+        reblur_timestamps: int | None = None,
     ):
         super().__init__(exposures, crop, samples_per_epoch, seed, augment)
         self.timestamps = int(timestamps)
+        self.reblur_timestamps = self.timestamps if reblur_timestamps is None else int(reblur_timestamps)
+        self.distilled = distilled_positions(self.reblur_timestamps, self.timestamps)
         self._spikes: list[np.ndarray] = []
         self._teacher: list[np.ndarray] = []
         self._blurry: list[np.ndarray] = []
         for done, exposure in enumerate(self.exposures, start=1):
-            centers = evenly_spread_centers(exposure.window, self.timestamps)
+            centers = evenly_spread_centers(exposure.window, self.reblur_timestamps)
             self._spikes.append(exposure.ldn_inputs(centers).astype(np.uint8))
-            targets = np.asarray(teacher(exposure, centers), dtype=np.float32)
+            targets = np.asarray(teacher(exposure, centers[self.distilled]), dtype=np.float32)
             expected = (self.timestamps,) + exposure.blurry.shape
             if targets.shape != expected:
                 raise ConfigError(f"the teacher returned targets of shape {targets.shape}, expected {expected}")

@@ -2,7 +2,10 @@
 
 - BSN: ``MSE(TFP_short, BSN(TFP_short))`` (the blind spot rules out the identity, so it learns to denoise).
 - SR: ``MSE(SR(TFP_long), gray(B))`` (long TFP ~ gray blurry frame up to a gain).
-- LDN: ``λ_tea · mean_m D(T(t_m), LDN(t_m)) + λ_reblur · MSE(B, mean_m LDN(t_m))``.
+- LDN: ``λ_tea · mean_m D(T(t_m), LDN(t_m)) + λ_reblur · MSE(B, mean_m LDN(t_m))``. Optionally the re-blur
+  term runs over a finer set of N timestamps that contains the M distilled ones (``distilled_positions``),
+  averaged with the trapezoid rule (``REBLUR_RULES``): the blurry frame is the mean over *every* frame of the
+  exposure, which 5 samples approximate poorly under fast motion (see training/README.md).
 
 The paper's distillation distance ``D`` is LPIPS-VGG, whose ImageNet weights cannot be downloaded here. We
 use an offline distance instead: ``D = Charbonnier + (1 − SSIM)`` (SSIM with an 11-tap gaussian window,
@@ -18,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from spikereveal.errors import ConfigError
+from spikereveal.training.train_config import REBLUR_RULES, distilled_positions
 
 # gray = 0.3 R + 0.59 G + 0.11 B, on BGR channel order.
 GRAY_WEIGHTS_BGR = (0.11, 0.59, 0.3)
@@ -28,6 +32,16 @@ SSIM_K2 = 0.03
 CHARBONNIER_EPS = 1e-3
 LAMBDA_TEACHER = 1.0
 LAMBDA_REBLUR = 100.0
+
+
+def reblur_weights(count: int, rule: str = "mean") -> torch.Tensor:
+    """Weights (summing to 1) of ``count`` evenly spread frames in the re-blurred image, per ``rule``."""
+    if rule not in REBLUR_RULES:
+        raise ConfigError(f"unknown re-blur rule {rule!r}; use one of {list(REBLUR_RULES)}")
+    weights = torch.ones(int(count), dtype=torch.float64)
+    if rule == "trapezoid" and count > 1:
+        weights[0] = weights[-1] = 0.5
+    return weights / weights.sum()
 
 
 def gray(bgr: torch.Tensor) -> torch.Tensor:
@@ -114,18 +128,21 @@ def sr_loss(super_resolved: torch.Tensor, gray_blurry: torch.Tensor) -> torch.Te
 
 @dataclass(frozen=True)
 class LdnLossWeights:
-    """Weights of the student's two terms (the paper's λ_tea = 1, λ_reblur = 100) and of the SSIM term
-    inside the distillation distance."""
+    """Weights of the student's two terms (the paper's λ_tea = 1, λ_reblur = 100), of the SSIM term
+    inside the distillation distance, and of the timestamps inside the re-blurred frame (``reblur_rule``)."""
 
     teacher: float = LAMBDA_TEACHER
     reblur: float = LAMBDA_REBLUR
     ssim: float = 1.0
+    reblur_rule: str = "mean"
 
     def __post_init__(self):
         for name in ("teacher", "reblur", "ssim"):
             value = getattr(self, name)
             if not (value >= 0.0):
                 raise ConfigError(f"LDN loss weight '{name}' must be >= 0, got {value!r}")
+        if self.reblur_rule not in REBLUR_RULES:
+            raise ConfigError(f"unknown re-blur rule {self.reblur_rule!r}; use one of {list(REBLUR_RULES)}")
 
 
 def ldn_loss(
@@ -134,22 +151,29 @@ def ldn_loss(
     blurry: torch.Tensor,
     weights: LdnLossWeights = LdnLossWeights(),
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Student loss over ``frames`` (N, M, 3, H, W) at M timestamps of each of N exposure crops.
+    """Student loss over ``frames`` (B, N, 3, H, W) at N evenly spread timestamps of each of B exposure crops.
 
-    ``teacher_frames`` has the shape of ``frames``; ``blurry`` is (N, 3, H, W). Returns the total and its
-    parts (``teacher``: the mean distillation distance; ``reblur``: the re-blur MSE) as floats for logs.
+    ``teacher_frames`` (B, M, 3, H, W) are the targets at M of them (``distilled_positions(N, M)``; M = N
+    is the paper's loss); ``blurry`` is (B, 3, H, W) and is compared with the frames averaged per
+    ``weights.reblur_rule``. Returns the total and its parts (``teacher``: the mean distillation distance;
+    ``reblur``: the re-blur MSE) as floats for logs.
     """
-    if frames.dim() != 5 or frames.shape != teacher_frames.shape:
+    if frames.dim() != 5 or teacher_frames.dim() != 5 or (
+            frames.shape[:1] + frames.shape[2:] != teacher_frames.shape[:1] + teacher_frames.shape[2:]):
         raise ConfigError(
-            f"ldn_loss() needs student and teacher frames of shape (N, M, 3, H, W), got "
+            f"ldn_loss() needs student and teacher frames of shapes (B, N, 3, H, W) and (B, M, 3, H, W), got "
             f"{tuple(frames.shape)} and {tuple(teacher_frames.shape)}"
         )
     if blurry.shape != frames.shape[:1] + frames.shape[2:]:
         raise ConfigError(
-            f"ldn_loss() needs the blurry crops as (N, 3, H, W) = {tuple(frames.shape[:1] + frames.shape[2:])}, "
+            f"ldn_loss() needs the blurry crops as (B, 3, H, W) = {tuple(frames.shape[:1] + frames.shape[2:])}, "
             f"got {tuple(blurry.shape)}"
         )
-    teacher_term = distillation_distance(frames, teacher_frames, ssim_weight=weights.ssim)
-    reblur_term = F.mse_loss(frames.mean(dim=1), blurry)
+    positions = distilled_positions(frames.shape[1], teacher_frames.shape[1])
+    distilled = frames if len(positions) == frames.shape[1] else frames[:, positions]
+    teacher_term = distillation_distance(distilled, teacher_frames, ssim_weight=weights.ssim)
+    mix = reblur_weights(frames.shape[1], weights.reblur_rule).to(frames.device, frames.dtype)
+    reblurred = torch.einsum("t,btchw->bchw", mix, frames)
+    reblur_term = F.mse_loss(reblurred, blurry)
     total = weights.teacher * teacher_term + weights.reblur * reblur_term
     return total, {"teacher": float(teacher_term.detach()), "reblur": float(reblur_term.detach())}

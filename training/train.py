@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from spikereveal.errors import ConfigError
 from spikereveal.training import datasets as ds
 from spikereveal.training.losses import LdnLossWeights, bsn_loss, ldn_loss, sr_loss
-from spikereveal.training.train_config import KIND_DEFAULTS, KINDS, RunOptions, TrainConfig
+from spikereveal.training.train_config import KIND_DEFAULTS, KINDS, RunOptions, TrainConfig, distilled_positions
 
 log = logging.getLogger(__name__)
 
@@ -125,13 +125,19 @@ def _dataset(config: TrainConfig, exposures, device, prepare: Callable[[int, int
     if config.kind == "sr":
         return ds.SRDataset(exposures, **common)
     return ds.LDNDataset(
-        exposures, _teacher_fn(config, device, cache_dir), timestamps=config.timestamps, progress=prepare, **common
+        exposures, _teacher_fn(config, device, cache_dir), timestamps=config.timestamps, progress=prepare,
+        reblur_timestamps=config.reblur_count, **common
     )
 
 
 def batch_loss(kind: str, model, batch, device, weights: LdnLossWeights,
-               autocast: str = "off") -> tuple[torch.Tensor, dict[str, float]]:
-    """The loss of one batch; the forward pass runs at ``autocast`` precision, the loss in float32."""
+               autocast: str = "off", reblur_gradient: str = "all") -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss of one batch; the forward pass runs at ``autocast`` precision, the loss in float32.
+
+    LDN with more re-blur than distilled timestamps: ``reblur_gradient`` "all" back-propagates through
+    every frame; "distilled" computes the re-blur-only frames without a gradient (they still count in the
+    re-blurred mean; its gradient reaches the weights through the distilled frames only).
+    """
     if kind == "bsn":
         tfp_short = batch.to(device)
         with autocast_context(device, autocast):
@@ -143,10 +149,25 @@ def batch_loss(kind: str, model, batch, device, weights: LdnLossWeights,
             super_resolved = model(tfp_long)
         return sr_loss(super_resolved.float(), gray_blurry), {}
     blurry, spikes, targets = (t.to(device) for t in batch)
-    n, m = spikes.shape[:2]
+    count = spikes.shape[1]
+    tracked = distilled_positions(count, targets.shape[1]) if reblur_gradient == "distilled" else list(range(count))
+    untracked = [t for t in range(count) if t not in set(tracked)]
     with autocast_context(device, autocast):
-        frames = model(blurry.repeat_interleave(m, dim=0), spikes.reshape(n * m, *spikes.shape[2:]).to(blurry.dtype))
-    return ldn_loss(frames.float().reshape(n, m, *blurry.shape[1:]), targets, blurry, weights)
+        frames = _student_frames(model, blurry, spikes[:, tracked] if untracked else spikes)
+        if untracked:  # re-blur-only timestamps: in the re-blurred mean, without a gradient (a third of the cost)
+            with torch.no_grad():
+                rest = _student_frames(model, blurry, spikes[:, untracked])
+            order = torch.tensor(tracked + untracked, device=frames.device).argsort()
+            frames = torch.cat([frames, rest], dim=1)[:, order]
+    return ldn_loss(frames, targets, blurry, weights)
+
+
+def _student_frames(model, blurry: torch.Tensor, spikes: torch.Tensor) -> torch.Tensor:
+    """The student at every timestamp of each crop: blurry (B, 3, H, W), spikes (B, T, 21, h, w) ->
+    float32 frames (B, T, 3, H, W)."""
+    n, count = spikes.shape[:2]
+    frames = model(blurry.repeat_interleave(count, dim=0), spikes.reshape(n * count, *spikes.shape[2:]).to(blurry.dtype))
+    return frames.float().reshape(n, count, *blurry.shape[1:])
 
 
 # -- the loop ------------------------------------------------------------------------------------------------
@@ -220,7 +241,7 @@ def train(
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     weights = LdnLossWeights(config.lambda_teacher, config.lambda_reblur,
-                             ssim=config.lambda_ssim)
+                             ssim=config.lambda_ssim, reblur_rule=config.reblur_rule)
     limit_s = None if options.time_limit_min is None else 60.0 * options.time_limit_min
     data_paths = [os.fspath(path) for path in data]
 
@@ -264,7 +285,7 @@ def train(
         counted = 0
         epoch_started = time.monotonic()
         for batch in loader:
-            loss, parts = batch_loss(kind, model, batch, device, weights, config.autocast)
+            loss, parts = batch_loss(kind, model, batch, device, weights, config.autocast, config.reblur_gradient)
             if not torch.isfinite(loss):
                 raise ConfigError(
                     f"the {kind} loss became {float(loss)} at epoch {epoch + 1}, step {step_in_epoch + 1}; "

@@ -18,6 +18,13 @@ TEACHERS = ("nets", "sdm")
 #: optimizer and losses stay float32). bf16 pays off on CPUs with AVX512-BF16/AMX and on recent GPUs.
 AUTOCAST_CHOICES = ("off", "bf16")
 
+#: How the re-blur term averages the student's frames: the paper's plain mean, or the trapezoid rule
+#: (first and last timestamp weigh half), which follows the exposure's mean more closely.
+REBLUR_RULES = ("mean", "trapezoid")
+#: Which of the student's frames the re-blur term back-propagates through: "all", or only the "distilled"
+#: ones (the re-blur-only frames then run without a gradient, about a third of their cost).
+REBLUR_GRADIENTS = ("all", "distilled")
+
 #: Per-network defaults: the paper's learning rates; crops in spike pixels (image crops are 4x).
 KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "bsn": {"lr": 3e-4, "crop": 64, "batch_size": 8},
@@ -40,7 +47,25 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "autocast": "off",
     "teacher_autocast": "off",
     "lambda_ssim": 1.0,
+    "reblur_timestamps": None,  # None: the distilled timestamps (the paper's loss)
+    "reblur_rule": "mean",
+    "reblur_gradient": "all",
 }
+
+
+def distilled_positions(reblur_count: int, distilled_count: int) -> list[int]:
+    """Which of ``reblur_count`` (N) evenly spread timestamps, first and last included, are the
+    ``distilled_count`` (M) evenly spread ones: every ``(N - 1) / (M - 1)``-th. ConfigError when they are
+    not a subset (N must be M + j (M - 1), e.g. 9 or 13 for M = 5)."""
+    n, m = int(reblur_count), int(distilled_count)
+    if n == m and m >= 1:
+        return list(range(m))
+    if m < 2 or n < m or (n - 1) % (m - 1):
+        raise ConfigError(
+            f"the {m} distilled timestamps must be among the {n} re-blur timestamps: use N = M + j (M - 1) "
+            f"re-blur timestamps with M >= 2 (e.g. --timestamps 5 --reblur-timestamps 9 or 13)"
+        )
+    return list(range(0, n, (n - 1) // (m - 1)))
 
 
 @dataclass(frozen=True)
@@ -51,7 +76,10 @@ class TrainConfig:
     ``teacher`` ("nets": the BSN+SR cascade from ``teacher_bsn``/``teacher_sr``; "sdm": plain SDM),
     ``timestamps`` (M), the two loss weights, ``init`` (an LDN checkpoint to fine-tune), ``distillation``
     (the distance to the teacher) and ``teacher_autocast`` (precision of the teacher nets computing the
-    targets). ``autocast``: precision of the trained network's forward pass (see ``AUTOCAST_CHOICES``).
+    targets). ``reblur_timestamps`` (N, default M): the re-blur term's timestamps, a finer evenly spread
+    set containing the M distilled ones; ``reblur_rule``: how they are averaged (``REBLUR_RULES``);
+    ``reblur_gradient``: which frames the re-blur term back-propagates through (``REBLUR_GRADIENTS``).
+    ``autocast``: precision of the trained network's forward pass (see ``AUTOCAST_CHOICES``).
     """
 
     kind: str
@@ -74,11 +102,15 @@ class TrainConfig:
     autocast: str | None = None
     teacher_autocast: str | None = None
     lambda_ssim: float | None = None
+    reblur_timestamps: int | None = None
+    reblur_rule: str | None = None
+    reblur_gradient: str | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ConfigError(f"unknown network {self.kind!r}; train one of {list(KINDS)}")
-        positive_ints = ("epochs", "batch_size", "crop", "samples_per_epoch", "crops_per_exposure", "timestamps")
+        positive_ints = ("epochs", "batch_size", "crop", "samples_per_epoch", "crops_per_exposure", "timestamps",
+                         "reblur_timestamps")
         for name in positive_ints:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -95,20 +127,30 @@ class TrainConfig:
             raise ConfigError(f"the short TFP window must be an odd number of frames, got {self.tfp_window!r}")
         if self.teacher is not None and self.teacher not in TEACHERS:
             raise ConfigError(f"unknown teacher {self.teacher!r}; use one of {list(TEACHERS)}")
-        for name, choices in (("autocast", AUTOCAST_CHOICES), ("teacher_autocast", AUTOCAST_CHOICES)):
+        for name, choices in (("autocast", AUTOCAST_CHOICES), ("teacher_autocast", AUTOCAST_CHOICES),
+                              ("reblur_rule", REBLUR_RULES), ("reblur_gradient", REBLUR_GRADIENTS)):
             value = getattr(self, name)
             if value is not None and value not in choices:
                 raise ConfigError(f"unknown {name} {value!r}; use one of {list(choices)}")
+        if self.reblur_timestamps is not None:
+            distilled_positions(self.reblur_timestamps, self.timestamps or DEFAULT_LDN_TIMESTAMPS)
         if self.teacher == "nets" and self.kind == "ldn" and not (self.teacher_bsn and self.teacher_sr):
             raise ConfigError(
                 "the network teacher needs both --teacher-bsn CKPT and --teacher-sr CKPT (or use --teacher sdm)"
             )
         if self.kind != "ldn":
-            extra = [n for n in ("teacher_bsn", "teacher_sr", "init") if getattr(self, n) is not None]
+            extra = [n for n in ("teacher_bsn", "teacher_sr", "init", "reblur_timestamps") if getattr(self, n) is not None]
+            extra += [name for name, default in (("reblur_rule", "mean"), ("reblur_gradient", "all"))
+                      if getattr(self, name) not in (None, default)]
             if self.teacher == "nets":
                 extra.append("teacher")
             if extra:
                 raise ConfigError(f"{', '.join(extra)} only apply to training the ldn student, not {self.kind}")
+
+    @property
+    def reblur_count(self) -> int:
+        """N, the timestamps per exposure the student runs at (re-blur term); M when not set."""
+        return self.reblur_timestamps or self.timestamps or DEFAULT_LDN_TIMESTAMPS
 
     def with_defaults(self) -> "TrainConfig":
         """Every ``None`` replaced by the default (``samples_per_epoch`` stays ``None`` until data is known)."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from spikereveal.errors import ConfigError
 from spikereveal.commands._types import positive_int
-from spikereveal.training.train_config import AUTOCAST_CHOICES  # torch-free
+from spikereveal.training.train_config import AUTOCAST_CHOICES, REBLUR_GRADIENTS, REBLUR_RULES  # torch-free
 
 _HELP = {
     "bsn": "the teacher's blind-spot denoiser: MSE(TFP_short, BSN(TFP_short))",
@@ -71,6 +71,16 @@ def register(subparsers) -> None:
             child.add_argument("--init", type=Path, metavar="CKPT",
                                help="start from this LDN checkpoint (fine-tune, e.g. on the rig's own recordings)")
             child.add_argument("--timestamps", type=positive_int, help="timestamps per exposure in the loss (default 5)")
+            child.add_argument("--reblur-timestamps", type=positive_int, metavar="N",
+                               help="timestamps per exposure in the re-blur term, a finer set containing the "
+                                    "distilled ones: N = M + j (M - 1), e.g. 9 or 13 for M = 5 (default: M). The "
+                                    "student runs at all N; the teacher is only needed at the M")
+            child.add_argument("--reblur-rule", choices=REBLUR_RULES,
+                               help="how the re-blur term averages the N frames: mean (the paper's, default) or "
+                                    "trapezoid (first and last frame weigh half, closer to the exposure's mean)")
+            child.add_argument("--reblur-gradient", choices=REBLUR_GRADIENTS,
+                               help="frames the re-blur term back-propagates through: all (default) or only the "
+                                    "distilled ones (the other N - M then run without a gradient: cheaper)")
             child.add_argument("--lambda-teacher", type=float, help="weight of the distillation term (default 1)")
             child.add_argument("--lambda-reblur", type=float, help="weight of the re-blur term (default 100)")
             child.add_argument("--lambda-ssim", type=float,
@@ -104,6 +114,8 @@ def _config(args):
             init=None if args.init is None else str(args.init),
             timestamps=args.timestamps, lambda_teacher=args.lambda_teacher, lambda_reblur=args.lambda_reblur,
             lambda_ssim=args.lambda_ssim, teacher_autocast=args.teacher_autocast,
+            reblur_timestamps=args.reblur_timestamps, reblur_rule=args.reblur_rule,
+            reblur_gradient=args.reblur_gradient,
         )
     return TrainConfig(**values)
 
