@@ -34,10 +34,14 @@ LAMBDA_TEACHER = 1.0
 LAMBDA_REBLUR = 100.0
 
 
-def reblur_weights(count: int, rule: str = "mean") -> torch.Tensor:
-    """Weights (summing to 1) of ``count`` evenly spread frames in the re-blurred image, per ``rule``."""
+def _check_reblur_rule(rule: str) -> None:
     if rule not in REBLUR_RULES:
         raise ConfigError(f"unknown re-blur rule {rule!r}; use one of {list(REBLUR_RULES)}")
+
+
+def reblur_weights(count: int, rule: str = "mean") -> torch.Tensor:
+    """Weights (summing to 1) of ``count`` evenly spread frames in the re-blurred image, per ``rule``."""
+    _check_reblur_rule(rule)
     weights = torch.ones(int(count), dtype=torch.float64)
     if rule == "trapezoid" and count > 1:
         weights[0] = weights[-1] = 0.5
@@ -141,8 +145,7 @@ class LdnLossWeights:
             value = getattr(self, name)
             if not (value >= 0.0):
                 raise ConfigError(f"LDN loss weight '{name}' must be >= 0, got {value!r}")
-        if self.reblur_rule not in REBLUR_RULES:
-            raise ConfigError(f"unknown re-blur rule {self.reblur_rule!r}; use one of {list(REBLUR_RULES)}")
+        _check_reblur_rule(self.reblur_rule)
 
 
 def ldn_loss(

@@ -151,7 +151,7 @@ def batch_loss(kind: str, model, batch, device, weights: LdnLossWeights,
     blurry, spikes, targets = (t.to(device) for t in batch)
     count = spikes.shape[1]
     tracked = distilled_positions(count, targets.shape[1]) if reblur_gradient == "distilled" else list(range(count))
-    untracked = [t for t in range(count) if t not in set(tracked)]
+    untracked = sorted(set(range(count)) - set(tracked))
     with autocast_context(device, autocast):
         frames = _student_frames(model, blurry, spikes[:, tracked] if untracked else spikes)
         if untracked:  # re-blur-only timestamps: in the re-blurred mean, without a gradient (a third of the cost)

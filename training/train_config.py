@@ -140,8 +140,8 @@ class TrainConfig:
             )
         if self.kind != "ldn":
             extra = [n for n in ("teacher_bsn", "teacher_sr", "init", "reblur_timestamps") if getattr(self, n) is not None]
-            extra += [name for name, default in (("reblur_rule", "mean"), ("reblur_gradient", "all"))
-                      if getattr(self, name) not in (None, default)]
+            extra += [name for name in ("reblur_rule", "reblur_gradient")
+                      if getattr(self, name) not in (None, COMMON_DEFAULTS[name])]
             if self.teacher == "nets":
                 extra.append("teacher")
             if extra:
