@@ -4,15 +4,32 @@
     simulate_recording(preset("tiny"), "out/tiny", seed=0, exposures=4)
 """
 
-from spikereveal.sim.config import PRESETS, MotionConfig, SensorConfig, SimConfig, preset
+from spikereveal.sim.config import (
+    MOTION_FAMILIES,
+    PRESETS,
+    MotionConfig,
+    SensorConfig,
+    SimConfig,
+    motion_family,
+    preset,
+    scaled_motion,
+    scaled_sensor,
+)
+from spikereveal.sim.scenes import SCENE_FAMILIES, SKIMAGE_SPLITS
 from spikereveal.sim.simulate import TRUTH_FILE, plan_layout, plan_shots, simulate_recording
 
 __all__ = [
+    "MOTION_FAMILIES",
     "PRESETS",
+    "SCENE_FAMILIES",
+    "SKIMAGE_SPLITS",
     "MotionConfig",
     "SensorConfig",
     "SimConfig",
+    "motion_family",
     "preset",
+    "scaled_motion",
+    "scaled_sensor",
     "TRUTH_FILE",
     "plan_layout",
     "plan_shots",

@@ -15,6 +15,7 @@ from spikereveal.kernels.timing import DEFAULT_K, DEFAULT_MARGIN_FRAMES
 
 CANONICAL_SCALE = 4
 SCENE_KINDS = ("images", "checkerboard", "dark")
+MOTION_FAMILIES = ("camera", "objects")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -61,10 +62,12 @@ class SensorConfig:
 
 @dataclass(frozen=True)
 class MotionConfig:
-    """Camera and sprite motion per exposure, in units of the canonical frame (scale-free).
+    """Camera, sprite and object motion per exposure, in units of the canonical frame (scale-free).
 
     Translation over one exposure is a fraction of the frame width (the blur length); the velocity changes
     by up to ``acceleration_ratio`` of itself over the exposure; rotation and zoom drift linearly.
+    ``family``: ``camera`` (a moving camera, plus ``sprites``) or ``objects`` (also 2-5 fast objects, cut
+    from another image than the background, occluding it; use :func:`motion_family` for its slow camera).
     """
 
     blur_fraction: tuple[float, float] = (0.06, 0.12)  # |displacement| over one exposure / frame width (fast motion)
@@ -74,14 +77,26 @@ class MotionConfig:
     zoom_ratio: float = 0.03  # |relative zoom change over one exposure|, at most
     sprite_blur_fraction: tuple[float, float] = (0.04, 0.12)  # sprite displacement / frame width
     sprite_size_fraction: tuple[float, float] = (0.2, 0.35)  # sprite diameter / frame height
+    family: str = "camera"  # "camera" or "objects"
+    object_count: tuple[int, int] = (2, 5)  # objects per exposure (objects family), inclusive range
+    object_blur_fraction: tuple[float, float] = (0.05, 0.15)  # object displacement / frame width
+    object_size_fraction: tuple[float, float] = (0.15, 0.4)  # object size / frame height
 
     def __post_init__(self):
-        for name in ("blur_fraction", "sprite_blur_fraction", "sprite_size_fraction"):
+        _check(self.family in MOTION_FAMILIES, f"motion.family must be one of {MOTION_FAMILIES}, got {self.family!r}")
+        low, high = self.object_count
+        _check(
+            all(isinstance(v, int) for v in (low, high)) and 0 <= low <= high,
+            f"motion.object_count must be integers (low, high) with 0 <= low <= high, got {self.object_count!r}",
+        )
+        for name in ("blur_fraction", "sprite_blur_fraction", "sprite_size_fraction", "object_blur_fraction",
+                     "object_size_fraction"):
             low, high = getattr(self, name)
             _finite(f"motion.{name}[0]", low)
             _finite(f"motion.{name}[1]", high)
             _check(0 <= low <= high, f"motion.{name} must be a range (low, high) with 0 <= low <= high")
         _check(self.sprite_size_fraction[0] > 0, "motion.sprite_size_fraction must be > 0")
+        _check(self.object_size_fraction[0] > 0, "motion.object_size_fraction must be > 0")
         for name in ("acceleration_ratio", "rotation_deg", "base_rotation_deg", "zoom_ratio"):
             _finite(f"motion.{name}", getattr(self, name))
             _check(getattr(self, name) >= 0, f"motion.{name} must be >= 0")
@@ -93,6 +108,55 @@ class MotionConfig:
         return MotionConfig(
             blur_fraction=(0.0, 0.0), acceleration_ratio=0.0, rotation_deg=0.0, base_rotation_deg=0.0, zoom_ratio=0.0
         )
+
+
+def motion_family(name: str, base: MotionConfig | None = None) -> MotionConfig:
+    """The motion of a family: ``camera`` is ``base`` (default ``MotionConfig()``); ``objects`` is a slow,
+    nearly static camera (blur 0-2 % of the width, little roll and zoom) with 2-5 fast objects (5-15 %)."""
+    base = MotionConfig() if base is None else base
+    if name == "camera":
+        return replace(base, family="camera")
+    if name == "objects":
+        return replace(
+            base, family="objects", blur_fraction=(0.0, 0.02), rotation_deg=0.2, base_rotation_deg=3.0,
+            zoom_ratio=0.005,
+        )
+    raise ConfigError(f"unknown motion family {name!r}; choose one of {', '.join(MOTION_FAMILIES)}")
+
+
+def scaled_motion(motion: MotionConfig, camera_scale: float = 1.0, object_speed_scale: float = 1.0) -> MotionConfig:
+    """``motion`` with the camera's blur, roll and zoom per exposure times ``camera_scale`` (0: static camera)
+    and the sprites' and objects' displacement times ``object_speed_scale``."""
+    for name, value in (("camera_scale", camera_scale), ("object_speed_scale", object_speed_scale)):
+        _check(
+            isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
+            f"{name} must be a finite number >= 0 (1 keeps the preset's speed), got {value!r}",
+        )
+    changes = {}
+    if camera_scale != 1.0:
+        changes.update(
+            blur_fraction=tuple(camera_scale * v for v in motion.blur_fraction),
+            rotation_deg=camera_scale * motion.rotation_deg,
+            zoom_ratio=min(camera_scale * motion.zoom_ratio, 0.49),
+        )
+    if object_speed_scale != 1.0:
+        changes.update(
+            sprite_blur_fraction=tuple(object_speed_scale * v for v in motion.sprite_blur_fraction),
+            object_blur_fraction=tuple(object_speed_scale * v for v in motion.object_blur_fraction),
+        )
+    return replace(motion, **changes) if changes else motion
+
+
+def scaled_sensor(sensor: SensorConfig, threshold_scale: float = 1.0, **changes) -> SensorConfig:
+    """``sensor`` with its threshold times ``threshold_scale`` (2 on the gopro preset: the paper's V_th 2 x 2)
+    and other fields replaced (``dark_spike_rate=...``, ``hot_pixel_fraction=...``); validated."""
+    _check(
+        isinstance(threshold_scale, (int, float)) and math.isfinite(threshold_scale) and threshold_scale > 0,
+        f"threshold_scale must be a finite number > 0 (1 keeps the preset's threshold), got {threshold_scale!r}",
+    )
+    if threshold_scale != 1.0:
+        changes["threshold"] = threshold_scale * sensor.threshold
+    return replace(sensor, **changes) if changes else sensor
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from spikereveal.sim.config import MotionConfig
+
+OBJECT_SHAPES = ("ellipse", "rectangle", "polygon")
+ALPHA_SUPERSAMPLING = 4
 
 
 def _rotation(angle_rad: float) -> np.ndarray:
@@ -176,6 +180,73 @@ def sample_sprite(
         scale=float(diameter / patch.shape[1]),
         angle_rad=rng.uniform(-math.pi, math.pi),
         angular_velocity_rad=math.radians(rng.uniform(-20.0, 20.0)),
+        t_centre_ns=float(t_centre_ns),
+        duration_ns=float(duration_ns),
+    )
+
+
+def shape_alpha(rng: np.random.Generator, side: int, shape: str) -> np.ndarray:
+    """A (side, side) float32 alpha mask in [0, 1] of a random ``shape`` (ellipse, rectangle, polygon) filling
+    most of the square, drawn 4x supersampled and area-averaged down, so its edge is anti-aliased."""
+    big = side * ALPHA_SUPERSAMPLING
+    centre = (big - 1) / 2.0
+    radius = big / 2.0 - 2 * ALPHA_SUPERSAMPLING
+    angle = rng.uniform(0.0, math.pi)
+    if shape == "ellipse":
+        t = np.linspace(0.0, 2 * math.pi, 256, endpoint=False)
+        local = np.stack([np.cos(t), rng.uniform(0.45, 1.0) * np.sin(t)], axis=1) * radius
+    elif shape == "rectangle":
+        ratio = rng.uniform(0.35, 1.0)
+        local = np.array([[-1, -ratio], [1, -ratio], [1, ratio], [-1, ratio]]) * radius / math.hypot(1.0, ratio)
+    else:  # star-convex polygon, 3-8 vertices
+        n = int(rng.integers(3, 9))
+        t = (np.arange(n) + rng.uniform(-0.35, 0.35, n)) * (2 * math.pi / n)  # no slivers
+        local = np.stack([np.cos(t), np.sin(t)], axis=1) * (radius * rng.uniform(0.6, 1.0, n))[:, None]
+    c, si = math.cos(angle), math.sin(angle)
+    points = local @ np.array([[c, si], [-si, c]]) + centre
+    mask = np.zeros((big, big), dtype=np.float32)
+    cv2.fillPoly(mask, [np.rint(points).astype(np.int32)], 1.0)
+    return cv2.resize(mask, (side, side), interpolation=cv2.INTER_AREA)
+
+
+def object_patch(rng: np.random.Generator, light: np.ndarray, max_side: int = 256) -> np.ndarray:
+    """Cut a random shape (ellipse, rotated rectangle or polygon) with an anti-aliased edge out of a source
+    light image (a random place and size); premultiplied BGRA float32."""
+    source_h, source_w = light.shape[:2]
+    side = max(int(min(source_h, source_w, max_side) * rng.uniform(0.4, 1.0)), 8)
+    top = int(rng.integers(0, source_h - side + 1))
+    left = int(rng.integers(0, source_w - side + 1))
+    alpha = shape_alpha(rng, side, OBJECT_SHAPES[int(rng.integers(len(OBJECT_SHAPES)))])
+    patch = light[top : top + side, left : left + side]
+    return np.ascontiguousarray(np.concatenate([patch * alpha[:, :, None], alpha[:, :, None]], axis=2))
+
+
+def sample_object(
+    rng: np.random.Generator,
+    motion: MotionConfig,
+    light: np.ndarray,
+    frame_size: tuple[int, int],
+    t_centre_ns: float,
+    duration_ns: float,
+) -> Sprite:
+    """A fast object (``motion.object_*``): a shape cut from ``light``, in view at mid-exposure, crossing
+    ``object_blur_fraction`` of the frame width per exposure in a random direction, spinning a little."""
+    width, height = frame_size
+    patch = object_patch(rng, light)
+    size = rng.uniform(*motion.object_size_fraction) * height
+    speed = rng.uniform(*motion.object_blur_fraction) * width
+    velocity = speed * _random_direction(rng)
+    position = (
+        (width - 1) / 2 + rng.uniform(-0.35, 0.35) * width,
+        (height - 1) / 2 + rng.uniform(-0.35, 0.35) * height,
+    )
+    return Sprite(
+        patch=patch,
+        position_xy=(float(position[0]), float(position[1])),
+        velocity_xy=(float(velocity[0]), float(velocity[1])),
+        scale=float(size / patch.shape[1]),
+        angle_rad=rng.uniform(-math.pi, math.pi),
+        angular_velocity_rad=math.radians(rng.uniform(-30.0, 30.0)),
         t_centre_ns=float(t_centre_ns),
         duration_ns=float(duration_ns),
     )

@@ -28,7 +28,9 @@ class Shot:
     name: str
     light: np.ndarray | None  # (h, w, 3) float32 source light
     camera: CameraTrajectory | None
-    sprites: tuple[Sprite, ...] = ()
+    sprites: tuple[Sprite, ...] = ()  # sprites, then the objects of the objects motion family
+    family: str = "images"  # the scene family the image came from
+    objects: int = 0  # how many of the last ``sprites`` are objects
 
 
 @dataclass(frozen=True, eq=False)

@@ -53,16 +53,58 @@ def _as_bgr8(image: np.ndarray, name: str) -> np.ndarray:
     return image
 
 
+# Every usable picture bundled with scikit-image 0.2x that loads without a download (the others need pooch and
+# the network: brain, cells3d, eagle, kidney, lily, skin, ...), minus the mostly-black or nearly empty ones
+# (hubble_deep_field, moon, retina, shepp_logan_phantom), tiny ones (microaneurysms, lfw_subset), the binary
+# horse, ``cat`` (the same picture as chelsea) and ``checkerboard`` (a 200 px binary board: magnified onto a
+# 1280x720 frame it is one flat-edged pattern, not a scene to report on). Split by hand into three disjoint lists with varied content
+# in each (a colour photo, a gray photo or object, a texture, a graphic or text page, microscopy).
+SKIMAGE_SPLITS: dict[str, tuple[str, ...]] = {
+    "skimage-train": (
+        "astronaut", "rocket", "camera", "brick", "coins", "clock", "page", "colorwheel", "cell",
+    ),
+    "skimage-val": ("chelsea", "gravel", "text", "logo"),
+    "skimage-test": ("coffee", "stereo_motorcycle", "immunohistochemistry", "grass"),
+}
+GENERATED_FAMILIES = ("deadleaves", "synthetic")
+MIXED_FAMILIES = {"mixed-train": ("deadleaves", "synthetic", "skimage-train")}
+SCENE_FAMILIES = ("default", *GENERATED_FAMILIES, *SKIMAGE_SPLITS, *MIXED_FAMILIES)
+GENERATED_SCENE_SCALE = 1.5  # generated scenes are this many times the canonical frame, so the camera can move
+
+
+def check_scene_family(name: str) -> str:
+    if name not in SCENE_FAMILIES:
+        raise ConfigError(f"unknown scene family {name!r}; choose one of {', '.join(SCENE_FAMILIES)}")
+    return name
+
+
+def _skimage_picture(data, name: str) -> np.ndarray:
+    image = getattr(data, name)()
+    if isinstance(image, tuple):  # stereo_motorcycle: (left, right, disparity)
+        image = image[0]
+    image = np.asarray(image)
+    if image.dtype == bool:
+        image = image.astype(np.uint8) * 255
+    if image.ndim == 3:
+        image = image[:, :, 2::-1]  # RGB(A) -> BGR
+    return image
+
+
 def default_scene_images(names: tuple[str, ...] = DEFAULT_SCENE_NAMES) -> list[tuple[str, np.ndarray]]:
-    """The scikit-image sample images (shipped with the package, no download), as BGR uint8."""
+    """scikit-image sample images (shipped with the package, no download), as BGR uint8."""
     data = require("skimage.data", "the simulator's default scenes", "sim")
-    scenes = []
-    for name in names:
-        image = np.asarray(getattr(data, name)())
-        if image.ndim == 3:
-            image = image[:, :, 2::-1]  # RGB(A) -> BGR
-        scenes.append((name, _as_bgr8(image, name)))
-    return scenes
+    return [(name, _as_bgr8(_skimage_picture(data, name), name)) for name in names]
+
+
+def family_scene_images(family: str) -> list[tuple[str, np.ndarray]] | None:
+    """The fixed image list of a scene family (``default`` or an ``skimage-*`` split); None for generated and
+    mixed families (see :mod:`spikereveal.sim.procedural`)."""
+    check_scene_family(family)
+    if family == "default":
+        return default_scene_images()
+    if family in SKIMAGE_SPLITS:
+        return default_scene_images(SKIMAGE_SPLITS[family])
+    return None
 
 
 def load_scene_images(path: str | Path) -> list[tuple[str, np.ndarray]]:

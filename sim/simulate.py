@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,10 +28,20 @@ import numpy as np
 from spikereveal.errors import ConfigError
 from spikereveal.kernels.timing import exposure_window, index_to_time, output_timestamps
 from spikereveal.sim.config import SimConfig
-from spikereveal.sim.motion import sample_camera, sample_sprite
+from spikereveal.sim.motion import sample_camera, sample_object, sample_sprite
+from spikereveal.sim.procedural import GENERATORS
 from spikereveal.sim.render import Grid, Shot, render, spike_intensity
 from spikereveal.sim.rgb import blurry_frame, sharp_frame
-from spikereveal.sim.scenes import as_scene_images, checkerboard_image, default_scene_images, scene_light
+from spikereveal.sim.scenes import (
+    GENERATED_SCENE_SCALE,
+    MIXED_FAMILIES,
+    SKIMAGE_SPLITS,
+    as_scene_images,
+    checkerboard_image,
+    default_scene_images,
+    family_scene_images,
+    scene_light,
+)
 from spikereveal.sim.spikes import fire_spikes, new_sensor_state
 
 log = logging.getLogger(__name__)
@@ -124,55 +134,141 @@ def plan_layout(config: SimConfig, exposures: int) -> Layout:
     return layout
 
 
-def _scene_list(config: SimConfig, scenes) -> list[tuple[str, np.ndarray]]:
+def _scene_source(config: SimConfig, scenes) -> tuple[str, list[tuple[str, np.ndarray]] | None]:
+    """(scene family, fixed image list or None for generated/mixed families)."""
     if config.scene == "dark":
-        return []
+        return "dark", []
     if config.scene == "checkerboard":
         columns, rows = config.checkerboard_squares
-        return [("checkerboard", checkerboard_image(columns, rows, pad_ratio=2.5))]
-    return default_scene_images() if scenes is None else as_scene_images(scenes)
+        return "checkerboard", [("checkerboard", checkerboard_image(columns, rows, pad_ratio=2.5))]
+    if scenes is None:
+        return "default", default_scene_images()
+    if isinstance(scenes, str):
+        return scenes, family_scene_images(scenes)
+    return "images", as_scene_images(scenes)
 
 
-def _make_shots(config: SimConfig, layout: Layout, scenes, rng: np.random.Generator) -> list[Shot]:
+class _SceneDrawer:
+    """Draws each exposure's background image and the images its sprites and objects are cut from.
+
+    Fixed lists (the default scenes, an skimage split, the user's images) are walked in seeded random
+    permutations, and sprites come from another list image (exactly as before families existed, so the
+    default recording keeps its bytes); generated families make a new ``GENERATED_SCENE_SCALE``-times-the-
+    frame image per exposure, plus one smaller image per exposure for its sprites and objects; a mixed
+    family draws the family of each image first."""
+
+    def __init__(self, config: SimConfig, family: str, images):
+        self.config = config
+        self.family = family
+        self.lists: dict[str, list] = {}
+        self.orders: dict[str, list[int]] = {}
+        self.lights: dict[tuple[str, int], np.ndarray] = {}
+        self.other_light: np.ndarray | None = None
+        if images is not None:
+            self.lists[family] = images
+        else:
+            for member in MIXED_FAMILIES.get(family, (family,)):
+                if member in SKIMAGE_SPLITS:
+                    self.lists[member] = family_scene_images(member)
+        width, height = config.canonical_width, config.canonical_height
+        self.scene_size = (int(round(GENERATED_SCENE_SCALE * width)), int(round(GENERATED_SCENE_SCALE * height)))
+        self.other_size = (min(width, 640), min(height, 640))
+
+    def _member(self, rng: np.random.Generator) -> str:
+        members = MIXED_FAMILIES.get(self.family)
+        return self.family if members is None else members[int(rng.integers(len(members)))]
+
+    def _list_light(self, member: str, index: int) -> np.ndarray:
+        if (member, index) not in self.lights:
+            self.lights[member, index] = scene_light(self.lists[member][index][1], self.config.linear_light)
+        return self.lights[member, index]
+
+    def background(self, rng: np.random.Generator) -> tuple[str, str, int, np.ndarray]:
+        """(image name, its family, its index in a list or -1, its light); a new exposure starts."""
+        self.other_light = None
+        member = self._member(rng)
+        if member in GENERATORS:
+            image = GENERATORS[member](rng, self.scene_size)
+            return member, member, -1, scene_light(image, self.config.linear_light)
+        if not self.orders.get(member):
+            self.orders[member] = list(rng.permutation(len(self.lists[member])))
+        index = int(self.orders[member].pop())
+        return self.lists[member][index][0], member, index, self._list_light(member, index)
+
+    def other(self, rng: np.random.Generator, member: str, index: int) -> np.ndarray:
+        """The light a sprite or object is cut from: another list image than the background's, or this
+        exposure's extra generated image."""
+        if self.family in self.lists:  # a plain list family
+            count = len(self.lists[member])
+            other = int(rng.integers(count))
+            if count > 1 and other == index:
+                other = (other + 1) % count
+            return self._list_light(member, other)
+        if self.other_light is None:
+            other_member = self._member(rng)
+            if other_member in GENERATORS:
+                image = GENERATORS[other_member](rng, self.other_size)
+                self.other_light = scene_light(image, self.config.linear_light)
+            else:
+                count = len(self.lists[other_member])
+                other = int(rng.integers(count))
+                if count > 1 and other_member == member and other == index:
+                    other = (other + 1) % count
+                self.other_light = self._list_light(other_member, other)
+        return self.other_light
+
+
+def _iter_shots(config: SimConfig, layout: Layout, family: str, images, rng: np.random.Generator) -> Iterator[Shot]:
+    """Each exposure's shot, in order, drawn from ``rng`` (lazily: a generated scene lives one shot long)."""
     if config.scene == "dark":
-        return [Shot("dark", None, None) for _ in layout.exposures]
+        for _ in layout.exposures:
+            yield Shot("dark", None, None, family="dark")
+        return
     frame_size = (config.canonical_width, config.canonical_height)
-    lights: dict[int, np.ndarray] = {}
-
-    def light(i: int) -> np.ndarray:
-        if i not in lights:
-            lights[i] = scene_light(scenes[i][1], config.linear_light)
-        return lights[i]
-
-    order: list[int] = []
-    shots = []
+    drawer = _SceneDrawer(config, family, images)
     for plan in layout.exposures:
-        if not order:
-            order = list(rng.permutation(len(scenes)))
-        scene_index = int(order.pop())
+        name, member, index, source = drawer.background(rng)
         t_centre = plan.start_ns + plan.duration_ns / 2.0
         duration = float(plan.duration_ns)
         first_t = float(index_to_time(plan.shot_first, config.t0_ns, config.rate_hz))
         last_t = float(index_to_time(plan.shot_stop - 1, config.t0_ns, config.rate_hz))
         reach = max(0.5, abs(first_t - t_centre) / duration, abs(last_t - t_centre) / duration)
-        source = light(scene_index)
         camera = sample_camera(
             rng, config.motion, (source.shape[1], source.shape[0]), frame_size, t_centre, duration, reach
         )
         sprites = []
         for _ in range(config.sprites):
-            other = int(rng.integers(len(scenes)))
-            if len(scenes) > 1 and other == scene_index:
-                other = (other + 1) % len(scenes)
-            sprites.append(sample_sprite(rng, config.motion, light(other), frame_size, t_centre, duration))
-        shots.append(Shot(scenes[scene_index][0], source, camera, tuple(sprites)))
-    return shots
+            other = drawer.other(rng, member, index)
+            sprites.append(sample_sprite(rng, config.motion, other, frame_size, t_centre, duration))
+        objects = 0
+        if config.motion.family == "objects":
+            low, high = config.motion.object_count
+            objects = int(rng.integers(low, high + 1))
+            for _ in range(objects):
+                other = drawer.other(rng, member, index)
+                sprites.append(sample_object(rng, config.motion, other, frame_size, t_centre, duration))
+        yield Shot(name, source, camera, tuple(sprites), family=member, objects=objects)
 
 
-def _truth(config: SimConfig, layout: Layout, shots: list[Shot], sensor, seed) -> dict:
+def _shot_truth(shot: Shot) -> dict:
+    objects = shot.sprites[len(shot.sprites) - shot.objects :]
     return {
+        "scene": shot.name,
+        "scene_family": shot.family,
+        "sprites": len(shot.sprites) - shot.objects,
+        "objects": shot.objects,
+        "blur_vector_px": None if shot.camera is None else list(shot.camera.velocity_xy),
+        "object_velocities_px": [list(o.velocity_xy) for o in objects],
+    }
+
+
+def _truth(config: SimConfig, layout: Layout, shots: list[dict], sensor, seed, family: str, labels) -> dict:
+    truth = {
         "seed": seed,
         "config": asdict(config),
+        "scene_family": family,
+        "motion_family": config.motion.family,
+        "sensor": asdict(config.sensor),
         "clock": {"offset_ns": config.clock_offset_ns, "drift_ppm": config.clock_drift_ppm,
                   "model": "rgb_ns = t_ns + offset_ns + drift_ppm * 1e-6 * (t_ns - t0_ns)"},
         "rgb_homography": None if config.rgb_homography is None else [
@@ -182,12 +278,13 @@ def _truth(config: SimConfig, layout: Layout, shots: list[Shot], sensor, seed) -
         "lead_frames": layout.lead_frames,
         "trail_frames": layout.trail_frames,
         "exposures": [
-            {**asdict(plan), "scene": shot.name, "sprites": len(shot.sprites),
-             "blur_vector_px": None if shot.camera is None else list(shot.camera.velocity_xy)}
-            for plan, shot in zip(layout.exposures, shots)
+            {**asdict(plan), **shot} for plan, shot in zip(layout.exposures, shots)
         ],
         "hot_pixels": sensor.hot_pixels.tolist(),
     }
+    if labels:
+        truth["labels"] = dict(labels)
+    return truth
 
 
 def _random_streams(seed) -> list[np.random.Generator]:
@@ -197,12 +294,18 @@ def _random_streams(seed) -> list[np.random.Generator]:
     return [np.random.Generator(np.random.PCG64(s)) for s in np.random.SeedSequence(int(seed)).spawn(4)]
 
 
-def plan_shots(config: SimConfig, seed: int, exposures: int, scenes: Sequence | None = None):
-    """The layout and the shot of every exposure that ``simulate_recording`` with these arguments uses
-    (so that tests and tools can re-render any instant of a simulated recording)."""
+def _shot_stream(config: SimConfig, seed: int, exposures: int, scenes) -> tuple[Layout, str, Iterator[Shot]]:
     layout = plan_layout(config, exposures)
     scene_rng = _random_streams(seed)[0]
-    return layout, _make_shots(config, layout, _scene_list(config, scenes), scene_rng)
+    family, images = _scene_source(config, scenes)
+    return layout, family, _iter_shots(config, layout, family, images, scene_rng)
+
+
+def plan_shots(config: SimConfig, seed: int, exposures: int, scenes: Sequence | str | None = None):
+    """The layout and the shot of every exposure that ``simulate_recording`` with these arguments uses
+    (so that tests and tools can re-render any instant of a simulated recording)."""
+    layout, _, shots = _shot_stream(config, seed, exposures, scenes)
+    return layout, list(shots)
 
 
 def simulate_recording(
@@ -210,19 +313,23 @@ def simulate_recording(
     out_dir: str | Path,
     seed: int,
     exposures: int,
-    scenes: Sequence | None = None,
+    scenes: Sequence | str | None = None,
     progress: Callable[[int], None] | None = None,
     overwrite: bool = False,
+    labels: dict | None = None,
 ) -> Path:
     """Write one simulated recording to ``out_dir``; returns its path.
 
-    ``scenes``: images (uint8 HWC BGR or float [0, 1]) or (name, image) pairs; default: scikit-image's
-    sample images (ignored for the checkerboard and dark scenes). ``progress(1)`` is called per exposure.
+    ``scenes``: a scene family name (``SCENE_FAMILIES``: ``deadleaves``, ``skimage-val``, ``mixed-train``, ...),
+    or images (uint8 HWC BGR or float [0, 1]) or (name, image) pairs; default (None or ``"default"``):
+    scikit-image's ``DEFAULT_SCENE_NAMES``. Ignored for the checkerboard and dark scenes. ``progress(1)`` is
+    called per exposure. ``labels``: JSON-able notes stored under ``labels`` in ``sim_truth.json``.
     The same (config, seed, exposures, scenes) gives a byte-identical recording.
     """
     from spikereveal.recording import RecordingWriter, RgbMeta, SpikeMeta
 
-    layout, shots = plan_shots(config, seed, exposures, scenes)
+    layout, family, shot_stream = _shot_stream(config, seed, exposures, scenes)
+    shots: list[dict] = []  # what the truth says of each shot (shots are made one at a time: images are big)
     _, sensor_rng, spike_rng, rgb_rng = _random_streams(seed)
     sensor = new_sensor_state(config.sensor, config.spike_height, config.spike_width, sensor_rng)
 
@@ -240,7 +347,9 @@ def simulate_recording(
     out_dir = Path(out_dir)
     with RecordingWriter(out_dir, spike_meta, RgbMeta(config.rgb_height, config.rgb_width), config.name, notes,
                          overwrite=overwrite) as writer:
-        for plan, shot in zip(layout.exposures, shots):
+        (out_dir / TRUTH_FILE).unlink(missing_ok=True)  # an overwritten recording is incomplete until the end
+        for plan, shot in zip(layout.exposures, shot_stream):
+            shots.append(_shot_truth(shot))
             light_sum = np.zeros((config.rgb_height, config.rgb_width, 3), dtype=np.float32)
             for frame in range(plan.shot_first, plan.shot_stop):
                 t_ns = float(index_to_time(frame, config.t0_ns, config.rate_hz))
@@ -263,6 +372,6 @@ def simulate_recording(
                 progress(1)
         if filled:
             writer.append_spikes(fire_spikes(chunk[:filled], sensor, spike_rng))
-    truth = _truth(config, layout, shots, sensor, int(seed))
+    truth = _truth(config, layout, shots, sensor, int(seed), family, labels)
     (out_dir / TRUTH_FILE).write_text(json.dumps(truth, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     return out_dir

@@ -3,10 +3,40 @@
 from __future__ import annotations
 
 import argparse
+import math
 
-from spikereveal.commands._types import int_pair
+from spikereveal.commands._types import int_pair, positive_int
 
-PRESET_NAMES = ("gopro", "rsb", "tiny")  # spikereveal.sim.config.PRESETS; listed here to keep --help light
+# listed here (not imported) to keep --help light; tests check them against spikereveal.sim
+PRESET_NAMES = ("gopro", "rsb", "tiny")  # spikereveal.sim.config.PRESETS
+SCENE_FAMILIES = (  # spikereveal.sim.scenes.SCENE_FAMILIES
+    "default", "deadleaves", "synthetic", "skimage-train", "skimage-val", "skimage-test", "mixed-train",
+)
+MOTION_FAMILIES = ("camera", "objects")  # spikereveal.sim.config.MOTION_FAMILIES
+SUITE_NAMES = ("generalisation",)  # spikereveal.sim.suites.SUITES
+DEFAULT_PRESET, DEFAULT_EXPOSURES, DEFAULT_SEED = "gopro", 8, 0
+
+
+def _number(low: float, high: float | None = None, low_inclusive: bool = True, what: str = "a number"):
+    """An argparse type: a finite float in [low, high] (``low`` excluded unless ``low_inclusive``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        above = value >= low if low_inclusive else value > low
+        if not (math.isfinite(value) and above and (high is None or value <= high)):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive = _number(0.0, low_inclusive=False, what="a finite number > 0 (e.g. 2)")
+_non_negative = _number(0.0, what="a finite number >= 0 (e.g. 0.5)")
+_probability = _number(0.0, 1.0, what="a probability in [0, 1] (e.g. 0.005)")
+_relative_std = _number(0.0, 0.99, what="a relative std in [0, 0.99] (e.g. 0.02)")
 
 
 def _homography(text: str) -> tuple[float, ...]:
@@ -30,36 +60,67 @@ def register(subparsers) -> None:
         ),
     )
     parser.add_argument(
-        "--preset", choices=PRESET_NAMES, default="gopro", help="rig geometry and sensor (default gopro)"
+        "--preset", choices=PRESET_NAMES, help=f"rig geometry and sensor (default {DEFAULT_PRESET})"
     )
-    parser.add_argument("--exposures", type=int, default=8, help="number of RGB exposures (default 8)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
-    parser.add_argument("--out", required=True, help="output recording directory")
-    parser.add_argument("--images", help="an image file or a folder of images (default: scikit-image's samples)")
-    parser.add_argument("--sprites", type=int, default=0, help="independently moving objects per exposure")
+    parser.add_argument("--exposures", type=positive_int, help=f"number of RGB exposures (default {DEFAULT_EXPOSURES})")
+    parser.add_argument("--seed", type=int, help=f"random seed; same seed, same bytes (default {DEFAULT_SEED})")
+    parser.add_argument("--out", required=True, help="output recording directory (with --suite: the suite's root)")
+    scene = parser.add_mutually_exclusive_group()
+    scene.add_argument("--scenes", choices=SCENE_FAMILIES,
+                       help="scene family: default (10 scikit-image pictures, the default), deadleaves, synthetic, "
+                            "skimage-train/-val/-test (disjoint scikit-image splits), mixed-train (deadleaves + "
+                            "synthetic + skimage-train, drawn per exposure)")
+    scene.add_argument("--images", help="an image file or a folder of images (your own scenes)")
+    scene.add_argument("--dark", action="store_true", help="lens cap: only sensor noise and hot pixels")
+    scene.add_argument("--checkerboard", action="store_true", help="film a checkerboard (for calibration)")
+    parser.add_argument("--motion", choices=MOTION_FAMILIES,
+                        help="motion family: camera (a moving camera, the default) or objects (a nearly static "
+                             "camera and 2-5 fast objects cut from another image, occluding the background)")
+    parser.add_argument("--sprites", type=int, default=0, help="independently moving sprites per exposure")
     parser.add_argument("--k", type=int, help="ground-truth frames per exposure (default 7)")
     parser.add_argument("--exposure-frames", type=int, help="spike frames per exposure (preset default)")
     parser.add_argument("--gap-frames", type=int, help="spike frames between exposures (default 2x margin)")
-    parser.add_argument("--motion-scale", type=float, default=1.0,
+    parser.add_argument("--motion-scale", type=_non_negative,
                         help="scale the camera's blur, roll and zoom per exposure (0: static camera; default 1)")
-    parser.add_argument("--noise-rate", type=float, help="dark-current spikes per pixel-frame (preset default)")
+    parser.add_argument("--object-speed-scale", type=_non_negative,
+                        help="scale the sprites' and objects' displacement per exposure (default 1)")
+    parser.add_argument("--threshold-scale", type=_positive,
+                        help="multiply the preset's spike threshold (gopro: 2 gives the paper's V_th 2 x 2; default 1)")
+    parser.add_argument("--noise-rate", type=_probability, help="dark-current spikes per pixel-frame (preset default)")
+    parser.add_argument("--hot-pixel-fraction", type=_probability, help="fraction of hot pixels (preset default)")
+    parser.add_argument("--threshold-mismatch", type=_relative_std,
+                        help="per-pixel relative std of the threshold (preset default)")
     parser.add_argument("--homography", type=_homography, metavar="H11,H12,...,H33",
                         help="RGB camera homography: canonical (4x spike) pixel -> RGB pixel, 9 numbers row-major")
     parser.add_argument("--rgb-size", type=int_pair("WIDTHxHEIGHT", "1280x720"), metavar="WxH", help="RGB frame size (with --homography)")
     parser.add_argument("--clock-offset-ns", type=int, default=0, help="RGB clock minus spike clock, ns")
     parser.add_argument("--clock-drift-ppm", type=float, default=0.0, help="RGB clock rate error, ppm")
-    scene = parser.add_mutually_exclusive_group()
-    scene.add_argument("--dark", action="store_true", help="lens cap: only sensor noise and hot pixels")
-    scene.add_argument("--checkerboard", action="store_true", help="film a checkerboard (for calibration)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing recording in --out")
+    parser.add_argument("--suite", choices=SUITE_NAMES,
+                        help="write a whole suite (spikereveal.sim.suites) under --out/<split>/<name>: it sets the "
+                             "scenes, motion, sensor, seeds and exposure counts itself (--preset overrides its "
+                             "gopro preset, e.g. tiny for a smoke test)")
+    parser.add_argument("--exposures-scale", type=_positive,
+                        help="with --suite: multiply every recording's exposure count (at least 1; default 1)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing recording in --out (with --suite: rewrite complete recordings)")
     parser.set_defaults(func=run)
+
+
+# options a suite sets itself, with the value that means "not given"
+_SUITE_CONFLICTS = {
+    "exposures": None, "seed": None, "scenes": None, "images": None, "dark": False, "checkerboard": False,
+    "motion": None, "sprites": 0, "k": None, "exposure_frames": None, "gap_frames": None, "motion_scale": None,
+    "object_speed_scale": None, "threshold_scale": None, "noise_rate": None, "hot_pixel_fraction": None,
+    "threshold_mismatch": None, "homography": None, "rgb_size": None, "clock_offset_ns": 0, "clock_drift_ppm": 0.0,
+}
 
 
 def config_from_args(args):
     """The SimConfig the command line asks for (validated)."""
     from spikereveal.errors import ConfigError
-    from spikereveal.sim.config import preset
+    from spikereveal.sim.config import motion_family, preset, scaled_motion, scaled_sensor
 
+    base = preset(args.preset or DEFAULT_PRESET)
     changes: dict = {"sprites": args.sprites}
     if args.k is not None:
         changes["k"] = args.k
@@ -67,17 +128,24 @@ def config_from_args(args):
         changes["exposure_frames"] = args.exposure_frames
     if args.gap_frames is not None:
         changes["gap_frames"] = args.gap_frames
-    if args.motion_scale != 1.0:
-        if not args.motion_scale >= 0:
-            raise ConfigError(f"--motion-scale must be >= 0, got {args.motion_scale}")
-        motion = preset(args.preset).motion
-        changes["motion"] = {
-            "blur_fraction": tuple(args.motion_scale * v for v in motion.blur_fraction),
-            "rotation_deg": args.motion_scale * motion.rotation_deg,
-            "zoom_ratio": min(args.motion_scale * motion.zoom_ratio, 0.49),
-        }
-    if args.noise_rate is not None:
-        changes["sensor"] = {"dark_spike_rate": args.noise_rate}
+    motion = motion_family(args.motion, base.motion) if args.motion else base.motion
+    motion = scaled_motion(
+        motion,
+        1.0 if args.motion_scale is None else args.motion_scale,
+        1.0 if args.object_speed_scale is None else args.object_speed_scale,
+    )
+    if motion != base.motion:
+        changes["motion"] = motion
+    sensor_changes = {
+        field: value
+        for field, value in (("dark_spike_rate", args.noise_rate), ("hot_pixel_fraction", args.hot_pixel_fraction),
+                             ("threshold_mismatch", args.threshold_mismatch))
+        if value is not None
+    }
+    threshold_scale = 1.0 if args.threshold_scale is None else args.threshold_scale
+    sensor = scaled_sensor(base.sensor, threshold_scale, **sensor_changes)
+    if sensor != base.sensor:
+        changes["sensor"] = sensor
     if args.homography is not None:
         changes["rgb_homography"] = args.homography
     if args.rgb_size is not None:
@@ -90,20 +158,70 @@ def config_from_args(args):
         changes["scene"] = "dark"
     elif args.checkerboard:
         changes["scene"] = "checkerboard"
-    return preset(args.preset, **changes)
+    return base.with_changes(**changes)
+
+
+def _run_suite(args) -> int:
+    from tqdm import tqdm
+
+    from spikereveal.errors import ConfigError
+    from spikereveal.sim.suites import recording_complete, suite, write_entry
+
+    given = [name for name, unset in _SUITE_CONFLICTS.items() if getattr(args, name) != unset]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ConfigError(f"--suite {args.suite} sets scenes, motion, sensor, seeds and exposures itself; drop {flags}")
+    entries = suite(args.suite)
+    scale = 1.0 if args.exposures_scale is None else args.exposures_scale
+    for entry in entries:  # fail on a bad scale before writing anything
+        entry.exposure_count(scale)
+    written = skipped = 0
+    for entry in entries:
+        path = entry.path(args.out)
+        if recording_complete(path) and not args.overwrite:
+            print(f"skip {path} (exists; --overwrite to rewrite it)")
+            skipped += 1
+            continue
+        count = entry.exposure_count(scale)
+        with tqdm(total=count, unit="exposure", desc=f"{entry.split}/{entry.name}", leave=False) as bar:
+            write_entry(entry, args.out, scale, overwrite=args.overwrite, preset_name=args.preset,
+                        suite_name=args.suite, progress=bar.update)
+        config = entry.config(args.preset)
+        print(f"wrote {path} ({count} exposures, preset {config.name}, seed {entry.seed}, scenes {entry.scenes}, "
+              f"motion {entry.motion} x{entry.motion_scale:g}, threshold x{entry.threshold_scale:g})")
+        written += 1
+    print(f"suite {args.suite}: {written} written, {skipped} skipped under {args.out}")
+    return 0
 
 
 def run(args) -> int:
     from tqdm import tqdm
 
+    from spikereveal.errors import ConfigError
     from spikereveal.sim.scenes import load_scene_images
     from spikereveal.sim.simulate import simulate_recording
 
+    if args.suite:
+        return _run_suite(args)
+    if args.exposures_scale is not None:
+        raise ConfigError("--exposures-scale only applies to --suite; use --exposures for one recording")
     config = config_from_args(args)
-    scenes = load_scene_images(args.images) if args.images else None
-    with tqdm(total=args.exposures, unit="exposure", desc=f"simulate {config.name}") as bar:
+    exposures = DEFAULT_EXPOSURES if args.exposures is None else args.exposures
+    seed = DEFAULT_SEED if args.seed is None else args.seed
+    scenes = load_scene_images(args.images) if args.images else args.scenes
+    labels = {  # the CLI's scales; the resulting config is in sim_truth.json too
+        "threshold_scale": 1.0 if args.threshold_scale is None else args.threshold_scale,
+        "motion_scale": 1.0 if args.motion_scale is None else args.motion_scale,
+        "object_speed_scale": 1.0 if args.object_speed_scale is None else args.object_speed_scale,
+    }
+    if args.images:
+        labels["images"] = str(args.images)
+    with tqdm(total=exposures, unit="exposure", desc=f"simulate {config.name}") as bar:
         path = simulate_recording(
-            config, args.out, args.seed, args.exposures, scenes=scenes, progress=bar.update, overwrite=args.overwrite
+            config, args.out, seed, exposures, scenes=scenes, progress=bar.update, overwrite=args.overwrite,
+            labels=labels,
         )
-    print(f"wrote {path} ({args.exposures} exposures, preset {config.name}, seed {args.seed})")
+    family = args.scenes or ("images" if args.images else config.scene if config.scene != "images" else "default")
+    print(f"wrote {path} ({exposures} exposures, preset {config.name}, seed {seed}, scenes {family}, "
+          f"motion {config.motion.family})")
     return 0
