@@ -225,6 +225,15 @@ def load_checkpoint(path: str | os.PathLike, expected_kind: str | None = None, m
     return model, meta
 
 
+def declared_gain_range(meta: Mapping[str, Any]) -> tuple[float, float] | None:
+    """The ``firing_gain_range`` ``(lo, hi)`` a checkpoint's training metadata declares (``meta`` as
+    :func:`load_checkpoint` returns it); None when it declares none (see ``spikereveal.kernels.sensor``)."""
+    from spikereveal.kernels.sensor import parse_gain_range
+
+    training = meta.get("training") if isinstance(meta, Mapping) else None
+    return parse_gain_range(training.get("firing_gain_range")) if isinstance(training, Mapping) else None
+
+
 # ---- official S-SDM weights -------------------------------------------------------------------------
 
 def _unwrap_state_dict(payload, path: Path) -> dict:

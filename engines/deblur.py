@@ -5,8 +5,12 @@ For every exposure: read the blurry frame, cut its spike window with the kernels
 ``engines.runners``), and write
 ``frames/<exposure>_<k>.png`` (exposure zero-padded to 6 digits, k to 2), ``frames.csv`` (header
 ``exposure_index,t_ns,image``, the shape of ``gt.csv``), a side-by-side MP4 (blurry | sharp) and
-``summary.json`` (engine, precision, per-stage times, skipped exposures). Exposures whose spike window is
-incomplete (truncated spike file, exposure at the very start) are skipped and listed, never guessed.
+``summary.json`` (engine, precision, per-stage times, skipped exposures, firing gain). Exposures whose spike
+window is incomplete (truncated spike file, exposure at the very start) are skipped and listed, never guessed.
+
+Firing gain (``spikereveal.kernels.sensor``): measured on every exposure and checked against the range the
+model declares (``Runner.firing_gain_range``); the summary's ``firing_gain`` block has min/mean/max and a
+``warning``, also logged, when the recording's mean gain is outside it.
 
 ONNX for ``ort``/``trt``: ``prepare_runner`` uses ``onnx_path`` when given; otherwise it exports the
 checkpoint once into ``<out>/onnx/`` (next to the results, so a run is self-describing) and reuses that
@@ -30,6 +34,7 @@ from spikereveal import __version__
 from spikereveal.engines.cache import check_precision_name, file_sha256
 from spikereveal.engines.runners import InputShape, Runner, RunnerOptions, create_runner
 from spikereveal.errors import ConfigError, FormatError
+from spikereveal.kernels.sensor import firing_gain_summary
 from spikereveal.kernels.timing import DEFAULT_K, LDN_SPIKE_WINDOW, ExposureWindow, exposure_window, output_timestamps
 
 logger = logging.getLogger(__name__)
@@ -131,6 +136,7 @@ class ExposureWindowReader:
         self.shape = InputShape(k, height, width, spike_frames)
         self.image = np.zeros(self.shape.image, np.uint8)
         self.spikes = np.zeros(self.shape.spikes, np.uint8)
+        self.packed: np.ndarray | None = None  # the packed spike window of the last exposure read
         self.times_s = {"read_image": 0.0, "read_spikes": 0.0, "kernels": 0.0}
 
     def window(self, index: int) -> ExposureWindow:
@@ -168,7 +174,15 @@ class ExposureWindowReader:
         self.times_s["read_image"] += read_image - started
         self.times_s["read_spikes"] += read_spikes - read_image
         self.times_s["kernels"] += done - read_spikes
+        self.packed = packed
         return self.image, self.spikes, window
+
+    def firing_gain(self, window: ExposureWindow) -> float:
+        """The firing gain of the exposure just read (its packed frames and its frame on the grid)."""
+        from spikereveal.kernels.sensor import exposure_firing_gain  # numba, loaded on first use
+
+        spike = self.recording.meta.spike
+        return exposure_firing_gain(self.packed, spike.height, spike.width, window, self.image)
 
 
 def to_bgr8(images: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -234,6 +248,7 @@ def deblur_recording(recording, runner: Runner, out_dir: str | os.PathLike, conf
     png_params = [cv2.IMWRITE_PNG_COMPRESSION, config.png_compression]
     stage_s: dict[str, list[float]] = {stage: [] for stage in STAGES}
     rows = []
+    gains = []
     started = time.perf_counter()
     try:
         for done, exposure in enumerate(exposures, start=1):
@@ -241,6 +256,7 @@ def deblur_recording(recording, runner: Runner, out_dir: str | os.PathLike, conf
             image, spikes, window = reader.read(exposure.index)
             for stage in ("read_image", "read_spikes", "kernels"):
                 stage_s[stage].append(reader.times_s[stage] - before[stage])
+            gains.append(reader.firing_gain(window))
             t0 = time.perf_counter()
             runner.infer(image, spikes, out=sharp8)
             t1 = time.perf_counter()
@@ -284,7 +300,10 @@ def deblur_recording(recording, runner: Runner, out_dir: str | os.PathLike, conf
         "video": VIDEO_FILE if video is not None else None,
         "wall_s": wall_s,
         "stages": {stage: _stage_stats(values) for stage, values in stage_s.items()},
+        "firing_gain": firing_gain_summary(gains, runner.firing_gain_range, str(recording.path)),
     }
+    if summary["firing_gain"]["warning"] is not None:
+        logger.warning("%s", summary["firing_gain"]["warning"])
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     return summary
 

@@ -120,6 +120,8 @@ class Runner(abc.ABC):
         self.options = options or RunnerOptions()
         self.loaded = False
         self.sharp: np.ndarray | None = None  # the preallocated output, filled by every infer()
+        # (lo, hi) the model declares it was trained for (``spikereveal.kernels.sensor``), set by load(); None: none
+        self.firing_gain_range: tuple[float, float] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def load(self) -> "Runner":
@@ -185,6 +187,13 @@ class Runner(abc.ABC):
         pass
 
 
+def onnx_gain_range(metadata) -> tuple[float, float] | None:
+    """The ``firing_gain_range`` an export's ``spikereveal.*`` metadata declares (None: none)."""
+    from spikereveal.kernels.sensor import parse_gain_range
+
+    return parse_gain_range(metadata.get("firing_gain_range"))
+
+
 def _require_file(path, what: str) -> Path:
     if path is None:
         raise ConfigError(f"the {what} needs a model file; pass its path")
@@ -211,7 +220,9 @@ class OrtRunner(Runner):
         ort = _import_backend("onnxruntime", "the ONNX Runtime runner", "dev")
         from spikereveal.engines.export import check_onnx_precision, read_onnx_metadata
 
-        check_onnx_precision(read_onnx_metadata(self.onnx_path), self.precision, self.onnx_path)
+        metadata = read_onnx_metadata(self.onnx_path)
+        check_onnx_precision(metadata, self.precision, self.onnx_path)
+        self.firing_gain_range = onnx_gain_range(metadata)
         so = ort.SessionOptions()
         so.intra_op_num_threads = self.options.resolved_threads()
         so.inter_op_num_threads = 1
@@ -283,7 +294,10 @@ class TorchRunner(Runner):
         if isinstance(model, (str, os.PathLike)):
             from spikereveal.engines.checkpoint import load_checkpoint
 
-            model, _ = load_checkpoint(_require_file(model, "PyTorch runner"), expected_kind="ldn")
+            from spikereveal.engines.checkpoint import declared_gain_range
+
+            model, meta = load_checkpoint(_require_file(model, "PyTorch runner"), expected_kind="ldn")
+            self.firing_gain_range = declared_gain_range(meta)
         if not isinstance(model, torch.nn.Module):
             raise ConfigError(f"the torch runner needs an nn.Module or a checkpoint path, got {type(model).__name__}")
         from spikereveal.engines.ldn import ExposureLDN

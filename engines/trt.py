@@ -25,7 +25,16 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from spikereveal.engines.cache import EngineCache, EngineKey, check_precision_name, file_sha256
-from spikereveal.engines.runners import INPUT_NAMES, IO_DTYPE, OUTPUT_NAME, InputShape, Runner, RunnerError, RunnerOptions
+from spikereveal.engines.runners import (
+    INPUT_NAMES,
+    IO_DTYPE,
+    OUTPUT_NAME,
+    InputShape,
+    Runner,
+    RunnerError,
+    RunnerOptions,
+    onnx_gain_range,
+)
 from spikereveal.errors import ConfigError, MissingDependencyError, SpikeRevealError
 
 logger = logging.getLogger(__name__)
@@ -400,6 +409,9 @@ class TrtRunner(Runner):
         cuda.select(self.options.device)
         _, self.info, self._engine, self._runtime = load_or_build_plan(self.onnx_path, self.shape, self.precision,
                                                                        self.options)
+        from spikereveal.engines.export import read_onnx_metadata
+
+        self.firing_gain_range = onnx_gain_range(read_onnx_metadata(self.onnx_path))
         self._context = self._engine.create_execution_context()
         self._stream, self._stream_handle = cuda.stream()
         shapes = {**self.shape.as_dict(), OUTPUT_NAME: self.shape.sharp}

@@ -27,6 +27,15 @@ from spikereveal.kernels.packing import (
     to_canonical,
     unpack_frames,
 )
+from spikereveal.kernels.sensor import (
+    DEFAULT_GAIN_TOLERANCE,
+    domain_check,
+    exposure_firing_gain,
+    firing_gain,
+    gray_mean,
+    mean_spike_rate,
+    parse_gain_range,
+)
 from spikereveal.kernels.timing import (
     DEFAULT_K,
     DEFAULT_MARGIN_FRAMES,
@@ -62,6 +71,13 @@ __all__ = [
     "packed_frame_bytes",
     "to_canonical",
     "unpack_frames",
+    "DEFAULT_GAIN_TOLERANCE",
+    "domain_check",
+    "exposure_firing_gain",
+    "firing_gain",
+    "gray_mean",
+    "mean_spike_rate",
+    "parse_gain_range",
     "DEFAULT_K",
     "DEFAULT_MARGIN_FRAMES",
     "LDN_SPIKE_WINDOW",

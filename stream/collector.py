@@ -90,7 +90,7 @@ class ResultCollector:
                 exposure_id=wire.exposure_id, timestamps_ns=wire.timestamps_ns, sharp=wire.sharp,
                 received_ns=int(job.received_ns), ready_ns=int(job.ready_ns),
                 started_ns=entry.dispatched_ns, prepare_ns=wire.prepare_ns, inference_ns=wire.inference_ns,
-                postprocess_ns=wire.postprocess_ns, finished_ns=now_ns,
+                postprocess_ns=wire.postprocess_ns, finished_ns=now_ns, out_of_domain=wire.out_of_domain,
             )))
         return out
 

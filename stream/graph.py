@@ -57,7 +57,7 @@ COUNTER_KEYS = (
     "exposures_received", "exposures_done", "exposures_skipped", "exposures_dropped", "exposures_failed",
     "exposures_abandoned", "exposures_pending_at_exit", "windows_ready", "sync_exposures_dropped",
     "job_queue_dropped", "worker_lost", "spike_frames_received", "spike_frames_dropped",
-    "output_messages", "output_dropped", "frames_saved",
+    "output_messages", "output_dropped", "frames_saved", "out_of_domain_exposures",
 )
 
 
@@ -160,6 +160,7 @@ class ResultSink:
         self.exposures_done = 0
         self.output_messages = 0
         self.output_dropped = 0
+        self.out_of_domain_exposures = 0  # firing gain outside the model's trained range (see stream.worker)
         self.keep_blur_for_video = keep_blur_for_video
         self._lock = threading.Lock()
         self.done_event = threading.Event()  # set at every delivery (serve's exit-after check wakes on it)
@@ -219,6 +220,7 @@ class ResultSink:
         })
         with self._lock:
             self.exposures_done += 1
+            self.out_of_domain_exposures += bool(result.out_of_domain)
             self.delivered_ids.append(result.exposure_id)
         self.done_event.set()
 
@@ -328,6 +330,7 @@ class Pipeline:
             "output_messages": sink.output_messages,
             "output_dropped": sink.output_dropped,
             "frames_saved": int(frames_saved),
+            "out_of_domain_exposures": sink.out_of_domain_exposures,
         }
         assert set(out) == set(COUNTER_KEYS)  # internal invariant, not user input
         out["malformed_by_reason"] = dict(c.malformed_by_reason)

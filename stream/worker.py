@@ -6,7 +6,10 @@
 * :class:`ExposureProcessor` -- one ReadyJob in, K sharp frames out: copies (or, calibrated, warps) the
   uint8 frame and cuts the spike levels with :func:`spikereveal.engines.deblur.fill_exposure_inputs` into
   preallocated buffers, runs the runner once (K as the batch) straight into a reused uint8 output: the
-  float conversions, clipping and rounding are inside the graph (``engines.ldn.ExposureLDN``).
+  float conversions, clipping and rounding are inside the graph (``engines.ldn.ExposureLDN``). When the
+  model declares a trained firing-gain range (``Runner.firing_gain_range``), each exposure's gain is
+  estimated on a subsample (every ``GAIN_STEP``-th frame, row and column: well under a millisecond) and an
+  exposure outside it is flagged ``out_of_domain`` (serve counts them); the first one is logged.
 * :class:`FrameSaver` -- ``frames/<exposure>_<k>.png`` + ``frames.csv`` exactly as ``spikereveal deblur``
   writes them (same names, header and timestamps: the output times on the RGB clock), and optionally the
   side-by-side video.
@@ -55,6 +58,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 NS_PER_S = 1_000_000_000
+#: the live firing-gain estimate uses every GAIN_STEP-th spike frame, image row and column
+GAIN_STEP = 4
 
 
 # -- the bounded queue -------------------------------------------------------------------------------------
@@ -141,6 +146,8 @@ class ExposureResult:
     inference_ns: int
     postprocess_ns: int
     finished_ns: int
+    firing_gain: float | None = None  # estimated when the model declares a trained range (nan: too dark)
+    out_of_domain: bool = False  # the gain is outside the model's trained range
 
     @property
     def k(self) -> int:
@@ -221,12 +228,15 @@ class ExposureProcessor:
         # the runner writes each result straight into an output no earlier result still holds
         self.outputs = ReusableOutputs(shape.sharp, np.uint8)
         self.float_outputs = ReusableOutputs((k, 3, height, width), np.float32) if output_pixel_format != "bgr8" else None
+        self.gain_range = getattr(runner, "firing_gain_range", None)  # None: the model declares none, no check
+        self.out_of_domain = 0
         self._warm_up()
 
     def _warm_up(self) -> None:
         """Compile the numba kernels now rather than on the first live exposure (their signatures are
         shape-free: tiny arrays of the live dtypes and layouts)."""
         from spikereveal.kernels import extract_ldn_input
+        from spikereveal.kernels.sensor import gray_mean, mean_spike_rate
 
         window = self.shape.spike_frames
         packed = np.zeros((window, 1), np.uint8)
@@ -234,6 +244,27 @@ class ExposureProcessor:
             packed.flags.writeable = writeable
             extract_ldn_input(packed, 1, 8, np.array([window // 2]), window=window, first_index=0,
                               out=np.empty((1, window, 1, 8), np.uint8))
+            if self.gain_range is not None:
+                mean_spike_rate(packed, 1, 8, step=GAIN_STEP)
+        if self.gain_range is not None:
+            gray_mean(self.image, GAIN_STEP)
+
+    def _check_domain(self, job: ReadyJob) -> tuple[float | None, bool]:
+        """(firing gain, out of domain) of ``job`` after ``prepare``; (None, False) without a declared range."""
+        if self.gain_range is None:
+            return None, False
+        from spikereveal.kernels.sensor import adapt_hint, domain_check, exposure_firing_gain
+
+        gain = exposure_firing_gain(job.packed, job.spike_height, job.spike_width, job.window, self.image,
+                                    first_index=job.first_index, step=GAIN_STEP)
+        reason = domain_check(gain, self.gain_range)
+        if reason is None:
+            return gain, False
+        self.out_of_domain += 1
+        if self.out_of_domain == 1:
+            logger.warning("exposure %d: %s; %s (counted in out_of_domain_exposures, logged once)",
+                           job.exposure_id, reason, adapt_hint("RECORDING"))
+        return gain, True
 
     def check(self, job: ReadyJob) -> None:
         shape = self.shape
@@ -261,6 +292,7 @@ class ExposureProcessor:
         clock = self._clock_ns
         started = clock()
         image, spikes = self.prepare(job)
+        gain, out_of_domain = self._check_domain(job)
         prepared = clock()
         out = self.runner.infer(image, spikes, out=self.outputs.take())
         inferred = clock()
@@ -274,7 +306,7 @@ class ExposureProcessor:
             timestamps_ns=output_timestamps(int(job.start_ns), int(job.duration_ns), self.shape.batch),
             sharp=out, received_ns=int(job.received_ns), ready_ns=int(job.ready_ns), started_ns=started,
             prepare_ns=prepared - started, inference_ns=inferred - prepared, postprocess_ns=finished - inferred,
-            finished_ns=finished,
+            finished_ns=finished, firing_gain=gain, out_of_domain=out_of_domain,
         )
 
 
@@ -428,11 +460,12 @@ JOB_TOPIC, RESULT_TOPIC, READY_TOPIC = b"job", b"res", b"ready"
 # magic, version, k, exposure_id, start_ns, duration_ns, first_index, exposure_first, exposure_stop,
 # received_ns, ready_ns, spike_h, spike_w, frame_count, image_h, image_w, reserved
 _JOB = struct.Struct("<4sHHqqqqqqqqIIIIII")
-# magic, version, k, exposure_id, status, pixel_format, reserved, height, width, worker_id,
+# magic, version, k, exposure_id, status, pixel_format, flags (RESULT_OUT_OF_DOMAIN), height, width, worker_id,
 # started_ns, prepare_ns, inference_ns, postprocess_ns, finished_ns
 _RESULT = struct.Struct("<4sHHqBBHIIIqqqqq")
 _READY = struct.Struct("<4sHHII")  # magic, version, reserved, worker_id, pid
 RESULT_OK, RESULT_FAILED = 0, 1
+RESULT_OUT_OF_DOMAIN = 1  # flag: the exposure's firing gain is outside the model's trained range
 _PIXEL_CODES = {"bgr8": 1, "bgr_f32": 2}
 _PIXEL_NAMES = {code: name for name, code in _PIXEL_CODES.items()}
 
@@ -506,8 +539,9 @@ def encode_result(result: ExposureResult | None, worker_id: int, exposure_id: in
     sharp = np.ascontiguousarray(result.sharp)
     pixel = "bgr8" if sharp.dtype == np.uint8 else "bgr_f32"
     height, width = (sharp.shape[1], sharp.shape[2]) if pixel == "bgr8" else (sharp.shape[2], sharp.shape[3])
-    header = _RESULT.pack(RESULT_MAGIC, JOB_VERSION, result.k, result.exposure_id, RESULT_OK, _PIXEL_CODES[pixel], 0,
-                          height, width, worker_id, result.started_ns, result.prepare_ns, result.inference_ns,
+    flags = RESULT_OUT_OF_DOMAIN if result.out_of_domain else 0
+    header = _RESULT.pack(RESULT_MAGIC, JOB_VERSION, result.k, result.exposure_id, RESULT_OK, _PIXEL_CODES[pixel],
+                          flags, height, width, worker_id, result.started_ns, result.prepare_ns, result.inference_ns,
                           result.postprocess_ns, result.finished_ns)
     return [RESULT_TOPIC, header, memoryview(sharp.reshape(-1).view(np.uint8)),
             np.asarray(result.timestamps_ns, "<i8").tobytes()]
@@ -528,6 +562,7 @@ class WireResult:
     inference_ns: int = 0
     postprocess_ns: int = 0
     finished_ns: int = 0
+    out_of_domain: bool = False
 
 
 def decode_result(parts) -> WireResult:
@@ -536,7 +571,7 @@ def decode_result(parts) -> WireResult:
     topic, header, sharp, times = (_view(p) for p in parts)
     if bytes(topic) != RESULT_TOPIC or len(header) != _RESULT.size:
         raise ProtocolError(Reason.HEADER_SIZE, "not a spikereveal result (topic or header size)")
-    (magic, version, k, exposure_id, status, pixel, _, height, width, worker_id, started, prepare, inference, post,
+    (magic, version, k, exposure_id, status, pixel, flags, height, width, worker_id, started, prepare, inference, post,
      finished) = _RESULT.unpack(header)
     if magic != RESULT_MAGIC or version != JOB_VERSION:
         raise ProtocolError(Reason.VERSION, "result from another spikereveal version")
@@ -553,7 +588,7 @@ def decode_result(parts) -> WireResult:
     else:
         images = np.frombuffer(sharp, "<f4").reshape(k, 3, height, width)
     return WireResult(exposure_id, True, worker_id, k, images, np.frombuffer(times, "<i8").astype(np.int64),
-                      started, prepare, inference, post, finished)
+                      started, prepare, inference, post, finished, bool(flags & RESULT_OUT_OF_DOMAIN))
 
 
 def encode_ready(worker_id: int) -> list:

@@ -92,6 +92,65 @@ def test_outputs_and_summary(torch_result, recording):
     video.release()
 
 
+def test_summary_reports_the_firing_gain(torch_result):
+    out, summary = torch_result
+    gain = json.loads((out / "summary.json").read_text())["firing_gain"]
+    assert gain == summary["firing_gain"]
+    # 25 % random spikes against random frames (mean gray ~0.5): about 0.5 spikes per frame at full intensity
+    assert 0.4 < gain["min"] <= gain["mean"] <= gain["max"] < 0.6
+    assert gain["exposures"] == EXPOSURES and gain["unmeasured_exposures"] == 0
+    assert gain["trained_range"] is None and not gain["out_of_domain"] and gain["warning"] is None
+
+
+def _checkpoint_trained_for(path: Path, trained):
+    from engines_support import random_ldn
+    from spikereveal.engines.checkpoint import save_checkpoint
+
+    model = random_ldn(9)
+    return save_checkpoint(path, "ldn", model, model.config, training={"firing_gain_range": trained})
+
+
+def test_a_gain_outside_the_checkpoints_range_warns(recording, tmp_path, caplog, monkeypatch, capsys):
+    from spikereveal import cli
+
+    far = _checkpoint_trained_for(tmp_path / "far.pt", [0.9, 1.1])  # 0.5 < 0.9 / 1.25
+    with caplog.at_level("WARNING", logger="spikereveal.engines.deblur"):
+        summary = deblur(recording, tmp_path / "far", EngineChoice(engine="torch", model=str(far)),
+                         DeblurConfig(k=K, write_video=False))
+    gain = summary["firing_gain"]
+    assert gain["trained_range"] == [0.9, 1.1] and gain["out_of_domain"]
+    assert gain["exposures_out_of_domain"] == EXPOSURES
+    messages = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert messages == [gain["warning"]]
+    assert gain["warning"].startswith(f"recording {recording}: firing gain 0.")
+    assert "outside the model's trained range 0.9-1.1; quality may drop" in gain["warning"]
+    assert f"spikereveal adapt --data {recording} --out DIR" in gain["warning"]
+
+    near = _checkpoint_trained_for(tmp_path / "near.pt", [0.4, 0.7])
+    caplog.clear()
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("deblur",))
+    assert cli.main(["deblur", "--recording", str(recording), "--out", str(tmp_path / "near"), "--engine", "torch",
+                     "--model", str(near), "--k", str(K), "--no-video"]) == 0
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    printed = capsys.readouterr().out
+    assert "firing gain 0." in printed and "the model's trained range 0.4-0.7" in printed
+    assert "OUT OF DOMAIN" not in printed
+
+
+def test_an_exports_declared_range_is_read_from_its_metadata(recording, tmp_path, caplog):
+    from engines_support import random_ldn
+    from spikereveal.engines.export import ExportConfig, export_ldn, read_onnx_metadata
+
+    onnx_path = export_ldn(random_ldn(9), tmp_path / "ldn.onnx", ExportConfig(batch=K, height=IMAGE_H, width=IMAGE_W),
+                           extra_metadata={"firing_gain_range": [2.0, 3.0]})
+    assert read_onnx_metadata(onnx_path)["firing_gain_range"] == "[2.0, 3.0]"
+    with caplog.at_level("WARNING", logger="spikereveal.engines.deblur"):
+        summary = deblur(recording, tmp_path / "out", EngineChoice(engine="ort", onnx_path=str(onnx_path)),
+                         DeblurConfig(k=K, write_video=False))
+    assert summary["firing_gain"]["trained_range"] == [2.0, 3.0] and summary["firing_gain"]["out_of_domain"]
+    assert any("outside the model's trained range 2-3" in r.getMessage() for r in caplog.records)
+
+
 def test_frames_are_the_network_on_the_right_spike_windows(torch_result, recording, checkpoint):
     """Recompute one exposure with a slow numpy cut of the spike windows and the network itself."""
     from spikereveal.engines.checkpoint import load_checkpoint

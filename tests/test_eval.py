@@ -41,6 +41,13 @@ def checkpoints(tmp_path_factory):
     return paths
 
 
+def _flat(values: dict) -> dict:
+    """A method's scores with the per-channel colour errors as keys of their own (pytest.approx is flat)."""
+    flat = {key: value for key, value in values.items() if not isinstance(value, dict)}
+    flat.update({f"{key}.{c}": v for key, value in values.items() if isinstance(value, dict) for c, v in value.items()})
+    return flat
+
+
 def _blurry_student(blurry, spikes):
     """A stand-in student that returns the blurry frame at every timestamp."""
     return np.broadcast_to(blurry, (spikes.shape[0],) + blurry.shape).copy()
@@ -60,17 +67,53 @@ def test_psnr_and_ssim_match_scikit_image():
     assert ev.psnr(a, a) == ev.PSNR_CAP_DB
 
 
+def test_colour_metrics_on_synthetic_frames():
+    rng = np.random.default_rng(1)
+    truth = rng.uniform(0.2, 0.8, (3, 16, 20))
+    shifted = truth + np.array([0.02, 0.0, -0.05])[:, None, None]  # bluer, less red
+    np.testing.assert_allclose(ev.channel_mean_error(truth, shifted), [0.02, 0.0, -0.05], atol=1e-12)
+    grey = np.broadcast_to(truth.mean(axis=0), truth.shape)
+    assert ev.mean_saturation(grey) == pytest.approx(0.0)
+    assert ev.mean_saturation(np.zeros((3, 4, 4))) == 0.0  # black: saturation 0, not nan
+    assert ev.mean_saturation(np.array([1.0, 0.5, 0.0])[:, None, None]) == pytest.approx(1.0)
+    assert ev.mean_saturation(truth) > 0.2
+
+    summary = ev._color_summary([ev.channel_mean_error(truth, shifted)] * 2,
+                                [ev.mean_saturation(grey)] * 2, [ev.mean_saturation(truth)] * 2)
+    assert summary["color_mean_error_pct"] == pytest.approx({"b": 2.0, "g": 0.0, "r": -5.0})
+    assert summary["color_max_abs_error_pct"] == pytest.approx(5.0)
+    assert summary["saturation_ratio"] == pytest.approx(0.0)
+    half = truth.mean(axis=0) + (truth - truth.mean(axis=0)) / 2  # half as far from grey: less colourful
+    ratio = ev._color_summary([np.zeros(3)], [ev.mean_saturation(half)], [ev.mean_saturation(truth)])
+    assert 0.3 < ratio["saturation_ratio"] < 0.7
+    assert ev._color_summary([np.zeros(3)], [0.1], [0.0])["saturation_ratio"] is None  # grey truth: no ratio
+
+
+def _shifted_student(blurry, spikes):
+    """A stand-in student: the blurry frame with its blue channel raised by 10 % of full scale."""
+    frames = np.broadcast_to(blurry, (spikes.shape[0],) + blurry.shape).copy()
+    frames[:, 0] += 0.1
+    return frames
+
+
+def _grey_student(blurry, spikes):
+    """A stand-in student: the blurry frame's gray, in all three channels."""
+    return np.broadcast_to(blurry.mean(axis=0), (spikes.shape[0],) + blurry.shape).copy()
+
+
 # -- evaluate() --------------------------------------------------------------------------------------------
 def test_report_covers_every_ground_truth_frame(recording, tmp_path):
     report = ev.evaluate([recording], student=_blurry_student, options=ev.EvalOptions(plot_dir=str(tmp_path)))
     assert set(report["methods"]) == {"blurry", "sdm", "student"}
     for values in report["methods"].values():
-        assert set(values) == {"psnr", "ssim", "psnr_center", "ssim_center"}
+        assert set(values) == {"psnr", "ssim", "psnr_center", "ssim_center", "color_mean_error_pct",
+                               "color_max_abs_error_pct", "saturation_ratio"}
+        assert set(values["color_mean_error_pct"]) == {"b", "g", "r"}
     assert report["frames"] == EXPOSURES * TINY_GT_PER_EXPOSURE
     assert len(report["exposures"]) == EXPOSURES
     assert report["metrics"]["ssim"]["window"] == 11 and report["metrics"]["ssim"]["data_range"] == 1.0
     # the stand-in student returns the blurry input: the same scores, and a perfect re-blur
-    assert report["methods"]["student"] == pytest.approx(report["methods"]["blurry"])
+    assert _flat(report["methods"]["student"]) == pytest.approx(_flat(report["methods"]["blurry"]))
     assert report["reblur_psnr"] == ev.PSNR_CAP_DB
     json.dumps(report, allow_nan=False)
 
@@ -121,8 +164,56 @@ def test_teacher_and_student_networks_run(recording, checkpoints):
     report = ev.evaluate([recording], student=ev.torch_student(ldn), teacher=ds.network_teacher(bsn, sr))
     assert set(report["methods"]) == {"blurry", "sdm", "teacher", "student"}
     for values in report["methods"].values():
-        assert all(np.isfinite(v) for v in values.values())
+        assert all(np.isfinite(v) for v in values.values() if not isinstance(v, dict))
+        assert all(np.isfinite(v) for v in values["color_mean_error_pct"].values())
     assert 0 < report["reblur_psnr"] < ev.PSNR_CAP_DB
+
+
+def test_colour_fidelity_in_the_report(recording):
+    report = ev.evaluate([recording], student=_shifted_student)
+    blurry, student = report["methods"]["blurry"], report["methods"]["student"]
+    with open_recording(recording) as rec:  # the blurry figures, recomputed independently
+        errors = [rec.read_exposure(f.exposure_index).astype(np.float64) - rec.read_ground_truth(f)
+                  for f in rec.ground_truth]
+        expected = np.mean([e.reshape(3, -1).mean(axis=1) for e in errors], axis=0) * 100
+        truth_saturation = np.mean([ev.mean_saturation(rec.read_ground_truth(f)) for f in rec.ground_truth])
+        blurry_saturation = np.mean([ev.mean_saturation(rec.read_exposure(f.exposure_index))
+                                     for f in rec.ground_truth])
+    assert [blurry["color_mean_error_pct"][c] for c in "bgr"] == pytest.approx(expected)
+    assert blurry["saturation_ratio"] == pytest.approx(blurry_saturation / truth_saturation)
+    # +10 % blue (a little less where clipping at 1 bites), the other channels untouched
+    assert student["color_mean_error_pct"]["b"] - blurry["color_mean_error_pct"]["b"] == pytest.approx(10, abs=1.0)
+    assert student["color_mean_error_pct"]["g"] == pytest.approx(blurry["color_mean_error_pct"]["g"])
+    assert student["color_max_abs_error_pct"] == pytest.approx(abs(student["color_mean_error_pct"]["b"]))
+    grey = ev.evaluate([recording], student=_grey_student)["methods"]["student"]
+    assert grey["saturation_ratio"] < 1e-6 and blurry["saturation_ratio"] > 0.5  # grey frames: no colour left
+    table = ev.format_table(report)
+    assert "B err%" in table and "sat ratio" in table
+    student_row = next(line for line in table.splitlines() if line.startswith("student"))
+    assert f"{student['color_mean_error_pct']['b']:+.2f}" in student_row
+
+
+def test_firing_gain_per_exposure_and_recording(recording):
+    report = ev.evaluate([recording], student=_blurry_student)
+    block = report["firing_gain"]
+    assert block["trained_range"] is None and block["tolerance"] == 1.25
+    (item,) = block["recordings"]
+    gains = [e["firing_gain"] for e in report["exposures"]]
+    assert all(0.85 < g < 1.15 for g in gains)  # the tiny preset's sensor: ~1 spike per frame at full intensity
+    assert item["recording"] == str(recording) and item["exposures"] == EXPOSURES
+    assert item["min"] == min(gains) and item["max"] == max(gains) and item["mean"] == pytest.approx(np.mean(gains))
+    assert item["reblur_psnr"] == report["reblur_psnr"]
+    assert not item["out_of_domain"] and item["warning"] is None  # no declared range: no alarm
+    inside = ev.evaluate([recording], trained_gain_range=[0.6, 1.6])["firing_gain"]["recordings"][0]
+    assert not inside["out_of_domain"] and inside["reblur_psnr"] is None  # no student
+    outside = ev.evaluate([recording], trained_gain_range=(3.0, 5.0))["firing_gain"]
+    assert outside["trained_range"] == [3.0, 5.0]
+    warning = outside["recordings"][0]["warning"]
+    assert outside["recordings"][0]["out_of_domain"] and outside["recordings"][0]["exposures_out_of_domain"] == 2
+    assert warning.startswith(f"recording {recording}: firing gain ")
+    assert "outside the model's trained range 3-5" in warning
+    assert f"spikereveal adapt --data {recording} --out DIR" in warning
+    json.dumps(report, allow_nan=False)
 
 
 def test_a_runner_with_a_fixed_batch_can_stand_in_for_the_student(recording, checkpoints):
@@ -196,6 +287,30 @@ def test_cli_writes_json_plots_and_a_table(recording, checkpoints, tmp_path, cap
     assert "student" in printed and "re-blur" in printed
 
 
+def test_cli_warns_when_the_student_was_trained_for_another_firing_gain(recording, tmp_path, capsys):
+    torch.manual_seed(0)
+    model = LDN()
+    for name, trained in (("far", [0.2, 0.4]), ("near", [0.8, 1.2])):
+        path = save_checkpoint(tmp_path / f"{name}.pt", "ldn", model, model.config,
+                               training={"firing_gain_range": trained})
+        out = tmp_path / f"{name}.json"
+        assert _cli(["eval", "--data", str(recording), "--model", str(path), "--no-teacher", "--k", "3",
+                     "--json", str(out)]) == 0
+        report = json.loads(out.read_text())
+        printed = capsys.readouterr().out
+        assert report["firing_gain"]["trained_range"] == trained
+        assert "firing_gain_range" not in report["engine"]
+        item = report["firing_gain"]["recordings"][0]
+        assert item["reblur_psnr"] is not None
+        if name == "far":
+            assert item["out_of_domain"]
+            assert f"warning: recording {recording}: firing gain " in printed
+            assert "outside the model's trained range 0.2-0.4; quality may drop" in printed
+        else:
+            assert not item["out_of_domain"] and "warning:" not in printed
+        assert "firing gain (spikes per frame at full intensity)" in printed
+
+
 def test_cli_refuses_a_checkpoint_of_the_wrong_kind(recording, checkpoints, tmp_path):
     with pytest.raises(CheckpointError, match="'bsn'.*'ldn'"):
         _cli(["eval", "--data", str(recording), "--model", str(checkpoints["bsn"]), "--json", str(tmp_path / "r.json")])
@@ -254,7 +369,7 @@ def test_ort_fp32_student_agrees_with_torch(recording, random_student, torch_rep
         np.testing.assert_allclose(ours["methods"]["student"]["psnr_per_frame"],
                                    theirs["methods"]["student"]["psnr_per_frame"], atol=0.01)
     # the other methods do not depend on the engine
-    assert report["methods"]["sdm"] == pytest.approx(torch_report["methods"]["sdm"])
+    assert _flat(report["methods"]["sdm"]) == pytest.approx(_flat(torch_report["methods"]["sdm"]))
 
     # a second run reuses the cached export; --onnx runs a given file
     stamp = onnx_path.stat().st_mtime_ns
@@ -407,7 +522,7 @@ def test_cli_calibration_flags(misaligned, calibrated_reports, tmp_path, capsys)
         reports[name] = json.loads(out.read_text())
     assert "calibration " in capsys.readouterr().out
     for name, expected in (("auto", calibrated), ("given", calibrated), ("off", raw), ("none", raw)):
-        assert reports[name]["methods"]["sdm"] == pytest.approx(expected["methods"]["sdm"]), name
+        assert _flat(reports[name]["methods"]["sdm"]) == pytest.approx(_flat(expected["methods"]["sdm"])), name
     assert reports["given"]["calibration"]["path"] == str(elsewhere)
     assert reports["given"]["calibration"]["requested"] == str(elsewhere)
     assert reports["none"]["calibration"]["path"] is None and reports["off"]["calibration"]["path"] is None

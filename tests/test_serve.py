@@ -140,6 +140,7 @@ def test_counters_json_schema(recording, deblurred, tmp_path):
                 "exposures_dropped", *COUNTER_KEYS):
         assert isinstance(written[key], int) and not isinstance(written[key], bool), key
     assert written["messages"] > 0 and written["exposures_done"] == EXPOSURES - 1
+    assert written["out_of_domain_exposures"] == 0  # the model declares no trained firing-gain range
     # the last exposure's window never completes: skipped on the heartbeat, or still pending at exit
     assert written["exposures_skipped"] + written["exposures_pending_at_exit"] == 1
     latency = written["latency"]
@@ -445,3 +446,18 @@ def test_calibrated_clock_offset_from_the_rig_config_matches_deblur(tmp_path, ch
     counters, _ = replay_into_serve(rec, config, speed=5.0)
     assert counters["exposures_skipped"] == 1 and counters["skipped_by_reason"] == {"stream_start": 1}
     _compare_with_deblur(deblur_out, tmp_path / "serve")
+
+
+def test_exposures_outside_the_models_gain_range_are_counted(recording, tmp_path, caplog):
+    def factory(shape):
+        runner = GatedRunnerFactory()(shape)
+        runner.firing_gain_range = (2.0, 3.0)  # the recording's random spikes give ~0.5
+        return runner
+
+    config = _serve_config(tmp_path, "unused.onnx", worker={"save_dir": None})
+    with caplog.at_level("WARNING", logger="spikereveal.stream.worker"):
+        counters = _run_with_factory(recording, config, factory, speed=5.0)
+    assert counters["exposures_done"] == EXPOSURES - 1
+    assert counters["out_of_domain_exposures"] == EXPOSURES - 1
+    warnings = [r.getMessage() for r in caplog.records if "trained range" in r.getMessage()]
+    assert len(warnings) == 1 and "firing gain 0." in warnings[0]

@@ -315,3 +315,49 @@ def test_collector_counts_a_lost_job_after_the_timeout_and_moves_on():
     assert [result.exposure_id for _, result in released] == [1]
     assert collector.lost == 1 and collector.failed == 1 and collector.in_flight == 0
     assert collector.received(_wire(0), 2000) == [] and collector.unexpected == 1
+
+
+# -- the firing-gain alarm ------------------------------------------------------------------------------------------
+def _processor_trained_for(trained):
+    runner = loaded_runner()
+    runner.firing_gain_range = trained  # what an export's or checkpoint's metadata would declare
+    return ExposureProcessor(runner)
+
+
+def test_processor_flags_exposures_outside_the_models_gain_range_and_logs_once(caplog):
+    from spikereveal.kernels.sensor import exposure_firing_gain
+
+    jobs = [make_job(i, seed=3) for i in range(3)]
+    # 30 % random spikes against random frames (mean gray ~0.5): a gain of about 0.6
+    exact = [exposure_firing_gain(j.packed, SPIKE_H, SPIKE_W, j.window, j.image, first_index=j.first_index)
+             for j in jobs]
+    assert all(0.5 < g < 0.7 for g in exact)
+    undeclared = ExposureProcessor(loaded_runner())
+    assert all(undeclared.process(j).firing_gain is None and not undeclared.process(j).out_of_domain for j in jobs)
+
+    inside = _processor_trained_for((0.5, 0.8))
+    results = [inside.process(j) for j in jobs]
+    assert not any(r.out_of_domain for r in results) and inside.out_of_domain == 0
+    # the live estimate (every 4th frame, row and column) is close to the exact gain
+    assert [r.firing_gain for r in results] == pytest.approx(exact, rel=0.1)
+
+    outside = _processor_trained_for((2.0, 3.0))
+    with caplog.at_level("WARNING", logger="spikereveal.stream.worker"):
+        results = [outside.process(j) for j in jobs]
+    assert all(r.out_of_domain for r in results) and outside.out_of_domain == 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "outside the model's trained range 2-3" in warnings[0]
+    assert np.array_equal(results[0].sharp, reference_output(jobs[0]))  # the frames are deblurred all the same
+
+
+def test_the_out_of_domain_flag_crosses_the_wire_and_the_collector():
+    processor = _processor_trained_for((2.0, 3.0))
+    job = make_job(4)
+    wire = decode_result([bytes(p) for p in encode_result(processor.process(job), worker_id=1)])
+    assert wire.ok and wire.out_of_domain
+    calm = decode_result([bytes(p) for p in encode_result(ExposureProcessor(loaded_runner()).process(job), 1)])
+    assert calm.ok and not calm.out_of_domain
+    collector = ResultCollector(slots=2, result_timeout_ns=10**9)
+    collector.dispatched(job, 0)
+    ((_, result),) = collector.received(wire, 10)
+    assert result.out_of_domain

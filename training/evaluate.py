@@ -5,6 +5,9 @@ produces a frame at every ground-truth timestamp (spike index = nearest frame); 
 against each ground-truth frame and averaged over all of them ("psnr", "ssim"), and separately over the
 one frame per exposure nearest the exposure's centre ("psnr_center", "ssim_center", what the paper's code
 reports). Re-blur consistency: the mean of the student's K output frames against the blurry input.
+Colour fidelity: the mean error of each channel (% of full scale) and the saturation ratio to the ground truth.
+Firing gain (``spikereveal.kernels.sensor``, no ground truth needed) per exposure and per recording, checked
+against the range the student declares it was trained for.
 
 Metrics are computed in numpy on float BGR images in [0, 1] (data range 1.0); SSIM uses an 11-tap gaussian
 window, σ 1.5, population statistics and the mean over the three channels (Wang et al. 2004; exactly
@@ -39,12 +42,19 @@ import numpy as np
 
 from spikereveal.errors import ConfigError, RecordingError
 from spikereveal.kernels import reblur
+from spikereveal.kernels.sensor import (
+    DEFAULT_GAIN_TOLERANCE,
+    exposure_firing_gain,
+    firing_gain_summary,
+    parse_gain_range,
+)
 from spikereveal.kernels.timing import DEFAULT_K, DEFAULT_MARGIN_FRAMES, time_to_index
 from spikereveal.training import datasets as ds
 
 log = logging.getLogger(__name__)
 
 METHODS = ("blurry", "sdm", "teacher", "student")
+CHANNELS = ("b", "g", "r")  # planar BGR, as every image here
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 DATA_RANGE = 1.0
@@ -67,6 +77,20 @@ def psnr(reference: np.ndarray, image: np.ndarray) -> float:
     if mse <= 10.0 ** (-PSNR_CAP_DB / 10.0):
         return PSNR_CAP_DB
     return float(10.0 * np.log10(DATA_RANGE**2 / mse))
+
+
+def channel_mean_error(reference: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """(3,) float64: mean of ``image - reference`` per channel of two (3, H, W) BGR images in [0, 1]
+    (positive: the image is brighter in that channel; a colour cast shows as channels that differ)."""
+    difference = np.asarray(image, np.float64) - np.asarray(reference, np.float64)
+    return difference.reshape(difference.shape[0], -1).mean(axis=1)
+
+
+def mean_saturation(image: np.ndarray) -> float:
+    """Mean HSV saturation ``(max - min) / max`` over the pixels of a (3, H, W) image (0 where max is 0)."""
+    image = np.asarray(image, np.float64)
+    high, low = image.max(axis=0), image.min(axis=0)
+    return float(np.mean(np.divide(high - low, high, out=np.zeros_like(high), where=high > 0)))
 
 
 def _gaussian_taps(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.ndarray:
@@ -296,6 +320,8 @@ def engine_student(choice, recordings: Sequence[str | os.PathLike], batch: int,
         }
     with runner:
         block["runner"] = runner.describe()
+        gain_range = runner.firing_gain_range  # declared by the export's metadata, read at load
+        block["firing_gain_range"] = None if gain_range is None else list(gain_range)
         yield runner_student(runner), block
 
 
@@ -335,6 +361,8 @@ def evaluate(
     engine: Mapping[str, Any] | None = None,
     calibration_path: str | os.PathLike | None = None,
     use_calibration: bool = True,
+    trained_gain_range: Sequence[float] | None = None,
+    gain_tolerance: float = DEFAULT_GAIN_TOLERANCE,
 ) -> dict:
     """PSNR/SSIM of every method against ``gt.csv`` over every ground-truth frame; returns the JSON dict.
 
@@ -345,6 +373,11 @@ def evaluate(
     calibration to warp them). Rig calibration: each recording's ``calibration.json`` when present, or the
     file ``calibration_path`` for every recording, or none with ``use_calibration=False``; the report's
     ``calibration`` block says which file was applied to which recording, and what it held.
+
+    Colour fidelity per method: the mean error of each channel against the ground truth (% of full scale)
+    and the saturation ratio. Firing gain (``spikereveal.kernels.sensor``) per exposure and per recording,
+    checked against ``trained_gain_range`` (the student's declared ``firing_gain_range``; None: no check)
+    widened by ``gain_tolerance``: the ``firing_gain`` block's recordings carry a ``warning`` when outside.
     """
     from contextlib import ExitStack
 
@@ -353,6 +386,9 @@ def evaluate(
 
     if not recordings:
         raise ConfigError("no recording given: pass at least one recording directory with ground truth (--data REC)")
+    trained_gain_range = parse_gain_range(trained_gain_range)  # a malformed range fails now, not after scoring
+    if isinstance(gain_tolerance, bool) or not (isinstance(gain_tolerance, (int, float)) and gain_tolerance >= 1):
+        raise ConfigError(f"the firing-gain tolerance must be a number >= 1, got {gain_tolerance!r}")
     with ExitStack() as stack:
         opened = []
         for path in recordings:
@@ -366,8 +402,11 @@ def evaluate(
             calibration = load_rig_calibration(recording, calibration_path, use_calibration)
             _check_evaluable(recording, path, calibration)
             opened.append((os.fspath(path), recording, calibration))
-        return _evaluate_opened(opened, student, teacher, options, progress, models, engine, calibration_path,
-                                use_calibration)
+        report = _evaluate_opened(opened, student, teacher, options, progress, models, engine, calibration_path,
+                                  use_calibration)
+    report["firing_gain"] = _firing_gain_block(report["exposures"], report["recordings"], trained_gain_range,
+                                               gain_tolerance)
+    return report
 
 
 def _evaluate_opened(opened, student, teacher, options: EvalOptions, progress, models, engine,
@@ -383,6 +422,8 @@ def _evaluate_opened(opened, student, teacher, options: EvalOptions, progress, m
     per_frame = {m: {"psnr": [], "ssim": []} for m in methods}
     per_center = {m: {"psnr": [], "ssim": []} for m in methods}
     per_position: dict[str, list[list[float]]] = {m: [] for m in methods}  # PSNR by gt frame position
+    color_errors: dict[str, list[np.ndarray]] = {m: [] for m in methods}  # (3,) per gt frame
+    saturations: dict[str, list[float]] = {m: [] for m in methods + ["gt"]}
     entries: list[dict] = []
     reblur_scores: list[float] = []
     truth_reblur_scores: list[float] = []
@@ -420,13 +461,18 @@ def _evaluate_opened(opened, student, teacher, options: EvalOptions, progress, m
         if student is not None:
             outputs["student"] = run_student(student, data, centers)
         center = _center_position(exposure, gt_frames)
+        gain = exposure_firing_gain(fields["packed"], int(spike.height), int(spike.width), window, data.blurry)
         entry = {"recording": path, "exposure_index": int(exposure.index), "frames": len(gt_frames),
-                 "center_t_ns": int(gt_frames[center].t_ns), "methods": {}}
+                 "center_t_ns": int(gt_frames[center].t_ns), "firing_gain": gain if np.isfinite(gain) else None,
+                 "methods": {}}
+        saturations["gt"].extend(mean_saturation(g) for g in gt_images)
         for method in methods:
             frames = np.clip(outputs[method], 0.0, 1.0)
             scores = {"psnr": [psnr(g, f) for g, f in zip(gt_images, frames)],
                       "ssim": [ssim(g, f) for g, f in zip(gt_images, frames)]}
             per_position[method].append(scores["psnr"])
+            color_errors[method].extend(channel_mean_error(g, f) for g, f in zip(gt_images, frames))
+            saturations[method].extend(mean_saturation(f) for f in frames)
             for metric in ("psnr", "ssim"):
                 per_frame[method][metric].extend(scores[metric])
                 per_center[method][metric].append(scores[metric][center])
@@ -458,6 +504,7 @@ def _evaluate_opened(opened, student, teacher, options: EvalOptions, progress, m
             "ssim": _mean(per_frame[method]["ssim"]),
             "psnr_center": _mean(per_center[method]["psnr"]),
             "ssim_center": _mean(per_center[method]["ssim"]),
+            **_color_summary(color_errors[method], saturations[method], saturations["gt"]),
         }
         for method in methods
     }
@@ -473,6 +520,10 @@ def _evaluate_opened(opened, student, teacher, options: EvalOptions, progress, m
             "ssim": {"window": SSIM_WINDOW, "gaussian_sigma": SSIM_SIGMA, "data_range": DATA_RANGE,
                      "use_sample_covariance": False, "channels": "mean", "implementation": ssim_implementation()},
             "center": "the ground-truth frame nearest each exposure's centre",
+            "color_mean_error_pct": "per channel, mean over ground-truth frames of mean(method - gt), in % of "
+                                    "full scale; color_max_abs_error_pct: the largest of the three in absolute value",
+            "saturation_ratio": "mean HSV saturation (max - min) / max of the method's frames over that of the "
+                                "ground-truth frames (1 = as colourful; null when the ground truth is grey)",
         },
         "frames": len(per_frame["blurry"]["psnr"]),
         "k": options.k,
@@ -486,6 +537,39 @@ def _evaluate_opened(opened, student, teacher, options: EvalOptions, progress, m
         "psnr_by_position": _by_position(per_position),
         "exposures": entries,
         "skipped": skipped,
+    }
+
+
+def _color_summary(errors: Sequence[np.ndarray], saturation: Sequence[float],
+                   truth_saturation: Sequence[float]) -> dict:
+    """A method's colour fidelity over all its ground-truth frames (see the report's ``metrics``)."""
+    mean_error = np.mean(np.asarray(errors, np.float64), axis=0) * 100.0
+    truth = float(np.mean(truth_saturation))
+    return {
+        "color_mean_error_pct": {name: float(v) for name, v in zip(CHANNELS, mean_error)},
+        "color_max_abs_error_pct": float(np.max(np.abs(mean_error))),
+        "saturation_ratio": float(np.mean(saturation)) / truth if truth > 1e-6 else None,
+    }
+
+
+def _firing_gain_block(entries: Sequence[Mapping], recordings: Sequence[str], trained_range, tolerance) -> dict:
+    """Per recording: the firing-gain summary of its exposures (``kernels.sensor.firing_gain_summary``,
+    whose ``warning`` eval prints) and the student's mean re-blur PSNR."""
+    trained_range = parse_gain_range(trained_range)
+    items = []
+    for path in recordings:
+        mine = [e for e in entries if e["recording"] == path]
+        gains = [np.nan if e["firing_gain"] is None else e["firing_gain"] for e in mine]
+        summary = firing_gain_summary(gains, trained_range, path, tolerance)
+        del summary["trained_range"], summary["tolerance"]  # stated once, in the block
+        items.append({"recording": path, **summary,
+                      "reblur_psnr": _mean([e["reblur_psnr"] for e in mine if e.get("reblur_psnr") is not None])})
+    return {
+        "definition": "mean spikes per pixel per spike frame over the exposure's frames / mean gray "
+                      "(0.3 R + 0.59 G + 0.11 B, in [0, 1]) of its blurry frame",
+        "trained_range": None if trained_range is None else list(trained_range),
+        "tolerance": float(tolerance),
+        "recordings": items,
     }
 
 
@@ -556,11 +640,16 @@ def _plot_exposure(plot_dir: Path, recording: str, index: int, outputs: Mapping[
 
 def format_table(report: Mapping) -> str:
     """The per-method summary as a fixed-width text table (for the CLI)."""
-    lines = [f"{'method':<10}{'PSNR':>9}{'SSIM':>8}{'PSNR ctr':>10}{'SSIM ctr':>10}"]
+    lines = [f"{'method':<10}{'PSNR':>9}{'SSIM':>8}{'PSNR ctr':>10}{'SSIM ctr':>10}"
+             f"{'B err%':>8}{'G err%':>8}{'R err%':>8}{'max|err|%':>10}{'sat ratio':>10}"]
     for method, values in report["methods"].items():
+        errors = values.get("color_mean_error_pct") or {}
+        colour = "".join(f"{errors[c]:>+8.2f}" if c in errors else f"{'n/a':>8}" for c in CHANNELS)
+        worst, ratio = values.get("color_max_abs_error_pct"), values.get("saturation_ratio")
         lines.append(
             f"{method:<10}{values['psnr']:>9.2f}{values['ssim']:>8.4f}{values['psnr_center']:>10.2f}"
-            f"{values['ssim_center']:>10.4f}"
+            f"{values['ssim_center']:>10.4f}{colour}" + (f"{worst:>10.2f}" if worst is not None else f"{'n/a':>10}")
+            + (f"{ratio:>10.3f}" if ratio is not None else f"{'n/a':>10}")
         )
     if report.get("engine"):
         engine = report["engine"]
@@ -574,6 +663,18 @@ def format_table(report: Mapping) -> str:
     if report.get("psnr_by_position"):
         for method, values in report["psnr_by_position"].items():
             lines.append(f"{method:<10}PSNR by frame position: " + " ".join(f"{v:.2f}" for v in values))
+    block = report.get("firing_gain")
+    if block:
+        trained = block.get("trained_range")
+        lines.append("firing gain (spikes per frame at full intensity)" + (
+            f", the student's trained range {trained[0]:g}-{trained[1]:g} (tolerance x{block['tolerance']:g}):"
+            if trained else ", the student declares no trained range:"))
+        for item in block["recordings"]:
+            gains = ("n/a" if item["mean"] is None
+                     else f"{item['mean']:.3f} (min {item['min']:.3f}, max {item['max']:.3f})")
+            reblur = "" if item["reblur_psnr"] is None else f", student re-blur {item['reblur_psnr']:.2f} dB"
+            lines.append(f"  {item['recording']}: {gains}{reblur}"
+                         + (" OUT OF DOMAIN" if item["out_of_domain"] else ""))
     lines.append(f"{report['frames']} ground-truth frames in {len(report['exposures'])} exposure(s); SSIM gaussian "
                  f"window {SSIM_WINDOW} (σ {SSIM_SIGMA}), data range {DATA_RANGE:g}")
     return "\n".join(lines)

@@ -64,6 +64,12 @@ def run(args) -> int:
     print(f"{summary['frames_written']} frames from {summary['exposures_processed']}/{summary['exposures_total']} "
           f"exposures with {summary['engine']} ({summary['precision']}), inference {p50}/window; "
           f"wrote {args.out}")
+    gain = summary["firing_gain"]
+    if gain["mean"] is not None:
+        trained = gain["trained_range"]
+        print(f"firing gain {gain['mean']:.3f} (min {gain['min']:.3f}, max {gain['max']:.3f})"
+              + (f"; the model's trained range {trained[0]:g}-{trained[1]:g}" if trained else "")
+              + (", OUT OF DOMAIN (see the warning above)" if gain["out_of_domain"] else ""))
     skipped = summary["skipped_exposures"]
     if skipped:
         print(f"skipped {len(skipped)} exposure(s) with incomplete spike windows: "

@@ -68,7 +68,7 @@ def _student(args, models: dict, stack):
     if args.precision != "fp32" or args.onnx is not None:
         raise ConfigError("the torch engine runs the checkpoint at fp32; use --engine ort (or trt) for --precision "
                           f"{args.precision} or --onnx")
-    from spikereveal.engines.checkpoint import load_checkpoint
+    from spikereveal.engines.checkpoint import declared_gain_range, load_checkpoint
     from spikereveal.engines.export import default_model_path
     from spikereveal.training.evaluate import torch_student
 
@@ -79,7 +79,10 @@ def _student(args, models: dict, stack):
     models["student"] = str(path)
     if meta.get("source"):
         models["student_source"] = str(meta["source"])
-    return torch_student(model, args.device), {"engine": "torch", "precision": "fp32", "device": args.device}
+    gain_range = declared_gain_range(meta)
+    engine = {"engine": "torch", "precision": "fp32", "device": args.device,
+              "firing_gain_range": None if gain_range is None else list(gain_range)}
+    return torch_student(model, args.device), engine
 
 
 def _runner_student(args, models: dict, stack):
@@ -134,6 +137,8 @@ def run(args) -> int:
     models: dict[str, str] = {}
     with ExitStack() as stack:  # closes the student's runner
         student, engine = _student(args, models, stack)
+        # the range the student declares it was trained for: the firing_gain block states it, not the engine's
+        trained_gain_range = None if engine is None else engine.pop("firing_gain_range", None)
         teacher = _teacher(args, models)
         with tqdm(desc="eval", unit="exposure") as bar:
             def progress(done: int, total: int) -> None:
@@ -143,7 +148,7 @@ def run(args) -> int:
 
             report = evaluate(args.data, student=student, teacher=teacher, options=options, progress=progress,
                               models=models, engine=engine, calibration_path=args.calibration,
-                              use_calibration=not args.no_calibration)
+                              use_calibration=not args.no_calibration, trained_gain_range=trained_gain_range)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(format_table(report))
@@ -152,5 +157,8 @@ def run(args) -> int:
         if item["path"] is not None:
             print(f"calibration {item['path']} applied to {item['recording']}: "
                   + (", ".join(item["applied"]) or "no section"))
+    for item in report["firing_gain"]["recordings"]:
+        if item["warning"] is not None:
+            print(f"warning: {item['warning']}")
     print(f"wrote {args.json}" + (f" and {len(report['exposures'])} plot(s) in {args.plot}" if args.plot else ""))
     return 0

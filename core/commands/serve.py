@@ -91,6 +91,9 @@ def format_counters(counters: dict) -> str:
     keys = ("messages", "malformed", "gaps", "late", "duplicates", "exposures_done", "exposures_skipped",
             "exposures_dropped", "exposures_failed", "exposures_abandoned")
     lines = ["counters: " + ", ".join(f"{k}={counters[k]}" for k in keys)]
+    if counters.get("out_of_domain_exposures"):
+        lines.append(f"out_of_domain_exposures={counters['out_of_domain_exposures']}: firing gain outside the "
+                     "model's trained range (quality may drop; see the warning above)")
     latency = counters.get("latency", {})
     for name in ("end_to_end_ms", "inference_ms", "non_inference_ms"):
         stats = latency.get(name) or {}
