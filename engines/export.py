@@ -394,6 +394,9 @@ def export_checkpoint(checkpoint: str | os.PathLike | None, out_path: str | os.P
     elif calib_recordings:
         logger.warning("--calib is only used by int8 exports; ignored for %s", config.precision)
     extra = {"source_checkpoint": Path(checkpoint).name}
+    gain_range = (meta.get("training") or {}).get("firing_gain_range")
+    if gain_range:  # the sensors the model was trained for: the out-of-domain alarm (kernels.sensor)
+        extra["firing_gain_range"] = json.dumps([float(g) for g in gain_range])
     return export_ldn(model, out_path, config, source_sha256=file_sha256(checkpoint), calibration=calibration,
                       extra_metadata=extra)
 

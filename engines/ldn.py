@@ -17,6 +17,7 @@ from torch import nn
 
 from spikereveal.errors import ConfigError
 from spikereveal.kernels.extract import SPIKE_LEVEL
+from spikereveal.kernels.sensor import FIRING_GAIN_MAX, FIRING_GAIN_MIN, GRAY_WEIGHTS_BGR, MIN_GRAY_MEAN, SPIKE_NORMS
 from spikereveal.kernels.timing import LDN_SPIKE_WINDOW
 
 #: The image/spike resolution ratio the LDN is built for (two stride-2 encoder stages).
@@ -25,13 +26,18 @@ SPIKE_SCALE = 4
 
 @dataclass(frozen=True)
 class LDNConfig:
-    """Network configuration stored in checkpoints. The paper's network uses 21 spike frames."""
+    """Network configuration stored in checkpoints. The paper's network uses 21 spike frames and raw
+    spikes (``spike_norm`` "none"); ``"firing-gain"`` makes the student read rates relative to the exposure's
+    own firing gain."""
 
     spike_frames: int = LDN_SPIKE_WINDOW
+    spike_norm: str = "none"
 
     def __post_init__(self):
         if isinstance(self.spike_frames, bool) or not isinstance(self.spike_frames, int) or self.spike_frames < 1:
             raise ConfigError(f"LDN spike_frames must be a positive integer, got {self.spike_frames!r}")
+        if self.spike_norm not in SPIKE_NORMS:
+            raise ConfigError(f"LDN spike_norm must be one of {SPIKE_NORMS}, got {self.spike_norm!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,6 +110,16 @@ class ResidualBlock(nn.Module):
         return x + self.conv_block(x)
 
 
+def firing_gain(blur: torch.Tensor, spikes: torch.Tensor) -> torch.Tensor:
+    """The exposure's firing gain (``kernels.sensor``) from the student's own inputs, one scalar for the
+    whole batch: the mean spike rate of all windows over the mean gray of the blurry frame(s), clamped to
+    ``[FIRING_GAIN_MIN, FIRING_GAIN_MAX]``. ``blur`` (N,3,H,W) in [0, 1], ``spikes`` (K,S,h,w) in spikes."""
+    gray_weights = torch.tensor(GRAY_WEIGHTS_BGR, dtype=torch.float32, device=blur.device).view(1, 3, 1, 1)
+    gray = (blur.float() * gray_weights).sum(dim=1).mean()
+    rate = spikes.float().mean()
+    return (rate / gray.clamp(min=MIN_GRAY_MEAN)).clamp(FIRING_GAIN_MIN, FIRING_GAIN_MAX)
+
+
 def _exporting() -> bool:
     """True while torch traces or exports the network: input checks on symbolic shapes are skipped."""
     return bool(torch.jit.is_tracing() or torch.compiler.is_exporting() or torch.compiler.is_compiling())
@@ -145,13 +161,25 @@ class LDN(nn.Module):
                 f"of {tuple(blur.shape)}, got {tuple(spikes.shape)}"
             )
 
-    def forward(self, blur: torch.Tensor, spikes: torch.Tensor) -> torch.Tensor:
+    def forward(self, blur: torch.Tensor, spikes: torch.Tensor, gain: torch.Tensor | None = None) -> torch.Tensor:
+        """``gain`` (N,) or a scalar: the firing gain of each sample's exposure (``spike_norm`` "firing-gain"
+        only; None: estimated from this batch as one exposure, :func:`firing_gain`)."""
         if not _exporting():
             self.check_inputs(blur, spikes)
-        spikes = spikes.to(blur.dtype)
+        spikes = self.normalise_spikes(blur, spikes.to(blur.dtype), gain)
         fused = self.fuse_and_decode(self.blur_enc2(self.blur_enc(blur)), self.spike_enc2(self.spike_enc(spikes)))
         # The official head concatenates the blurry image FIRST, then the 16 decoded channels.
         return self.pred(torch.cat([blur, fused], dim=1))
+
+    def normalise_spikes(self, blur: torch.Tensor, spikes: torch.Tensor, gain: torch.Tensor | None) -> torch.Tensor:
+        """The spike input as the network reads it: unchanged, or divided by the exposure's firing gain."""
+        if self.config.spike_norm == "none":
+            return spikes
+        if gain is None:
+            gain = firing_gain(blur, spikes)
+        gain = torch.as_tensor(gain, dtype=torch.float32, device=spikes.device)
+        gain = gain.clamp(FIRING_GAIN_MIN, FIRING_GAIN_MAX).reshape(-1, 1, 1, 1) if gain.ndim else gain
+        return spikes * (1.0 / gain).to(spikes.dtype)
 
     def fuse_and_decode(self, blur_features: torch.Tensor, spike_features: torch.Tensor) -> torch.Tensor:
         """Everything between the two encoders and the head: (N, 32, H/4, W/4) x 2 -> (N, 16, H, W)."""
@@ -175,7 +203,8 @@ class LDN(nn.Module):
                 f"forward_exposure takes spike windows of shape (K, {self.config.spike_frames}, H/4, W/4), "
                 f"got {tuple(spike_windows.shape)}"
             )
-        return self(blur.expand(spike_windows.shape[0], -1, -1, -1), spike_windows)
+        gain = firing_gain(blur, spike_windows) if self.config.spike_norm != "none" else None
+        return self(blur.expand(spike_windows.shape[0], -1, -1, -1), spike_windows, gain)
 
 
 class ExposureLDN(nn.Module):
@@ -197,6 +226,8 @@ class ExposureLDN(nn.Module):
         ldn = self.ldn
         blur = image.permute(0, 3, 1, 2).float() / 255.0  # (1, 3, H, W)
         spikes = spikes.float() / float(SPIKE_LEVEL)
+        if ldn.config.spike_norm != "none":  # one gain for the exposure, from its K windows and its frame
+            spikes = ldn.normalise_spikes(blur, spikes, firing_gain(blur, spikes))
         blur_features = ldn.blur_enc2(ldn.blur_enc(blur))
         blur_features = blur_features.expand(spikes.shape[0], -1, -1, -1)
         decoded = ldn.fuse_and_decode(blur_features, ldn.spike_enc2(ldn.spike_enc(spikes)))

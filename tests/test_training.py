@@ -187,7 +187,7 @@ def test_ldn_items_align_blur_spikes_and_teacher(exposures):
     assert len(calls) == len(exposures)  # teacher targets are computed once per exposure, up front
     h, w = TINY_SPIKE
     for i in range(len(dataset)):
-        blurry, spikes, targets = (t.numpy() for t in dataset[i])
+        blurry, spikes, targets, gain = (t.numpy() for t in dataset[i])
         assert blurry.shape == (3, 16, 16) and spikes.shape == (5, 21, 4, 4) and targets.shape == (5, 3, 16, 16)
         assert spikes.dtype == np.uint8
         np.testing.assert_allclose(targets, np.broadcast_to(blurry * 0.5, targets.shape), atol=2e-3)  # float16 cache
@@ -203,7 +203,7 @@ def test_flips_apply_to_every_array_of_a_sample(exposures):
     teacher = lambda e, c: np.broadcast_to(e.blurry, (len(c),) + e.blurry.shape).copy()  # noqa: E731
     dataset = ds.LDNDataset(exposures, teacher, crop=4, samples_per_epoch=16, seed=0, augment=True)
     for i in range(len(dataset)):
-        blurry, _, targets = dataset[i]
+        blurry, _, targets, _ = dataset[i]
         assert torch.allclose(targets[0], blurry, atol=2e-3)
 
 

@@ -107,10 +107,10 @@ def test_dataset_runs_the_student_at_every_reblur_timestamp_and_the_teacher_at_t
         np.testing.assert_array_equal(call, ds.evenly_spread_centers(exposure.window, 13)[::3])
     assert fine.distilled == [0, 3, 6, 9, 12]
     for i in range(3):
-        blurry, spikes, targets = fine[i]
-        plain_blurry, plain_spikes, plain_targets = plain[i]
+        blurry, spikes, targets, gain = fine[i]
+        plain_blurry, plain_spikes, plain_targets, plain_gain = plain[i]
         assert spikes.shape[0] == 13 and targets.shape[0] == 5
-        assert torch.equal(blurry, plain_blurry) and torch.equal(targets, plain_targets)
+        assert torch.equal(blurry, plain_blurry) and torch.equal(targets, plain_targets) and gain == plain_gain
         assert torch.equal(spikes[fine.distilled], plain_spikes)  # same crop, same windows at the distilled times
 
 
@@ -178,7 +178,7 @@ def test_reblur_gradient_through_the_distilled_frames_only(exposures):
     full, full_grads = loss_and_grads(batch_loss("ldn", model, batch, cpu, weights)[0])
     cheap, cheap_grads = loss_and_grads(batch_loss("ldn", model, batch, cpu, weights, reblur_gradient="distilled")[0])
     # reference: every frame computed with a gradient, the re-blur-only ones detached afterwards
-    blurry, spikes, targets = batch
+    blurry, spikes, targets, _ = batch
     frames = model(blurry.repeat_interleave(7, 0), spikes.reshape(14, *spikes.shape[2:]).float()).reshape(2, 7, 3, 16, 16)
     keep = torch.zeros(7, dtype=torch.bool)
     keep[[0, 3, 6]] = True

@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from spikereveal.errors import ConfigError
-from spikereveal.kernels.timing import DEFAULT_MARGIN_FRAMES, LDN_SPIKE_WINDOW, ExposureWindow
+from spikereveal.kernels.timing import DEFAULT_K, DEFAULT_MARGIN_FRAMES, LDN_SPIKE_WINDOW, ExposureWindow
 from spikereveal.training.train_config import DEFAULT_LDN_TIMESTAMPS, DEFAULT_TFP_SHORT_WINDOW, distilled_positions
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,16 @@ class ExposureData:
             self.packed, self.spike_height, self.spike_width, np.asarray(centers, dtype=np.int64),
             window=window, first_index=self.first_index,
         )
+
+
+def exposure_gain(exposure: ExposureData, k: int = DEFAULT_K) -> float:
+    """The firing gain of an exposure as the deployed student measures it (``engines.ldn.firing_gain``): the
+    mean spike rate of its ``k`` output windows over the mean gray of its blurry frame, clamped."""
+    from spikereveal.kernels.sensor import FIRING_GAIN_MAX, FIRING_GAIN_MIN, MIN_GRAY_MEAN
+
+    rate = float(exposure.ldn_inputs(evenly_spread_centers(exposure.window, k)).mean())
+    gray = max(float(gray_image(exposure.blurry).mean()), MIN_GRAY_MEAN)
+    return float(np.clip(rate / gray, FIRING_GAIN_MIN, FIRING_GAIN_MAX))
 
 
 def evenly_spread_centers(window: ExposureWindow, count: int) -> np.ndarray:
@@ -306,18 +316,24 @@ def sdm_teacher(tfp_window: int = DEFAULT_TFP_SHORT_WINDOW) -> TeacherFn:
 
 
 def network_teacher(bsn, sr, tfp_window: int = DEFAULT_TFP_SHORT_WINDOW, chunk_size: int | None = 2,
-                    precision: Callable[[], ContextManager] = contextlib.nullcontext) -> TeacherFn:
+                    precision: Callable[[], ContextManager] = contextlib.nullcontext,
+                    gain_norm: bool = False) -> TeacherFn:
     """The cascade teacher ``clip(B ⊙ SR(BSN(TFP_short)) / SR(TFP_long), 0, 1)`` from trained nets.
 
     The nets run on the device they are on, in eval mode (set by the caller), ``chunk_size`` timestamps
     at a time (bounds memory on full frames), inside the context ``precision()`` (e.g. a bf16 autocast).
+    ``gain_norm``: both TFPs are divided by the exposure's firing gain (:func:`exposure_gain`) first, so
+    nets trained on one sensor see the rates they were trained on from a sensor with another threshold.
     """
     from spikereveal.training.teacher import teacher_frames
 
     def teacher(exposure: ExposureData, centers: np.ndarray) -> np.ndarray:
-        shorts = exposure.tfp_shorts(centers, tfp_window)
+        shorts, long = exposure.tfp_shorts(centers, tfp_window), exposure.tfp_long()
+        if gain_norm:
+            scale = np.float32(1.0 / exposure_gain(exposure))
+            shorts, long = shorts * scale, long * scale
         with precision():
-            frames = teacher_frames(exposure.blurry, shorts, exposure.tfp_long(), bsn, sr, chunk_size=chunk_size)
+            frames = teacher_frames(exposure.blurry, shorts, long, bsn, sr, chunk_size=chunk_size)
         return frames.detach().float().cpu().numpy()
 
     return teacher
@@ -354,7 +370,9 @@ def cached_teacher(teacher: TeacherFn, cache_dir: str | os.PathLike, teacher_key
 
 
 class LDNDataset(_CropDataset):
-    """Items: ``(blurry (3, 4c, 4c), spikes (N, 21, c, c) uint8, teacher (M, 3, 4c, 4c))``, aligned.
+    """Items: ``(blurry (3, 4c, 4c), spikes (N, 21, c, c) uint8, teacher (M, 3, 4c, 4c), gain ())``, aligned;
+    ``gain`` is the firing gain of the crop's whole exposure (:func:`exposure_gain`), what a deployed student
+    with ``spike_norm`` "firing-gain" measures on the full frame.
 
     The N = ``reblur_timestamps`` (default M) timestamps are spread evenly over each exposure (first, last
     and N−2 between); the teacher's targets are at the M = ``timestamps`` of them that are themselves
@@ -381,6 +399,7 @@ class LDNDataset(_CropDataset):
         self._spikes: list[np.ndarray] = []
         self._teacher: list[np.ndarray] = []
         self._blurry: list[np.ndarray] = []
+        self._gain = np.array([exposure_gain(exposure) for exposure in self.exposures], dtype=np.float32)
         for done, exposure in enumerate(self.exposures, start=1):
             centers = evenly_spread_centers(exposure.window, self.reblur_timestamps)
             self._spikes.append(exposure.ldn_inputs(centers).astype(np.uint8))
@@ -393,7 +412,12 @@ class LDNDataset(_CropDataset):
             if progress is not None:
                 progress(done, len(self.exposures), "teacher targets")
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    @property
+    def gains(self) -> np.ndarray:
+        """The firing gain of every exposure, (E,) float32."""
+        return self._gain.copy()
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         rng = self._rng(index)
         i, _, y, x = self._pick(rng)
         flips = self._flips(rng)
@@ -406,4 +430,5 @@ class LDNDataset(_CropDataset):
             torch.from_numpy(_flip(blurry, *flips)),
             torch.from_numpy(_flip(spikes, *flips)),
             torch.from_numpy(_flip(targets, *flips)),
+            torch.tensor(self._gain[i]),
         )

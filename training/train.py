@@ -96,6 +96,13 @@ def _new_model(kind: str, network_config):
     return build_model(kind, {} if network_config is None else network_config)
 
 
+def _with_network_config(model, **changes):
+    """The same weights in a network whose config differs in ``changes`` (e.g. the LDN's spike_norm)."""
+    rebuilt = _new_model("ldn", replace(model.config, **changes))
+    rebuilt.load_state_dict(model.state_dict())
+    return rebuilt
+
+
 def autocast_context(device: torch.device, autocast: str):
     """The forward-pass precision context for ``autocast`` ("off" or "bf16", see ``AUTOCAST_CHOICES``)."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast == "bf16")
@@ -148,25 +155,26 @@ def batch_loss(kind: str, model, batch, device, weights: LdnLossWeights,
         with autocast_context(device, autocast):
             super_resolved = model(tfp_long)
         return sr_loss(super_resolved.float(), gray_blurry), {}
-    blurry, spikes, targets = (t.to(device) for t in batch)
+    blurry, spikes, targets, gain = (t.to(device) for t in batch)
     count = spikes.shape[1]
     tracked = distilled_positions(count, targets.shape[1]) if reblur_gradient == "distilled" else list(range(count))
     untracked = sorted(set(range(count)) - set(tracked))
     with autocast_context(device, autocast):
-        frames = _student_frames(model, blurry, spikes[:, tracked] if untracked else spikes)
+        frames = _student_frames(model, blurry, spikes[:, tracked] if untracked else spikes, gain)
         if untracked:  # re-blur-only timestamps: in the re-blurred mean, without a gradient (a third of the cost)
             with torch.no_grad():
-                rest = _student_frames(model, blurry, spikes[:, untracked])
+                rest = _student_frames(model, blurry, spikes[:, untracked], gain)
             order = torch.tensor(tracked + untracked, device=frames.device).argsort()
             frames = torch.cat([frames, rest], dim=1)[:, order]
     return ldn_loss(frames, targets, blurry, weights)
 
 
-def _student_frames(model, blurry: torch.Tensor, spikes: torch.Tensor) -> torch.Tensor:
-    """The student at every timestamp of each crop: blurry (B, 3, H, W), spikes (B, T, 21, h, w) ->
-    float32 frames (B, T, 3, H, W)."""
+def _student_frames(model, blurry: torch.Tensor, spikes: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+    """The student at every timestamp of each crop: blurry (B, 3, H, W), spikes (B, T, 21, h, w), the
+    firing gain of each crop's exposure (B,) -> float32 frames (B, T, 3, H, W)."""
     n, count = spikes.shape[:2]
-    frames = model(blurry.repeat_interleave(count, dim=0), spikes.reshape(n * count, *spikes.shape[2:]).to(blurry.dtype))
+    frames = model(blurry.repeat_interleave(count, dim=0), spikes.reshape(n * count, *spikes.shape[2:]).to(blurry.dtype),
+                   gain.float().repeat_interleave(count, dim=0))
     return frames.float().reshape(n, count, *blurry.shape[1:])
 
 
@@ -186,11 +194,12 @@ def train(
     ``resume``: a checkpoint written by this function; its saved arguments apply except where ``config``
     sets a field explicitly (e.g. more ``epochs``), its weights, progress and optimizer state continue.
     ``network_config``: the network's config (dataclass or dict) for a fresh run; default the paper's.
-    ``init`` (LDN, in ``config``): start from that LDN checkpoint's weights (fine-tuning).
+    ``init`` (in ``config``): start from that checkpoint's weights (fine-tuning; same kind of network).
     """
-    from spikereveal.engines.checkpoint import load_checkpoint, save_checkpoint
+    from spikereveal.engines.checkpoint import load_checkpoint, save_checkpoint, sha256_of
 
     started = time.monotonic()
+    init_provenance = None
     kind = config.kind
     device = resolve_device(options.device)
     if options.threads is not None:
@@ -210,6 +219,7 @@ def train(
                 f"use it with --init to fine-tune instead of --resume"
             )
         config = replace(config, init=None).over(TrainConfig.from_dict(saved["config"]))
+        init_provenance = saved.get("init")
         epochs_completed = int(saved.get("epochs_completed", 0))
         step_in_epoch = int(saved.get("step_in_epoch", 0))
         history = [dict(entry) for entry in saved.get("history", [])]
@@ -218,12 +228,18 @@ def train(
     else:
         config = config.with_defaults()
         if config.init is not None:
-            if kind != "ldn":
-                raise ConfigError("--init applies to the ldn student only")
-            model, _ = load_checkpoint(config.init, expected_kind="ldn")
+            model, init_meta = load_checkpoint(config.init, expected_kind=kind)
+            init_provenance = {"path": os.fspath(config.init), "sha256": sha256_of(config.init),
+                               "source": init_meta.get("source", ""),
+                               "init": (init_meta.get("training") or {}).get("init"),
+                               "firing_gain_range": (init_meta.get("training") or {}).get("firing_gain_range")}
         else:
             torch.manual_seed(config.seed)
+            if kind == "ldn" and config.spike_norm is not None and network_config is None:
+                network_config = {"spike_norm": config.spike_norm}
             model = _new_model(kind, network_config)
+        if kind == "ldn" and config.spike_norm is not None and model.config.spike_norm != config.spike_norm:
+            model = _with_network_config(model, spike_norm=config.spike_norm)
     config = config.with_defaults()
     model.to(device).train()
 
@@ -260,7 +276,14 @@ def train(
             "schedule": "Adam, cosine learning rate stepped per epoch",
             "device": str(device),
             "threads": torch.get_num_threads(),
+            "init": init_provenance,  # the checkpoint fine-tuned from (its hash and its own provenance), or None
         }
+        if kind == "ldn":  # the sensors it saw: the out-of-domain alarm of eval/deblur/serve (kernels.sensor)
+            seen = [float(dataset.gains.min()), float(dataset.gains.max())]
+            if init_provenance and init_provenance.get("firing_gain_range"):  # fine-tuned: it also saw the init's
+                seen = [min(seen[0], init_provenance["firing_gain_range"][0]),
+                        max(seen[1], init_provenance["firing_gain_range"][1])]
+            training["firing_gain_range"] = [round(g, 4) for g in seen]
         save_checkpoint(out, kind, model, model.config, training=training, source=f"spikereveal train {kind}")
         torch.save(
             {"optimizer": optimizer.state_dict(), "epochs_completed": epochs_completed, "step_in_epoch": step_in_epoch},

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
 from spikereveal.errors import ConfigError
+from spikereveal.kernels.sensor import SPIKE_NORMS  # torch-free: how the student reads its spikes
 
 #: TFP_short window of the reference implementation (frames); M timestamps per exposure in the LDN loss.
 DEFAULT_TFP_SHORT_WINDOW = 9
@@ -50,6 +51,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "reblur_timestamps": None,  # None: the distilled timestamps (the paper's loss)
     "reblur_rule": "mean",
     "reblur_gradient": "all",
+    "spike_norm": None,  # None: the paper's raw spikes for a fresh student, the --init checkpoint's own otherwise
 }
 
 
@@ -105,6 +107,7 @@ class TrainConfig:
     reblur_timestamps: int | None = None
     reblur_rule: str | None = None
     reblur_gradient: str | None = None
+    spike_norm: str | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -132,6 +135,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value not in choices:
                 raise ConfigError(f"unknown {name} {value!r}; use one of {list(choices)}")
+        if self.spike_norm is not None and self.spike_norm not in SPIKE_NORMS:
+            raise ConfigError(f"unknown spike_norm {self.spike_norm!r}; use one of {list(SPIKE_NORMS)}")
         if self.reblur_timestamps is not None:
             distilled_positions(self.reblur_timestamps, self.timestamps or DEFAULT_LDN_TIMESTAMPS)
         if self.teacher == "nets" and self.kind == "ldn" and not (self.teacher_bsn and self.teacher_sr):
@@ -139,7 +144,8 @@ class TrainConfig:
                 "the network teacher needs both --teacher-bsn CKPT and --teacher-sr CKPT (or use --teacher sdm)"
             )
         if self.kind != "ldn":
-            extra = [n for n in ("teacher_bsn", "teacher_sr", "init", "reblur_timestamps") if getattr(self, n) is not None]
+            extra = [n for n in ("teacher_bsn", "teacher_sr", "reblur_timestamps", "spike_norm")
+                     if getattr(self, n) is not None]
             extra += [name for name in ("reblur_rule", "reblur_gradient")
                       if getattr(self, name) not in (None, COMMON_DEFAULTS[name])]
             if self.teacher == "nets":

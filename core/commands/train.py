@@ -7,7 +7,7 @@ from pathlib import Path
 
 from spikereveal.errors import ConfigError
 from spikereveal.commands._types import positive_int
-from spikereveal.training.train_config import AUTOCAST_CHOICES, REBLUR_GRADIENTS, REBLUR_RULES  # torch-free
+from spikereveal.training.train_config import AUTOCAST_CHOICES, REBLUR_GRADIENTS, REBLUR_RULES, SPIKE_NORMS  # torch-free
 
 _HELP = {
     "bsn": "the teacher's blind-spot denoiser: MSE(TFP_short, BSN(TFP_short))",
@@ -34,6 +34,8 @@ def _add_common(parser: argparse.ArgumentParser, kind: str) -> None:
                         help=f"crops per epoch (default {defaults['crops_per_exposure']} per usable exposure)")
     parser.add_argument("--no-augment", dest="augment", action="store_const", const=False, default=None,
                         help="no random flips of the crops")
+    parser.add_argument("--init", type=Path, metavar="CKPT",
+                        help=f"start from this {kind} checkpoint's weights (fine-tune, e.g. on the rig's own recordings)")
     parser.add_argument("--resume", type=Path, metavar="CKPT",
                         help="continue the run saved in CKPT (its arguments apply unless given here)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
@@ -68,8 +70,10 @@ def register(subparsers) -> None:
             child.add_argument("--cache-dir", type=Path, metavar="DIR",
                                help="keep the teacher's targets in DIR and reuse them in later runs (resume, "
                                     "other hyper-parameters): the network teacher is the expensive part")
-            child.add_argument("--init", type=Path, metavar="CKPT",
-                               help="start from this LDN checkpoint (fine-tune, e.g. on the rig's own recordings)")
+            child.add_argument("--spike-norm", choices=SPIKE_NORMS,
+                               help="how the student reads its spikes: none (raw 0/1 frames, the paper's) or "
+                                    "firing-gain (divided by the exposure's firing gain, so a sensor with another "
+                                    "threshold or gain looks the same; default: the --init model's, else none)")
             child.add_argument("--timestamps", type=positive_int, help="timestamps per exposure in the loss (default 5)")
             child.add_argument("--reblur-timestamps", type=positive_int, metavar="N",
                                help="timestamps per exposure in the re-blur term, a finer set containing the "
@@ -97,6 +101,7 @@ def _config(args):
     values = dict(
         kind=args.kind, epochs=args.epochs, batch_size=args.batch_size, crop=args.crop, lr=args.lr, seed=args.seed,
         samples_per_epoch=args.samples_per_epoch, augment=args.augment, autocast=args.autocast,
+        init=None if args.init is None else str(args.init),
     )
     if args.kind == "ldn":
         teacher = args.teacher
@@ -111,11 +116,10 @@ def _config(args):
             teacher=teacher,
             teacher_bsn=None if args.teacher_bsn is None else str(args.teacher_bsn),
             teacher_sr=None if args.teacher_sr is None else str(args.teacher_sr),
-            init=None if args.init is None else str(args.init),
             timestamps=args.timestamps, lambda_teacher=args.lambda_teacher, lambda_reblur=args.lambda_reblur,
             lambda_ssim=args.lambda_ssim, teacher_autocast=args.teacher_autocast,
             reblur_timestamps=args.reblur_timestamps, reblur_rule=args.reblur_rule,
-            reblur_gradient=args.reblur_gradient,
+            reblur_gradient=args.reblur_gradient, spike_norm=args.spike_norm,
         )
     return TrainConfig(**values)
 
