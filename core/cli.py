@@ -16,7 +16,7 @@ from spikereveal.errors import SpikeRevealError
 
 # Verbs, in the order ``--help`` lists them. A verb appears here once it works end to end.
 COMMAND_MODULES: tuple[str, ...] = (
-    "demo", "simulate", "deblur", "serve", "replay", "worker", "train", "eval", "import_weights", "export",
+    "demo", "simulate", "deblur", "serve", "replay", "worker", "train", "eval", "adapt", "import_weights", "export",
     "build_engine", "calibrate", "bench",
 )
 

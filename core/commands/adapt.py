@@ -1,0 +1,131 @@
+"""``spikereveal adapt``: fine-tune the teacher nets and the student on a rig's own recordings (no ground truth)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from spikereveal.commands._types import positive_int
+from spikereveal.errors import require
+
+
+def _three_epochs(text: str) -> tuple[int, int, int]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected BSN,SR,LDN epochs such as 1,1,2, got {text!r}") from None
+    if len(values) != 3 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected three epochs >= 1 such as 1,1,2, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def register(subparsers) -> None:
+    from spikereveal.training.adapt import (  # torch-free
+        DEFAULT_HOLDOUT_EVERY,
+        DEFAULT_TIME_BUDGET_MIN,
+        MIN_TIME_BUDGET_MIN,
+        STAGE_SHARES,
+    )
+    from spikereveal.training.train_config import AUTOCAST_CHOICES
+
+    shares = ", ".join(f"{kind} {share * 100:.0f}%%" for kind, share in STAGE_SHARES.items())  # argparse: %%
+    parser = subparsers.add_parser(
+        "adapt",
+        help="fine-tune the teacher nets and the student on your rig's recordings (no ground truth needed)",
+        description="Fine-tune the shipped teacher (BSN, then SR) and then the student on the rig's own "
+                    "recordings, self-supervised, within a time budget; hold out every N-th exposure and report "
+                    "ground-truth-free indicators (re-blur PSNR, agreement with the teacher, firing gain) on them "
+                    "before and after (plus PSNR/SSIM where gt.csv exists). Writes DIR/ldn.pt, bsn.pt, sr.pt, "
+                    "ldn.onnx (for deblur --onnx and serve), report.json and report.md. Re-running the same "
+                    "command continues an interrupted run.",
+    )
+    parser.add_argument("--data", nargs="+", type=Path, required=True, metavar="REC",
+                        help="the rig's recording directories (gt.csv is not needed)")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory (resumable)")
+    parser.add_argument("--time-budget-min", type=float, default=DEFAULT_TIME_BUDGET_MIN, metavar="M",
+                        help=f"wall-clock budget of the training in minutes (default {DEFAULT_TIME_BUDGET_MIN:g}, at "
+                             f"least {MIN_TIME_BUDGET_MIN:g}): {shares} (the student's share includes its teacher "
+                             f"targets), the rest for export and report; epochs are sized from the first one")
+    parser.add_argument("--model", type=Path, metavar="CKPT", help="student LDN to start from (default: shipped)")
+    parser.add_argument("--teacher-bsn", type=Path, metavar="CKPT", help="teacher BSN to start from (default: shipped)")
+    parser.add_argument("--teacher-sr", type=Path, metavar="CKPT", help="teacher SR to start from (default: shipped)")
+    parser.add_argument("--holdout-every", type=positive_int, default=DEFAULT_HOLDOUT_EVERY, metavar="N",
+                        help=f"hold out every N-th usable exposure (at least one) to measure the result "
+                             f"(default {DEFAULT_HOLDOUT_EVERY})")
+    parser.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda (default cpu)")
+    parser.add_argument("--autocast", choices=AUTOCAST_CHOICES, default="off",
+                        help="bf16: forward passes and teacher targets in bfloat16 (2-3x faster on CPUs with "
+                             "AVX512-BF16/AMX); default off")
+    parser.add_argument("--force", action="store_true",
+                        help="start over in DIR even if it holds an adaptation with other arguments")
+    parser.add_argument("--epochs", type=_three_epochs, default=None, help=argparse.SUPPRESS)  # BSN,SR,LDN: tests
+    parser.set_defaults(func=run)
+
+
+def _progress_printer(tqdm):
+    """A progress callback drawing one tqdm bar per preparation step and per epoch, like ``train``."""
+    bars: dict[str, object] = {}
+
+    def close_all() -> None:
+        for key in list(bars):
+            bars.pop(key).close()
+
+    def progress(event) -> None:
+        head = f"[{event.index}/{event.stages}] {event.stage}"
+        if event.status != "train":
+            close_all()
+            if event.status in ("start", "skip", "done") and (event.message or event.status != "done"):
+                tqdm.write(f"{head}: {event.status}" + (f" ({event.message})" if event.message else ""))
+            return
+        step = event.train
+        key = "prepare:" + step.message if step.phase == "prepare" else f"{event.stage} epoch {step.epoch}"
+        if step.phase == "epoch":
+            bar = bars.pop(key, None)
+            if bar is not None:
+                bar.close()
+            return
+        bar = bars.get(key)
+        if bar is None:
+            close_all()
+            desc = (f"{head} {step.message}" if step.phase == "prepare"
+                    else f"{head} epoch {step.epoch + 1}/{step.epochs}")
+            bar = bars[key] = tqdm(total=step.steps, desc=desc, unit="step" if step.phase == "step" else "exp",
+                                   initial=max(step.step - 1, 0), leave=False)
+        bar.n = step.step
+        if step.phase == "step":
+            bar.set_postfix({name: f"{value:.4g}" for name, value in step.losses.items()}, refresh=False)
+        bar.refresh()
+
+    return progress, close_all
+
+
+def run(args) -> int:
+    from spikereveal.training.adapt import AdaptConfig, adapt, format_report  # torch-free
+
+    config = AdaptConfig(
+        data=tuple(str(p) for p in args.data), out=str(args.out), time_budget_min=args.time_budget_min,
+        model=None if args.model is None else str(args.model),
+        teacher_bsn=None if args.teacher_bsn is None else str(args.teacher_bsn),
+        teacher_sr=None if args.teacher_sr is None else str(args.teacher_sr),
+        holdout_every=args.holdout_every, threads=args.threads, device=args.device, autocast=args.autocast,
+        stage_epochs=args.epochs, force=args.force,
+    )
+    require("torch", "spikereveal adapt (training)", "train")
+    from tqdm import tqdm
+
+    progress, close_all = _progress_printer(tqdm)
+    try:
+        result = adapt(config, progress=progress)
+    except KeyboardInterrupt:
+        close_all()
+        print(f"interrupted: every finished epoch is kept in {args.out}; re-run the same command to continue")
+        raise
+    finally:
+        close_all()
+    print(format_report(result.report), end="")
+    if result.skipped:
+        print(f"skipped (done by an earlier run): {', '.join(result.skipped)}")
+    print(f"wrote {result.out}: ldn.pt, ldn.onnx (use it with deblur --onnx or serve), "
+          f"report.json, report.md")
+    return 0

@@ -1,0 +1,268 @@
+"""``spikereveal adapt``: hold-out split and recording views, the stages, the report, resuming, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from spikereveal.engines.checkpoint import load_checkpoint, save_checkpoint
+from spikereveal.engines.ldn import LDN
+from spikereveal.errors import ConfigError
+from spikereveal.recording import open_recording
+from spikereveal.training.adapt import (
+    STATE_FILE,
+    AdaptConfig,
+    adapt,
+    plan_epochs,
+    shipped_teacher_path,
+    split_recordings,
+    write_view,
+)
+from spikereveal.training.bsn import BSN, BSNConfig
+from spikereveal.training.sr import SR, SRConfig
+from training_support import simulate_tiny, write_recording
+
+TINY_BSN = {"encoder_channels": 6, "decoder_channels": 8}
+TINY_SR = {"residual_blocks": 2, "features": 8}
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    return simulate_tiny(tmp_path_factory.mktemp("adapt") / "rec", seed=3, exposures=5)
+
+
+@pytest.fixture(scope="module")
+def nets(tmp_path_factory):
+    """Tiny starting checkpoints (the shipped ones are full size: slower than these tests need)."""
+    folder = tmp_path_factory.mktemp("nets")
+    torch.manual_seed(0)
+    bsn, sr, ldn = BSN(BSNConfig(**TINY_BSN)), SR(SRConfig(**TINY_SR)), LDN()
+    paths = {"bsn": folder / "bsn.pt", "sr": folder / "sr.pt", "ldn": folder / "ldn.pt"}
+    for kind, model in (("bsn", bsn), ("sr", sr), ("ldn", ldn)):
+        save_checkpoint(paths[kind], kind, model, model.config)
+    return paths
+
+
+def _cli(*argv: str, block_torch: bool = False) -> subprocess.CompletedProcess:
+    """The console script in a fresh interpreter (optionally one where torch cannot be imported)."""
+    code = ("import sys\n" + ("sys.modules['torch'] = None\n" if block_torch else "")
+            + "from spikereveal.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
+
+
+def _args(recording, nets, out, *extra) -> list[str]:
+    return ["adapt", "--data", str(recording), "--out", str(out), "--model", str(nets["ldn"]),
+            "--teacher-bsn", str(nets["bsn"]), "--teacher-sr", str(nets["sr"]), "--time-budget-min", "1",
+            "--threads", "1", "--epochs", "1,1,1", *extra]
+
+
+@pytest.fixture(scope="module")
+def adapted(recording, nets, tmp_path_factory):
+    out = tmp_path_factory.mktemp("adapted") / "run"
+    result = _cli(*_args(recording, nets, out))
+    assert result.returncode == 0, result.stderr
+    return out, result
+
+
+# -- split and views -----------------------------------------------------------------------------------------------
+def test_every_nth_usable_exposure_is_held_out_and_at_least_one(recording, tmp_path):
+    split = split_recordings([str(recording)], 2)
+    assert split.train == ((0, 2, 4),) and split.held_out == ((1, 3),)
+    assert split_recordings([str(recording)], 4).held_out == ((3,),)
+    assert split_recordings([str(recording)], 9).held_out == ((4,),)  # fewer than N: the last one
+    other = simulate_tiny(tmp_path / "other", seed=4, exposures=3)
+    both = split_recordings([str(recording), str(other)], 3)  # numbered across recordings in --data order
+    assert both.held_out == ((2,), (0,)) and both.train == ((0, 1, 3, 4), (1, 2))
+    assert both.to_dict(3)["held_out"] == [{"recording": str(recording), "exposures": [2]},
+                                           {"recording": str(other), "exposures": [0]}]
+
+
+def test_a_view_is_a_recording_with_only_its_exposures(recording, tmp_path):
+    view = write_view(recording, tmp_path / "view", [1, 3], ground_truth=True)
+    with open_recording(view) as opened, open_recording(recording) as source:
+        assert [e.index for e in opened.exposures] == [1, 3]
+        assert {f.exposure_index for f in opened.ground_truth} == {1, 3}
+        assert opened.spikes.frame_count == source.spikes.frame_count
+        assert (opened.read_exposure(3) == source.read_exposure(3)).all()
+    without_truth = write_view(recording, tmp_path / "train", [0], ground_truth=False)
+    with open_recording(without_truth) as opened:
+        assert not opened.has_ground_truth and [e.index for e in opened.exposures] == [0]
+    assert (Path(recording) / "exposures.csv").read_text().count("\n") == 6  # the source is untouched
+
+
+def test_epochs_are_planned_from_the_first_one():
+    assert plan_epochs(100.0, 20.0, 20.0, 30) == 5  # the first + 80 s / 20 s
+    assert plan_epochs(100.0, 20.0, 1.0, 30) == 30  # capped at the recipe's epochs
+    assert plan_epochs(100.0, 120.0, 20.0, 30) == 1  # over budget: the first only
+
+
+def test_shipped_starting_points_are_found():
+    assert shipped_teacher_path("bsn").name == "bsn_default.pt"
+    assert shipped_teacher_path("sr").name == "sr_default.pt"
+
+
+# -- a whole run ------------------------------------------------------------------------------------------------------
+def test_adapt_writes_every_output_and_a_before_after_report(adapted, nets):
+    out, result = adapted
+    for name in ("bsn.pt", "sr.pt", "ldn.pt", "ldn.onnx", "report.json", "report.md", STATE_FILE):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    assert report["split"]["held_out"][0]["exposures"] == [3] and report["split"]["train_exposures"] == 4
+    indicators = report["indicators"]
+    for side in ("before", "after"):
+        assert set(indicators[side]) == {"reblur_psnr", "teacher_agreement_psnr"}
+        assert all(isinstance(v, float) for v in indicators[side].values())
+        assert set(report["ground_truth"][side]) >= {"psnr", "ssim"}
+    assert [e["exposure_index"] for e in indicators["exposures"]] == [3]
+    assert indicators["firing_gain"]["held_out"]["mean"] > 0
+    assert indicators["firing_gain"]["after"]["trained_range"] is not None  # the adapted student declares one
+    assert report["models"]["student_before"] == str(nets["ldn"])
+    # the student: the shipped recipe's loss, the fine-tuned teacher, trained on the 4 training exposures only
+    _, meta = load_checkpoint(out / "ldn.pt", expected_kind="ldn")
+    training = meta["training"]
+    assert training["exposures"] == 4 and training["config"]["init"] == str(nets["ldn"])
+    assert training["config"]["teacher_bsn"] == str(out / "bsn.pt")
+    assert (training["config"]["lambda_reblur"], training["config"]["lambda_ssim"]) == (1000.0, 2.0)
+    assert (training["config"]["reblur_timestamps"], training["config"]["reblur_rule"]) == (13, "trapezoid")
+    _, bsn_meta = load_checkpoint(out / "bsn.pt", expected_kind="bsn")
+    assert bsn_meta["training"]["config"]["init"] == str(nets["bsn"]) and bsn_meta["training"]["exposures"] == 4
+    from spikereveal.engines.export import read_onnx_metadata
+
+    assert read_onnx_metadata(out / "ldn.onnx")["batch"] == "dynamic"
+    assert "student re-blur PSNR" in result.stdout and "| before | after |" in result.stdout
+    assert "student re-blur PSNR" in (out / "report.md").read_text()
+
+
+def test_rerunning_a_finished_run_skips_every_stage(adapted, recording, nets):
+    out, _ = adapted
+    stamps = {name: (out / name).stat().st_mtime_ns for name in ("bsn.pt", "sr.pt", "ldn.pt", "ldn.onnx")}
+    result = _cli(*_args(recording, nets, out))
+    assert result.returncode == 0, result.stderr
+    assert "skipped (done by an earlier run): bsn, sr, ldn, export, report" in result.stdout
+    assert {name: (out / name).stat().st_mtime_ns for name in stamps} == stamps
+
+
+def test_an_interrupted_run_continues_where_it_stopped(recording, nets, tmp_path):
+    config = AdaptConfig(data=(str(recording),), out=str(tmp_path / "run"), time_budget_min=1.0, threads=1,
+                         model=str(nets["ldn"]), teacher_bsn=str(nets["bsn"]), teacher_sr=str(nets["sr"]),
+                         stage_epochs=(1, 1, 2))
+
+    def interrupt(event) -> None:  # Ctrl-C in the student's second epoch
+        step = event.train
+        if event.stage == "ldn" and step is not None and step.phase == "step" and step.epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        adapt(config, progress=interrupt)
+    state = json.loads((tmp_path / "run" / STATE_FILE).read_text())
+    assert [state["stages"][k]["status"] for k in ("bsn", "sr", "ldn")] == ["done", "done", "running"]
+    _, meta = load_checkpoint(tmp_path / "run" / "ldn.pt")
+    assert meta["training"]["epochs_completed"] == 1  # the finished epoch is kept
+
+    result = adapt(config)
+    assert result.skipped == ("bsn", "sr") and result.ran == ("ldn", "export", "report")
+    _, meta = load_checkpoint(tmp_path / "run" / "ldn.pt")
+    assert meta["training"]["epochs_completed"] == 2 and [h["epoch"] for h in meta["training"]["history"]] == [1, 2]
+    assert result.report["budget"]["stages"]["ldn"]["epochs_completed"] == 2
+
+
+def test_epochs_are_sized_from_the_budget_and_a_budget_without_one_step_is_refused(recording, nets, tmp_path,
+                                                                                   monkeypatch):
+    import spikereveal.training.adapt as module
+
+    monkeypatch.setattr(module, "MAX_EPOCHS", {"bsn": 2, "sr": 2, "ldn": 2})  # keep the test short
+    monkeypatch.setitem(module.STAGE_SHARES, "sr", 1e-7)  # the sr stage cannot fit a single step
+    config = AdaptConfig(data=(str(recording),), out=str(tmp_path / "run"), time_budget_min=1.0, threads=1,
+                         model=str(nets["ldn"]), teacher_bsn=str(nets["bsn"]), teacher_sr=str(nets["sr"]))
+    with pytest.raises(ConfigError, match=r"the sr stage needed .* single training step.*--time-budget-min \d+"):
+        adapt(config)
+    state = json.loads((tmp_path / "run" / STATE_FILE).read_text())
+    bsn = state["stages"]["bsn"]
+    assert bsn["status"] == "done" and bsn["planned_epochs"] == 2 and bsn["epochs_completed"] == 2
+    assert bsn["first_epoch_s"] > 0 and state["stages"]["sr"]["status"] == "running"
+    _, meta = load_checkpoint(tmp_path / "run" / "sr.pt")
+    assert meta["training"]["step_in_epoch"] == 1  # the step done is kept
+
+    monkeypatch.setitem(module.STAGE_SHARES, "sr", 0.10)
+    result = adapt(config)
+    assert result.skipped == ("bsn",)
+    stages = result.report["budget"]["stages"]
+    assert (stages["sr"]["planned_epochs"], stages["sr"]["epochs_completed"]) == (2, 2)
+    assert (stages["ldn"]["planned_epochs"], stages["ldn"]["epochs_completed"]) == (2, 2)
+    _, meta = load_checkpoint(tmp_path / "run" / "ldn.pt")
+    assert [h["lr"] for h in meta["training"]["history"]] == pytest.approx([1e-3, 0.5e-3])  # cosine over 2 epochs
+
+
+def test_force_starts_over_with_other_data(adapted, recording, nets, tmp_path):
+    out = tmp_path / "run"
+    other = simulate_tiny(tmp_path / "other", seed=5, exposures=3)
+    base = dict(out=str(out), time_budget_min=1.0, threads=1, model=str(nets["ldn"]),
+                teacher_bsn=str(nets["bsn"]), teacher_sr=str(nets["sr"]), stage_epochs=(1, 1, 1))
+    adapt(AdaptConfig(data=(str(recording),), **base))
+    with pytest.raises(ConfigError, match="--data was"):
+        adapt(AdaptConfig(data=(str(other),), **base))
+    result = adapt(AdaptConfig(data=(str(other),), force=True, **base))
+    assert result.skipped == () and result.report["split"]["held_out"] == [{"recording": str(other),
+                                                                              "exposures": [2]}]
+
+
+# -- bad input: exit code 2 and a message that says what to do -----------------------------------------------------
+def test_budget_too_small_is_refused(recording, nets, tmp_path):
+    result = _cli("adapt", "--data", str(recording), "--out", str(tmp_path / "o"), "--time-budget-min", "0.2")
+    assert result.returncode == 2 and "--time-budget-min 0.2 is too small" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_recordings_without_enough_usable_exposures_are_refused(tmp_path, nets):
+    short_margins = write_recording(tmp_path / "short", exposures=2, margin=5)  # windows need 10 frames each side
+    result = _cli(*_args(short_margins, nets, tmp_path / "a"))
+    assert result.returncode == 2 and "none of its 2 exposure(s) is usable" in result.stderr
+    assert "Record longer margins" in result.stderr
+    single = write_recording(tmp_path / "single", exposures=1)
+    result = _cli(*_args(single, nets, tmp_path / "b"))
+    assert result.returncode == 2 and "only 1 usable exposure" in result.stderr and "at least 2" in result.stderr
+
+
+def test_out_must_be_a_directory_of_this_run(adapted, recording, nets, tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    result = _cli(*_args(recording, nets, a_file))
+    assert result.returncode == 2 and "is a file" in result.stderr
+    out, _ = adapted
+    result = _cli(*_args(tmp_path / "elsewhere", nets, out))
+    assert result.returncode == 2 and "holds an adaptation with other arguments" in result.stderr
+    assert "--force" in result.stderr
+
+
+def test_missing_torch_names_the_extra(recording, tmp_path):
+    result = _cli("adapt", "--data", str(recording), "--out", str(tmp_path / "o"), block_torch=True)
+    assert result.returncode == 2 and "pip install 'spikereveal[train]'" in result.stderr
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"holdout_every": 1}, "--holdout-every"),
+    ({"teacher_bsn": "bsn.pt"}, "both --teacher-bsn and --teacher-sr"),
+    ({"data": ()}, "no recording"),
+    ({"autocast": "fp16"}, "unknown autocast"),
+    ({"stage_epochs": (1, 0, 1)}, "three positive integers"),
+])
+def test_invalid_configs(changes, message, recording):
+    values = {"data": (str(recording),), "out": "x", **changes}
+    with pytest.raises(ConfigError, match=message):
+        AdaptConfig(**values)
+
+
+def test_duplicate_recordings_are_refused(recording):
+    with pytest.raises(ConfigError, match="more than once"):
+        AdaptConfig(data=(str(recording), str(recording) + "/"), out="x")
+
+
+def test_help_needs_no_torch():
+    result = _cli("adapt", "--help", block_torch=True)
+    assert result.returncode == 0, result.stderr
+    assert "--time-budget-min" in result.stdout and "--holdout-every" in result.stdout

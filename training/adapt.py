@@ -1,0 +1,857 @@
+"""Fine-tune the shipped networks on a rig's own recordings (``spikereveal adapt``), without ground truth.
+
+Stages, in order, each resumable and skipped once done (``DIR/adapt_state.json`` records them):
+
+1. ``split``: every usable exposure (spike window inside the recorded spikes) of the recordings, in ``--data``
+   order, is numbered; every ``holdout_every``-th one (the N-th, 2N-th, …; the last one when there are fewer
+   than N) is **held out** and never trained on. ``train()`` takes recording directories, so the split is
+   written as lightweight *recording views* under ``DIR/views/``: a ``meta.json`` copy, ``spikes.dat`` and
+   the PNGs linked (symlink, else hard link, else copy) and an ``exposures.csv`` (and ``gt.csv``) listing
+   only that side's exposures. The recordings themselves are never touched.
+2. ``bsn`` and 3. ``sr``: the teacher's nets, fine-tuned from the shipped ones (or ``--teacher-bsn`` /
+   ``--teacher-sr``) with ``train(..., TrainConfig(kind, init=...))`` at the shipped learning rates.
+4. ``ldn``: the student, fine-tuned from the shipped model (or ``--model``) with the fine-tuned teacher and
+   the shipped recipe's loss (``--lambda-ssim 2 --lambda-reblur 1000 --reblur-timestamps 13 --reblur-rule
+   trapezoid --reblur-gradient distilled``); its ``spike_norm`` is the init's. Teacher targets are cached
+   in ``DIR/teacher_cache``.
+5. ``export``: ``DIR/ldn.onnx`` with dynamic shapes (what ``spikereveal export --dynamic`` writes), for
+   ``deblur --onnx`` and ``serve``.
+6. ``report``: ground-truth-free indicators on the held-out exposures for the student before (the init)
+   and after: re-blur PSNR (mean of its K frames vs the blurry frame, as ``eval`` computes it), agreement
+   with the fine-tuned teacher (PSNR of the student's frames against the teacher's, same timestamps), and
+   the firing gain of the data against the range each model declares; plus PSNR/SSIM against ``gt.csv``
+   (``evaluate``) where the held-out recordings have it. ``DIR/report.json`` and ``DIR/report.md``.
+
+Time budget: ``time_budget_min`` is shared out in a fixed proportion (:data:`STAGE_SHARES`): 15 % BSN,
+10 % SR, 70 % the student *including* its teacher targets, the last 5 % left to the export and the held-out
+evaluation (not enforced). Epochs are sized from a measurement: each stage first trains one epoch (whose
+learning rate, ``lr`` itself, is the same under any cosine length), then plans
+``1 + (stage budget − time spent) // first-epoch time`` epochs in all (at most :data:`MAX_EPOCHS`, the
+shipped recipe's own epochs), and continues the same run (``resume=``) with that many, so the per-epoch
+cosine schedule decays over exactly the epochs that fit. Every call to ``train`` also gets the stage's
+remaining budget as ``time_limit_min``, a hard cap: a stage that reaches it stops with a checkpoint and
+counts as done. A budget that does not hold one epoch trains at the full learning rate for what it holds; one
+that does not hold a single step (preparation included) is a ConfigError saying which budget would. The time
+spent is read from each checkpoint's ``elapsed_s``, so a re-run after an interruption spends only what is
+left of the budget.
+
+Resuming: re-running with the same arguments continues (finished stages are skipped, an unfinished one
+resumes from its checkpoint, which ``train`` writes after every epoch and at its time limit). Arguments
+that change what is trained or held out (data, models, hold-out, precision, fixed epochs) must match the
+state file unless ``force`` starts over; budget, threads and device may change between runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from spikereveal.errors import ConfigError
+from spikereveal.training.train_config import AUTOCAST_CHOICES, DEFAULT_TFP_SHORT_WINDOW, KIND_DEFAULTS
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "adapt_state.json"
+STATE_FORMAT = "spikereveal-adapt-state"
+REPORT_FORMAT = "spikereveal-adapt-report"
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+VIEWS_DIR = "views"
+CACHE_DIR = "teacher_cache"
+ONNX_FILE = "ldn.onnx"
+#: Files and folders adapt owns inside DIR (``force`` removes exactly these).
+OWNED = (STATE_FILE, REPORT_JSON, REPORT_MD, VIEWS_DIR, CACHE_DIR, ONNX_FILE,
+         "bsn.pt", "bsn.pt.optim", "sr.pt", "sr.pt.optim", "ldn.pt", "ldn.pt.optim")
+
+STAGES = ("split", "bsn", "sr", "ldn", "export", "report")
+TRAINED = ("bsn", "sr", "ldn")
+#: Share of the time budget per training stage; the rest (5 %) is left to the export and the evaluation.
+STAGE_SHARES = {"bsn": 0.15, "sr": 0.10, "ldn": 0.70}
+#: Most epochs a stage plans, however much budget is left: the shipped recipe's (training/README.md).
+MAX_EPOCHS = {"bsn": 10, "sr": 9, "ldn": 30}
+MIN_TIME_BUDGET_MIN = 1.0
+DEFAULT_TIME_BUDGET_MIN = 20.0
+DEFAULT_HOLDOUT_EVERY = 4
+#: The shipped student's loss settings (training/README.md, "How the shipped model was produced").
+STUDENT_RECIPE: dict[str, Any] = {
+    "lambda_ssim": 2.0, "lambda_reblur": 1000.0, "reblur_timestamps": 13, "reblur_rule": "trapezoid",
+    "reblur_gradient": "distilled",
+}
+SHIPPED_TEACHER = {"bsn": "models/bsn_default.pt", "sr": "models/sr_default.pt"}
+#: Arguments that decide what is trained and held out: a re-run must repeat them (or start over with force).
+IDENTITY = ("data", "model", "teacher_bsn", "teacher_sr", "holdout_every", "autocast", "stage_epochs")
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """What ``adapt`` does. ``data``: recording directories; ``out``: the output directory.
+
+    ``model``/``teacher_bsn``/``teacher_sr``: checkpoints to start from (None: the shipped ones; the two
+    teacher nets are given together or not at all). ``holdout_every`` (N >= 2): every N-th usable exposure
+    is held out. ``autocast``: "bf16" runs the forward passes (and the teacher targets) in bfloat16.
+    ``stage_epochs``: fixed epochs for (bsn, sr, ldn) instead of sizing them from the budget (tests,
+    experts; the budget still caps each stage). ``force``: start over in an ``out`` that holds another run.
+    """
+
+    data: tuple[str, ...]
+    out: str
+    time_budget_min: float = DEFAULT_TIME_BUDGET_MIN
+    model: str | None = None
+    teacher_bsn: str | None = None
+    teacher_sr: str | None = None
+    holdout_every: int = DEFAULT_HOLDOUT_EVERY
+    threads: int | None = None
+    device: str = "cpu"
+    autocast: str = "off"
+    stage_epochs: tuple[int, int, int] | None = None
+    force: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "data", tuple(os.fspath(p) for p in self.data))
+        object.__setattr__(self, "out", os.fspath(self.out))
+        for name in ("model", "teacher_bsn", "teacher_sr"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, None if value is None else os.fspath(value))
+        if not self.data:
+            raise ConfigError("no recording given: pass at least one recording directory (--data REC)")
+        resolved = [Path(p).resolve() for p in self.data]
+        twice = sorted({os.fspath(p) for p in self.data if resolved.count(Path(p).resolve()) > 1})
+        if twice:
+            raise ConfigError(f"--data lists {', '.join(twice)} more than once; give each recording once")
+        budget = self.time_budget_min
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget):
+            raise ConfigError(f"--time-budget-min must be a number of minutes, got {budget!r}")
+        if budget < MIN_TIME_BUDGET_MIN:
+            raise ConfigError(
+                f"--time-budget-min {budget:g} is too small to train anything: the three networks and the "
+                f"teacher's targets need at least {MIN_TIME_BUDGET_MIN:g} minute (give --time-budget-min 1 or more; "
+                f"the default {DEFAULT_TIME_BUDGET_MIN:g} is meant for a few dozen exposures)"
+            )
+        every = self.holdout_every
+        if isinstance(every, bool) or not isinstance(every, int) or every < 2:
+            raise ConfigError(
+                f"--holdout-every must be a whole number >= 2 (every N-th exposure is held out to measure the "
+                f"result; 1 would hold out all of them), got {every!r}"
+            )
+        if (self.teacher_bsn is None) != (self.teacher_sr is None):
+            raise ConfigError("give both --teacher-bsn and --teacher-sr (or neither: the shipped teacher nets)")
+        if self.autocast not in AUTOCAST_CHOICES:
+            raise ConfigError(f"unknown autocast {self.autocast!r}; use one of {list(AUTOCAST_CHOICES)}")
+        if self.threads is not None and (isinstance(self.threads, bool) or self.threads < 1):
+            raise ConfigError(f"--threads must be >= 1, got {self.threads!r}")
+        if self.stage_epochs is not None:
+            epochs = tuple(self.stage_epochs)
+            if len(epochs) != 3 or any(isinstance(e, bool) or not isinstance(e, int) or e < 1 for e in epochs):
+                raise ConfigError(f"stage_epochs must be three positive integers (bsn, sr, ldn), got {epochs!r}")
+            object.__setattr__(self, "stage_epochs", epochs)
+
+    @property
+    def time_budget_s(self) -> float:
+        return 60.0 * float(self.time_budget_min)
+
+    def stage_budget_s(self, stage: str) -> float:
+        return self.time_budget_s * STAGE_SHARES[stage]
+
+
+@dataclass(frozen=True)
+class AdaptProgress:
+    """One progress report. ``status``: "start", "skip", "done" or "train" (``train`` holds the training
+    loop's own ``TrainProgress``); ``index`` is the stage's 1-based position among ``stages``."""
+
+    stage: str
+    index: int
+    stages: int
+    status: str
+    message: str = ""
+    train: Any = None  # spikereveal.training.train.TrainProgress for status "train"
+
+
+AdaptProgressFn = Callable[[AdaptProgress], None]
+
+
+@dataclass(frozen=True)
+class AdaptResult:
+    out: Path
+    report: dict
+    ran: tuple[str, ...]  # stages that did work in this call
+    skipped: tuple[str, ...]  # stages found done by an earlier call
+    outputs: Mapping[str, Path] = field(default_factory=dict)
+
+
+# -- shipped checkpoints -------------------------------------------------------------------------------------
+def shipped_teacher_path(kind: str) -> Path | None:
+    """The shipped teacher net ``kind`` ("bsn" or "sr", package data beside the default student), if any."""
+    import importlib.resources
+
+    try:
+        path = Path(str(importlib.resources.files("spikereveal").joinpath(SHIPPED_TEACHER[kind])))
+    except (ModuleNotFoundError, TypeError):
+        return None
+    return path if path.is_file() else None
+
+
+def _starting_points(config: AdaptConfig) -> dict[str, Path]:
+    """The checkpoints each stage starts from; ConfigError naming the option when one is missing."""
+    from spikereveal.engines.export import resolve_model_path
+
+    points = {"ldn": resolve_model_path(config.model)}
+    for kind, given in (("bsn", config.teacher_bsn), ("sr", config.teacher_sr)):
+        if given is not None:
+            if not Path(given).is_file():
+                raise ConfigError(f"--teacher-{kind} {given} does not exist; pass a {kind} checkpoint")
+            points[kind] = Path(given)
+            continue
+        shipped = shipped_teacher_path(kind)
+        if shipped is None:
+            raise ConfigError(
+                f"no shipped teacher {kind} is installed (spikereveal/{SHIPPED_TEACHER[kind]}); pass "
+                f"--teacher-bsn CKPT --teacher-sr CKPT"
+            )
+        points[kind] = shipped
+    return points
+
+
+# -- the hold-out split and the recording views ----------------------------------------------------------------
+@dataclass(frozen=True)
+class Split:
+    """Usable exposures per recording (``data`` order) and which are held out; unusable ones listed."""
+
+    recordings: tuple[str, ...]
+    train: tuple[tuple[int, ...], ...]  # per recording: exposure indices trained on
+    held_out: tuple[tuple[int, ...], ...]  # per recording: exposure indices held out
+    unusable: tuple[tuple[int, ...], ...]  # per recording: exposures whose spike window is incomplete
+    smallest_side: int  # the smallest spike-grid side among the recordings (bounds the crops)
+
+    def to_dict(self, holdout_every: int) -> dict:
+        def side(groups):
+            return [{"recording": r, "exposures": list(g)} for r, g in zip(self.recordings, groups) if g]
+
+        return {
+            "holdout_every": holdout_every,
+            "rule": f"usable exposures numbered in --data order; every {_ordinal(holdout_every)} is held out "
+                    f"(the last one when there are fewer)",
+            "train_exposures": sum(len(g) for g in self.train),
+            "held_out_exposures": sum(len(g) for g in self.held_out),
+            "train": side(self.train),
+            "held_out": side(self.held_out),
+            "unusable": side(self.unusable),
+        }
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def split_recordings(data: Sequence[str], holdout_every: int, margin_frames: int | None = None) -> Split:
+    """Open every recording, find its usable exposures (the spike window, exposure ± ``margin_frames``,
+    inside the recorded spikes) and hold out every ``holdout_every``-th one. ConfigError when a recording
+    has no usable exposure or fewer than two are usable in all (nothing would be left to train or to test)."""
+    from spikereveal.kernels.timing import DEFAULT_MARGIN_FRAMES
+    from spikereveal.recording import open_recording
+    from spikereveal.training.datasets import check_geometry
+
+    margin = max(DEFAULT_MARGIN_FRAMES, DEFAULT_TFP_SHORT_WINDOW // 2) if margin_frames is None else margin_frames
+    usable: list[list[int]] = []
+    unusable: list[list[int]] = []
+    sides = []
+    for path in data:
+        with open_recording(path, strict=False, margin_frames=margin) as recording:
+            h, w = check_geometry(recording, path)
+            sides.append(min(h, w))
+            good = [e.index for e in recording.exposures if recording.window_complete(e.index, margin_frames=margin)]
+            bad = [e.index for e in recording.exposures if e.index not in set(good)]
+            if not good:
+                raise ConfigError(
+                    f"{path}: none of its {len(recording.exposures)} exposure(s) is usable: each needs its spike "
+                    f"window (the exposure ± {margin} spike frames) inside the recorded spikes. Record longer "
+                    f"margins around the exposures, or leave this recording out of --data"
+                )
+            usable.append(good)
+            unusable.append(bad)
+    flat = [(r, index) for r, group in enumerate(usable) for index in group]
+    if len(flat) < 2:
+        raise ConfigError(
+            f"only {len(flat)} usable exposure in {list(data)}: adapt holds out every --holdout-every-th "
+            f"exposure to measure the result and trains on the rest, so it needs at least 2; record more "
+            f"exposures (a few dozen is typical)"
+        )
+    positions = [p for p in range(len(flat)) if (p + 1) % holdout_every == 0] or [len(flat) - 1]
+    held = {flat[p] for p in positions}
+    train = tuple(tuple(i for i in group if (r, i) not in held) for r, group in enumerate(usable))
+    held_out = tuple(tuple(i for i in group if (r, i) in held) for r, group in enumerate(usable))
+    return Split(tuple(os.fspath(p) for p in data), train, held_out, tuple(tuple(g) for g in unusable), min(sides))
+
+
+def _link(source: Path, target: Path) -> None:
+    """``target`` as a symlink to ``source``, else a hard link, else a copy (keeping the file times)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_symlink() or target.exists():
+        target.unlink()
+    try:
+        os.symlink(source.resolve(), target)
+        return
+    except (OSError, NotImplementedError):
+        pass
+    try:
+        os.link(source, target)
+    except OSError:
+        log.info("%s: cannot link it here, copying it to %s", source, target)
+        shutil.copy2(source, target)
+
+
+def _filter_csv(source: Path, target: Path, column: str, keep: set[int]) -> list[str]:
+    """Copy the CSV ``source`` to ``target`` with only the rows whose ``column`` is in ``keep``; returns the
+    ``image`` cells of those rows."""
+    with open(source, newline="", encoding="utf-8") as handle:
+        rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
+    header = [cell.strip() for cell in rows[0]]
+    at, image_at = header.index(column), header.index("image")
+    kept = [row for row in rows[1:] if int(row[at].strip()) in keep]
+    with open(target, "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle, lineterminator="\n").writerows([rows[0], *kept])
+    return [row[image_at].strip() for row in kept]
+
+
+def write_view(source: str | os.PathLike, target: str | os.PathLike, exposures: Sequence[int],
+               ground_truth: bool) -> Path:
+    """A recording directory at ``target`` that holds only ``exposures`` of ``source`` (and their ground
+    truth when ``ground_truth`` and the source has it); spikes and images are linked, not copied."""
+    from spikereveal.recording import EXPOSURES_FILE, GT_FILE, META_FILE, SPIKES_FILE
+
+    source, target = Path(source), Path(target)
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    keep = {int(i) for i in exposures}
+    images = _filter_csv(source / EXPOSURES_FILE, target / EXPOSURES_FILE, "index", keep)
+    if ground_truth and (source / GT_FILE).is_file():
+        images += _filter_csv(source / GT_FILE, target / GT_FILE, "exposure_index", keep)
+    for image in images:
+        _link(source / image, target / image)
+    _link(source / SPIKES_FILE, target / SPIKES_FILE)
+    shutil.copyfile(source / META_FILE, target / META_FILE)  # last: a view without it does not open
+    return target
+
+
+def _view_name(position: int, path: str) -> str:
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(path).resolve().name) or "recording"
+    return f"{position:02d}_{name}"
+
+
+def write_views(split: Split, views_dir: Path) -> tuple[list[Path], list[Path], dict[str, str]]:
+    """Train and held-out views of every recording; returns (train views, held-out views, view -> source)."""
+    train_views, held_views, sources = [], [], {}
+    for position, path in enumerate(split.recordings):
+        name = _view_name(position, path)
+        for groups, side, views, truth in ((split.train, "train", train_views, False),
+                                          (split.held_out, "held_out", held_views, True)):
+            if groups[position]:
+                view = write_view(path, views_dir / side / name, groups[position], ground_truth=truth)
+                views.append(view)
+                sources[os.fspath(view)] = path
+    return train_views, held_views, sources
+
+
+# -- state ---------------------------------------------------------------------------------------------------------
+def _identity(config: AdaptConfig) -> dict[str, Any]:
+    def resolved(path):
+        return None if path is None else os.fspath(Path(path).resolve())
+
+    return {
+        "data": [resolved(p) for p in config.data],
+        "model": resolved(config.model),
+        "teacher_bsn": resolved(config.teacher_bsn),
+        "teacher_sr": resolved(config.teacher_sr),
+        "holdout_every": config.holdout_every,
+        "autocast": config.autocast,
+        "stage_epochs": None if config.stage_epochs is None else list(config.stage_epochs),
+    }
+
+
+_OPTION = {"data": "--data", "model": "--model", "teacher_bsn": "--teacher-bsn", "teacher_sr": "--teacher-sr",
+           "holdout_every": "--holdout-every", "autocast": "--autocast", "stage_epochs": "the fixed epochs"}
+
+
+def _prepare_out(config: AdaptConfig) -> dict:
+    """Check ``out`` and return the state to continue (a fresh one when there is none, or with force)."""
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; adapt writes a directory (checkpoints, ONNX, report): "
+                          f"give a new or existing directory")
+    state_path = out / STATE_FILE
+    identity = _identity(config)
+    fresh = {"format": STATE_FORMAT, "version": 1, "identity": identity, "stages": {}, "runs": []}
+    if config.force and out.is_dir():
+        for name in OWNED:
+            path = out / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+        return fresh
+    if not state_path.is_file():
+        if out.is_dir() and any(out.iterdir()):
+            raise ConfigError(
+                f"--out {out} is a directory that holds no adapt run ({STATE_FILE} is missing); choose a new or "
+                f"empty directory, or pass --force to write into it anyway"
+            )
+        return fresh
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{state_path} cannot be read ({exc}); pass --force to start over in {out}") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ConfigError(f"{state_path} is not an adapt state file; pass --force to start over in {out}")
+    before = state.get("identity") or {}
+    changed = [name for name in IDENTITY if before.get(name) != identity[name]]
+    if changed:
+        details = "; ".join(f"{_OPTION[n]} was {before.get(n)!r}, now {identity[n]!r}" for n in changed)
+        raise ConfigError(
+            f"{out} holds an adaptation with other arguments ({details}). Re-run with the same arguments to "
+            f"continue it, use another --out, or pass --force to start over in {out}"
+        )
+    state.setdefault("stages", {})
+    state.setdefault("runs", [])
+    return state
+
+
+def _save_state(out: Path, state: dict) -> None:
+    path = out / STATE_FILE
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+
+
+# -- training stages -------------------------------------------------------------------------------------------
+def plan_epochs(stage_budget_s: float, spent_s: float, first_epoch_s: float, cap: int) -> int:
+    """Epochs in all for a stage whose first epoch took ``first_epoch_s`` and which has spent ``spent_s`` of
+    ``stage_budget_s`` (preparation included): the first plus as many more as the rest holds, 1 … ``cap``."""
+    rest = stage_budget_s - spent_s
+    more = cap if first_epoch_s <= 0 else int(max(rest, 0.0) // first_epoch_s)
+    return int(max(1, min(cap, 1 + more)))
+
+
+def _crop(kind: str, smallest_side: int) -> int:
+    """The shipped crop of ``kind``, shrunk to the smallest sensor side when that is smaller."""
+    return int(min(KIND_DEFAULTS[kind]["crop"], smallest_side))
+
+
+def _fresh_config(kind: str, config: AdaptConfig, epochs: int, starts: Mapping[str, Path], out: Path,
+                  smallest_side: int):
+    from spikereveal.training.train_config import TrainConfig
+
+    common = dict(epochs=epochs, init=os.fspath(starts[kind]), crop=_crop(kind, smallest_side), seed=0,
+                  autocast=config.autocast)
+    if kind != "ldn":
+        return TrainConfig(kind, **common)
+    return TrainConfig("ldn", teacher="nets", teacher_bsn=os.fspath(out / "bsn.pt"),
+                       teacher_sr=os.fspath(out / "sr.pt"), teacher_autocast=config.autocast,
+                       **STUDENT_RECIPE, **common)
+
+
+def _checkpoint_record(path: Path) -> dict | None:
+    """The training record of a stage checkpoint written by an earlier call, or None."""
+    if not path.is_file():
+        return None
+    from spikereveal.engines.checkpoint import load_checkpoint
+
+    _, meta = load_checkpoint(path)
+    training = meta.get("training") or {}
+    return training if "config" in training else None
+
+
+class _Stage:
+    """Runs one training stage: probe epoch, plan, continue; records everything in the state."""
+
+    def __init__(self, kind, config: AdaptConfig, state: dict, out: Path, train_views, starts, smallest_side,
+                 emit: Callable[..., None], save_state: Callable[[], None]):
+        self.kind, self.config, self.out = kind, config, out
+        self.record = state["stages"].setdefault(kind, {"status": "pending"})
+        self.train_views, self.starts, self.smallest_side = train_views, starts, smallest_side
+        self.emit, self.save_state = emit, save_state
+        self.checkpoint = out / f"{kind}.pt"
+        self.budget_s = config.stage_budget_s(kind)
+
+    def _call(self, epochs: int, resume: bool, limit_s: float):
+        from spikereveal.training.train import RunOptions, TrainConfig, train
+
+        options = RunOptions(device=self.config.device, threads=self.config.threads, time_limit_min=limit_s / 60.0,
+                             cache_dir=os.fspath(self.out / CACHE_DIR) if self.kind == "ldn" else None)
+        if resume:
+            train_config = TrainConfig(self.kind, epochs=epochs)
+        else:
+            train_config = _fresh_config(self.kind, self.config, epochs, self.starts, self.out, self.smallest_side)
+        self.record["status"] = "running"
+        self.save_state()
+        return train([os.fspath(v) for v in self.train_views], self.checkpoint, train_config,
+                     resume=self.checkpoint if resume else None, options=options,
+                     progress=lambda event: self.emit("train", train=event))
+
+    def _finish(self, stopped: str | None, training: Mapping | None) -> None:
+        record = self.record
+        record.update(status="done", stopped=stopped)
+        if training is not None:
+            record.update(epochs_completed=int(training.get("epochs_completed", 0)),
+                          elapsed_s=float(training.get("elapsed_s", 0.0)),
+                          step_in_epoch=int(training.get("step_in_epoch", 0)))
+        self.save_state()
+
+    def _too_small(self, result) -> None:
+        """ConfigError when not even one step fitted in the stage's budget (preparation included)."""
+        if result.stopped_early is None or result.epochs_completed > 0 or result.step_in_epoch > 1:
+            return
+        needed_s = result.elapsed_s * 1.5
+        suggest = math.ceil(needed_s / STAGE_SHARES[self.kind] / 60.0)
+        raise ConfigError(
+            f"the {self.kind} stage needed {result.elapsed_s:.0f} s for its preparation and a single training step, "
+            f"more than its share of --time-budget-min ({self.budget_s:.0f} s = {STAGE_SHARES[self.kind]:.0%} of "
+            f"{self.config.time_budget_min:g} min); re-run the same command with --time-budget-min {suggest} or "
+            f"more (the step done is kept)"
+        )
+
+    def run(self) -> bool:
+        """Train the stage to its plan; returns False when it was already done."""
+        if self.record.get("status") == "done":
+            return False
+        training = _checkpoint_record(self.checkpoint)
+        spent = 0.0 if training is None else float(training.get("elapsed_s", 0.0))
+        remaining = self.budget_s - spent
+        if training is not None and remaining <= 0:
+            self._finish("time budget", training)
+            return True
+        fixed = None if self.config.stage_epochs is None else self.config.stage_epochs[TRAINED.index(self.kind)]
+        planned = self.record.get("planned_epochs") or fixed
+        if planned is None:  # measure: one epoch (the schedule's first epoch is the same for any length)
+            if training is None or int(training.get("epochs_completed", 0)) < 1:
+                result = self._call(1, resume=training is not None, limit_s=remaining)
+                training = _checkpoint_record(self.checkpoint)
+                if not result.finished:
+                    self._too_small(result)
+                    self.record["note"] = "the budget did not hold one epoch"
+                    self._finish(result.stopped_early, training)
+                    return True
+            first_epoch_s = float(training["history"][0]["seconds"])
+            spent = float(training.get("elapsed_s", 0.0))
+            planned = plan_epochs(self.budget_s, spent, first_epoch_s, MAX_EPOCHS[self.kind])
+            self.record.update(planned_epochs=planned, first_epoch_s=first_epoch_s)
+            self.save_state()
+            remaining = self.budget_s - spent
+        else:
+            self.record["planned_epochs"] = planned
+        if training is None or int(training.get("epochs_completed", 0)) < planned:
+            if remaining <= 0:
+                self._finish("time budget", training)
+                return True
+            result = self._call(planned, resume=training is not None, limit_s=remaining)
+            self._too_small(result)
+            training = _checkpoint_record(self.checkpoint)
+            self._finish(result.stopped_early, training)
+        else:
+            self._finish(None, training)
+        return True
+
+
+# -- indicators ------------------------------------------------------------------------------------------------
+def _student_fn(path: Path, device: str):
+    from spikereveal.engines.checkpoint import load_checkpoint
+    from spikereveal.training.evaluate import torch_student
+
+    model, meta = load_checkpoint(path, expected_kind="ldn")
+    return torch_student(model, device), meta
+
+
+def _indicators(held_views: Sequence[Path], sources: Mapping[str, str], before: Path, after: Path, out: Path,
+                device: str) -> dict:
+    """GT-free indicators of the student ``before`` and ``after`` on the held-out exposures."""
+    from spikereveal.engines.checkpoint import declared_gain_range, load_checkpoint
+    from spikereveal.kernels import reblur
+    from spikereveal.kernels.sensor import exposure_firing_gain, firing_gain_summary
+    from spikereveal.kernels.timing import DEFAULT_K
+    from spikereveal.training import datasets as ds
+    from spikereveal.training.evaluate import psnr, run_student
+    from spikereveal.training.train import resolve_device
+
+    target = resolve_device(device)
+    bsn, _ = load_checkpoint(out / "bsn.pt", expected_kind="bsn", map_location=target)
+    sr, _ = load_checkpoint(out / "sr.pt", expected_kind="sr", map_location=target)
+    teacher = ds.network_teacher(bsn.eval(), sr.eval())
+    students = {"before": _student_fn(before, device), "after": _student_fn(after, device)}
+    exposures = ds.load_exposures([os.fspath(v) for v in held_views], k=DEFAULT_K)
+    entries = []
+    for exposure in exposures:
+        centers = exposure.window.centers
+        teacher_frames = np.clip(teacher(exposure, centers), 0.0, 1.0)
+        gain = exposure_firing_gain(exposure.packed, exposure.spike_height, exposure.spike_width, exposure.window,
+                                    exposure.blurry)
+        entry = {"recording": sources[exposure.recording], "exposure_index": int(exposure.exposure_index),
+                 "firing_gain": float(gain) if np.isfinite(gain) else None}
+        for name, (student, _) in students.items():
+            frames = run_student(student, exposure, centers)
+            entry[name] = {
+                "reblur_psnr": psnr(exposure.blurry, reblur(frames)),
+                "teacher_agreement_psnr": float(np.mean([psnr(t, s) for t, s in zip(teacher_frames, frames)])),
+            }
+        entries.append(entry)
+
+    def mean(side, key):
+        return float(np.mean([e[side][key] for e in entries]))
+
+    gains = [np.nan if e["firing_gain"] is None else e["firing_gain"] for e in entries]
+    ranges = {name: declared_gain_range(meta) for name, (_, meta) in students.items()}
+    gain_block = {"definition": "mean spikes per pixel per spike frame over the exposure's frames / mean gray "
+                                "of its blurry frame (spikereveal.kernels.sensor)"}
+    for name, trained in ranges.items():
+        summary = firing_gain_summary(gains, trained, "held-out exposures")
+        gain_block.setdefault("held_out", {k: summary[k] for k in ("exposures", "unmeasured_exposures", "min",
+                                                                    "mean", "max")})
+        gain_block[name] = {"trained_range": summary["trained_range"], "out_of_domain": summary["out_of_domain"],
+                            "exposures_out_of_domain": summary["exposures_out_of_domain"]}
+    return {
+        "k": DEFAULT_K,
+        "definitions": {
+            "reblur_psnr": f"PSNR of the mean of the student's K = {DEFAULT_K} frames (evenly spread over the "
+                           f"exposure) against the blurry frame, dB; mean over held-out exposures",
+            "teacher_agreement_psnr": "PSNR of the student's frames against the fine-tuned teacher's "
+                                      "(BSN + SR cascade) at the same timestamps, dB; mean over frames and "
+                                      "held-out exposures",
+        },
+        "before": {key: mean("before", key) for key in ("reblur_psnr", "teacher_agreement_psnr")},
+        "after": {key: mean("after", key) for key in ("reblur_psnr", "teacher_agreement_psnr")},
+        "firing_gain": gain_block,
+        "exposures": entries,
+    }
+
+
+def _ground_truth(held_views: Sequence[Path], sources: Mapping[str, str], before: Path, after: Path,
+                  device: str) -> dict | None:
+    """PSNR/SSIM before and after against ``gt.csv`` on the held-out views that have it (``evaluate``)."""
+    from spikereveal.recording import GT_FILE
+    from spikereveal.training.evaluate import evaluate
+
+    with_truth = [v for v in held_views if (Path(v) / GT_FILE).is_file()]
+    if not with_truth:
+        return None
+    block: dict[str, Any] = {"recordings": [sources[os.fspath(v)] for v in with_truth]}
+    for name, path in (("before", before), ("after", after)):
+        student, _ = _student_fn(path, device)
+        report = evaluate([os.fspath(v) for v in with_truth], student=student, use_calibration=False)
+        block[name] = {key: report["methods"]["student"][key] for key in ("psnr", "ssim", "psnr_center", "ssim_center")}
+        block["blurry"] = {key: report["methods"]["blurry"][key] for key in ("psnr", "ssim")}
+        block["frames"] = report["frames"]
+    return block
+
+
+def build_report(config: AdaptConfig, state: dict, split: Split, held_views, sources, starts, out: Path) -> dict:
+    before, after = starts["ldn"], out / "ldn.pt"
+    indicators = _indicators(held_views, sources, before, after, out, config.device)
+    truth = _ground_truth(held_views, sources, before, after, config.device)
+    stages = {kind: {"budget_s": round(config.stage_budget_s(kind), 1), **state["stages"].get(kind, {})}
+              for kind in TRAINED}
+    return {
+        "format": REPORT_FORMAT,
+        "version": 1,
+        "arguments": {**state["identity"], "time_budget_min": config.time_budget_min, "device": config.device,
+                      "threads": config.threads},
+        "split": split.to_dict(config.holdout_every),
+        "budget": {
+            "time_budget_min": config.time_budget_min,
+            "shares": {**STAGE_SHARES, "export_and_report": round(1.0 - sum(STAGE_SHARES.values()), 4)},
+            "rule": "each stage trains one epoch, then plans 1 + (its budget - time spent) // first-epoch time "
+                    f"epochs (at most {MAX_EPOCHS}) under the per-epoch cosine schedule; the stage's budget is "
+                    "also its hard time limit",
+            "stages": stages,
+        },
+        "models": {
+            "student_before": os.fspath(before), "student_after": os.fspath(after),
+            "teacher_bsn_before": os.fspath(starts["bsn"]), "teacher_bsn_after": os.fspath(out / "bsn.pt"),
+            "teacher_sr_before": os.fspath(starts["sr"]), "teacher_sr_after": os.fspath(out / "sr.pt"),
+            "onnx": os.fspath(out / ONNX_FILE),
+        },
+        "indicators": indicators,
+        "ground_truth": truth,
+    }
+
+
+def _fmt(value, digits=2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def format_report(report: Mapping) -> str:
+    """The report as Markdown (also what the CLI prints)."""
+    split, ind = report["split"], report["indicators"]
+    lines = ["# spikereveal adapt report", "",
+             f"Trained on {split['train_exposures']} exposure(s), held out {split['held_out_exposures']} "
+             f"(every {_ordinal(split['holdout_every'])} usable one, at least one):"]
+    for item in split["held_out"]:
+        lines.append(f"- held out: {item['recording']} exposures {', '.join(map(str, item['exposures']))}")
+    for item in split["unusable"]:
+        lines.append(f"- not usable (spike window incomplete): {item['recording']} exposures "
+                     f"{', '.join(map(str, item['exposures']))}")
+    lines += ["", "| held-out indicator | before | after | change |", "| --- | ---: | ---: | ---: |"]
+    rows = [("student re-blur PSNR (dB)", ind["before"]["reblur_psnr"], ind["after"]["reblur_psnr"]),
+            ("agreement with the fine-tuned teacher, PSNR (dB)", ind["before"]["teacher_agreement_psnr"],
+             ind["after"]["teacher_agreement_psnr"])]
+    truth = report.get("ground_truth")
+    if truth:
+        rows += [("PSNR vs ground truth (dB)", truth["before"]["psnr"], truth["after"]["psnr"]),
+                 ("SSIM vs ground truth", truth["before"]["ssim"], truth["after"]["ssim"])]
+    for name, before, after in rows:
+        digits = 4 if name.startswith("SSIM") else 2
+        lines.append(f"| {name} | {_fmt(before, digits)} | {_fmt(after, digits)} | {after - before:+.{digits}f} |")
+    change = ind["after"]["reblur_psnr"] - ind["before"]["reblur_psnr"]
+    agreement = ind["after"]["teacher_agreement_psnr"] - ind["before"]["teacher_agreement_psnr"]
+    if change < 0 and agreement < 0:
+        lines += ["", "The adapted student is further from both the blur and the teacher on the held-out exposures "
+                      "than the one it started from: keep the previous model, or re-run with a larger "
+                      "--time-budget-min or more recordings."]
+    gain = ind["firing_gain"]
+    held = gain["held_out"]
+    lines += ["", f"Firing gain of the held-out data (spikes per frame at full intensity): mean "
+                  f"{_fmt(held['mean'], 3)} (min {_fmt(held['min'], 3)}, max {_fmt(held['max'], 3)})."]
+    for name in ("before", "after"):
+        trained = gain[name]["trained_range"]
+        where = ("declares no trained range" if trained is None else
+                 f"trained range {trained[0]:g}-{trained[1]:g}: "
+                 + ("OUT OF DOMAIN" if gain[name]["out_of_domain"] else "inside"))
+        lines.append(f"- student {name}: {where}")
+    if truth:
+        lines.append(f"\nGround truth: {truth['frames']} frame(s) of {', '.join(truth['recordings'])}; the blurry "
+                     f"input scores {_fmt(truth['blurry']['psnr'])} dB / {_fmt(truth['blurry']['ssim'], 4)}.")
+    lines += ["", "| stage | budget (s) | spent (s) | epochs | stopped |", "| --- | ---: | ---: | ---: | --- |"]
+    for kind, stage in report["budget"]["stages"].items():
+        epochs = f"{stage.get('epochs_completed', 0)}/{stage.get('planned_epochs', '?')}"
+        lines.append(f"| {kind} | {stage['budget_s']:.0f} | {_fmt(stage.get('elapsed_s'), 0)} | {epochs} | "
+                     f"{stage.get('stopped') or 'no'} |")
+    models = report["models"]
+    lines += ["", f"Student: {models['student_after']} (ONNX {models['onnx']}); started from "
+                  f"{models['student_before']}."]
+    return "\n".join(lines) + "\n"
+
+
+# -- the whole run ---------------------------------------------------------------------------------------------------
+def adapt(config: AdaptConfig, progress: AdaptProgressFn | None = None) -> AdaptResult:
+    """Run (or continue) the adaptation described in the module doc; returns the report and the outputs."""
+    out = Path(config.out)
+    state = _prepare_out(config)
+    starts = _starting_points(config)
+    split = split_recordings(config.data, config.holdout_every)
+    out.mkdir(parents=True, exist_ok=True)
+    current = split.to_dict(config.holdout_every)
+    indices = {"train": [list(g) for g in split.train], "held_out": [list(g) for g in split.held_out]}
+    if state.get("split_indices") not in (None, indices):
+        raise ConfigError(
+            f"the recordings changed since {out} was started (their usable exposures differ from the split "
+            f"in {out / STATE_FILE}); pass --force to start over"
+        )
+    state["split"], state["split_indices"] = current, indices
+    state["runs"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "time_budget_min": config.time_budget_min,
+                          "threads": config.threads, "device": config.device})
+    save = lambda: _save_state(out, state)  # noqa: E731
+    save()
+    emit_raw = progress or (lambda event: None)
+    ran: list[str] = []
+    skipped: list[str] = []
+
+    def emitter(stage: str):
+        index = STAGES.index(stage) + 1
+
+        def emit(status: str, message: str = "", train=None) -> None:
+            emit_raw(AdaptProgress(stage, index, len(STAGES), status, message, train))
+
+        return emit
+
+    def done(stage: str) -> bool:
+        return (state["stages"].get(stage) or {}).get("status") == "done"
+
+    # 1. split: the views are rebuilt every call (cheap, deterministic, links only)
+    emit = emitter("split")
+    emit("start", f"{current['train_exposures']} exposure(s) to train on, {current['held_out_exposures']} held out")
+    train_views, held_views, sources = write_views(split, out / VIEWS_DIR)
+    state["stages"]["split"] = {"status": "done"}
+    save()
+    emit("done")
+
+    # 2-4. the teacher's nets, then the student
+    for kind in TRAINED:
+        emit = emitter(kind)
+        if done(kind):
+            skipped.append(kind)
+            emit("skip", f"{kind} already done ({out / (kind + '.pt')})")
+            continue
+        emit("start", f"budget {config.stage_budget_s(kind):.0f} s")
+        stage = _Stage(kind, config, state, out, train_views, starts, split.smallest_side, emit, save)
+        stage.run()
+        ran.append(kind)
+        record = state["stages"][kind]
+        emit("done", f"{record.get('epochs_completed', 0)} epoch(s)"
+                     + (f", stopped: {record['stopped']}" if record.get("stopped") else ""))
+
+    # 5. export
+    emit = emitter("export")
+    onnx = out / ONNX_FILE
+    if done("export") and onnx.is_file():
+        skipped.append("export")
+        emit("skip", f"already exported ({onnx})")
+    else:
+        from spikereveal.engines.export import ExportConfig, export_checkpoint
+
+        emit("start", "dynamic-shape ONNX")
+        export_checkpoint(out / "ldn.pt", onnx, ExportConfig(dynamic=True))
+        state["stages"]["export"] = {"status": "done", "onnx": os.fspath(onnx)}
+        save()
+        ran.append("export")
+        emit("done", os.fspath(onnx))
+
+    # 6. report
+    emit = emitter("report")
+    report_path = out / REPORT_JSON
+    if done("report") and report_path.is_file():
+        skipped.append("report")
+        emit("skip", f"already written ({report_path})")
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+    else:
+        emit("start", "indicators on the held-out exposures, before and after")
+        if config.threads is not None:
+            import torch
+
+            torch.set_num_threads(config.threads)
+        report = build_report(config, state, split, held_views, sources, starts, out)
+        partial = report_path.with_name(report_path.name + ".partial")
+        partial.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        os.replace(partial, report_path)
+        (out / REPORT_MD).write_text(format_report(report), encoding="utf-8")
+        state["stages"]["report"] = {"status": "done"}
+        save()
+        ran.append("report")
+        emit("done", os.fspath(report_path))
+    outputs = {"report": report_path, "report_md": out / REPORT_MD, "onnx": onnx,
+               **{kind: out / f"{kind}.pt" for kind in TRAINED}}
+    return AdaptResult(out, report, tuple(ran), tuple(skipped), outputs)
+
+
+__all__ = [
+    "AdaptConfig",
+    "AdaptProgress",
+    "AdaptResult",
+    "MAX_EPOCHS",
+    "STAGES",
+    "STAGE_SHARES",
+    "STUDENT_RECIPE",
+    "adapt",
+    "format_report",
+    "plan_epochs",
+    "shipped_teacher_path",
+    "split_recordings",
+    "write_view",
+]
