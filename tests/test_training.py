@@ -346,6 +346,32 @@ def test_resume_continues_the_schedule_and_reproduces_an_uninterrupted_run(recor
         assert torch.allclose(x, y, atol=1e-6), name
 
 
+def test_ctrl_c_saves_the_finished_steps_and_resume_reproduces_the_run(recording, tmp_path):
+    import os
+    import signal
+
+    straight = tmp_path / "straight.pt"
+    train([recording], straight, _sr_config(), network_config=TINY_SR)
+    out = tmp_path / "interrupted.pt"
+
+    def press_ctrl_c(event):
+        if event.phase == "step" and event.epoch == 1 and event.step == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # as a user's Ctrl-C: the step finishes, then the run stops
+
+    with pytest.raises(KeyboardInterrupt):
+        train([recording], out, _sr_config(), network_config=TINY_SR, progress=press_ctrl_c)
+    _, meta = load_checkpoint(out)
+    record = meta["training"]
+    assert (record["epochs_completed"], record["step_in_epoch"], record["stopped_early"]) == (1, 1, "interrupted")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    resumed = train([recording], out, TrainConfig("sr"), resume=out)
+    assert resumed.finished
+    a, _ = load_checkpoint(straight)
+    b, _ = load_checkpoint(out)
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.allclose(x, y, atol=1e-6), name
+
+
 def test_resume_can_extend_the_number_of_epochs(recording, tmp_path):
     out = tmp_path / "sr.pt"
     train([recording], out, _sr_config(epochs=1), network_config=TINY_SR)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -291,52 +293,64 @@ def train(
         )
 
     stopped_early = None
-    while epochs_completed < config.epochs and stopped_early is None:
-        epoch = epochs_completed
-        lr = cosine_lr(config.lr, epoch, config.epochs)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        dataset.set_epoch(epoch)
-        first_item = step_in_epoch * config.batch_size
-        loader = DataLoader(
-            torch.utils.data.Subset(dataset, range(first_item, len(dataset))),
-            batch_size=config.batch_size,
-            shuffle=False,
-            num_workers=options.num_workers,
-        )
-        sums: dict[str, float] = {}
-        counted = 0
-        epoch_started = time.monotonic()
-        for batch in loader:
-            loss, parts = batch_loss(kind, model, batch, device, weights, config.autocast, config.reblur_gradient)
-            if not torch.isfinite(loss):
-                raise ConfigError(
-                    f"the {kind} loss became {float(loss)} at epoch {epoch + 1}, step {step_in_epoch + 1}; "
-                    f"lower the learning rate (--lr)"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step_in_epoch += 1
-            counted += 1
-            for name, value in {"loss": float(loss.detach()), **parts}.items():
-                sums[name] = sums.get(name, 0.0) + value
-            running = {name: value / counted for name, value in sums.items()}
-            elapsed = elapsed_before + time.monotonic() - started
-            emit(TrainProgress("step", kind, epoch, config.epochs, step_in_epoch, steps_per_epoch, running, lr, elapsed))
-            if limit_s is not None and time.monotonic() - started >= limit_s and step_in_epoch < steps_per_epoch:
-                stopped_early = "time limit"
-                break
-        running = {name: value / max(counted, 1) for name, value in sums.items()}
-        if stopped_early is None:
-            history.append({"epoch": epoch + 1, "lr": lr, "seconds": time.monotonic() - epoch_started, **running})
-            epochs_completed += 1
-            step_in_epoch = 0
-            if limit_s is not None and time.monotonic() - started >= limit_s and epochs_completed < config.epochs:
-                stopped_early = "time limit"
-        save(stopped_early)
-        emit(TrainProgress("epoch", kind, epoch, config.epochs, step_in_epoch or steps_per_epoch, steps_per_epoch,
-                           running, lr, elapsed_before + time.monotonic() - started))
+    interrupted = threading.Event()  # Ctrl-C while training: finish the current step, save, then re-raise
+    restore_interrupt = _defer_interrupt(interrupted)
+    try:
+        while epochs_completed < config.epochs and stopped_early is None:
+            epoch = epochs_completed
+            lr = cosine_lr(config.lr, epoch, config.epochs)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            dataset.set_epoch(epoch)
+            first_item = step_in_epoch * config.batch_size
+            loader = DataLoader(
+                torch.utils.data.Subset(dataset, range(first_item, len(dataset))),
+                batch_size=config.batch_size,
+                shuffle=False,
+                num_workers=options.num_workers,
+            )
+            sums: dict[str, float] = {}
+            counted = 0
+            epoch_started = time.monotonic()
+            for batch in loader:
+                loss, parts = batch_loss(kind, model, batch, device, weights, config.autocast, config.reblur_gradient)
+                if not torch.isfinite(loss):
+                    raise ConfigError(
+                        f"the {kind} loss became {float(loss)} at epoch {epoch + 1}, step {step_in_epoch + 1}; "
+                        f"lower the learning rate (--lr)"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step_in_epoch += 1
+                counted += 1
+                for name, value in {"loss": float(loss.detach()), **parts}.items():
+                    sums[name] = sums.get(name, 0.0) + value
+                running = {name: value / counted for name, value in sums.items()}
+                elapsed = elapsed_before + time.monotonic() - started
+                emit(TrainProgress("step", kind, epoch, config.epochs, step_in_epoch, steps_per_epoch, running, lr, elapsed))
+                if interrupted.is_set() and step_in_epoch < steps_per_epoch:
+                    stopped_early = "interrupted"
+                    break
+                if limit_s is not None and time.monotonic() - started >= limit_s and step_in_epoch < steps_per_epoch:
+                    stopped_early = "time limit"
+                    break
+            running = {name: value / max(counted, 1) for name, value in sums.items()}
+            if stopped_early is None:
+                history.append({"epoch": epoch + 1, "lr": lr, "seconds": time.monotonic() - epoch_started, **running})
+                epochs_completed += 1
+                step_in_epoch = 0
+                if interrupted.is_set() and epochs_completed < config.epochs:
+                    stopped_early = "interrupted"
+                elif limit_s is not None and time.monotonic() - started >= limit_s and epochs_completed < config.epochs:
+                    stopped_early = "time limit"
+            save(stopped_early)
+            emit(TrainProgress("epoch", kind, epoch, config.epochs, step_in_epoch or steps_per_epoch, steps_per_epoch,
+                               running, lr, elapsed_before + time.monotonic() - started))
+    finally:
+        restore_interrupt()
+    if stopped_early == "interrupted":  # the checkpoint holds every finished step: --resume continues from it
+        raise KeyboardInterrupt
     if epochs_completed >= config.epochs and not Path(out).is_file():
         save(None)  # resumed a finished run: still leave a checkpoint at ``out``
     model.eval()
@@ -349,6 +363,25 @@ def train(
         history=tuple(history),
         elapsed_s=elapsed_before + time.monotonic() - started,
     )
+
+
+def _defer_interrupt(flag: threading.Event) -> Callable[[], None]:
+    """Until the returned function is called, a first Ctrl-C (SIGINT) only sets ``flag`` (the loop then stops
+    after its current step and saves a checkpoint); a second one interrupts at once. Outside the main thread
+    (where signals cannot be handled) nothing changes. Returns the function that restores the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        if flag.is_set():
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        flag.set()
+        log.warning("interrupted: stopping after this step and saving a checkpoint (Ctrl-C again to stop at once)")
+
+    signal.signal(signal.SIGINT, handler)
+    return lambda: signal.signal(signal.SIGINT, previous)
 
 
 def _read_optimizer_state(checkpoint, saved: Mapping[str, Any]):

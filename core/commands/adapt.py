@@ -119,7 +119,7 @@ def run(args) -> int:
         result = adapt(config, progress=progress)
     except KeyboardInterrupt:
         close_all()
-        print(f"interrupted: every finished epoch is kept in {args.out}; re-run the same command to continue")
+        print(f"interrupted: every finished training step is kept in {args.out}; re-run the same command to continue")
         raise
     finally:
         close_all()
