@@ -316,24 +316,18 @@ def sdm_teacher(tfp_window: int = DEFAULT_TFP_SHORT_WINDOW) -> TeacherFn:
 
 
 def network_teacher(bsn, sr, tfp_window: int = DEFAULT_TFP_SHORT_WINDOW, chunk_size: int | None = 2,
-                    precision: Callable[[], ContextManager] = contextlib.nullcontext,
-                    gain_norm: bool = False) -> TeacherFn:
+                    precision: Callable[[], ContextManager] = contextlib.nullcontext) -> TeacherFn:
     """The cascade teacher ``clip(B ⊙ SR(BSN(TFP_short)) / SR(TFP_long), 0, 1)`` from trained nets.
 
     The nets run on the device they are on, in eval mode (set by the caller), ``chunk_size`` timestamps
     at a time (bounds memory on full frames), inside the context ``precision()`` (e.g. a bf16 autocast).
-    ``gain_norm``: both TFPs are divided by the exposure's firing gain (:func:`exposure_gain`) first, so
-    nets trained on one sensor see the rates they were trained on from a sensor with another threshold.
     """
     from spikereveal.training.teacher import teacher_frames
 
     def teacher(exposure: ExposureData, centers: np.ndarray) -> np.ndarray:
-        shorts, long = exposure.tfp_shorts(centers, tfp_window), exposure.tfp_long()
-        if gain_norm:
-            scale = np.float32(1.0 / exposure_gain(exposure))
-            shorts, long = shorts * scale, long * scale
+        shorts = exposure.tfp_shorts(centers, tfp_window)
         with precision():
-            frames = teacher_frames(exposure.blurry, shorts, long, bsn, sr, chunk_size=chunk_size)
+            frames = teacher_frames(exposure.blurry, shorts, exposure.tfp_long(), bsn, sr, chunk_size=chunk_size)
         return frames.detach().float().cpu().numpy()
 
     return teacher
