@@ -18,6 +18,8 @@ from spikereveal.bench.trace import MISSING, STAGE_INDEX, Trace
 from spikereveal.errors import ConfigError, require
 
 PLOT_NAMES = ("latency_cdf", "timeline", "throughput")
+#: legend labels of report stages whose key alone would mislead (the report's keys stay as they are)
+STAGE_LABELS = {"preprocess": "queue wait + input prep"}
 DEFAULT_TIMELINE_EXPOSURES = 40
 _DPI = 110
 
@@ -50,7 +52,7 @@ def plot_latency_cdf(durations_ms: Mapping[str, np.ndarray], path, title: str = 
             continue
         # nearest-rank CDF: fraction of samples <= value, as a step function
         axes.step(np.maximum(values, 1e-4), np.arange(1, values.size + 1) / values.size, where="post",
-                  label=f"{name} (p99 {nearest_rank_percentile(values, 99):.2f} ms)")
+                  label=f"{STAGE_LABELS.get(name, name)} (p99 {nearest_rank_percentile(values, 99):.2f} ms)")
         drawn += 1
     if drawn == 0:
         axes.text(0.5, 0.5, "no samples", ha="center", va="center", transform=axes.transAxes)
@@ -94,7 +96,7 @@ def plot_timeline(trace: Trace, path, *, warmup: int = 0, max_exposures: int = D
             if start == MISSING or stop == MISSING:
                 continue
             axes.barh(row, max(stop - start, 0) / 1e6, left=(start - zero) / 1e6, height=0.7, color=colours[name],
-                      label=None if name in labelled else name)
+                      label=None if name in labelled else STAGE_LABELS.get(name, name))
             labelled.add(name)
         if origin[row] != MISSING:
             axes.plot((origin[row] - zero) / 1e6, row, "k.", markersize=4,

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,7 +113,7 @@ def load_trace(path) -> Trace:
         archive = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise FormatError(path, "no such trace file (write one with `spikereveal serve --trace PATH`)") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:  # a damaged .npz is a BadZipFile
         raise FormatError(path, f"not a spikereveal trace (.npz) file: {exc}") from None
     with archive:
         missing = {"stamps_ns", "exposure_id", "exposure_end_ns", "outputs", "metadata"} - set(archive.files)

@@ -13,6 +13,7 @@ ingest cost per block.
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 import threading
 import time
@@ -79,6 +80,16 @@ class _SyntheticRecording:
 
 
 def _run_once(recording, block_frames: int, speed: float, endpoint_kind: str, timeout_s: float) -> dict:
+    """One run on private endpoints; the ipc socket folder is removed afterwards, whatever happens."""
+    folder = tempfile.mkdtemp(prefix="sr-bt-", dir="/tmp") if endpoint_kind == "ipc" else None  # short ipc paths
+    try:
+        return _measure(recording, block_frames, speed, folder, timeout_s)
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _measure(recording, block_frames: int, speed: float, folder: str | None, timeout_s: float) -> dict:
     import zmq
 
     from spikereveal.bench.stats import latency_stats
@@ -87,8 +98,7 @@ def _run_once(recording, block_frames: int, speed: float, endpoint_kind: str, ti
     from spikereveal.stream.replay import LiveReplay, ReplayConfig
     from spikereveal.stream.sync import SyncConfig, Synchroniser
 
-    folder = tempfile.mkdtemp(prefix="sr-bt-", dir="/tmp")
-    if endpoint_kind == "ipc":
+    if folder is not None:
         spike_ep, rgb_ep = f"ipc://{folder}/s", f"ipc://{folder}/r"
     else:
         spike_ep = rgb_ep = "tcp://127.0.0.1:*"

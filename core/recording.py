@@ -8,7 +8,9 @@
 
 Every contract violation is a :class:`RecordingError` naming the file and, for CSV and JSON files, the line.
 Unknown keys and columns are ignored. Ground-truth images have the RGB size or the canonical size
-(4x the spike grid, where the network's outputs live); all of them the same.
+(4x the spike grid, where the network's outputs live); all of them the same. ``gt.csv`` is read and validated
+on first use of the ground truth (``Recording.ground_truth`` & co), not at open: only scoring (``eval``) uses
+it, so a recording whose ground truth another command does not need never fails there.
 """
 
 from __future__ import annotations
@@ -477,7 +479,8 @@ class Recording:
             self._line: dict[tuple, int] = {}
             self.exposures = self._read_exposures()
             self._by_index = {exposure.index: exposure for exposure in self.exposures}
-            self.ground_truth = self._read_ground_truth()
+            self._ground_truth: tuple[GroundTruthFrame, ...] | None = None  # gt.csv: read on first use
+            self._ground_truth_shape: tuple[int, int] | None = None
             self._check_windows()
         except BaseException:
             self.spikes.close()
@@ -545,9 +548,22 @@ class Recording:
             exposures.append(exposure)
         return tuple(exposures)
 
+    @property
+    def ground_truth(self) -> tuple[GroundTruthFrame, ...]:
+        """The frames of ``gt.csv`` (empty without one), read and validated on first use: RecordingError then
+        names the line of any violation."""
+        if self._ground_truth is None:
+            self._ground_truth = self._read_ground_truth()
+        return self._ground_truth
+
+    @property
+    def ground_truth_shape(self) -> tuple[int, int] | None:
+        """(height, width) of the ground-truth images; None without ground truth."""
+        self.ground_truth  # noqa: B018 (reads gt.csv on first use)
+        return self._ground_truth_shape
+
     def _read_ground_truth(self) -> tuple[GroundTruthFrame, ...]:
         csv_path = self.path / GT_FILE
-        self.ground_truth_shape: tuple[int, int] | None = None
         if not csv_path.exists():
             return ()
         allowed = [(self.meta.rgb.height, self.meta.rgb.width), self.meta.spike.canonical_shape]
@@ -592,7 +608,7 @@ class Recording:
             seen[key] = line
             self._line[("gt",) + key] = line
             frames.append(frame)
-        self.ground_truth_shape = shape
+        self._ground_truth_shape = shape
         return tuple(frames)
 
     def _check_windows(self) -> None:
@@ -613,7 +629,8 @@ class Recording:
                 detail + "; open with strict=False to skip such exposures",
                 self._line[("exposure", first.index)],
             )
-        logger.warning("%s: %s; they are listed by incomplete_exposures()", self.path, detail)
+        logger.warning("%s: %s; they are skipped and listed (spikereveal deblur: on its last line and under "
+                       "skipped_exposures in summary.json; eval: in its report)", self.path, detail)
 
     # -- access ----------------------------------------------------------------------------------------
     @property
@@ -720,7 +737,8 @@ class Recording:
     def __repr__(self) -> str:
         return (
             f"Recording({str(self.path)!r}, exposures={len(self.exposures)}, "
-            f"spike_frames={self.spikes.frame_count}, ground_truth={len(self.ground_truth)})"
+            f"spike_frames={self.spikes.frame_count}, ground_truth="
+            f"{'unread' if self._ground_truth is None else len(self._ground_truth)})"
         )
 
 

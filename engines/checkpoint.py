@@ -157,22 +157,83 @@ def save_checkpoint(path: str | os.PathLike, kind: str, model, config, training:
     return path
 
 
-def _read_tensor_file(path: Path, what: str):
-    """``torch.load(weights_only=True)`` with typed errors for a missing or non-PyTorch file."""
+#: what each reader expects, for the messages that refuse another kind of file
+EXPECTS_CHECKPOINT = ("a spikereveal checkpoint is expected here (--model, --init, --teacher-bsn/--teacher-sr): "
+                      "a .pt file written by 'spikereveal train', 'adapt' or 'import-weights'")
+EXPECTS_OFFICIAL = "the official S-SDM LDN weights are expected here: a PyTorch state dict such as DeblurNet_100.pth"
+
+
+def _looks_like_onnx(head: bytes) -> bool:
+    """An ONNX ModelProto starts with ir_version (field 1, a small varint) and then a string or the graph."""
+    return len(head) >= 3 and head[0] == 0x08 and 1 <= head[1] <= 32 and head[2] in (0x12, 0x1A, 0x22, 0x28, 0x3A)
+
+
+def describe_non_torch_file(path: Path) -> str | None:
+    """What ``path`` holds when it is plainly not a PyTorch file (``"is an ONNX model"`` ...); None when it
+    may be one (a ZIP archive with ``data.pkl``, or a pickle)."""
+    import zipfile
+
+    if path.stat().st_size == 0:
+        return "is an empty file"
+    with open(path, "rb") as stream:
+        head = stream.read(512)
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile:
+            return "is a damaged ZIP archive"
+        if any(name.endswith("data.pkl") for name in names):
+            return None  # torch.save's format
+        if names and all(name.endswith(".npy") for name in names):
+            return "is a NumPy .npz archive"
+        return "is a ZIP archive without PyTorch data"
+    if head.startswith(b"\x80"):
+        return None  # a pickle: torch.save's legacy format, or a plain pickle
+    if _looks_like_onnx(head):
+        return "is an ONNX model"
+    if head.startswith(b"\x93NUMPY"):
+        return "is a NumPy .npy array"
+    if head.startswith(b"\x89PNG") or head.startswith(b"\xff\xd8\xff"):
+        return "is an image"
+    if head.startswith(b"\x89HDF"):
+        return "is an HDF5 file (e.g. Keras weights)"
+    if path.suffix.lower() in (".engine", ".plan", ".trt"):
+        return "is a TensorRT engine"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "is of no format spikereveal knows (or damaged)"
+    return "is a JSON file" if text.lstrip()[:1] in ("{", "[") else "is a text file"
+
+
+def _read_tensor_file(path: Path, what: str, expects: str = EXPECTS_CHECKPOINT):
+    """``torch.load(weights_only=True)`` with typed errors for a missing or non-PyTorch file; ``expects`` says
+    what the caller reads (the message then says what the file is instead and what was expected)."""
     torch = _torch()
     if not path.is_file():
         raise ConfigError(f"{what} not found: {path}")
+    found = describe_non_torch_file(path)
+    if found == "is an ONNX model":
+        raise CheckpointError(path, "is an ONNX model (an inference export), not a PyTorch checkpoint: run it with "
+                                    f"--onnx {path} (deblur, serve, eval with --engine ort); {expects}")
+    if found is not None:
+        raise CheckpointError(path, f"{found}, not a PyTorch checkpoint; {expects}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower() and "weights_only" not in str(exc).lower():
+            raise CheckpointError(
+                path, f"cannot be read as a PyTorch file (UnpicklingError: {exc}); it is damaged or not a "
+                      f"PyTorch file; {expects}") from exc
         raise CheckpointError(
             path, "holds pickled Python objects besides tensors (for example a whole model saved with "
                   "torch.save(model)); only weights-only files are read: re-save it with "
-                  "torch.save(model.state_dict(), PATH)") from exc
+                  f"torch.save(model.state_dict(), PATH); {expects}") from exc
     except Exception as exc:  # torch raises many types for non-PyTorch files (RuntimeError, EOFError ...)
         raise CheckpointError(
-            path, f"cannot be read as a PyTorch weights file ({type(exc).__name__}); it is neither a "
-                  "spikereveal checkpoint nor a plain state dict") from exc
+            path, f"cannot be read as a PyTorch weights file ({type(exc).__name__}: {exc}); it is damaged or "
+                  f"not a PyTorch file; {expects}") from exc
 
 
 def _is_tensor_dict(value) -> bool:
@@ -281,9 +342,7 @@ def read_official_ldn(path: str | os.PathLike, spike_frames: int | None = None):
     from spikereveal.engines.ldn import LDN, LDNConfig
 
     path = Path(path)
-    if path.is_file() and path.suffix in (".onnx", ".engine", ".plan"):
-        raise CheckpointError(path, "is an exported inference model, not a PyTorch state dict")
-    payload = _read_tensor_file(path, "weights file")
+    payload = _read_tensor_file(path, "weights file", EXPECTS_OFFICIAL)
     if isinstance(payload, Mapping) and payload.get("format") == CHECKPOINT_FORMAT:
         raise CheckpointError(path, "is already a spikereveal checkpoint; use it directly (no import needed)")
     state_dict = _unwrap_state_dict(payload, path)

@@ -378,13 +378,33 @@ def deblur(recording_path: str | os.PathLike, out_dir: str | os.PathLike, choice
     """Open the recording (tolerating a truncated spike file), prepare the engine and deblur it all.
 
     The rig calibration applied is the recording's ``calibration.json`` (or ``calibration_path``) unless
-    ``use_calibration`` is False.
+    ``use_calibration`` is False. A run that fails removes the folders it created while they are still empty
+    (no empty ``frames/`` is left behind).
     """
-    from spikereveal.recording import open_recording
-
     choice = choice or EngineChoice()
     config = config or DeblurConfig()
     out_dir = Path(out_dir)
+    # folders this run may create, innermost first: removed again if the run fails while they are empty
+    new_dirs = [d for d in (out_dir / FRAMES_DIR, out_dir / "onnx") if not d.exists()]
+    folder = out_dir
+    while not folder.exists() and folder != folder.parent:
+        new_dirs.append(folder)
+        folder = folder.parent
+    try:
+        return _deblur(recording_path, out_dir, choice, config, progress, calibration_path, use_calibration)
+    except BaseException:
+        for folder in new_dirs:
+            try:
+                folder.rmdir()  # only when empty: never removes a result
+            except OSError:
+                pass
+        raise
+
+
+def _deblur(recording_path, out_dir: Path, choice: EngineChoice, config: DeblurConfig, progress,
+            calibration_path, use_calibration: bool) -> dict:
+    from spikereveal.recording import open_recording
+
     with open_recording(recording_path, strict=False) as recording:
         calibration = None
         if use_calibration and (calibration_path is not None or recording.calibration_path is not None):

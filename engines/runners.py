@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from spikereveal.engines.cache import check_precision_name
-from spikereveal.errors import ConfigError, MissingDependencyError, SpikeRevealError
+from spikereveal.errors import ConfigError, FormatError, MissingDependencyError, SpikeRevealError
 from spikereveal.kernels.extract import SPIKE_LEVEL
 from spikereveal.kernels.timing import LDN_SPIKE_WINDOW
 
@@ -203,6 +203,31 @@ def _require_file(path, what: str) -> Path:
     return path
 
 
+_NOT_ONNX = "is not a readable ONNX model"
+_ONNX_HINT = ("--onnx needs an ONNX export written by 'spikereveal export' (or adapt's ldn.onnx); re-export it, or "
+              "pass the checkpoint with --model instead")
+
+
+def read_export_metadata(path) -> dict[str, str]:
+    """:func:`spikereveal.engines.export.read_onnx_metadata` that turns every failure to parse the file into one
+    FormatError naming it: without the ``onnx`` package the metadata is read through ONNX Runtime, whose own
+    exception types (InvalidProtobuf, InvalidArgument, Fail ...) would otherwise surface as a traceback."""
+    from spikereveal.engines.export import read_onnx_metadata
+
+    try:
+        return read_onnx_metadata(path)
+    except FormatError as exc:
+        if _NOT_ONNX not in str(exc):
+            raise
+        cause = exc.__cause__
+        detail = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
+        raise FormatError(path, f"{_NOT_ONNX}{detail}; {_ONNX_HINT}") from cause
+    except SpikeRevealError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (ONNX Runtime raises its own types for a file that is not ONNX)
+        raise FormatError(path, f"{_NOT_ONNX} ({type(exc).__name__}: {exc}); {_ONNX_HINT}") from exc
+
+
 # -- ONNX Runtime (CPU) -------------------------------------------------------------------------------
 class OrtRunner(Runner):
     """ONNX Runtime on CPU: explicit threads, no spinning, sequential, ORT_ENABLE_ALL, I/O binding."""
@@ -218,9 +243,9 @@ class OrtRunner(Runner):
 
     def _load(self) -> None:
         ort = _import_backend("onnxruntime", "the ONNX Runtime runner", "dev")
-        from spikereveal.engines.export import check_onnx_precision, read_onnx_metadata
+        from spikereveal.engines.export import check_onnx_precision
 
-        metadata = read_onnx_metadata(self.onnx_path)
+        metadata = read_export_metadata(self.onnx_path)
         check_onnx_precision(metadata, self.precision, self.onnx_path)
         self.firing_gain_range = onnx_gain_range(metadata)
         so = ort.SessionOptions()
@@ -235,7 +260,7 @@ class OrtRunner(Runner):
             self._session = ort.InferenceSession(str(self.onnx_path), sess_options=so,
                                                  providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types for invalid graphs
-            raise RunnerError(f"ONNX Runtime cannot load {self.onnx_path}: {exc}") from exc
+            raise RunnerError(f"ONNX Runtime cannot load {self.onnx_path}: {exc}; {_ONNX_HINT}") from exc
         names = {i.name for i in self._session.get_inputs()}
         if names != set(INPUT_NAMES) or [o.name for o in self._session.get_outputs()] != [OUTPUT_NAME]:
             raise RunnerError(f"{self.onnx_path} is not a spikereveal LDN export: inputs {sorted(names)}, "

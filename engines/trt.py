@@ -357,10 +357,11 @@ def load_or_build_plan(onnx_path, shape: InputShape, precision: str, options: Ru
 
     Returns ``(plan bytes, info, deserialized engine, runtime)``; the engine's precision is checked first.
     """
-    from spikereveal.engines.export import check_onnx_precision, read_onnx_metadata
+    from spikereveal.engines.export import check_onnx_precision
+    from spikereveal.engines.runners import read_export_metadata
 
     check_precision_name(precision)
-    check_onnx_precision(read_onnx_metadata(onnx_path), precision, onnx_path)
+    check_onnx_precision(read_export_metadata(onnx_path), precision, onnx_path)
     trt = _import_tensorrt()
     reason = cuda_unavailable_reason()
     if reason is not None:
@@ -409,9 +410,9 @@ class TrtRunner(Runner):
         cuda.select(self.options.device)
         _, self.info, self._engine, self._runtime = load_or_build_plan(self.onnx_path, self.shape, self.precision,
                                                                        self.options)
-        from spikereveal.engines.export import read_onnx_metadata
+        from spikereveal.engines.runners import read_export_metadata
 
-        self.firing_gain_range = onnx_gain_range(read_onnx_metadata(self.onnx_path))
+        self.firing_gain_range = onnx_gain_range(read_export_metadata(self.onnx_path))
         self._context = self._engine.create_execution_context()
         self._stream, self._stream_handle = cuda.stream()
         shapes = {**self.shape.as_dict(), OUTPUT_NAME: self.shape.sharp}

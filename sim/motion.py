@@ -168,18 +168,28 @@ def sample_sprite(
     patch = sprite_patch(rng, light)
     diameter = rng.uniform(*motion.sprite_size_fraction) * height
     speed = rng.uniform(*motion.sprite_blur_fraction) * width
-    velocity = speed * _random_direction(rng)
+    return _moving_patch(rng, patch, diameter, speed, frame_size, 0.3, 20.0, t_centre_ns, duration_ns)
+
+
+def _moving_patch(rng: np.random.Generator, patch: np.ndarray, size_px: float, speed_px: float,
+                  frame_size: tuple[int, int], spread: float, spin_deg: float, t_centre_ns: float,
+                  duration_ns: float) -> Sprite:
+    """``patch`` scaled to ``size_px``, moving ``speed_px`` per exposure in a random direction, placed within
+    ``spread`` of the frame (a fraction of each side) around its centre at mid-exposure, at a random angle
+    turning by up to ``spin_deg`` per exposure."""
+    width, height = frame_size
+    velocity = speed_px * _random_direction(rng)
     position = (
-        (width - 1) / 2 + rng.uniform(-0.3, 0.3) * width,
-        (height - 1) / 2 + rng.uniform(-0.3, 0.3) * height,
+        (width - 1) / 2 + rng.uniform(-spread, spread) * width,
+        (height - 1) / 2 + rng.uniform(-spread, spread) * height,
     )
     return Sprite(
         patch=patch,
         position_xy=(float(position[0]), float(position[1])),
         velocity_xy=(float(velocity[0]), float(velocity[1])),
-        scale=float(diameter / patch.shape[1]),
+        scale=float(size_px / patch.shape[1]),
         angle_rad=rng.uniform(-math.pi, math.pi),
-        angular_velocity_rad=math.radians(rng.uniform(-20.0, 20.0)),
+        angular_velocity_rad=math.radians(rng.uniform(-spin_deg, spin_deg)),
         t_centre_ns=float(t_centre_ns),
         duration_ns=float(duration_ns),
     )
@@ -235,18 +245,4 @@ def sample_object(
     patch = object_patch(rng, light)
     size = rng.uniform(*motion.object_size_fraction) * height
     speed = rng.uniform(*motion.object_blur_fraction) * width
-    velocity = speed * _random_direction(rng)
-    position = (
-        (width - 1) / 2 + rng.uniform(-0.35, 0.35) * width,
-        (height - 1) / 2 + rng.uniform(-0.35, 0.35) * height,
-    )
-    return Sprite(
-        patch=patch,
-        position_xy=(float(position[0]), float(position[1])),
-        velocity_xy=(float(velocity[0]), float(velocity[1])),
-        scale=float(size / patch.shape[1]),
-        angle_rad=rng.uniform(-math.pi, math.pi),
-        angular_velocity_rad=math.radians(rng.uniform(-30.0, 30.0)),
-        t_centre_ns=float(t_centre_ns),
-        duration_ns=float(duration_ns),
-    )
+    return _moving_patch(rng, patch, size, speed, frame_size, 0.35, 30.0, t_centre_ns, duration_ns)

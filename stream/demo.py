@@ -67,8 +67,13 @@ class DemoConfig:
 
 
 def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None,
-             progress: Callable[[str], None] | None = None) -> dict:
-    """Run the whole loop; returns the summary also written to ``<out_dir>/demo.json``."""
+             progress: Callable[[str], None] | None = None,
+             exposure_progress: Callable[[int, int], None] | None = None) -> dict:
+    """Run the whole loop; returns the summary also written to ``<out_dir>/demo.json``.
+
+    ``progress(message)`` is called at each step; ``exposure_progress(done, total)`` a few times a second while
+    the recording streams (``done``: exposures whose sharp frames serve has published).
+    """
     from spikereveal.engines.export import default_onnx_path, resolve_model_path
     from spikereveal.sim import preset, simulate_recording
 
@@ -97,7 +102,8 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None,
              engine={"engine": config.engine, "model": model, "threads": config.threads},
              worker={"save_dir": str(out_dir), "write_video": True, "video_fps": config.video_fps,
                      "queue_capacity_jobs": config.exposures}),
-        speed=config.speed, block_frames=config.block_frames, progress=say)
+        speed=config.speed, block_frames=config.block_frames, progress=say,
+        on_published=None if exposure_progress is None else (lambda done: exposure_progress(done, config.exposures)))
     engine_ready, replay_stats, counters = run.engine_ready_s, run.replay_stats, run.counters
     _rename_video(out_dir)
     plots = _plots(out_dir)
@@ -149,13 +155,16 @@ class LoopbackRun:
 
 def run_loopback(recording_path, serve_overrides: dict, *, speed: float = 1.0, block_frames: int = 16,
                  runner_factory: Callable | None = None, observer: LoopbackObserver | None = None,
-                 progress: Callable[[str], None] | None = None) -> LoopbackRun:
+                 progress: Callable[[str], None] | None = None,
+                 on_published: Callable[[int], None] | None = None) -> LoopbackRun:
     """Replay the recording at ``recording_path`` into ``serve`` on private ipc endpoints on this host.
 
     ``serve_overrides``: :func:`spikereveal.stream.config.load_serve_config` overrides (the endpoints and
     the spike geometry, read from the recording, are filled in here). Serve loads its engine before the
     replay starts and stops ``idle_timeout_s`` after the replay's last message (set it in the overrides),
     finishing the queued exposures. ``runner_factory``: as for :class:`spikereveal.stream.serve.Server`.
+    ``on_published(done)``: called every ``_PROGRESS_PERIOD_S`` from the engine being ready until serve stops
+    (and once more then) with the number of exposures serve has published.
     """
     from spikereveal.recording import open_recording
     from spikereveal.stream.config import load_serve_config
@@ -191,6 +200,7 @@ def run_loopback(recording_path, serve_overrides: dict, *, speed: float = 1.0, b
                 thread.join()
                 raise errors[0]
             engine_ready = time.perf_counter()
+            watcher = _watch_published(server, thread, on_published) if on_published is not None else None
             replay_config = ReplayConfig(speed=speed, block_frames=block_frames, wait_for_subscribers=True,
                                          start_delay_s=0.0, subscriber_timeout_s=60.0, drain_s=0.2)
             with LiveReplay(recording, serve_config.spike_endpoint, serve_config.rgb_endpoint,
@@ -211,11 +221,34 @@ def run_loopback(recording_path, serve_overrides: dict, *, speed: float = 1.0, b
                 finally:
                     if observer is not None:
                         observer.after_serve()
+                    if watcher is not None:
+                        watcher.join()
             if errors:
                 raise errors[0]
     finally:
         shutil.rmtree(ipc_dir, ignore_errors=True)
     return LoopbackRun(result["counters"], replay_stats, speed, engine_ready, time.perf_counter(), serve_config)
+
+
+_PROGRESS_PERIOD_S = 0.25
+
+
+def _watch_published(server, serve_thread: threading.Thread, on_published: Callable[[int], None]) -> threading.Thread:
+    """A thread reporting ``server.exposures_done`` to ``on_published`` until ``serve_thread`` ends."""
+    def watch():
+        last = None
+        while serve_thread.is_alive():
+            done = server.exposures_done
+            if done != last:
+                on_published(done)
+                last = done
+            serve_thread.join(_PROGRESS_PERIOD_S)
+        if server.exposures_done != last:
+            on_published(server.exposures_done)
+
+    watcher = threading.Thread(target=watch, name="loopback-progress", daemon=True)
+    watcher.start()
+    return watcher
 
 
 def _plots(out_dir: Path) -> dict:

@@ -57,7 +57,7 @@ COUNTER_KEYS = (
     "exposures_received", "exposures_done", "exposures_skipped", "exposures_dropped", "exposures_failed",
     "exposures_abandoned", "exposures_pending_at_exit", "windows_ready", "sync_exposures_dropped",
     "job_queue_dropped", "worker_lost", "spike_frames_received", "spike_frames_dropped",
-    "output_messages", "output_dropped", "frames_saved", "out_of_domain_exposures",
+    "output_messages", "output_dropped", "frames_saved", "out_of_domain_exposures", "spike_geometry_mismatches",
 )
 
 
@@ -235,10 +235,14 @@ class Pipeline:
     ``on_message(parts, now_ns)`` decodes one camera message, feeds the synchroniser and enqueues the
     windows it completes; ``tick(now_ns)`` applies the synchroniser's timeouts. Jobs leave through
     ``queue`` (an inference thread or the worker dispatcher takes them).
+
+    ``declared_spike_shape``: the (height, width) the user declared (``serve --spike-geometry``); spike blocks
+    of another size are still processed (the engine reloads for them) but counted in
+    ``spike_geometry_mismatches`` and warned about once per size seen.
     """
 
     def __init__(self, sync: Synchroniser, queue: JobQueue, clock_ns: Callable[[], int] = time.monotonic_ns,
-                 record_capacity: int = 4096, recorder=None):
+                 record_capacity: int = 4096, recorder=None, declared_spike_shape: tuple[int, int] | None = None):
         from spikereveal.bench.trace import NULL_RECORDER
 
         self.recorder = NULL_RECORDER if recorder is None else recorder  # bench.trace stamps (serve --trace)
@@ -250,6 +254,9 @@ class Pipeline:
         self._record_capacity = record_capacity
         self.last_message_ns: int | None = None
         self._info_lock = threading.Lock()
+        self.declared_spike_shape = None if declared_spike_shape is None else tuple(map(int, declared_spike_shape))
+        self.spike_geometry_mismatches = 0
+        self.spike_geometries_seen: list[tuple[int, int]] = []  # mismatching sizes, in the order first seen
 
     def on_message(self, parts, now_ns: int) -> int:
         """Handle one received camera message; returns how many windows it completed."""
@@ -267,9 +274,24 @@ class Pipeline:
             return self._enqueue(sync.poll(now_ns), started)
         if isinstance(message, SpikeBlock):
             self.sources.spike_block(message, now_ns)
+            if self.declared_spike_shape is not None:
+                self._check_geometry(message)
         elif isinstance(message, RgbExposure):
             self.sources.exposure(message)
         return self._enqueue(sync.handle(message, now_ns), started)
+
+    def _check_geometry(self, block: SpikeBlock) -> None:
+        shape = (int(block.height), int(block.width))
+        if shape == self.declared_spike_shape:
+            return
+        self.spike_geometry_mismatches += 1
+        if shape not in self.spike_geometries_seen:
+            self.spike_geometries_seen.append(shape)
+            declared = "x".join(map(str, self.declared_spike_shape))
+            logger.warning("spike stream %d sends %dx%d frames but the spike geometry was declared as %s "
+                           "(--spike-geometry / the rig config): the engine is reloaded for %dx%d; fix the "
+                           "declared geometry or the rig (counted in spike_geometry_mismatches)",
+                           block.stream_id, shape[0], shape[1], declared, shape[0], shape[1])
 
     def tick(self, now_ns: int) -> int:
         return self._enqueue(self.sync.poll(now_ns), self._clock_ns())
@@ -331,10 +353,14 @@ class Pipeline:
             "output_dropped": sink.output_dropped,
             "frames_saved": int(frames_saved),
             "out_of_domain_exposures": sink.out_of_domain_exposures,
+            "spike_geometry_mismatches": self.spike_geometry_mismatches,
         }
         assert set(out) == set(COUNTER_KEYS)  # internal invariant, not user input
         out["malformed_by_reason"] = dict(c.malformed_by_reason)
         out["skipped_by_reason"] = dict(c.skipped_by_reason)
         out["job_queue_max_depth"] = self.queue.max_depth
+        declared = self.declared_spike_shape
+        out["spike_geometry_declared"] = None if declared is None else f"{declared[0]}x{declared[1]}"
+        out["spike_geometry_seen"] = [f"{h}x{w}" for h, w in self.spike_geometries_seen]
         out["latency"] = sink.latency.summary()
         return out

@@ -111,6 +111,13 @@ class Server:
         self.stop_reason: str | None = None
         self.counters: dict | None = None
         self._ipc_dir: str | None = None
+        self._sink: ResultSink | None = None
+
+    @property
+    def exposures_done(self) -> int:
+        """Exposures whose sharp frames were published so far (for progress displays; 0 before ``run``)."""
+        sink = self._sink
+        return 0 if sink is None else sink.exposures_done
 
     # -- setup ---------------------------------------------------------------------------------------------
     def _calibration(self):
@@ -141,7 +148,7 @@ class Server:
         from spikereveal.bench.trace import create_recorder
 
         recorder = create_recorder(cfg.trace is not None, k=cfg.sync.k)
-        pipeline = Pipeline(sync, queue, self._clock_ns, recorder=recorder)
+        pipeline = Pipeline(sync, queue, self._clock_ns, recorder=recorder, declared_spike_shape=cfg.spike_shape)
         work_dir = Path(cfg.worker.save_dir) if cfg.worker.save_dir else None
         temp_dir = tempfile.mkdtemp(prefix="spikereveal-serve-") if work_dir is None else None
         work_dir = work_dir or Path(temp_dir)
@@ -160,6 +167,7 @@ class Server:
             self.output_endpoint = transport.bound_endpoint(output)
             sink = ResultSink(lambda parts: transport.publish(output, parts), saver, clock_ns=self._clock_ns,
                               latency=LatencyLog(), keep_blur_for_video=cfg.worker.write_video, recorder=recorder)
+            self._sink = sink
             factory = self._runner_factory or make_runner_factory(cfg.engine, work_dir)
             k = cfg.sync.k
 

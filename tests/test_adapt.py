@@ -57,7 +57,7 @@ def _cli(*argv: str, block_torch: bool = False) -> subprocess.CompletedProcess:
 
 def _args(recording, nets, out, *extra) -> list[str]:
     return ["adapt", "--data", str(recording), "--out", str(out), "--model", str(nets["ldn"]),
-            "--teacher-bsn", str(nets["bsn"]), "--teacher-sr", str(nets["sr"]), "--time-budget-min", "1",
+            "--teacher-bsn", str(nets["bsn"]), "--teacher-sr", str(nets["sr"]), "--time-budget-min", "30",
             "--threads", "1", "--epochs", "1,1,1", *extra]
 
 
@@ -148,7 +148,7 @@ def test_rerunning_a_finished_run_skips_every_stage(adapted, recording, nets):
 
 
 def test_an_interrupted_run_continues_where_it_stopped(recording, nets, tmp_path):
-    config = AdaptConfig(data=(str(recording),), out=str(tmp_path / "run"), time_budget_min=1.0, threads=1,
+    config = AdaptConfig(data=(str(recording),), out=str(tmp_path / "run"), time_budget_min=30.0, threads=1,
                          model=str(nets["ldn"]), teacher_bsn=str(nets["bsn"]), teacher_sr=str(nets["sr"]),
                          stage_epochs=(1, 1, 2))
 
@@ -177,7 +177,7 @@ def test_epochs_are_sized_from_the_budget_and_a_budget_without_one_step_is_refus
 
     monkeypatch.setattr(module, "MAX_EPOCHS", {"bsn": 2, "sr": 2, "ldn": 2})  # keep the test short
     monkeypatch.setitem(module.STAGE_SHARES, "sr", 1e-7)  # the sr stage cannot fit a single step
-    config = AdaptConfig(data=(str(recording),), out=str(tmp_path / "run"), time_budget_min=1.0, threads=1,
+    config = AdaptConfig(data=(str(recording),), out=str(tmp_path / "run"), time_budget_min=30.0, threads=1,
                          model=str(nets["ldn"]), teacher_bsn=str(nets["bsn"]), teacher_sr=str(nets["sr"]))
     with pytest.raises(ConfigError, match=r"the sr stage needed .* single training step.*--time-budget-min \d+"):
         adapt(config)
@@ -201,7 +201,7 @@ def test_epochs_are_sized_from_the_budget_and_a_budget_without_one_step_is_refus
 def test_force_starts_over_with_other_data(adapted, recording, nets, tmp_path):
     out = tmp_path / "run"
     other = simulate_tiny(tmp_path / "other", seed=5, exposures=3)
-    base = dict(out=str(out), time_budget_min=1.0, threads=1, model=str(nets["ldn"]),
+    base = dict(out=str(out), time_budget_min=30.0, threads=1, model=str(nets["ldn"]),
                 teacher_bsn=str(nets["bsn"]), teacher_sr=str(nets["sr"]), stage_epochs=(1, 1, 1))
     adapt(AdaptConfig(data=(str(recording),), **base))
     with pytest.raises(ConfigError, match="--data was"):

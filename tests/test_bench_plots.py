@@ -69,3 +69,19 @@ def test_cli_bench_report_writes_plots(tmp_path, monkeypatch, capsys):
     for name in PLOT_NAMES:
         _decoded(tmp_path / "png" / f"{name}.png")
     assert "timeline.png" in capsys.readouterr().out
+
+
+def test_timeline_and_cdf_label_the_queue_wait_as_such(tmp_path, monkeypatch):
+    import spikereveal.bench.plots as plots
+    from spikereveal.bench.report import span_durations_ms
+
+    figures = []
+    real_save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda figure, path: figures.append(figure) or real_save(figure, path))
+    trace = synthetic_run(6).trace()
+    plot_timeline(trace, tmp_path / "timeline.png")
+    plot_latency_cdf(span_durations_ms(trace), tmp_path / "cdf.png")
+    timeline, cdf = (figure.axes[0].get_legend_handles_labels()[1] for figure in figures)
+    assert "queue wait + input prep" in timeline and "preprocess" not in timeline
+    assert any(label.startswith("queue wait + input prep (p99") for label in cdf)
+    assert not any(label.startswith("preprocess") for label in cdf)

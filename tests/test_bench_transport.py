@@ -57,3 +57,24 @@ def test_cli_writes_json(tmp_path):
     result = json.loads(out.read_text())
     assert result["benchmark"] == "transport" and len(result["runs"]) == 1
     assert result["runs"][0]["loss"]["complete"]
+
+
+@pytest.mark.parametrize("rates", [(4000.0, None), (None,)])
+def test_runs_leave_no_socket_folders_behind(monkeypatch, rates):
+    import tempfile
+    from pathlib import Path
+
+    made = []
+    real_mkdtemp = tempfile.mkdtemp
+
+    def recording_mkdtemp(*args, **kwargs):
+        made.append(real_mkdtemp(*args, **kwargs))
+        return made[-1]
+
+    before = {p.name for p in Path("/tmp").glob("sr-bt-*")}
+    monkeypatch.setattr(tempfile, "mkdtemp", recording_mkdtemp)
+    bench_transport(height=16, width=16, block_frames=8, seconds=0.1, rates_hz=rates)
+    assert len(made) == len(rates)  # one ipc folder per run, each removed after it
+    assert not any(Path(folder).exists() for folder in made)
+    after = {p.name for p in Path("/tmp").glob("sr-bt-*")}
+    assert len(after) <= len(before) and not after - before  # temp entries counted before and after

@@ -80,8 +80,59 @@ def test_missing_file_and_non_pytorch_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_checkpoint(tmp_path / "absent.ckpt")
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(CheckpointError, match="cannot be read as a PyTorch weights file"):
+    with pytest.raises(CheckpointError, match="is a text file, not a PyTorch checkpoint; a spikereveal checkpoint"):
         load_checkpoint(tmp_path / "notes.txt")
+
+
+@pytest.mark.parametrize("name, content, found", [
+    ("random.pt", bytes(range(7, 256)) * 4, "is of no format spikereveal knows"),
+    ("empty.pt", b"", "is an empty file"),
+    ("arrays.npz", None, "is a NumPy .npz archive"),
+    ("config.json", b'{"kind": "ldn"}', "is a JSON file"),
+])
+def test_a_file_that_is_not_pytorch_says_what_it_is(tmp_path, name, content, found):
+    import numpy as np
+
+    path = tmp_path / name
+    if content is None:
+        np.savez(path, a=np.zeros(3))
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert found in message and "written by 'spikereveal train'" in message
+    assert "pickled Python objects" not in message  # the old, wrong diagnosis
+
+
+def test_an_onnx_file_passed_as_model_points_to_onnx(tmp_path):
+    from spikereveal.engines.export import default_onnx_path
+
+    onnx = default_onnx_path()
+    with pytest.raises(CheckpointError, match=r"is an ONNX model .*run it with --onnx") as info:
+        load_checkpoint(onnx)
+    assert "pickled" not in str(info.value)
+    with pytest.raises(CheckpointError, match="ONNX model .*official S-SDM LDN weights are expected"):
+        read_official_ldn(onnx)
+
+
+def test_cli_model_given_an_onnx_file_exits_2_with_what_to_do(tmp_path):
+    import shutil
+
+    from spikereveal.engines.export import default_onnx_path
+
+    rec = tmp_path / "rec"
+    script = Path(sys.executable).parent / "spikereveal"  # the installed console script
+    subprocess.run([str(script), "simulate", "--preset", "tiny", "--exposures", "2", "--out", str(rec)],
+                   check=True, capture_output=True)
+    model = tmp_path / "model.pt"  # an ONNX file under a checkpoint's name
+    shutil.copy(default_onnx_path(), model)
+    result = subprocess.run([str(script), "deblur", "--recording", str(rec), "--out", str(tmp_path / "out"),
+                             "--engine", "torch", "--model", str(model)], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"{model}: is an ONNX model" in result.stderr and f"--onnx {model}" in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_plain_state_dict_points_to_import_weights(tmp_path):

@@ -63,3 +63,17 @@ def test_demo_without_a_model_says_what_to_pass(tmp_path, monkeypatch):
 def test_demo_config_is_validated(kwargs):
     with pytest.raises(ConfigError):
         DemoConfig(**kwargs)
+
+
+def test_cli_demo_shows_streaming_progress_and_lists_the_plots(tmp_path):
+    pytest.importorskip("matplotlib")
+    from cli_support import run_cli
+
+    out = tmp_path / "demo"
+    result = run_cli("demo", "--preset", "tiny", "--exposures", "2", "--threads", "1", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "demo: sharp exposures published" in result.stderr and "2/2" in result.stderr  # the bar, on stderr
+    wrote = [line for line in result.stdout.splitlines() if line.startswith("demo: wrote")]
+    assert len(wrote) == 1
+    for name in ("latency_cdf.png", "timeline.png", "throughput.png"):
+        assert f"{out}/{name}" in wrote[0] and (out / name).is_file()

@@ -68,7 +68,8 @@ def line_of(path, needle):
 
 def expect_error(recording_dir, file_name, line, match=None, **open_kwargs):
     with pytest.raises(RecordingError, match=match) as info:
-        open_recording(recording_dir, **open_kwargs)
+        with open_recording(recording_dir, **open_kwargs) as recording:
+            recording.ground_truth  # noqa: B018 (gt.csv is read on first use)
     error = info.value
     assert error.path == str(recording_dir / file_name)
     assert error.line == line
@@ -315,6 +316,8 @@ def test_image_broken_after_opening_is_caught_on_read(recording_dir):
 )
 def test_ground_truth_errors_name_the_line(recording_dir, row, match):
     replace_line(recording_dir / "gt.csv", 4, row)
+    with open_recording(recording_dir) as recording:  # gt.csv is only read when the ground truth is used
+        assert len(recording.exposures) == N_EXPOSURES
     expect_error(recording_dir, "gt.csv", 4, match=match)
 
 

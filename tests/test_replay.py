@@ -3,6 +3,7 @@
 import itertools
 import json
 import math
+import shutil
 import tempfile
 import threading
 import time
@@ -328,6 +329,7 @@ def test_cli_replay_over_ipc(recording, tmp_path):
     finally:
         consumer.join(20)
         context.term()
+        shutil.rmtree(folder, ignore_errors=True)
     assert got["done"] == {Kind.SPIKE_BLOCK, Kind.RGB_EXPOSURE}
     stats = json.loads(stats_path.read_text())
     assert stats["spike_frames"] == FRAMES and stats["dropped_messages"] == 0

@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import shutil
 import tempfile
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,9 +49,34 @@ def deblurred(recording, checkpoint, tmp_path_factory):
     return out, summary, onnx
 
 
+_IPC_FOLDERS: list[str] = []  # made by _endpoints(), removed after each test
+
+
 def _endpoints():
     folder = tempfile.mkdtemp(prefix="sr-", dir="/tmp")  # ipc paths must stay short
+    _IPC_FOLDERS.append(folder)
     return f"ipc://{folder}/s", f"ipc://{folder}/r", f"ipc://{folder}/o"
+
+
+def _remove_ipc_folders():
+    while _IPC_FOLDERS:
+        shutil.rmtree(_IPC_FOLDERS.pop(), ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _clean_ipc_folders():
+    yield
+    _remove_ipc_folders()
+
+
+def test_endpoint_folders_are_removed_after_each_test():
+    def ours():
+        return {p for p in Path("/tmp").glob("sr-*") if str(p) in _IPC_FOLDERS}
+
+    created = [Path(_endpoints()[0][len("ipc://"):]).parent for _ in range(2)]
+    assert all(folder.is_dir() for folder in created) and len(ours()) == 2
+    _remove_ipc_folders()  # what the autouse fixture does after every test
+    assert not any(folder.exists() for folder in created) and not ours() and not _IPC_FOLDERS
 
 
 def replay_into_serve(recording_path, config, speed=1.0, block=8, on_ready=None):
@@ -461,3 +488,29 @@ def test_exposures_outside_the_models_gain_range_are_counted(recording, tmp_path
     assert counters["out_of_domain_exposures"] == EXPOSURES - 1
     warnings = [r.getMessage() for r in caplog.records if "trained range" in r.getMessage()]
     assert len(warnings) == 1 and "firing gain 0." in warnings[0]
+
+
+def test_spike_geometry_mismatch_is_warned_and_counted(recording, tmp_path, caplog, capsys):
+    """--spike-geometry 250x400 against a smaller stream: still deblurred, but warned about and counted."""
+    from spikereveal.commands.serve import format_counters
+
+    config = dataclasses.replace(_serve_config(tmp_path, "unused.onnx", worker={"save_dir": None}),
+                                 spike_height=250, spike_width=400)
+    with caplog.at_level("WARNING", logger="spikereveal.stream.graph"):
+        counters = _run_with_factory(recording, config, GatedRunnerFactory(), speed=5.0)
+    assert counters["exposures_done"] == EXPOSURES - 1  # the engine reloads for the real geometry
+    assert counters["spike_geometry_mismatches"] > 0
+    assert counters["spike_geometry_declared"] == "250x400"
+    assert counters["spike_geometry_seen"] == [f"{SPIKE_H}x{SPIKE_W}"]
+    warnings = [r.getMessage() for r in caplog.records if "declared" in r.getMessage()]
+    assert len(warnings) == 1 and f"{SPIKE_H}x{SPIKE_W} frames" in warnings[0] and "250x400" in warnings[0]
+    written = json.loads((tmp_path / "stats.json").read_text())
+    assert written["spike_geometry_mismatches"] == counters["spike_geometry_mismatches"]
+    assert "spike_geometry_mismatches=" in format_counters(counters) and "--spike-geometry 250x400" in \
+        format_counters(counters)
+
+
+def test_matching_spike_geometry_counts_no_mismatch(recording, tmp_path):
+    config = _serve_config(tmp_path, "unused.onnx", worker={"save_dir": None})
+    counters = _run_with_factory(recording, config, GatedRunnerFactory(), speed=5.0)
+    assert counters["spike_geometry_mismatches"] == 0 and counters["spike_geometry_seen"] == []

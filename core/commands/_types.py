@@ -39,3 +39,48 @@ def int_pair(layout: str, example: str, minimum: int = 1):
         return first, second
 
     return parse
+
+
+def output_problem(path, kind: str) -> str | None:
+    """Why ``path`` cannot become an output ``kind`` (``"dir"``, ``"file"`` or ``"any"``: either), or None when
+    nothing in the way can be seen before writing: a file where the folder (or one of its parent folders)
+    must be, or a folder where the file must be."""
+    from pathlib import Path
+
+    path = Path(path)
+    if kind == "dir" and path.exists() and not path.is_dir():
+        return f"{path} is a file, not a folder"
+    if kind == "file" and path.is_dir():
+        return f"{path} is a folder; give a file name"
+    for parent in path.parents:  # the nearest existing ancestor must be a folder
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{parent} is a file, so {path} cannot be created inside it"
+            break
+    return None
+
+
+def _output(kind: str, convert):
+    def parse(text: str):
+        problem = output_problem(text, kind)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(f"{problem}; choose another path")
+        return convert(text)
+
+    parse.__name__ = {"dir": "output folder", "file": "output file"}.get(kind, "output path")
+    return parse
+
+
+def _as_path(text: str):
+    from pathlib import Path
+
+    return Path(text)
+
+
+#: argparse types of output paths, checked before any work starts (``--out`` under an existing file fails at
+#: once, not after a long run); the ``_text`` variants keep the value a str
+output_dir = _output("dir", _as_path)
+output_file = _output("file", _as_path)
+output_dir_text = _output("dir", str)
+output_file_text = _output("file", str)
+output_path = _output("any", _as_path)

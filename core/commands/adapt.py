@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from spikereveal.commands._types import positive_int
+from spikereveal.commands._progress import train_progress_bars
+from spikereveal.commands._types import output_dir, positive_int
 from spikereveal.errors import require
 
 
@@ -41,7 +42,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--data", nargs="+", type=Path, required=True, metavar="REC",
                         help="the rig's recording directories (gt.csv is not needed)")
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory (resumable)")
+    parser.add_argument("--out", type=output_dir, required=True, metavar="DIR", help="output directory (resumable)")
     parser.add_argument("--time-budget-min", type=float, default=DEFAULT_TIME_BUDGET_MIN, metavar="M",
                         help=f"wall-clock budget of the training in minutes (default {DEFAULT_TIME_BUDGET_MIN:g}, at "
                              f"least {MIN_TIME_BUDGET_MIN:g}): {shares} (the student's share includes its teacher "
@@ -64,12 +65,8 @@ def register(subparsers) -> None:
 
 
 def _progress_printer(tqdm):
-    """A progress callback drawing one tqdm bar per preparation step and per epoch, like ``train``."""
-    bars: dict[str, object] = {}
-
-    def close_all() -> None:
-        for key in list(bars):
-            bars.pop(key).close()
+    """A progress callback: a line per stage event, and ``train``'s bars (one per preparation step and epoch)."""
+    draw, close_all = train_progress_bars(tqdm, leave=False)
 
     def progress(event) -> None:
         head = f"[{event.index}/{event.stages}] {event.stage}"
@@ -78,24 +75,7 @@ def _progress_printer(tqdm):
             if event.status in ("start", "skip", "done") and (event.message or event.status != "done"):
                 tqdm.write(f"{head}: {event.status}" + (f" ({event.message})" if event.message else ""))
             return
-        step = event.train
-        key = "prepare:" + step.message if step.phase == "prepare" else f"{event.stage} epoch {step.epoch}"
-        if step.phase == "epoch":
-            bar = bars.pop(key, None)
-            if bar is not None:
-                bar.close()
-            return
-        bar = bars.get(key)
-        if bar is None:
-            close_all()
-            desc = (f"{head} {step.message}" if step.phase == "prepare"
-                    else f"{head} epoch {step.epoch + 1}/{step.epochs}")
-            bar = bars[key] = tqdm(total=step.steps, desc=desc, unit="step" if step.phase == "step" else "exp",
-                                   initial=max(step.step - 1, 0), leave=False)
-        bar.n = step.step
-        if step.phase == "step":
-            bar.set_postfix({name: f"{value:.4g}" for name, value in step.losses.items()}, refresh=False)
-        bar.refresh()
+        draw(event.train, head)
 
     return progress, close_all
 

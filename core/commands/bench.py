@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from spikereveal.commands._types import positive_int
+from spikereveal.commands._types import output_dir, output_file, positive_int
 
 
 def emit(table: str, result: dict, json_path: Path | None) -> int:
@@ -45,7 +45,7 @@ def register_kernels(subparsers) -> None:
         description="Time window accumulation, LDN input extraction and TFI on random packed frames "
         "(single-threaded numba, JIT warm-up excluded, median of repeats) against plain numpy.",
     )
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument("--json", type=output_file, metavar="PATH", help="also write the results as JSON to PATH")
     parser.add_argument("--frames", type=positive_int, default=2048, help="spike frames to process (default 2048)")
     parser.add_argument("--repeats", type=positive_int, default=5, help="timed runs per kernel (default 5)")
     parser.add_argument("--height", type=positive_int, default=250, help="spike sensor height (default 250)")
@@ -74,7 +74,7 @@ def register_engines(subparsers) -> None:
         "the gopro (1280x720) and rsb (1600x1000) geometries; warm-up excluded; median and p99 per window and "
         "output frames/s. Unavailable runners are listed, not run. Weights: --model or a seeded random LDN.",
     )
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument("--json", type=output_file, metavar="PATH", help="also write the results as JSON to PATH")
     parser.add_argument("--geometry", nargs="+", default=["gopro", "rsb"], metavar="G",
                         help="presets (gopro, rsb) or HxW, e.g. 64x96 (default: gopro rsb)")
     parser.add_argument("--runner", nargs="+", default=["ort", "torch", "trt"], choices=("ort", "torch", "trt"))
@@ -113,8 +113,8 @@ def register_report(subparsers) -> None:
         "real-time factor, drops and environment of a traced run; PNG plots with --plot (needs matplotlib).",
     )
     parser.add_argument("trace", type=Path, metavar="TRACE", help="trace file (.npz) written by serve --trace")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON to PATH")
-    parser.add_argument("--plot", type=Path, metavar="DIR", help="write latency_cdf/timeline/throughput PNGs to DIR")
+    parser.add_argument("--json", type=output_file, metavar="PATH", help="also write the report as JSON to PATH")
+    parser.add_argument("--plot", type=output_dir, metavar="DIR", help="write latency_cdf/timeline/throughput PNGs to DIR")
     parser.add_argument("--warmup", type=int, default=10, metavar="N",
                         help="exclude the first N exposures (default 10, as Holoscan's data-flow tracking)")
     parser.set_defaults(func=run_report)
@@ -148,7 +148,7 @@ def register_compare(subparsers) -> None:
     )
     parser.add_argument("a", type=Path, metavar="A.json")
     parser.add_argument("b", type=Path, metavar="B.json")
-    parser.add_argument("--markdown", type=Path, metavar="PATH", help="also write a Markdown table to PATH")
+    parser.add_argument("--markdown", type=output_file, metavar="PATH", help="also write a Markdown table to PATH")
     parser.add_argument("--filter", metavar="REGEX", help="only metrics whose dotted name matches REGEX")
     parser.set_defaults(func=run_compare)
 
@@ -173,7 +173,7 @@ def register_transport(subparsers) -> None:
         "zero-copy decode, synchroniser ring). Reports frames/s, messages/s, loss (frames, gaps, publisher "
         "drops) and per-block latency p50/p99.",
     )
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument("--json", type=output_file, metavar="PATH", help="also write the results as JSON to PATH")
     parser.add_argument("--block", type=positive_int, default=32, metavar="F", help="frames per message (default 32)")
     parser.add_argument("--seconds", type=float, default=2.0, help="stream length at the paced rate (default 2)")
     parser.add_argument("--rate-hz", type=float, default=None, help="paced rate in frames/s (default 80000)")
@@ -214,9 +214,9 @@ def register_pipeline(subparsers) -> None:
         "independent wall-clock measure from outside subscribers and the agreement between the two. "
         "--pass-through isolates the non-inference cost (no network).",
     )
-    parser.add_argument("--json", type=Path, metavar="PATH", required=True, help="write the report as JSON to PATH")
-    parser.add_argument("--plot", type=Path, metavar="DIR", help="write latency_cdf/timeline/throughput PNGs to DIR")
-    parser.add_argument("--trace", type=Path, metavar="PATH", help="keep the trace file (.npz) at PATH")
+    parser.add_argument("--json", type=output_file, metavar="PATH", required=True, help="write the report as JSON to PATH")
+    parser.add_argument("--plot", type=output_dir, metavar="DIR", help="write latency_cdf/timeline/throughput PNGs to DIR")
+    parser.add_argument("--trace", type=output_file, metavar="PATH", help="keep the trace file (.npz) at PATH")
     parser.add_argument("--preset", choices=("rsb", "gopro", "tiny"), default="rsb",
                         help="simulator preset (default rsb: 250x400 spikes, 1600x1000 RGB)")
     parser.add_argument("--recording", type=Path, metavar="REC", help="replay this recording instead of simulating")
@@ -263,7 +263,7 @@ def register_all(subparsers) -> None:
         "OUT/summary.json (one key per benchmark + environment; compare two machines with `bench compare`) "
         "and OUT/summary.md (the headline numbers).",
     )
-    parser.add_argument("--out", type=Path, metavar="DIR", required=True, help="output folder")
+    parser.add_argument("--out", type=output_dir, metavar="DIR", required=True, help="output folder")
     parser.add_argument("--quick", action="store_true",
                         help="tiny settings (seconds, not minutes): a smoke test of the whole bench")
     parser.add_argument("--model", metavar="CKPT", default=None,
@@ -297,7 +297,7 @@ def register_exposure_path(subparsers) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed exposures first (default 3)")
     parser.add_argument("--output-pixel-format", choices=("bgr8", "bgr_f32"), default="bgr8",
                         help="what serve publishes (default bgr8)")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument("--json", type=output_file, metavar="PATH", help="also write the results as JSON to PATH")
     parser.set_defaults(func=run_exposure_path)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from spikereveal.commands._types import output_dir, output_file
 from spikereveal.errors import ConfigError
 
 
@@ -19,14 +20,14 @@ def register(subparsers) -> None:
                     "types are checked against --precision. Needs TensorRT and an NVIDIA GPU.",
     )
     parser.add_argument("onnx", type=Path, help="ONNX export (spikereveal export)")
-    parser.add_argument("--out", type=Path, required=True, help="engine plan file to write")
+    parser.add_argument("--out", type=output_file, required=True, help="engine plan file to write")
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=None,
                         help="expected precision (default: the export's own, from its metadata)")
     parser.add_argument("--batch", type=int, default=None, metavar="K", help="for dynamic exports: frames per window")
     parser.add_argument("--height", type=int, default=None, help="for dynamic exports: image height")
     parser.add_argument("--width", type=int, default=None, help="for dynamic exports: image width")
     parser.add_argument("--workspace-mib", type=int, default=1024, help="builder memory-pool limit (default 1024)")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="engine cache (default ~/.cache/spikereveal)")
+    parser.add_argument("--cache-dir", type=output_dir, default=None, help="engine cache (default ~/.cache/spikereveal)")
     parser.add_argument("--device", type=int, default=None, help="CUDA device ordinal (default: current)")
     parser.set_defaults(func=run)
 
@@ -50,11 +51,10 @@ def shape_from_metadata(meta: dict, batch, height, width):
 
 
 def run(args) -> int:
-    from spikereveal.engines.export import read_onnx_metadata
-    from spikereveal.engines.runners import RunnerOptions
+    from spikereveal.engines.runners import RunnerOptions, read_export_metadata
     from spikereveal.engines.trt import build_engine
 
-    meta = read_onnx_metadata(args.onnx)
+    meta = read_export_metadata(args.onnx)
     precision = args.precision or meta.get("precision")
     if precision is None:
         raise ConfigError(f"{args.onnx} has no spikereveal precision metadata; pass --precision")

@@ -4,9 +4,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spikereveal.commands._types import int_pair
+from spikereveal.commands._types import int_pair, output_file, output_path
 
 TARGETS = ("geometry", "time", "dark")
+
+
+_DESCRIPTIONS = {
+    "geometry": (
+        "the homography from the canonical grid (4x the spike grid) into the RGB frame",
+        "Estimate the homography from the canonical grid (4x the spike grid) into the RGB frame and write it to "
+        "REC/calibration.json (or --out): from a checkerboard seen by both cameras (--method checkerboard), or "
+        "from ordinary textured footage (--method features, the default). Fits whose residual exceeds "
+        "--max-residual-px are refused with the reason. Under motion blur geometry and time are coupled: on "
+        "footage with motion this also estimates the clock offset when the file has none; run 'calibrate time' "
+        "afterwards to refine it with the new geometry. --overlay writes the warped RGB edges over the spike "
+        "image, to check by eye."),
+    "time": (
+        "the offset and drift of the exposure timestamps against the spike clock",
+        "Estimate the offset and drift of the RGB exposure timestamps against the spike clock, from footage with "
+        "motion (the blur must match the spikes), with the geometry already in the calibration file, and write "
+        "them to REC/calibration.json (or --out). Untrustworthy fits are refused with the reason."),
+    "dark": (
+        "hot-pixel and dark-current maps from a lens-cap recording",
+        "Estimate the hot-pixel map and the dark-current rate of the spike sensor from a lens-cap recording "
+        "(--dark, default: --recording itself; at least 200 spike frames) and write them to REC/calibration.json "
+        "(or --out)."),
+}
 
 
 def register(subparsers) -> None:
@@ -15,34 +38,39 @@ def register(subparsers) -> None:
         help="calibrate a rig: RGB->spike geometry, clock offset/drift, hot pixels and dark current",
         description=(
             "Estimate one part of a hybrid rig's calibration from a recording and write (or update) "
-            "REC/calibration.json; deblur, eval and serve apply it. geometry: the homography from the "
-            "canonical grid (4x the spike grid) into the RGB frame, from a checkerboard or from ordinary "
-            "textured footage (features). time: the offset and drift of the exposure timestamps against the "
-            "spike clock, from footage with motion. dark: hot-pixel and dark-current maps from a lens-cap "
-            "recording. Untrustworthy fits are refused with the reason. Under motion blur geometry and time are "
-            "coupled: 'geometry' on footage with motion also estimates the clock when the file has none; run "
-            "'time' afterwards to refine it with the new geometry."
+            "REC/calibration.json; deblur, eval and serve apply it. 'spikereveal calibrate TARGET --help' "
+            "describes each target."
         ),
     )
-    parser.add_argument("target", choices=TARGETS, help="what to calibrate")
-    parser.add_argument("--recording", required=True, type=Path, help="the recording to calibrate (REC)")
-    parser.add_argument("--method", choices=("checkerboard", "features"), default="features",
-                        help="geometry: a checkerboard seen by both cameras, or target-free (default features)")
-    parser.add_argument("--board", type=int_pair("COLUMNSxROWS of inner corners", "8x5", minimum=2), default=(8, 5), metavar="CxR",
-                        help="checkerboard inner corners, columns x rows (default 8x5: a 9x6-square board)")
-    parser.add_argument("--dark", type=Path, metavar="DARK_REC",
-                        help="dark: the lens-cap recording (default: --recording itself)")
-    parser.add_argument("--out", type=Path, help="calibration file to write or update (default REC/calibration.json)")
-    parser.add_argument("--exposures", type=int, help="at most this many exposures, spread over the recording "
-                        "(default: geometry 8, time 64)")
-    parser.add_argument("--max-residual-px", type=float, default=1.0,
-                        help="geometry: refuse fits whose residual exceeds this, canonical px (default 1.0)")
-    parser.add_argument("--search-frames", type=int,
-                        help="time: search offsets up to +- this many spike frames (default: one exposure, >= 40)")
-    parser.add_argument("--no-drift", action="store_true", help="time: fit an offset only")
-    parser.add_argument("--overlay", type=Path, metavar="PNG",
-                        help="geometry: write the warped RGB edges over the spike image, to check by eye")
-    parser.set_defaults(func=run)
+    targets = parser.add_subparsers(dest="target", metavar="TARGET")
+    targets.required = True
+    for target in TARGETS:
+        short, long = _DESCRIPTIONS[target]
+        child = targets.add_parser(target, help=short, description=long)
+        child.add_argument("--recording", required=True, type=Path, help="the recording to calibrate (REC)")
+        child.add_argument("--out", type=output_path,
+                           help="calibration file to write or update (default REC/calibration.json)")
+        if target == "geometry":
+            child.add_argument("--method", choices=("checkerboard", "features"), default="features",
+                               help="a checkerboard seen by both cameras, or target-free (default features)")
+            child.add_argument("--board", type=int_pair("COLUMNSxROWS of inner corners", "8x5", minimum=2),
+                               default=(8, 5), metavar="CxR",
+                               help="checkerboard inner corners, columns x rows (default 8x5: a 9x6-square board)")
+            child.add_argument("--max-residual-px", type=float, default=1.0,
+                               help="refuse fits whose residual exceeds this, canonical px (default 1.0)")
+            child.add_argument("--overlay", type=output_file, metavar="PNG",
+                               help="write the warped RGB edges over the spike image, to check by eye")
+        if target in ("geometry", "time"):
+            child.add_argument("--exposures", type=int, help="at most this many exposures, spread over the "
+                               f"recording (default {8 if target == 'geometry' else 64})")
+        if target == "time":
+            child.add_argument("--search-frames", type=int,
+                               help="search offsets up to +- this many spike frames (default: one exposure, >= 40)")
+            child.add_argument("--no-drift", action="store_true", help="fit an offset only")
+        if target == "dark":
+            child.add_argument("--dark", type=Path, metavar="DARK_REC",
+                               help="the lens-cap recording (default: --recording itself)")
+        child.set_defaults(func=run)
 
 
 def run(args) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from spikereveal.commands._types import output_dir
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -17,7 +19,7 @@ def register(subparsers) -> None:
                     "once into DIR/onnx/ and reused while checkpoint and precision match.",
     )
     parser.add_argument("--recording", type=Path, required=True, help="recording directory")
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--out", type=output_dir, required=True, help="output directory")
     parser.add_argument("--engine", choices=("ort", "torch", "trt"), default="ort", help="default: ort (CPU)")
     parser.add_argument("--model", type=Path, default=None,
                         help="LDN checkpoint (default: the shipped spikereveal/models/ldn_default.pt)")
@@ -28,7 +30,7 @@ def register(subparsers) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU inference threads (default: cores - 1)")
     parser.add_argument("--no-video", action="store_true", help="skip the MP4")
     parser.add_argument("--fps", type=float, default=10.0, help="video frame rate (default 10)")
-    parser.add_argument("--engine-cache", type=Path, default=None, help="trt: engine cache directory")
+    parser.add_argument("--engine-cache", type=output_dir, default=None, help="trt: engine cache directory")
     parser.add_argument("--calibration", type=Path, default=None,
                         help="rig calibration to apply (default: the recording's calibration.json, if any)")
     parser.add_argument("--no-calibration", action="store_true", help="apply no rig calibration")

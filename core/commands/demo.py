@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from spikereveal.commands._types import speed_factor
+from spikereveal.commands._types import output_dir_text, speed_factor
 
 
 def register(subparsers) -> None:
@@ -15,7 +15,7 @@ def register(subparsers) -> None:
             "OUT/frames.csv and OUT/demo.json (counters and latency: end to end, inference, everything else)."
         ),
     )
-    parser.add_argument("--out", default="spikereveal-demo", metavar="DIR",
+    parser.add_argument("--out", type=output_dir_text, default="spikereveal-demo", metavar="DIR",
                         help="output folder (default spikereveal-demo)")
     parser.add_argument("--exposures", type=int, default=6, metavar="N", help="exposures to simulate (default 6)")
     parser.add_argument("--engine", choices=("ort", "torch", "trt"), default="ort",
@@ -31,16 +31,33 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from tqdm import tqdm
+
     from spikereveal.commands.serve import format_counters
     from spikereveal.stream.demo import DEMO_FILE, DemoConfig, run_demo
 
     config = DemoConfig(preset=args.preset, exposures=args.exposures, seed=args.seed, speed=args.speed,
                         engine=args.engine, model=args.model, threads=args.threads)
-    summary = run_demo(args.out, config, progress=lambda message: print(f"demo: {message} ...", flush=True))
+    bars: list = []
+
+    def published(done: int, total: int) -> None:  # streaming: a bar of the exposures deblurred so far
+        if not bars:
+            bars.append(tqdm(total=total, desc="demo: sharp exposures published", unit="exposure"))
+        bars[0].n = done
+        bars[0].refresh()
+
+    try:
+        summary = run_demo(args.out, config, progress=lambda message: tqdm.write(f"demo: {message} ..."),
+                           exposure_progress=published)
+    finally:
+        for bar in bars:
+            bar.close()
     print(format_counters(summary["serve"]))
     seconds = summary["seconds"]
     print(f"demo: done in {seconds['total']:.1f} s (simulate {seconds['simulate']:.1f} s, engine "
           f"{seconds['engine_load']:.1f} s, stream + inference {seconds['stream_and_infer']:.1f} s)")
     video = f"{args.out}/{summary['video']}" if summary["video"] else "no video (OpenCV has no mp4v encoder)"
-    print(f"demo: wrote {video}, {args.out}/frames/, {args.out}/frames.csv, {args.out}/{DEMO_FILE}")
+    plots = [f"{args.out}/{name}" for name in summary["plots"].values()]
+    print(f"demo: wrote {video}, {args.out}/frames/, {args.out}/frames.csv, {args.out}/{DEMO_FILE}"
+          + (f", latency plots {', '.join(plots)}" if plots else ", no latency plots (install spikereveal[plot])"))
     return 0

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from spikereveal.errors import ConfigError
+from spikereveal.commands._types import output_dir, output_file
+from spikereveal.errors import ConfigError, require
 
 #: Shipped teacher checkpoints (package data next to the default student ``models/ldn_default.pt``).
 SHIPPED_TEACHER = {"bsn": "models/bsn_default.pt", "sr": "models/sr_default.pt"}
@@ -27,8 +28,8 @@ def register(subparsers) -> None:
     parser.add_argument("--teacher-bsn", type=Path, metavar="CKPT", help="teacher BSN checkpoint (default: shipped)")
     parser.add_argument("--teacher-sr", type=Path, metavar="CKPT", help="teacher SR checkpoint (default: shipped)")
     parser.add_argument("--no-teacher", action="store_true", help="do not score the network teacher")
-    parser.add_argument("--json", type=Path, required=True, metavar="PATH", help="report to write")
-    parser.add_argument("--plot", type=Path, metavar="DIR", help="write one PNG grid per exposure into DIR")
+    parser.add_argument("--json", type=output_file, required=True, metavar="PATH", help="report to write")
+    parser.add_argument("--plot", type=output_dir, metavar="DIR", help="write one PNG grid per exposure into DIR")
     parser.add_argument("--k", type=int, default=7, help="student frames per exposure for the re-blur check (default 7)")
     parser.add_argument("--device", default="cpu", help="torch device for the networks (default cpu)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch and the ort runner (default: cores - 1 for ort)")
@@ -40,7 +41,7 @@ def register(subparsers) -> None:
     parser.add_argument("--onnx", type=Path, metavar="PATH",
                         help="ort/trt: run this static export (batch --k, the recordings' grid) instead of exporting "
                              "--model into <--json's folder>/onnx/ (cached while checkpoint and precision match)")
-    parser.add_argument("--engine-cache", type=Path, metavar="DIR", help="trt: engine cache directory")
+    parser.add_argument("--engine-cache", type=output_dir, metavar="DIR", help="trt: engine cache directory")
     calibration = parser.add_mutually_exclusive_group()
     calibration.add_argument("--calibration", type=Path, metavar="PATH",
                              help="rig calibration to apply to every recording (default: each recording's own "
@@ -127,6 +128,7 @@ def run(args) -> int:
 
     from tqdm import tqdm
 
+    require("torch", "spikereveal eval (the teacher, SDM and student scoring)", "train")
     from spikereveal.training.evaluate import EvalOptions, evaluate, format_table
 
     if args.threads is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from spikereveal.commands._types import output_file
 from spikereveal.errors import ConfigError
 
 PRECISION_CHOICES = ("fp32", "fp16", "int8")
@@ -23,12 +24,12 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--model", type=Path, default=None,
                         help="LDN checkpoint (default: the shipped spikereveal/models/ldn_default.pt)")
-    parser.add_argument("--out", type=Path, required=True, help="ONNX file to write")
+    parser.add_argument("--out", type=output_file, required=True, help="ONNX file to write")
     parser.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32")
     parser.add_argument("--calib", type=Path, nargs="+", default=[], metavar="REC",
                         help="recordings whose exposure windows calibrate an int8 export")
     parser.add_argument("--calib-windows", type=int, default=16, help="int8: windows used (default 16)")
-    parser.add_argument("--calib-cache", type=Path, default=None, metavar="NPZ",
+    parser.add_argument("--calib-cache", type=output_file, default=None, metavar="NPZ",
                         help="int8: cache of the cut calibration windows (reused while recordings and settings match)")
     parser.add_argument("--batch", type=int, default=7, metavar="K", help="frames per exposure window (default 7)")
     parser.add_argument("--height", type=int, default=None, help="image height (4x the spike sensor)")

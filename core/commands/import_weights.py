@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spikereveal.errors import ConfigError
+from spikereveal.commands._types import output_file
+from spikereveal.errors import ConfigError, require
 
 
 def register(subparsers) -> None:
@@ -16,12 +17,13 @@ def register(subparsers) -> None:
                     "'ldn'. Anything else is refused with the mismatching tensors named.",
     )
     parser.add_argument("path", type=Path, help="official weights, e.g. DeblurNet_100.pth")
-    parser.add_argument("--out", type=Path, required=True, help="checkpoint to write")
+    parser.add_argument("--out", type=output_file, required=True, help="checkpoint to write")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
+    require("torch", "spikereveal import-weights (reading PyTorch weights)", "train")
     from spikereveal.engines.checkpoint import import_official_ldn
 
     if args.out.exists() and not args.force:

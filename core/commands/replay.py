@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from spikereveal.commands._types import speed_factor
+from spikereveal.commands._types import output_file_text, speed_factor
 
 
 def register(subparsers) -> None:
@@ -43,7 +43,7 @@ def register(subparsers) -> None:
                         help="spike-clock time minus the recording's exposure time, to schedule exposures (default 0)")
     parser.add_argument("--send-hwm", type=int, default=1000, metavar="N",
                         help="messages queued per subscriber before sends are dropped (default 1000)")
-    parser.add_argument("--stats-json", metavar="PATH", help="write the replay's counters as JSON")
+    parser.add_argument("--stats-json", type=output_file_text, metavar="PATH", help="write the replay's counters as JSON")
     parser.set_defaults(func=run)
 
 

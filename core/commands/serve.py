@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from spikereveal.commands._types import int_pair
+from spikereveal.commands._types import int_pair, output_dir_text, output_file_text
 
 
 def add_engine_arguments(parser) -> None:
@@ -28,6 +28,9 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="live deblurring: subscribe to a rig's spike and RGB streams, publish sharp frames",
+        # the three endpoints are required, from the command line or from --config's 'endpoints' section
+        usage="%(prog)s (--spike-endpoint E1 --rgb-endpoint E2 --output-endpoint E3 | --config RIG_JSON)\n"
+              "       [--spike-geometry HxW] [--save DIR] [--stats-json PATH] [other options]",
         description=(
             "Connect SUB sockets to the rig's spike and RGB publishers, cut each exposure's spike window as soon "
             "as its spikes are in, run the network (K frames as one batch) in a worker thread or processes, and "
@@ -36,24 +39,28 @@ def register(subparsers) -> None:
             "JSON (--stats-json). Ctrl-C / SIGTERM stop cleanly."
         ),
     )
-    parser.add_argument("--spike-endpoint", metavar="E1", default=None, help="the rig's spike publisher to connect to")
-    parser.add_argument("--rgb-endpoint", metavar="E2", default=None, help="the rig's RGB publisher to connect to")
+    parser.add_argument("--spike-endpoint", metavar="E1", default=None,
+                        help="the rig's spike publisher to connect to (required unless --config gives it)")
+    parser.add_argument("--rgb-endpoint", metavar="E2", default=None,
+                        help="the rig's RGB publisher to connect to (required unless --config gives it)")
     parser.add_argument("--output-endpoint", metavar="E3", default=None,
-                        help="endpoint to bind for sharp frames, e.g. tcp://*:5557")
+                        help="endpoint to bind for sharp frames, e.g. tcp://*:5557 (required unless --config "
+                             "gives it)")
     parser.add_argument("--config", metavar="RIG_JSON", default=None,
                         help="rig.json with these settings, per-stage options and the calibration (options override)")
     add_engine_arguments(parser)
     parser.add_argument("--spike-geometry", type=int_pair("HxW", "250x400"), default=None, metavar="HxW",
                         help="spike sensor size, e.g. 250x400: the engine loads before streaming instead of on "
-                             "the first exposure")
-    parser.add_argument("--save", metavar="DIR", default=None,
+                             "the first exposure; spike blocks of another size are counted "
+                             "(spike_geometry_mismatches) and warned about")
+    parser.add_argument("--save", type=output_dir_text, metavar="DIR", default=None,
                         help="also write DIR/frames/*.png and DIR/frames.csv as 'deblur' does")
     parser.add_argument("--video", action="store_true", help="with --save: also a side-by-side (blurry | sharp) MP4")
     parser.add_argument("--exit-after", type=int, default=None, metavar="N", help="stop after N published exposures")
     parser.add_argument("--idle-timeout", type=float, default=None, metavar="S",
                         help="stop after S seconds without a camera message (queued exposures are finished)")
-    parser.add_argument("--stats-json", metavar="PATH", default=None, help="write the counters as JSON")
-    parser.add_argument("--trace", metavar="PATH", default=None,
+    parser.add_argument("--stats-json", type=output_file_text, metavar="PATH", default=None, help="write the counters as JSON")
+    parser.add_argument("--trace", type=output_file_text, metavar="PATH", default=None,
                         help="record per-exposure stage times to PATH (.npz) for 'spikereveal bench report'")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="run inference in N local worker processes (default: one thread in serve)")
@@ -87,10 +94,27 @@ def config_from_args(args):
     )
 
 
+def check_outputs(config) -> None:
+    """Refuse, before serving, output paths from --config that cannot be written (the command line's own are
+    checked by argparse): a failure at exit would lose the run's counters."""
+    from spikereveal.commands._types import output_problem
+    from spikereveal.errors import ConfigError
+
+    for what, path, kind in (("the save folder", config.worker.save_dir, "dir"),
+                             ("the stats JSON", config.stats_json, "file"), ("the trace", config.trace, "file")):
+        problem = None if path is None else output_problem(path, kind)
+        if problem is not None:
+            raise ConfigError(f"{what} {path} cannot be written: {problem}; choose another path")
+
+
 def format_counters(counters: dict) -> str:
     keys = ("messages", "malformed", "gaps", "late", "duplicates", "exposures_done", "exposures_skipped",
             "exposures_dropped", "exposures_failed", "exposures_abandoned")
     lines = ["counters: " + ", ".join(f"{k}={counters[k]}" for k in keys)]
+    if counters.get("spike_geometry_mismatches"):
+        lines.append(f"spike_geometry_mismatches={counters['spike_geometry_mismatches']}: spike blocks of another "
+                     f"size than --spike-geometry {counters.get('spike_geometry_declared')} (seen: "
+                     f"{', '.join(counters.get('spike_geometry_seen') or [])}); fix --spike-geometry or the rig")
     if counters.get("out_of_domain_exposures"):
         lines.append(f"out_of_domain_exposures={counters['out_of_domain_exposures']}: firing gain outside the "
                      "model's trained range (quality may drop; see the warning above)")
@@ -110,6 +134,7 @@ def run(args) -> int:
     from spikereveal.stream.serve import Server
 
     config = config_from_args(args)
+    check_outputs(config)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     server = Server(config)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from spikereveal.commands._types import int_pair, positive_int
+from spikereveal.commands._types import int_pair, output_dir_text, positive_int
 
 # listed here (not imported) to keep --help light; tests check them against spikereveal.sim
 PRESET_NAMES = ("gopro", "rsb", "tiny")  # spikereveal.sim.config.PRESETS
@@ -64,7 +64,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--exposures", type=positive_int, help=f"number of RGB exposures (default {DEFAULT_EXPOSURES})")
     parser.add_argument("--seed", type=int, help=f"random seed; same seed, same bytes (default {DEFAULT_SEED})")
-    parser.add_argument("--out", required=True, help="output recording directory (with --suite: the suite's root)")
+    parser.add_argument("--out", type=output_dir_text, required=True, help="output recording directory (with --suite: the suite's root)")
     scene = parser.add_mutually_exclusive_group()
     scene.add_argument("--scenes", choices=SCENE_FAMILIES,
                        help="scene family: default (10 scikit-image pictures, the default), deadleaves, synthetic, "

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from spikereveal.errors import ConfigError
-from spikereveal.commands._types import positive_int
+from spikereveal.errors import ConfigError, require
+from spikereveal.commands._progress import train_progress_bars
+from spikereveal.commands._types import output_dir, output_file, positive_int
 from spikereveal.training.train_config import AUTOCAST_CHOICES, REBLUR_GRADIENTS, REBLUR_RULES, SPIKE_NORMS  # torch-free
 
 _HELP = {
@@ -22,7 +23,7 @@ def _add_common(parser: argparse.ArgumentParser, kind: str) -> None:
     defaults = {**COMMON_DEFAULTS, **KIND_DEFAULTS[kind]}
     parser.add_argument("--data", nargs="+", type=Path, required=True, metavar="REC",
                         help="recording directories to train on (no ground truth is used)")
-    parser.add_argument("--out", type=Path, required=True, metavar="CKPT",
+    parser.add_argument("--out", type=output_file, required=True, metavar="CKPT",
                         help="checkpoint to write (after every epoch; the optimizer state goes to CKPT.optim)")
     parser.add_argument("--epochs", type=positive_int, help=f"epochs (default {defaults['epochs']})")
     parser.add_argument("--batch-size", type=positive_int, help=f"crops per step (default {defaults['batch_size']})")
@@ -67,7 +68,7 @@ def register(subparsers) -> None:
                                help="teacher: the BSN+SR cascade (default when both nets are given) or plain SDM")
             child.add_argument("--teacher-bsn", type=Path, metavar="CKPT", help="trained BSN checkpoint")
             child.add_argument("--teacher-sr", type=Path, metavar="CKPT", help="trained SR checkpoint")
-            child.add_argument("--cache-dir", type=Path, metavar="DIR",
+            child.add_argument("--cache-dir", type=output_dir, metavar="DIR",
                                help="keep the teacher's targets in DIR and reuse them in later runs (resume, "
                                     "other hyper-parameters): the network teacher is the expensive part")
             child.add_argument("--spike-norm", choices=SPIKE_NORMS,
@@ -127,6 +128,7 @@ def _config(args):
 def run(args) -> int:
     from tqdm import tqdm
 
+    require("torch", f"spikereveal train {args.kind} (training)", "train")
     from spikereveal.training.train import RunOptions, train
 
     if args.resume is None and args.out.exists() and not args.force:
@@ -135,33 +137,12 @@ def run(args) -> int:
     options = RunOptions(device=args.device, threads=args.threads, time_limit_min=args.time_limit_min,
                          num_workers=args.workers,
                          cache_dir=None if getattr(args, "cache_dir", None) is None else str(args.cache_dir))
-    bars: dict[str, tqdm] = {}
-
-    def progress(event) -> None:
-        key = "prepare:" + event.message if event.phase == "prepare" else f"epoch {event.epoch}"
-        if event.phase == "epoch":
-            bar = bars.pop(key, None)
-            if bar is not None:
-                bar.close()
-            return
-        bar = bars.get(key)
-        if bar is None:
-            for other in list(bars):
-                bars.pop(other).close()
-            desc = event.message if event.phase == "prepare" else f"{event.kind} epoch {event.epoch + 1}/{event.epochs}"
-            bar = bars[key] = tqdm(total=event.steps, desc=desc, unit="step" if event.phase == "step" else "exp",
-                                   initial=event.step - 1, leave=event.phase == "step")
-        bar.n = event.step
-        if event.phase == "step":
-            bar.set_postfix({name: f"{value:.4g}" for name, value in event.losses.items()} | {"lr": f"{event.lr:.2e}"},
-                            refresh=False)
-        bar.refresh()
+    progress, close_all = train_progress_bars(tqdm)
 
     try:
         result = train(args.data, args.out, config, resume=args.resume, options=options, progress=progress)
     finally:
-        for bar in bars.values():
-            bar.close()
+        close_all()
     last = result.history[-1] if result.history else {}
     state = "finished" if result.finished else f"stopped early ({result.stopped_early})"
     loss = f", last epoch loss {last['loss']:.5g}" if "loss" in last else ""

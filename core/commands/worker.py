@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from spikereveal.commands._types import int_pair
+from spikereveal.commands._types import int_pair, output_dir_text
 
 
 def register(subparsers) -> None:
@@ -28,7 +28,7 @@ def register(subparsers) -> None:
                         help="load the engine now for this sensor (default: on the first job)")
     parser.add_argument("--k", type=int, default=7, help="frames per exposure for --spike-geometry (default 7)")
     parser.add_argument("--calibration", default=None, metavar="PATH", help="the rig's calibration.json")
-    parser.add_argument("--work-dir", default=None, metavar="DIR", help="where ONNX exports go (default: a temp dir)")
+    parser.add_argument("--work-dir", type=output_dir_text, default=None, metavar="DIR", help="where ONNX exports go (default: a temp dir)")
     parser.set_defaults(func=run)
 
 
