@@ -181,7 +181,7 @@ def check_onnx_precision(metadata: Mapping[str, str], precision: str, path) -> N
         logger.warning("%s has no spikereveal precision metadata; trusting the caller's %s", path, precision)
         return
     if stated != precision:
-        raise ConfigError(f"{path} is a {stated} export but {precision} was asked for; "
+        raise ConfigError(f"{path} is {_article(stated)} {stated} export but {precision} was asked for; "
                           f"export it with --precision {precision} or ask for {stated}")
 
 
@@ -213,6 +213,11 @@ def _export_fp32(model, out_path: Path, config: ExportConfig) -> None:
             model, (image, spikes), str(out_path), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
             dynamic_axes=dynamic_axes, opset_version=config.opset, do_constant_folding=True, dynamo=False,
         )
+
+
+def _article(word: str) -> str:
+    """ "an" before a vowel sound (an int8 / an fp16 export), "a" otherwise."""
+    return "an" if word[:1].lower() in "aeiof" else "a"
 
 
 def _to_fp16(model_proto):
@@ -356,7 +361,7 @@ def export_ldn(model, out_path: str | os.PathLike, config: ExportConfig, *, sour
             proto = onnx.load(str(int8_path))
     actual = onnx_graph_precision(proto)
     if actual != config.precision:
-        raise ConfigError(f"the {config.precision} export came out as a {actual} graph; this is a bug in the "
+        raise ConfigError(f"the {config.precision} export came out as {_article(actual)} {actual} graph; this is a bug in the "
                           "exporter or its converter version")
     del proto.metadata_props[:]
     for key, value in build_metadata(network_config, config.precision, source_sha256, config, extra).items():
