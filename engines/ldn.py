@@ -203,8 +203,8 @@ class LDN(nn.Module):
                 f"forward_exposure takes spike windows of shape (K, {self.config.spike_frames}, H/4, W/4), "
                 f"got {tuple(spike_windows.shape)}"
             )
-        gain = firing_gain(blur, spike_windows) if self.config.spike_norm != "none" else None
-        return self(blur.expand(spike_windows.shape[0], -1, -1, -1), spike_windows, gain)
+        # one firing gain for the K windows: forward measures it over the whole batch, i.e. this exposure
+        return self(blur.expand(spike_windows.shape[0], -1, -1, -1), spike_windows)
 
 
 class ExposureLDN(nn.Module):
@@ -226,8 +226,7 @@ class ExposureLDN(nn.Module):
         ldn = self.ldn
         blur = image.permute(0, 3, 1, 2).float() / 255.0  # (1, 3, H, W)
         spikes = spikes.float() / float(SPIKE_LEVEL)
-        if ldn.config.spike_norm != "none":  # one gain for the exposure, from its K windows and its frame
-            spikes = ldn.normalise_spikes(blur, spikes, firing_gain(blur, spikes))
+        spikes = ldn.normalise_spikes(blur, spikes, None)  # one gain for the exposure: its K windows, its frame
         blur_features = ldn.blur_enc2(ldn.blur_enc(blur))
         blur_features = blur_features.expand(spikes.shape[0], -1, -1, -1)
         decoded = ldn.fuse_and_decode(blur_features, ldn.spike_enc2(ldn.spike_enc(spikes)))

@@ -140,18 +140,29 @@ def sample_camera(
 
 def sprite_patch(rng: np.random.Generator, light: np.ndarray, max_side: int = 256) -> np.ndarray:
     """Cut an elliptical, soft-edged patch out of a source light image; premultiplied BGRA float32."""
-    source_h, source_w = light.shape[:2]
-    side = int(min(source_h, source_w, max_side) * rng.uniform(0.5, 1.0))
-    side = max(side, 8)
-    top = int(rng.integers(0, source_h - side + 1))
-    left = int(rng.integers(0, source_w - side + 1))
-    patch = light[top : top + side, left : left + side]
+    patch = _square_cut(rng, light, max_side, 0.5)
+    side = patch.shape[0]
     aspect = rng.uniform(0.55, 1.0)
     yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
     centre = (side - 1) / 2.0
     radius = side / 2.0 - 1.0
     distance = np.sqrt(((xx - centre) / radius) ** 2 + ((yy - centre) / (radius * aspect)) ** 2)
     alpha = np.clip((1.0 - distance) * radius, 0.0, 1.0).astype(np.float32)  # ~1 px anti-aliased edge
+    return _premultiplied(patch, alpha)
+
+
+def _square_cut(rng: np.random.Generator, light: np.ndarray, max_side: int, smallest: float) -> np.ndarray:
+    """A random square of ``light``, its side a random ``smallest``-1 fraction of the image's short side
+    (at most ``max_side``, at least 8 px), at a random place (a view)."""
+    source_h, source_w = light.shape[:2]
+    side = max(int(min(source_h, source_w, max_side) * rng.uniform(smallest, 1.0)), 8)
+    top = int(rng.integers(0, source_h - side + 1))
+    left = int(rng.integers(0, source_w - side + 1))
+    return light[top : top + side, left : left + side]
+
+
+def _premultiplied(patch: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """(h, w, 4) float32 premultiplied BGRA from a (h, w, 3) patch and its (h, w) alpha."""
     return np.ascontiguousarray(np.concatenate([patch * alpha[:, :, None], alpha[:, :, None]], axis=2))
 
 
@@ -222,13 +233,9 @@ def shape_alpha(rng: np.random.Generator, side: int, shape: str) -> np.ndarray:
 def object_patch(rng: np.random.Generator, light: np.ndarray, max_side: int = 256) -> np.ndarray:
     """Cut a random shape (ellipse, rotated rectangle or polygon) with an anti-aliased edge out of a source
     light image (a random place and size); premultiplied BGRA float32."""
-    source_h, source_w = light.shape[:2]
-    side = max(int(min(source_h, source_w, max_side) * rng.uniform(0.4, 1.0)), 8)
-    top = int(rng.integers(0, source_h - side + 1))
-    left = int(rng.integers(0, source_w - side + 1))
-    alpha = shape_alpha(rng, side, OBJECT_SHAPES[int(rng.integers(len(OBJECT_SHAPES)))])
-    patch = light[top : top + side, left : left + side]
-    return np.ascontiguousarray(np.concatenate([patch * alpha[:, :, None], alpha[:, :, None]], axis=2))
+    patch = _square_cut(rng, light, max_side, 0.4)
+    alpha = shape_alpha(rng, patch.shape[0], OBJECT_SHAPES[int(rng.integers(len(OBJECT_SHAPES)))])
+    return _premultiplied(patch, alpha)
 
 
 def sample_object(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,10 +24,8 @@ from spikereveal.training.adapt import (
 )
 from spikereveal.training.bsn import BSN, BSNConfig
 from spikereveal.training.sr import SR, SRConfig
-from training_support import simulate_tiny, write_recording
-
-TINY_BSN = {"encoder_channels": 6, "decoder_channels": 8}
-TINY_SR = {"residual_blocks": 2, "features": 8}
+from cli_support import run_cli
+from training_support import TINY_BSN, TINY_SR, simulate_tiny, write_recording
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +46,8 @@ def nets(tmp_path_factory):
 
 
 def _cli(*argv: str, block_torch: bool = False) -> subprocess.CompletedProcess:
-    """The console script in a fresh interpreter (optionally one where torch cannot be imported)."""
-    code = ("import sys\n" + ("sys.modules['torch'] = None\n" if block_torch else "")
-            + "from spikereveal.cli import main\nsys.exit(main(sys.argv[1:]))\n")
-    return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
+    """The console script (optionally where torch cannot be imported)."""
+    return run_cli(*argv, block=("torch",) if block_torch else ())
 
 
 def _args(recording, nets, out, *extra) -> list[str]:

@@ -27,10 +27,7 @@ from spikereveal.training.train import (
     resolve_device,
     train,
 )
-from training_support import TINY_EXPOSURE_FRAMES, TINY_SPIKE, simulate_tiny, write_recording
-
-TINY_BSN = {"encoder_channels": 6, "decoder_channels": 8}
-TINY_SR = {"residual_blocks": 2, "features": 8}
+from training_support import TINY_BSN, TINY_EXPOSURE_FRAMES, TINY_SPIKE, TINY_SR, simulate_tiny, write_recording
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,8 @@ from spikereveal.kernels.packing import pack_frames
 TINY_SPIKE = (16, 24)  # spike grid (h, w); the images are 4x
 TINY_EXPOSURE_FRAMES = 13
 TINY_GT_PER_EXPOSURE = 3
+TINY_BSN = {"encoder_channels": 6, "decoder_channels": 8}  # BSN/SR configs small enough for quick tests
+TINY_SR = {"residual_blocks": 2, "features": 8}
 
 
 def simulate_tiny(out_dir: Path, seed: int = 1, exposures: int = 2) -> Path:

@@ -99,10 +99,10 @@ class ExposureData:
 def exposure_gain(exposure: ExposureData, k: int = DEFAULT_K) -> float:
     """The firing gain of an exposure as the deployed student measures it (``engines.ldn.firing_gain``): the
     mean spike rate of its ``k`` output windows over the mean gray of its blurry frame, clamped."""
-    from spikereveal.kernels.sensor import FIRING_GAIN_MAX, FIRING_GAIN_MIN, MIN_GRAY_MEAN
+    from spikereveal.kernels.sensor import FIRING_GAIN_MAX, FIRING_GAIN_MIN, MIN_GRAY_MEAN, gray_mean
 
     rate = float(exposure.ldn_inputs(evenly_spread_centers(exposure.window, k)).mean())
-    gray = max(float(gray_image(exposure.blurry).mean()), MIN_GRAY_MEAN)
+    gray = max(gray_mean(exposure.blurry), MIN_GRAY_MEAN)
     return float(np.clip(rate / gray, FIRING_GAIN_MIN, FIRING_GAIN_MAX))
 
 

@@ -554,8 +554,7 @@ def _color_summary(errors: Sequence[np.ndarray], saturation: Sequence[float],
 
 def _firing_gain_block(entries: Sequence[Mapping], recordings: Sequence[str], trained_range, tolerance) -> dict:
     """Per recording: the firing-gain summary of its exposures (``kernels.sensor.firing_gain_summary``,
-    whose ``warning`` eval prints) and the student's mean re-blur PSNR."""
-    trained_range = parse_gain_range(trained_range)
+    whose ``warning`` eval prints) and the student's mean re-blur PSNR. ``trained_range``: parsed."""
     items = []
     for path in recordings:
         mine = [e for e in entries if e["recording"] == path]
