@@ -37,6 +37,8 @@ DEFAULT_OPSET = 17
 _TRACE_SHAPE = (1, 64, 96)
 DEFAULT_MODEL_RESOURCE = "models/ldn_default.pt"
 DEFAULT_ONNX_RESOURCE = "models/ldn_default.onnx"
+#: the shipped teacher nets (package data beside the default student)
+SHIPPED_TEACHER_RESOURCES = {"bsn": "models/bsn_default.pt", "sr": "models/sr_default.pt"}
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,11 @@ def default_onnx_path() -> Path | None:
     """The shipped fp32 ONNX export of the default checkpoint (dynamic shapes), if any: lets ONNX Runtime run
     the default model on a machine without torch (the deployed service)."""
     return _package_file(DEFAULT_ONNX_RESOURCE)
+
+
+def shipped_teacher_path(kind: str) -> Path | None:
+    """The shipped teacher net ``kind`` ("bsn" or "sr"), if installed."""
+    return _package_file(SHIPPED_TEACHER_RESOURCES[kind])
 
 
 def resolve_model_path(model: str | os.PathLike | None) -> Path:

@@ -18,10 +18,10 @@ from spikereveal.training.adapt import (
     AdaptConfig,
     adapt,
     plan_epochs,
-    shipped_teacher_path,
     split_recordings,
     write_view,
 )
+from spikereveal.engines.export import shipped_teacher_path
 from spikereveal.training.bsn import BSN, BSNConfig
 from spikereveal.training.sr import SR, SRConfig
 from cli_support import run_cli

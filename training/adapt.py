@@ -87,7 +87,6 @@ STUDENT_RECIPE: dict[str, Any] = {
     "lambda_ssim": 2.0, "lambda_reblur": 1000.0, "reblur_timestamps": 13, "reblur_rule": "trapezoid",
     "reblur_gradient": "distilled",
 }
-SHIPPED_TEACHER = {"bsn": "models/bsn_default.pt", "sr": "models/sr_default.pt"}
 #: Arguments that decide what is trained and held out: a re-run must repeat them (or start over with force).
 IDENTITY = ("data", "model", "teacher_bsn", "teacher_sr", "holdout_every", "autocast", "stage_epochs")
 
@@ -189,20 +188,9 @@ class AdaptResult:
 
 
 # -- shipped checkpoints -------------------------------------------------------------------------------------
-def shipped_teacher_path(kind: str) -> Path | None:
-    """The shipped teacher net ``kind`` ("bsn" or "sr", package data beside the default student), if any."""
-    import importlib.resources
-
-    try:
-        path = Path(str(importlib.resources.files("spikereveal").joinpath(SHIPPED_TEACHER[kind])))
-    except (ModuleNotFoundError, TypeError):
-        return None
-    return path if path.is_file() else None
-
-
 def _starting_points(config: AdaptConfig) -> dict[str, Path]:
     """The checkpoints each stage starts from; ConfigError naming the option when one is missing."""
-    from spikereveal.engines.export import resolve_model_path
+    from spikereveal.engines.export import SHIPPED_TEACHER_RESOURCES, resolve_model_path, shipped_teacher_path
 
     points = {"ldn": resolve_model_path(config.model)}
     for kind, given in (("bsn", config.teacher_bsn), ("sr", config.teacher_sr)):
@@ -214,7 +202,7 @@ def _starting_points(config: AdaptConfig) -> dict[str, Path]:
         shipped = shipped_teacher_path(kind)
         if shipped is None:
             raise ConfigError(
-                f"no shipped teacher {kind} is installed (spikereveal/{SHIPPED_TEACHER[kind]}); pass "
+                f"no shipped teacher {kind} is installed (spikereveal/{SHIPPED_TEACHER_RESOURCES[kind]}); pass "
                 f"--teacher-bsn CKPT --teacher-sr CKPT"
             )
         points[kind] = shipped
@@ -851,7 +839,6 @@ __all__ = [
     "adapt",
     "format_report",
     "plan_epochs",
-    "shipped_teacher_path",
     "split_recordings",
     "write_view",
 ]

@@ -8,10 +8,6 @@ from pathlib import Path
 from spikereveal.commands._types import output_dir, output_file
 from spikereveal.errors import ConfigError, require
 
-#: Shipped teacher checkpoints (package data next to the default student ``models/ldn_default.pt``).
-SHIPPED_TEACHER = {"bsn": "models/bsn_default.pt", "sr": "models/sr_default.pt"}
-
-
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "eval",
@@ -48,16 +44,6 @@ def register(subparsers) -> None:
                                   "calibration.json, if any)")
     calibration.add_argument("--no-calibration", action="store_true", help="apply no rig calibration")
     parser.set_defaults(func=run)
-
-
-def _shipped(kind: str) -> Path | None:
-    import importlib.resources
-
-    try:
-        path = Path(str(importlib.resources.files("spikereveal").joinpath(SHIPPED_TEACHER[kind])))
-    except (ModuleNotFoundError, TypeError):
-        return None
-    return path if path.is_file() else None
 
 
 def _student(args, models: dict, stack):
@@ -108,8 +94,10 @@ def _teacher(args, models: dict):
         return None
     if (args.teacher_bsn is None) != (args.teacher_sr is None):
         raise ConfigError("the network teacher needs both --teacher-bsn and --teacher-sr (or neither: shipped ones)")
-    bsn_path = args.teacher_bsn or _shipped("bsn")
-    sr_path = args.teacher_sr or _shipped("sr")
+    from spikereveal.engines.export import shipped_teacher_path
+
+    bsn_path = args.teacher_bsn or shipped_teacher_path("bsn")
+    sr_path = args.teacher_sr or shipped_teacher_path("sr")
     if bsn_path is None or sr_path is None:
         return None  # no teacher nets given or shipped: blurry, SDM and student only
     from spikereveal.engines.checkpoint import load_checkpoint
