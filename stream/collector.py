@@ -43,7 +43,7 @@ class ResultCollector:
     def __init__(self, slots: int, result_timeout_ns: int):
         self.slots = slots
         self.result_timeout_ns = result_timeout_ns
-        self._in_flight: OrderedDict[int, InFlight] = OrderedDict()
+        self._in_flight: OrderedDict[tuple[int, int], InFlight] = OrderedDict()  # (epoch, exposure id) ->
         self.lost = 0
         self.failed = 0
         self.unexpected = 0  # results for jobs not in flight (late after a timeout, or duplicates)
@@ -57,10 +57,10 @@ class ResultCollector:
         return len(self._in_flight) < self.slots
 
     def dispatched(self, job: ReadyJob, now_ns: int) -> None:
-        self._in_flight[int(job.exposure_id)] = InFlight(job, now_ns)
+        self._in_flight[job.key] = InFlight(job, now_ns)
 
     def received(self, result: WireResult, now_ns: int) -> list[tuple[ReadyJob, ExposureResult]]:
-        entry = self._in_flight.get(result.exposure_id)
+        entry = self._in_flight.get(result.key)
         if entry is None or entry.result is not None:
             self.unexpected += 1
             return self.release(now_ns)
@@ -71,16 +71,16 @@ class ResultCollector:
         """Results ready to deliver, oldest dispatch first; times out a stuck head."""
         out = []
         while self._in_flight:
-            exposure_id, entry = next(iter(self._in_flight.items()))
+            key, entry = next(iter(self._in_flight.items()))
             if entry.result is None:
                 if now_ns - entry.dispatched_ns < self.result_timeout_ns:
                     break
                 self.lost += 1
-                logger.warning("exposure %d: no result from the workers after %.1f s; counted lost", exposure_id,
+                logger.warning("exposure %d: no result from the workers after %.1f s; counted lost", key[1],
                                self.result_timeout_ns / 1e9)
-                del self._in_flight[exposure_id]
+                del self._in_flight[key]
                 continue
-            del self._in_flight[exposure_id]
+            del self._in_flight[key]
             wire = entry.result
             if not wire.ok:
                 self.failed += 1
@@ -91,6 +91,7 @@ class ResultCollector:
                 received_ns=int(job.received_ns), ready_ns=int(job.ready_ns),
                 started_ns=entry.dispatched_ns, prepare_ns=wire.prepare_ns, inference_ns=wire.inference_ns,
                 postprocess_ns=wire.postprocess_ns, finished_ns=now_ns, out_of_domain=wire.out_of_domain,
+                epoch=int(job.epoch),
             )))
         return out
 

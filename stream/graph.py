@@ -199,7 +199,7 @@ class ResultSink:
 
             sharp8 = result.sharp if result.sharp.dtype == np.uint8 else to_bgr8(result.sharp)
             blur8 = job.image if (job is not None and self.keep_blur_for_video) else None
-            self.saver.save(result.exposure_id, result.timestamps_ns, sharp8, blur8)
+            self.saver.save(result.exposure_id, result.timestamps_ns, sharp8, blur8, epoch=result.epoch)
         saved = clock()
         ms = 1e-6
         publish_ns = published - start
@@ -304,7 +304,7 @@ class Pipeline:
         for job in jobs:
             slot = self._trace_begin(job, cut_ns) if self.recorder.enabled else None
             with self._info_lock:
-                self._job_info[job.exposure_id] = (ingest_ns, self.sources.sent_ns(job), slot)
+                self._job_info[job.key] = (ingest_ns, self.sources.sent_ns(job), slot)
                 while len(self._job_info) > self._record_capacity:
                     self._job_info.popitem(last=False)
             self.queue.put(job)
@@ -323,10 +323,10 @@ class Pipeline:
         recorder.mark(slot, trace.WINDOW_CUT, cut_ns)
         return slot
 
-    def job_info(self, exposure_id: int) -> tuple[int | None, int | None, int | None]:
-        """(ingest_ns, sent_ns, trace slot) recorded when the exposure's window completed."""
+    def job_info(self, key: tuple[int, int]) -> tuple[int | None, int | None, int | None]:
+        """(ingest_ns, sent_ns, trace slot) recorded when the exposure ``key`` = ReadyJob.key's window completed."""
         with self._info_lock:
-            return self._job_info.pop(exposure_id, (None, None, None))
+            return self._job_info.pop(key, (None, None, None))
 
     def counters(self, sink: ResultSink, failed: int = 0, abandoned: int = 0, worker_lost: int = 0,
                  frames_saved: int = 0) -> dict:

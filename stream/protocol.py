@@ -112,6 +112,8 @@ class Reason(str, enum.Enum):
     GEOMETRY = "geometry"  # sizes zero, absurd, or not packable
     PAYLOAD_SIZE = "payload_size"  # header's payload_nbytes disagrees with its geometry, or payload too long
     TRUNCATED = "truncated"  # payload shorter than the header says
+    JUMP = "jump"  # sequence number, frame index or heartbeat far beyond any real loss, not confirmed by the next message
+    STALE = "stale_stream"  # from a stream that a restart replaced moments ago (its last messages, still in flight)
 
 
 class ProtocolError(SpikeRevealError, ValueError):

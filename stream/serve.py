@@ -172,7 +172,7 @@ class Server:
             k = cfg.sync.k
 
             def deliver(job, result):
-                ingest_ns, sent_ns, slot = pipeline.job_info(job.exposure_id)
+                ingest_ns, sent_ns, slot = pipeline.job_info(job.key)
                 sink.deliver(result, job, ingest_ns, sent_ns, slot)
 
             if not cfg.scale_out.distributed:

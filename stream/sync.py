@@ -28,8 +28,23 @@ Policies (SPEC §4, §7):
   recently is a ``duplicate`` (dropped); an older unseen number is ``out_of_order`` (its frames are still
   stored if the ring covers them, and ``late`` + dropped otherwise). A new stream id, changed spike
   geometry/t0/rate, ``seq`` 0 after a higher one, or a jump back by more than ``reorder_window_messages``
-  is a publisher ``restart``: the ring is cleared and pending windows are recomputed against the new
-  stream. Heartbeats (same socket as the stream they describe, so ordered after its data) reveal tail loss.
+  is a publisher ``restart``: the ring is cleared. Heartbeats (same socket as the stream they describe, so
+  ordered after its data) reveal tail loss.
+* **Hostile or broken numbering.** A restart, or a jump of more than ``max_jump_messages`` sequence numbers or
+  ``max_jump_frames`` frame indices, is only believed when the next message of that stream continues it
+  (or a heartbeat of it confirms it); until then the message is held, and a message of the running stream
+  discards it as malformed (reason ``jump``). One forged number can neither inflate ``gaps`` nor clear the
+  ring. Messages of a stream replaced less than ``restart_settle_ns`` ago are its last ones still in flight:
+  dropped as malformed (``stale_stream``), never taken for yet another restart.
+* **Stream epochs: an exposure is only ever combined with spikes of its own stream.** An exposure is bound to
+  the spike stream that is current when it arrives (or, before the first spike block, the first one) and its
+  window is computed once, against that stream. When the spike stream restarts, exposures bound to the old
+  one are skipped (``stream_restart``), never recomputed against the new stream. The two publishers restart
+  on separate sockets, so which RGB stream goes with which spike stream is settled by time: exposures of the
+  old RGB stream arriving within ``restart_settle_ns`` after a spike restart are skipped (``stream_restart``;
+  after that the RGB camera is taken to have kept running); exposures of a restarted RGB stream wait until
+  the spike stream restarts too or ``restart_settle_ns`` passes. ``ReadyJob.epoch`` is the RGB stream's
+  generation (0, 1, ... per restart): frame ids repeat after a restart, ``(epoch, exposure_id)`` does not.
 """
 
 from __future__ import annotations
@@ -62,7 +77,7 @@ logger = logging.getLogger(__name__)
 
 _MAX_FRAME_BYTES = MAX_SPIKE_SIDE * MAX_SPIKE_SIDE // 8
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-SKIP_REASONS = ("gap", "stream_start", "evicted", "late", "window_too_long", "bad_time", "timeout")
+SKIP_REASONS = ("gap", "stream_start", "evicted", "late", "window_too_long", "bad_time", "timeout", "stream_restart")
 
 
 @dataclass(frozen=True)
@@ -80,6 +95,14 @@ class SyncConfig:
     max_ring_bytes: int = 256 * 1024 * 1024
     reorder_window_messages: int = 64
     recent_exposure_ids: int = 1024  # how many decided exposure ids are remembered to catch duplicates
+    # larger jumps are malformed unless the next message confirms them: 2**20 messages is minutes of loss at
+    # 40 kHz in single-frame blocks, 2**24 frames 7 minutes at 40 kHz
+    max_jump_messages: int = 1 << 20
+    max_jump_frames: int = 1 << 24
+    # how long after one publisher restarts the other one's restart counts as the same event (the two SUB
+    # sockets reconnect independently, 100 ms apart by ZeroMQ's default), and the replaced stream's last
+    # messages are dropped as stale
+    restart_settle_ns: int = 500_000_000
 
     def __post_init__(self):
         def positive(name, value, low=1):
@@ -98,6 +121,9 @@ class SyncConfig:
         positive("max_ring_bytes", self.max_ring_bytes, (2 * self.margin_frames + 2) * _MAX_FRAME_BYTES)
         positive("reorder_window_messages", self.reorder_window_messages)
         positive("recent_exposure_ids", self.recent_exposure_ids)
+        positive("max_jump_messages", self.max_jump_messages, self.reorder_window_messages)
+        positive("max_jump_frames", self.max_jump_frames, self.max_ring_frames)
+        positive("restart_settle_ns", self.restart_settle_ns)
 
 
 @dataclass
@@ -146,6 +172,12 @@ class ReadyJob:
     spike_width: int
     received_ns: int  # now_ns when the exposure message arrived
     ready_ns: int  # now_ns when the window became complete
+    epoch: int = 0  # generation of the RGB stream (restarts so far): (epoch, exposure_id) is unique
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """``(epoch, exposure_id)``: what identifies the exposure across publisher restarts."""
+        return (int(self.epoch), int(self.exposure_id))
 
     @property
     def local_centers(self) -> np.ndarray:
@@ -165,14 +197,26 @@ class ReadyJob:
 class _Sequence:
     """Sequence-number bookkeeping of one stream id."""
 
-    FIRST, IN_ORDER, GAP, DUPLICATE, OUT_OF_ORDER, RESTART = range(6)
+    FIRST, IN_ORDER, GAP, DUPLICATE, OUT_OF_ORDER, RESTART, JUMP = range(7)
 
-    def __init__(self, reorder_window: int):
+    def __init__(self, reorder_window: int, max_jump: int):
         self.reorder_window = reorder_window
+        self.max_jump = max_jump
         self.stream_id: int | None = None
         self.last = -1
         self._recent: deque[int] = deque()
         self._recent_set: set[int] = set()
+        self.held: Message | None = None  # a restart or jump waiting for the next message to confirm it
+        self.retired: tuple[int, int] | None = None  # (stream id, until_ns) of the stream a restart replaced
+
+    def stale(self, stream_id: int, now_ns: int) -> bool:
+        """A message of the stream the last restart replaced, within the settle time."""
+        return (self.retired is not None and stream_id == self.retired[0] and stream_id != self.stream_id
+                and now_ns < self.retired[1])
+
+    def retire(self, new_stream_id: int, until_ns: int) -> None:
+        if self.stream_id is not None and self.stream_id != new_stream_id:
+            self.retired = (self.stream_id, until_ns)
 
     def reset(self, stream_id: int | None) -> None:
         self.stream_id = stream_id
@@ -187,6 +231,8 @@ class _Sequence:
             return self.RESTART
         if seq == self.last + 1:
             return self.IN_ORDER
+        if seq > self.last + 1 + self.max_jump:
+            return self.JUMP
         if seq > self.last + 1:
             return self.GAP
         if (seq == 0 and self.last > 0) or seq < self.last - self.reorder_window:
@@ -335,7 +381,13 @@ class _SpikeRing:
 class _Pending:
     message: RgbExposure
     received_ns: int
-    window: ExposureWindow | None = None
+    rgb_gen: int  # generation of the RGB stream it came from
+    spike_gen: int | None = None  # the spike stream it is bound to (None: not yet)
+    window: ExposureWindow | None = None  # computed once, when bound
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.rgb_gen, int(self.message.frame_id))
 
 
 class Synchroniser:
@@ -357,12 +409,18 @@ class Synchroniser:
             )
         self._to_spike_clock = exposure_to_spike_clock
         self.counters = SyncCounters()
-        self._spike_seq = _Sequence(self.config.reorder_window_messages)
-        self._rgb_seq = _Sequence(self.config.reorder_window_messages)
+        self._spike_seq = _Sequence(self.config.reorder_window_messages, self.config.max_jump_messages)
+        self._rgb_seq = _Sequence(self.config.reorder_window_messages, self.config.max_jump_messages)
         self._ring: _SpikeRing | None = None
         self._pending: list[_Pending] = []
-        self._recent_ids: deque[int] = deque()
-        self._recent_id_set: set[int] = set()
+        self._recent_ids: deque[tuple[int, int]] = deque()
+        self._recent_id_set: set[tuple[int, int]] = set()
+        # stream generations and which RGB generation goes with the current spike stream (module doc)
+        self._spike_gen = -1
+        self._rgb_gen = -1
+        self._paired_rgb_gen = -1
+        self._stale_rgb_until_ns: int | None = None  # after a spike restart: the old RGB stream's exposures skip
+        self._hold_rgb_until_ns: int | None = None  # after an RGB restart: its exposures wait for the spike one
 
     # -- introspection ---------------------------------------------------------------------------------
     @property
@@ -403,6 +461,16 @@ class Synchroniser:
         self.counters.malformed_by_reason[key] = self.counters.malformed_by_reason.get(key, 0) + 1
         logger.debug("dropped %s", error)
 
+    def _reject(self, kind: Kind, reason: Reason, what: str) -> None:
+        """Count a message that decoded but cannot be believed (``messages`` was counted on arrival)."""
+        self.counters.messages -= 1
+        self.count_malformed(ProtocolError(reason, what, kind))
+
+    def _discard_held(self, seq: "_Sequence", kind: Kind) -> None:
+        if seq.held is not None:
+            seq.held = None
+            self._reject(kind, Reason.JUMP, "a restart or jump that the stream's next message did not confirm")
+
     def handle(self, message: Message, now_ns: int) -> list[ReadyJob]:
         if isinstance(message, SpikeBlock):
             return self.on_spike_block(message, now_ns)
@@ -419,19 +487,58 @@ class Synchroniser:
     def on_spike_block(self, block: SpikeBlock, now_ns: int) -> list[ReadyJob]:
         c = self.counters
         c.messages += 1
-        c.spike_frames_received += block.frame_count
         seq = self._spike_seq
-        state = seq.classify(block.stream_id, block.seq)
-        if state not in (seq.FIRST, seq.RESTART) and not self._ring.same_stream(block):
-            state = seq.RESTART
+        self._settle(now_ns)
+        if seq.stale(block.stream_id, now_ns):
+            self._reject(Kind.SPIKE_BLOCK, Reason.STALE, "a block of the spike stream a restart replaced")
+            return self._evaluate(now_ns)
+        held = seq.held
+        if isinstance(held, SpikeBlock) and self._continues(held, block):
+            seq.held = None  # the held restart or jump was real
+            self._accept_block(held, seq.RESTART, now_ns)
+            state = self._classify_block(block)
+        else:
+            state = self._classify_block(block)
+            if state in (seq.RESTART, seq.JUMP):
+                self._discard_held(seq, Kind.SPIKE_BLOCK)
+                seq.held = block  # believed only if the next block continues it
+                return self._evaluate(now_ns)
+            if state != seq.DUPLICATE:
+                self._discard_held(seq, Kind.SPIKE_BLOCK)
         if state == seq.DUPLICATE:
             c.duplicates += 1
             return self._evaluate(now_ns)
-        if state in (seq.FIRST, seq.RESTART):
-            if state == seq.RESTART:
+        self._accept_block(block, state, now_ns)
+        return self._evaluate(now_ns)
+
+    def _classify_block(self, block: SpikeBlock) -> int:
+        seq, ring = self._spike_seq, self._ring
+        state = seq.classify(block.stream_id, block.seq)
+        if state in (seq.FIRST, seq.RESTART, seq.JUMP, seq.DUPLICATE):
+            return state
+        if not ring.same_stream(block):
+            return seq.RESTART
+        jump = self.config.max_jump_frames
+        if block.first_index - ring.next_index > jump or block.stop_index < ring.floor - jump:
+            return seq.JUMP  # the frame counter leapt (forward, or back past the ring)
+        return state
+
+    def _continues(self, held: SpikeBlock, block: SpikeBlock) -> bool:
+        """``block`` is the message after ``held`` in the same stream: the held restart or jump was real."""
+        return (block.stream_id == held.stream_id and block.seq == held.seq + 1
+                and (block.t0_ns, block.rate_hz, block.height, block.width)
+                == (held.t0_ns, held.rate_hz, held.height, held.width)
+                and 0 <= block.first_index - held.stop_index <= self.config.max_jump_frames)
+
+    def _accept_block(self, block: SpikeBlock, state: int, now_ns: int) -> None:
+        c, seq = self.counters, self._spike_seq
+        c.spike_frames_received += block.frame_count
+        if state in (seq.FIRST, seq.RESTART, seq.JUMP):
+            if state != seq.FIRST:
                 c.restarts += 1
                 logger.info("spike stream restarted (stream id %d, seq %d)", block.stream_id, block.seq)
-            self._start_spike_stream(block)
+            seq.retire(block.stream_id, now_ns + self.config.restart_settle_ns)
+            self._start_spike_stream(block, first=state == seq.FIRST, now_ns=now_ns)
         elif state == seq.GAP:
             c.gaps += block.seq - seq.last - 1
         elif state == seq.OUT_OF_ORDER:
@@ -439,79 +546,159 @@ class Synchroniser:
         seq.accept(block.seq)
         frames = to_canonical(block.packed, block.height, block.width, block.bit_order, block.flip_rows)
         self._store(block.first_index, frames, seq_gap=state == seq.GAP)
-        return self._evaluate(now_ns)
 
     def on_exposure(self, exposure: RgbExposure, now_ns: int) -> list[ReadyJob]:
         c = self.counters
         c.messages += 1
         seq = self._rgb_seq
-        state = seq.classify(exposure.stream_id, exposure.seq)
+        self._settle(now_ns)
+        if seq.stale(exposure.stream_id, now_ns):
+            self._reject(Kind.RGB_EXPOSURE, Reason.STALE, "an exposure of the RGB stream a restart replaced")
+            return self._evaluate(now_ns)
+        held = seq.held
+        if isinstance(held, RgbExposure) and exposure.stream_id == held.stream_id and exposure.seq == held.seq + 1:
+            seq.held = None  # the held restart or jump was real
+            self._accept_exposure(held, seq.RESTART, now_ns)
+            state = seq.classify(exposure.stream_id, exposure.seq)
+        else:
+            state = seq.classify(exposure.stream_id, exposure.seq)
+            if state in (seq.RESTART, seq.JUMP):
+                self._discard_held(seq, Kind.RGB_EXPOSURE)
+                seq.held = exposure  # believed only if the next exposure (or a heartbeat) continues it
+                return self._evaluate(now_ns)
+            if state != seq.DUPLICATE:
+                self._discard_held(seq, Kind.RGB_EXPOSURE)
+        self._accept_exposure(exposure, state, now_ns)
+        ready = self._evaluate(now_ns)
+        while len(self._pending) > self.config.max_pending_exposures:
+            oldest = self._pending.pop(0)
+            c.exposures_dropped += 1
+            self._remember(oldest.key)
+            logger.debug("dropped pending exposure %d (queue full)", oldest.message.frame_id)
+        return ready
+
+    def _accept_exposure(self, exposure: RgbExposure, state: int, now_ns: int) -> None:
+        c, seq = self.counters, self._rgb_seq
         if state == seq.DUPLICATE:
             c.duplicates += 1
-            return self._evaluate(now_ns)
-        if state in (seq.FIRST, seq.RESTART):
-            if state == seq.RESTART:
+            return
+        if state in (seq.FIRST, seq.RESTART, seq.JUMP):
+            if state != seq.FIRST:
                 c.restarts += 1
-                self._recent_ids.clear()  # a restarted camera numbers its frames again
-                self._recent_id_set.clear()
+                logger.info("RGB stream restarted (stream id %d, seq %d)", exposure.stream_id, exposure.seq)
+            seq.retire(exposure.stream_id, now_ns + self.config.restart_settle_ns)
             seq.reset(exposure.stream_id)
+            self._start_rgb_stream(first=state == seq.FIRST, now_ns=now_ns)
         elif state == seq.GAP:
             c.gaps += exposure.seq - seq.last - 1
         elif state == seq.OUT_OF_ORDER:
             c.out_of_order += 1
         seq.accept(exposure.seq)
-        if exposure.frame_id in self._recent_id_set or any(
-            p.message.frame_id == exposure.frame_id for p in self._pending
-        ):
+        key = (self._rgb_gen, int(exposure.frame_id))
+        if key in self._recent_id_set or any(p.key == key for p in self._pending):
             c.duplicates += 1
-            return self._evaluate(now_ns)
+            return
         c.exposures_received += 1
-        pending = _Pending(exposure, now_ns)
-        if self._ring is not None:
-            pending.window = self._window(exposure)
-            floor = self._ring.floor
-            if pending.window is not None and self._ring.first_index <= pending.window.window_first < floor:
+        pending = _Pending(exposure, now_ns, self._rgb_gen)
+        if self._bind(pending) is not None:
+            return  # skipped (stale)
+        if pending.window is not None:
+            ring = self._ring
+            if ring.first_index <= pending.window.window_first < ring.floor:
                 c.late += 1
                 self._skip(pending, "late")
-                return self._evaluate(now_ns)
+                return
         self._pending.append(pending)
-        ready = self._evaluate(now_ns)
-        while len(self._pending) > self.config.max_pending_exposures:
-            oldest = self._pending.pop(0)
-            c.exposures_dropped += 1
-            self._remember(oldest.message.frame_id)
-            logger.debug("dropped pending exposure %d (queue full)", oldest.message.frame_id)
-        return ready
 
     def on_heartbeat(self, heartbeat: Heartbeat, now_ns: int) -> list[ReadyJob]:
         c = self.counters
         c.messages += 1
-        if heartbeat.stream_kind == Kind.SPIKE_BLOCK:
+        kind = heartbeat.stream_kind
+        if kind == Kind.SPIKE_BLOCK:
             seq = self._spike_seq
-        elif heartbeat.stream_kind == Kind.RGB_EXPOSURE:
+        elif kind == Kind.RGB_EXPOSURE:
             seq = self._rgb_seq
         else:
             return self._evaluate(now_ns)
+        self._settle(now_ns)
+        held = seq.held
+        if held is not None and heartbeat.stream_id == held.stream_id and heartbeat.last_seq == held.seq:
+            seq.held = None  # the held restart's stream says it sent exactly that: believe it
+            if kind == Kind.SPIKE_BLOCK:
+                self._accept_block(held, seq.RESTART, now_ns)
+            else:
+                self._accept_exposure(held, seq.RESTART, now_ns)
+            return self._evaluate(now_ns)
         if seq.stream_id != heartbeat.stream_id:  # a stream we have no data from yet (or an old one)
+            return self._evaluate(now_ns)
+        ring = self._ring
+        if heartbeat.last_seq - seq.last > self.config.max_jump_messages or (
+                kind == Kind.SPIKE_BLOCK and ring is not None
+                and heartbeat.position - ring.next_index > self.config.max_jump_frames):
+            self._reject(Kind.HEARTBEAT, Reason.JUMP, "a heartbeat announcing more than any real loss")
             return self._evaluate(now_ns)
         if heartbeat.last_seq > seq.last:
             c.gaps += heartbeat.last_seq - seq.last  # sent but never arrived: tail loss
             seq.last = heartbeat.last_seq
-        ring = self._ring
-        if heartbeat.stream_kind == Kind.SPIKE_BLOCK and ring is not None and heartbeat.position > ring.next_index:
+        if kind == Kind.SPIKE_BLOCK and ring is not None and heartbeat.position > ring.next_index:
             ring.add_hole(ring.next_index, heartbeat.position)
             self._advance(heartbeat.position)
         return self._evaluate(now_ns)
 
+    # -- stream epochs -----------------------------------------------------------------------------------
+    def _start_rgb_stream(self, first: bool, now_ns: int) -> None:
+        self._rgb_gen += 1
+        if first or self._paired_rgb_gen < 0:  # the first RGB stream goes with whatever spike stream there is
+            self._paired_rgb_gen = self._rgb_gen
+        elif self._stale_rgb_until_ns is not None:  # the spike stream restarted moments ago: one event
+            self._paired_rgb_gen = self._rgb_gen
+            self._stale_rgb_until_ns = None
+        else:  # wait for the spike stream's restart, or the settle time
+            self._hold_rgb_until_ns = now_ns + self.config.restart_settle_ns
+
+    def _settle(self, now_ns: int) -> None:
+        """Apply the settle time: a lone RGB restart pairs with the running spike stream; after a lone spike
+        restart the running RGB stream's exposures are taken again."""
+        if self._hold_rgb_until_ns is not None and now_ns >= self._hold_rgb_until_ns:
+            self._hold_rgb_until_ns = None
+            self._paired_rgb_gen = self._rgb_gen
+        if self._stale_rgb_until_ns is not None and now_ns >= self._stale_rgb_until_ns:
+            self._stale_rgb_until_ns = None
+
+    def _bind(self, pending: _Pending) -> str | None:
+        """Bind a waiting exposure to the current spike stream when its pairing is settled; returns a skip
+        reason, or None (bound, or still waiting)."""
+        if pending.spike_gen is not None or self._ring is None or pending.rgb_gen > self._paired_rgb_gen:
+            return None
+        if pending.rgb_gen < self._paired_rgb_gen or self._stale_rgb_until_ns is not None:
+            self._skip(pending, "stream_restart")
+            return "stream_restart"
+        pending.spike_gen = self._spike_gen
+        pending.window = self._window(pending.message)
+        return None
+
     # -- spike storage -----------------------------------------------------------------------------------
-    def _start_spike_stream(self, block: SpikeBlock) -> None:
+    def _start_spike_stream(self, block: SpikeBlock, first: bool, now_ns: int) -> None:
         self._spike_seq.reset(block.stream_id)
         frame_bytes = packed_frame_bytes(block.height, block.width)
         capacity = min(self.config.max_ring_frames, self.config.max_ring_bytes // frame_bytes)
         self._ring = None  # free the old ring before allocating the new one
         self._ring = _SpikeRing(block, capacity)
-        for pending in self._pending:  # windows depend on the stream's t0 and rate
-            pending.window = self._window(pending.message)
+        self._spike_gen += 1
+        if first:
+            return
+        keep = []
+        for pending in self._pending:  # bound to the old stream: never recomputed against the new one
+            if pending.spike_gen is None:
+                keep.append(pending)
+            else:
+                self._skip(pending, "stream_restart")
+        self._pending = keep
+        if self._hold_rgb_until_ns is not None:  # the RGB stream restarted moments ago: one event
+            self._hold_rgb_until_ns = None
+            self._paired_rgb_gen = self._rgb_gen
+        else:
+            self._stale_rgb_until_ns = now_ns + self.config.restart_settle_ns
 
     def _store(self, first: int, frames: np.ndarray, seq_gap: bool) -> None:
         ring, c = self._ring, self.counters
@@ -576,7 +763,7 @@ class Synchroniser:
     def _status(self, pending: _Pending) -> str | None:
         """"ready", a skip reason, or None (wait)."""
         ring, window = self._ring, pending.window
-        if ring is None:
+        if ring is None or pending.spike_gen is None:
             return None
         if window is None:
             return "bad_time"
@@ -592,9 +779,12 @@ class Synchroniser:
         return "ready" if hi <= ring.next_index else None
 
     def _evaluate(self, now_ns: int) -> list[ReadyJob]:
+        self._settle(now_ns)
         ready: list[ReadyJob] = []
         keep: list[_Pending] = []
         for pending in self._pending:
+            if pending.spike_gen is None and self._bind(pending) is not None:
+                continue  # skipped
             status = self._status(pending)
             if status is None and now_ns - pending.received_ns >= self.config.exposure_timeout_ns:
                 status = "timeout"
@@ -618,7 +808,7 @@ class Synchroniser:
             logger.warning("exposure %d: ring slots disagree with the bookkeeping; skipped", message.frame_id)
             return None
         self.counters.exposures_done += 1
-        self._remember(message.frame_id)
+        self._remember(pending.key)
         return ReadyJob(
             exposure_id=message.frame_id,
             start_ns=message.start_ns,
@@ -633,17 +823,18 @@ class Synchroniser:
             spike_width=ring.width,
             received_ns=pending.received_ns,
             ready_ns=now_ns,
+            epoch=pending.rgb_gen,
         )
 
     def _skip(self, pending: _Pending, reason: str) -> None:
         c = self.counters
         c.exposures_skipped += 1
         c.skipped_by_reason[reason] = c.skipped_by_reason.get(reason, 0) + 1
-        self._remember(pending.message.frame_id)
+        self._remember(pending.key)
         logger.debug("skipped exposure %d (%s)", pending.message.frame_id, reason)
 
-    def _remember(self, frame_id: int) -> None:
-        self._recent_ids.append(frame_id)
-        self._recent_id_set.add(frame_id)
+    def _remember(self, key: tuple[int, int]) -> None:
+        self._recent_ids.append(key)
+        self._recent_id_set.add(key)
         while len(self._recent_ids) > self.config.recent_exposure_ids:
             self._recent_id_set.discard(self._recent_ids.popleft())

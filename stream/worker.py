@@ -148,6 +148,7 @@ class ExposureResult:
     finished_ns: int
     firing_gain: float | None = None  # estimated when the model declares a trained range (nan: too dark)
     out_of_domain: bool = False  # the gain is outside the model's trained range
+    epoch: int = 0  # the job's ReadyJob.epoch: (epoch, exposure_id) names the exposure across restarts
 
     @property
     def k(self) -> int:
@@ -306,14 +307,16 @@ class ExposureProcessor:
             timestamps_ns=output_timestamps(int(job.start_ns), int(job.duration_ns), self.shape.batch),
             sharp=out, received_ns=int(job.received_ns), ready_ns=int(job.ready_ns), started_ns=started,
             prepare_ns=prepared - started, inference_ns=inferred - prepared, postprocess_ns=finished - inferred,
-            finished_ns=finished, firing_gain=gain, out_of_domain=out_of_domain,
+            finished_ns=finished, firing_gain=gain, out_of_domain=out_of_domain, epoch=int(job.epoch),
         )
 
 
 # -- saving like deblur --------------------------------------------------------------------------------------
 class FrameSaver:
     """Writes results as ``spikereveal deblur`` does: ``frames/<exposure:06d>_<k:02d>.png`` and ``frames.csv``
-    (rows written as results arrive), plus an optional side-by-side (blurry | sharp) MP4."""
+    (rows written as results arrive), plus an optional side-by-side (blurry | sharp) MP4. Exposures of a
+    restarted RGB stream (``epoch`` > 0, whose frame ids start again) go to ``frames/e<epoch>_<exposure>_<k>.png``,
+    so no file is ever overwritten."""
 
     def __init__(self, out_dir: str | os.PathLike, png_compression: int = 1, video_fps: float | None = None,
                  video_name: str | None = None):
@@ -336,11 +339,12 @@ class FrameSaver:
         self.frames_written = 0
 
     def save(self, exposure_id: int, timestamps_ns: np.ndarray, sharp8: np.ndarray,
-             blur8: np.ndarray | None = None) -> None:
+             blur8: np.ndarray | None = None, epoch: int = 0) -> None:
         """``sharp8``: uint8 (K, H, W, 3); ``blur8``: uint8 (H, W, 3) for the video (skipped when None)."""
         cv2 = self._cv2
+        prefix = f"e{int(epoch)}_" if epoch else ""
         for k in range(sharp8.shape[0]):
-            name = f"{self.frames_dir}/{exposure_id:06d}_{k:02d}.png"
+            name = f"{self.frames_dir}/{prefix}{exposure_id:06d}_{k:02d}.png"
             if not cv2.imwrite(str(self.out_dir / name), sharp8[k], self._png_params):
                 raise FormatError(self.out_dir / name, "OpenCV could not write the PNG image")
             self._csv.writerow((exposure_id, int(timestamps_ns[k]), name))
@@ -455,14 +459,14 @@ class InferenceThread:
 JOB_MAGIC = b"SRJB"
 RESULT_MAGIC = b"SRRS"
 READY_MAGIC = b"SRWK"
-JOB_VERSION = 1
+JOB_VERSION = 2  # 2: the job's epoch in the job header's last field and at the end of the result header
 JOB_TOPIC, RESULT_TOPIC, READY_TOPIC = b"job", b"res", b"ready"
 # magic, version, k, exposure_id, start_ns, duration_ns, first_index, exposure_first, exposure_stop,
-# received_ns, ready_ns, spike_h, spike_w, frame_count, image_h, image_w, reserved
+# received_ns, ready_ns, spike_h, spike_w, frame_count, image_h, image_w, epoch
 _JOB = struct.Struct("<4sHHqqqqqqqqIIIIII")
 # magic, version, k, exposure_id, status, pixel_format, flags (RESULT_OUT_OF_DOMAIN), height, width, worker_id,
-# started_ns, prepare_ns, inference_ns, postprocess_ns, finished_ns
-_RESULT = struct.Struct("<4sHHqBBHIIIqqqqq")
+# started_ns, prepare_ns, inference_ns, postprocess_ns, finished_ns, epoch
+_RESULT = struct.Struct("<4sHHqBBHIIIqqqqqI")
 _READY = struct.Struct("<4sHHII")  # magic, version, reserved, worker_id, pid
 RESULT_OK, RESULT_FAILED = 0, 1
 RESULT_OUT_OF_DOMAIN = 1  # flag: the exposure's firing gain is outside the model's trained range
@@ -484,7 +488,7 @@ def encode_job(job: ReadyJob) -> list:
     header = _JOB.pack(JOB_MAGIC, JOB_VERSION, k, int(job.exposure_id), int(job.start_ns), int(job.duration_ns),
                        int(job.first_index), int(window.exposure_first), int(window.exposure_stop),
                        int(job.received_ns), int(job.ready_ns), int(job.spike_height), int(job.spike_width),
-                       int(packed.shape[0]), int(image.shape[0]), int(image.shape[1]), 0)
+                       int(packed.shape[0]), int(image.shape[0]), int(image.shape[1]), int(job.epoch))
     times = np.stack([np.asarray(job.centers, "<i8"), np.asarray(job.timestamps_ns, "<i8")])
     return [JOB_TOPIC, header, memoryview(packed.reshape(-1)), memoryview(image.reshape(-1)), times.tobytes()]
 
@@ -501,7 +505,7 @@ def decode_job(parts) -> ReadyJob:
     if bytes(topic) != JOB_TOPIC or len(header) != _JOB.size:
         raise ProtocolError(Reason.HEADER_SIZE, "not a spikereveal job (topic or header size)")
     (magic, version, k, exposure_id, start_ns, duration_ns, first_index, exposure_first, exposure_stop, received_ns,
-     ready_ns, spike_h, spike_w, frame_count, image_h, image_w, _) = _JOB.unpack(header)
+     ready_ns, spike_h, spike_w, frame_count, image_h, image_w, epoch) = _JOB.unpack(header)
     if magic != JOB_MAGIC:
         raise ProtocolError(Reason.MAGIC, "not a spikereveal job")
     if version != JOB_VERSION:
@@ -525,16 +529,16 @@ def decode_job(parts) -> ReadyJob:
         image=np.frombuffer(image, np.uint8).reshape(image_h, image_w, 3),
         packed=np.frombuffer(packed, np.uint8).reshape(frame_count, frame_bytes), first_index=first_index,
         centers=centers, timestamps_ns=timestamps, window=window, spike_height=spike_h, spike_width=spike_w,
-        received_ns=received_ns, ready_ns=ready_ns,
+        received_ns=received_ns, ready_ns=ready_ns, epoch=epoch,
     )
 
 
 def encode_result(result: ExposureResult | None, worker_id: int, exposure_id: int | None = None,
-                  k: int = 0) -> list:
+                  k: int = 0, epoch: int = 0) -> list:
     """``[b"res", header, sharp, timestamps]``; ``result`` None: the exposure failed on the worker."""
     if result is None:
         header = _RESULT.pack(RESULT_MAGIC, JOB_VERSION, k, int(exposure_id), RESULT_FAILED, 1, 0, 1, 1, worker_id,
-                              0, 0, 0, 0, 0)
+                              0, 0, 0, 0, 0, int(epoch))
         return [RESULT_TOPIC, header, b"", b""]
     sharp = np.ascontiguousarray(result.sharp)
     pixel = "bgr8" if sharp.dtype == np.uint8 else "bgr_f32"
@@ -542,7 +546,7 @@ def encode_result(result: ExposureResult | None, worker_id: int, exposure_id: in
     flags = RESULT_OUT_OF_DOMAIN if result.out_of_domain else 0
     header = _RESULT.pack(RESULT_MAGIC, JOB_VERSION, result.k, result.exposure_id, RESULT_OK, _PIXEL_CODES[pixel],
                           flags, height, width, worker_id, result.started_ns, result.prepare_ns, result.inference_ns,
-                          result.postprocess_ns, result.finished_ns)
+                          result.postprocess_ns, result.finished_ns, int(result.epoch))
     return [RESULT_TOPIC, header, memoryview(sharp.reshape(-1).view(np.uint8)),
             np.asarray(result.timestamps_ns, "<i8").tobytes()]
 
@@ -563,6 +567,11 @@ class WireResult:
     postprocess_ns: int = 0
     finished_ns: int = 0
     out_of_domain: bool = False
+    epoch: int = 0
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (int(self.epoch), int(self.exposure_id))
 
 
 def decode_result(parts) -> WireResult:
@@ -572,11 +581,11 @@ def decode_result(parts) -> WireResult:
     if bytes(topic) != RESULT_TOPIC or len(header) != _RESULT.size:
         raise ProtocolError(Reason.HEADER_SIZE, "not a spikereveal result (topic or header size)")
     (magic, version, k, exposure_id, status, pixel, flags, height, width, worker_id, started, prepare, inference, post,
-     finished) = _RESULT.unpack(header)
+     finished, epoch) = _RESULT.unpack(header)
     if magic != RESULT_MAGIC or version != JOB_VERSION:
         raise ProtocolError(Reason.VERSION, "result from another spikereveal version")
     if status == RESULT_FAILED:
-        return WireResult(exposure_id, False, worker_id, k, None, None)
+        return WireResult(exposure_id, False, worker_id, k, None, None, epoch=epoch)
     if status != RESULT_OK or pixel not in _PIXEL_NAMES or not (1 <= k <= MAX_OUTPUT_COUNT) or not (
             1 <= height <= MAX_IMAGE_SIDE and 1 <= width <= MAX_IMAGE_SIDE):
         raise _bad("result fields out of range")
@@ -588,7 +597,7 @@ def decode_result(parts) -> WireResult:
     else:
         images = np.frombuffer(sharp, "<f4").reshape(k, 3, height, width)
     return WireResult(exposure_id, True, worker_id, k, images, np.frombuffer(times, "<i8").astype(np.int64),
-                      started, prepare, inference, post, finished, bool(flags & RESULT_OUT_OF_DOMAIN))
+                      started, prepare, inference, post, finished, bool(flags & RESULT_OUT_OF_DOMAIN), epoch)
 
 
 def encode_ready(worker_id: int) -> list:
@@ -670,7 +679,8 @@ def run_worker(job_endpoint: str, result_endpoint: str, runner_factory: Callable
             except SpikeRevealError as exc:
                 stats.failed += 1
                 logger.error("exposure %d failed: %s", job.exposure_id, exc)
-                push.send_multipart(encode_result(None, worker_id, job.exposure_id, int(job.centers.shape[0])))
+                push.send_multipart(encode_result(None, worker_id, job.exposure_id, int(job.centers.shape[0]),
+                                                  job.epoch))
                 continue
             push.send_multipart(encode_result(result, worker_id), copy=False)
             stats.jobs += 1

@@ -322,21 +322,106 @@ def test_restart_with_the_same_stream_id_and_sequence_numbers_from_zero():
     again = _blocks(packed, block=8)
     jobs = _run(sync, [(10**10 + i, b) for i, b in enumerate(again)])
     assert sync.counters.restarts == 1 and sync.counters.duplicates == 0
-    rgb_again = _exposures([100])  # frame id 0 again, seq 0 again: rgb restart too
-    jobs += _run(sync, [(2 * 10**10, rgb_again[0])])
-    assert len(jobs) == 1 and sync.counters.restarts == 2
-    _check_job(jobs[0], packed, rgb_again[0])
+    rgb_again = _exposures([100, 120], duration_frames=20)  # frame ids and seq from 0 again: rgb restart too
+    jobs += _run(sync, [(2 * 10**10, rgb_again[0]), (2 * 10**10 + 1, rgb_again[1])])
+    assert jobs == [] and sync.counters.restarts == 2  # a lone RGB restart waits for the spike one ...
+    jobs += sync.poll(2 * 10**10 + 1 + SyncConfig().restart_settle_ns)  # ... for the settle time, then pairs
+    assert len(jobs) == 2 and sync.counters.duplicates == 0
+    for job, exposure in zip(jobs, rgb_again):
+        _check_job(job, packed, exposure)
+        assert job.epoch == 1 and job.key == (1, exposure.frame_id)
 
 
-def test_pending_exposure_waiting_across_a_restart_is_recomputed():
-    packed = _frames(200)
+def test_pending_exposure_waiting_across_a_restart_is_abandoned_never_recomputed():
+    """Issue 14.1: a waiting exposure is never combined with the spikes of a stream that replaced its own."""
+    packed_a, packed_b = _frames(200, seed=1), _frames(200, seed=2)
     (exposure,) = _exposures([120])
     sync = Synchroniser()
-    _run(sync, [(0, b) for b in _blocks(packed[:50], stream_id=1)])
+    _run(sync, [(0, b) for b in _blocks(packed_a[:50], stream_id=1)])
     sync.handle(exposure, 1)
-    jobs = _run(sync, [(2, b) for b in _blocks(packed, stream_id=2)])  # the new stream starts at index 0
-    assert len(jobs) == 1 and sync.counters.restarts == 1
-    _check_job(jobs[0], packed, exposure)
+    jobs = _run(sync, [(2, b) for b in _blocks(packed_b, stream_id=2)])  # another stream from index 0
+    assert jobs == [] and sync.counters.restarts == 1 and sync.pending_count == 0
+    assert sync.counters.skipped_by_reason == {"stream_restart": 1}
+    c = sync.counters
+    assert c.exposures_received == c.exposures_done + c.exposures_skipped + c.exposures_dropped
+
+
+def test_restart_into_another_stream_in_any_arrival_order_never_mixes_streams():
+    """Issue 14.1/14.3: old exposures still in flight after the new spike stream began are skipped, the new
+    stream's exposures (same frame ids as the old ones) are all deblurred with the new stream's frames."""
+    packed_a, packed_b = _frames(300, seed=1), _frames(300, seed=2)
+    run_a = _live(_blocks(packed_a, stream_id=1), _exposures([20, 60, 100, 140, 180], stream_id=5))
+    blocks_b = [(t + 5 * PERIOD_NS, m) for t, m in _live(_blocks(packed_b, stream_id=2), [])]
+    rgb_b = [(t + 5 * PERIOD_NS, m) for t, m in _live([], _exposures([20, 60, 100, 140, 180], stream_id=6))]
+    for old_rgb_late in (False, True):
+        sync = Synchroniser()
+        events = [e for e in run_a if not (isinstance(e[1], RgbExposure) and e[1].frame_id >= 3)]
+        cut = events[-1][0]
+        late_a = [(cut + 1, m) for t, m in run_a if isinstance(m, RgbExposure) and m.frame_id >= 3]
+        # B's spike stream starts; A's last exposures arrive after it (or before) on the other socket
+        b_events = sorted(blocks_b + rgb_b, key=lambda e: e[0])
+        timeline = events + (b_events[:3] + late_a + b_events[3:] if old_rgb_late else late_a + b_events)
+        jobs = _run(sync, [(cut + i if t <= cut else t + cut, m) for i, (t, m) in enumerate(timeline)])
+        jobs += sync.poll(10**12)
+        for job in jobs:
+            packed = packed_b if job.epoch == 1 else packed_a
+            assert np.array_equal(job.packed, packed[job.window.window_first : job.window.window_stop])
+        new = [job for job in jobs if job.epoch == 1]
+        assert sorted(job.exposure_id for job in new) == [0, 1, 2, 3, 4]  # none lost as a "duplicate"
+        c = sync.counters
+        assert c.exposures_received == c.exposures_done + c.exposures_skipped + c.exposures_dropped + sync.pending_count
+
+
+def test_a_lone_rgb_restart_waits_for_the_spike_restart_that_follows_it():
+    """The RGB publisher reconnects first: its exposures are held, then bound to the new spike stream."""
+    packed_a, packed_b = _frames(200, seed=1), _frames(200, seed=2)
+    sync = Synchroniser()
+    _run(sync, [(0, b) for b in _blocks(packed_a[:160], stream_id=1)])
+    sync.handle(_exposures([5], stream_id=5)[0], 1)  # the first RGB stream
+    new_rgb = _exposures([40, 80], stream_id=6)  # would fit stream A's ring: must not use it
+    jobs = _run(sync, [(2, new_rgb[0]), (3, new_rgb[1])])
+    assert jobs == [] and sync.pending_count == 2
+    jobs = _run(sync, [(4 + i, b) for i, b in enumerate(_blocks(packed_b, stream_id=2))])
+    assert len(jobs) == 2
+    for job in jobs:
+        assert np.array_equal(job.packed, packed_b[job.window.window_first : job.window.window_stop])
+
+
+def test_one_forged_sequence_number_neither_inflates_gaps_nor_restarts_the_stream():
+    """Issue 14.4: a jump far beyond any real loss is malformed unless the stream's next message confirms it."""
+    packed = _frames(200)
+    blocks = _blocks(packed)
+    exposures = _exposures([20, 60, 100, 140])
+    events = _live(blocks, exposures)
+    at = len(events) // 2
+    next_seq = 1 + max(m.seq for _, m in events[:at] if isinstance(m, SpikeBlock))
+    forged = [
+        SpikeBlock(**{**blocks[3].__dict__, "seq": 10**18}),  # sequence jump
+        SpikeBlock(**{**blocks[3].__dict__, "seq": 0}),  # "restart"
+        SpikeBlock(**{**blocks[3].__dict__, "seq": next_seq, "first_index": 10**15}),  # frame counter leap
+        Heartbeat(stream_id=SPIKE_ID, stream_kind=Kind.SPIKE_BLOCK, last_seq=10**18, position=10, clock_ns=0),
+        Heartbeat(stream_id=SPIKE_ID, stream_kind=Kind.SPIKE_BLOCK, last_seq=4, position=10**15, clock_ns=0),
+        RgbExposure(**{**exposures[1].__dict__, "seq": 10**18, "frame_id": 77}),
+        Heartbeat(stream_id=RGB_ID, stream_kind=Kind.RGB_EXPOSURE, last_seq=10**18, position=0, clock_ns=0),
+    ]
+    for i, message in enumerate(forged):
+        sync = Synchroniser()
+        jobs = _run(sync, events[:at] + [(events[at][0], message)] + events[at:])
+        c = sync.counters
+        assert len(jobs) == 4 and c.restarts == 0 and c.gaps == 0, (i, c)
+        assert c.malformed == 1 and c.exposures_skipped == 0, (i, c)
+        for job, exposure in zip(jobs, exposures):
+            _check_job(job, packed, exposure)
+
+
+def test_a_large_jump_confirmed_by_the_next_message_is_taken_as_a_restart():
+    packed = _frames(100)
+    sync = Synchroniser(SyncConfig(max_jump_messages=100))
+    _run(sync, [(i, b) for i, b in enumerate(_blocks(packed[:40]))])
+    later = _blocks(packed, first_seq=10**6)[5:]  # the same stream, a million messages later
+    _run(sync, [(100 + i, b) for i, b in enumerate(later)])
+    c = sync.counters
+    assert c.restarts == 1 and c.gaps == 0 and c.malformed == 0
 
 
 def test_exposure_before_the_first_received_frame_is_skipped():
@@ -513,14 +598,15 @@ def test_absurd_but_well_formed_times_are_skipped_not_raised():
     assert sync.counters.skipped_by_reason == {"bad_time": 2, "window_too_long": 1}
     sync.handle(Heartbeat(stream_id=SPIKE_ID, stream_kind=Kind.SPIKE_BLOCK, last_seq=2**62, position=2**62,
                           clock_ns=0), 5)
-    assert sync.counters.gaps == 2**62 and sync.pending_count == 0
+    assert sync.counters.gaps == 0 and sync.counters.malformed_by_reason == {"heartbeat/jump": 1}
+    assert sync.pending_count == 0
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_faulty_traffic_never_yields_a_wrong_frame_and_stays_bounded(seed):
     """A rig stream with random drops, duplicates, swaps, frame jumps, restarts and stray heartbeats."""
     rng = np.random.default_rng(seed)
-    config = SyncConfig(max_ring_frames=96, max_pending_exposures=5, exposure_timeout_ns=2000)
+    config = SyncConfig(max_ring_frames=96, max_pending_exposures=5, exposure_timeout_ns=2000, restart_settle_ns=20)
     sync = Synchroniser(config)
     image = np.zeros((4, 4, 3), np.uint8)
     pool = _frames(64, seed)  # frame i always carries pool[i % 64]: any wrong frame would show

@@ -361,3 +361,52 @@ def test_the_out_of_domain_flag_crosses_the_wire_and_the_collector():
     collector.dispatched(job, 0)
     ((_, result),) = collector.received(wire, 10)
     assert result.out_of_domain
+
+
+# -- stream epochs (issue 14.1-14.3) -------------------------------------------------------------------------------
+def test_the_epoch_crosses_the_wire_both_ways():
+    from dataclasses import replace
+
+    job = replace(make_job(5), epoch=3)
+    back = decode_job([bytes(p) for p in encode_job(job)])
+    assert back.epoch == 3 and back.key == (3, 5)
+    result = ExposureProcessor(loaded_runner()).process(back)
+    assert result.epoch == 3
+    wire = decode_result([bytes(p) for p in encode_result(result, worker_id=0)])
+    assert wire.key == (3, 5)
+    assert decode_result(encode_result(None, 0, 5, K, epoch=3)).key == (3, 5)
+
+
+def test_collector_keeps_the_same_exposure_id_of_two_epochs_apart():
+    from dataclasses import replace
+
+    processor = ExposureProcessor(loaded_runner())
+    old, new = make_job(0), replace(make_job(0, seed=7), epoch=1)
+    collector = ResultCollector(slots=4, result_timeout_ns=10**9)
+    collector.dispatched(old, 0)
+    collector.dispatched(new, 1)
+    new_wire = decode_result([bytes(p) for p in encode_result(processor.process(new), 0)])
+    assert collector.received(new_wire, 2) == []  # waits behind the old epoch's exposure 0
+    old_wire = decode_result([bytes(p) for p in encode_result(processor.process(old), 0)])
+    released = collector.received(old_wire, 3)
+    assert [(job.key, result.epoch) for job, result in released] == [((0, 0), 0), ((1, 0), 1)]
+    assert np.array_equal(released[1][1].sharp, reference_output(new)) and collector.unexpected == 0
+
+
+def test_saved_names_are_unique_per_epoch(tmp_path):
+    """Issue 14.2: after a restart frame ids start again; nothing is overwritten and frames.csv matches."""
+    import csv
+
+    from spikereveal.stream.worker import FrameSaver
+
+    saver = FrameSaver(tmp_path)
+    sharp = np.zeros((K, 8, 8, 3), np.uint8)
+    for epoch in (0, 1):
+        for exposure_id in range(3):
+            saver.save(exposure_id, np.arange(K) + 100 * epoch, sharp + epoch, epoch=epoch)
+    saver.close()
+    rows = list(csv.reader(open(tmp_path / "frames.csv")))[1:]
+    files = sorted(p.name for p in (tmp_path / "frames").iterdir())
+    assert len(rows) == len(files) == 2 * 3 * K == saver.frames_written
+    assert sorted(r[2].split("/")[-1] for r in rows) == files
+    assert "000001_02.png" in files and "e1_000001_02.png" in files  # epoch 0 keeps deblur's names
