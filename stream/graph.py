@@ -57,7 +57,8 @@ COUNTER_KEYS = (
     "exposures_received", "exposures_done", "exposures_skipped", "exposures_dropped", "exposures_failed",
     "exposures_abandoned", "exposures_pending_at_exit", "windows_ready", "sync_exposures_dropped",
     "job_queue_dropped", "worker_lost", "spike_frames_received", "spike_frames_dropped",
-    "output_messages", "output_dropped", "frames_saved", "out_of_domain_exposures", "spike_geometry_mismatches",
+    "output_messages", "output_dropped", "frames_saved", "frames_save_failed", "out_of_domain_exposures",
+    "spike_geometry_mismatches",
 )
 
 
@@ -329,7 +330,7 @@ class Pipeline:
             return self._job_info.pop(exposure_id, (None, None, None))
 
     def counters(self, sink: ResultSink, failed: int = 0, abandoned: int = 0, worker_lost: int = 0,
-                 frames_saved: int = 0) -> dict:
+                 frames_saved: int = 0, frames_save_failed: int = 0) -> dict:
         """The serve report: integer counters (COUNTER_KEYS) plus reasons and the latency summary."""
         c = self.sync.counters
         sync_dropped = c.exposures_dropped
@@ -352,6 +353,7 @@ class Pipeline:
             "output_messages": sink.output_messages,
             "output_dropped": sink.output_dropped,
             "frames_saved": int(frames_saved),
+            "frames_save_failed": int(frames_save_failed),
             "out_of_domain_exposures": sink.out_of_domain_exposures,
             "spike_geometry_mismatches": self.spike_geometry_mismatches,
         }

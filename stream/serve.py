@@ -157,6 +157,7 @@ class Server:
         processes: list = []
         collector = None
         abandoned = 0
+        error: BaseException | None = None  # what ended the run unexpectedly; re-raised after the stats are written
         try:
             saver = None
             if cfg.worker.save_dir is not None:
@@ -208,6 +209,11 @@ class Server:
             self.stopping.set()
             abandoned += self._shutdown(reason, queue, thread, collector, push if collector else None,
                                         pull if collector else None, poller, deliver)
+        except BaseException as exc:  # the stats are still written (below), then it is re-raised
+            error = exc
+            self.stop_reason = "error"
+            self.stopping.set()
+            abandoned += len(queue.clear()) + (collector.abandon() if collector is not None else 0)
         finally:
             if thread is not None:
                 thread.stop()
@@ -229,22 +235,37 @@ class Server:
                 if folder is not None:
                     shutil.rmtree(folder, ignore_errors=True)
         failed = (thread.failed if thread is not None else 0) + (collector.failed if collector is not None else 0)
-        counters = pipeline.counters(sink, failed=failed, abandoned=abandoned,
+        counters = pipeline.counters(sink or ResultSink(None), failed=failed, abandoned=abandoned,
                                      worker_lost=collector.lost if collector is not None else 0,
-                                     frames_saved=saver.frames_written if saver is not None else 0)
+                                     frames_saved=saver.frames_written if saver is not None else 0,
+                                     frames_save_failed=saver.frames_failed if saver is not None else 0)
         counters["stop_reason"] = self.stop_reason
         counters["workers"] = cfg.scale_out.workers
         counters["engine"] = cfg.engine.engine
+        if saver is not None:
+            counters["save_failed_by_kind"] = dict(saver.failure_kinds)
         self.counters = counters
-        if cfg.trace is not None:
-            self._save_trace(recorder, counters)
-        if cfg.stats_json:
-            path = Path(cfg.stats_json)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(counters, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        try:
+            if cfg.trace is not None:
+                self._save_trace(recorder, counters)
+        finally:  # the stats file is written on every exit path
+            if cfg.stats_json:
+                self._write_stats(Path(cfg.stats_json), counters)
+        if error is not None:
+            raise error
         if thread is not None and thread.error is not None:
             raise SpikeRevealError(f"inference failed: {thread.error}") from thread.error
         return counters
+
+    @staticmethod
+    def _write_stats(path: Path, counters: dict) -> None:
+        text = json.dumps(counters, indent=2, sort_keys=True) + "\n"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        except OSError as exc:  # a full disk must not turn a finished run into a traceback
+            raise SpikeRevealError(f"cannot write the stats JSON {path}: {exc}; the counters were: "
+                                   f"{json.dumps(counters, sort_keys=True)}") from exc
 
     def _save_trace(self, recorder, counters: dict) -> None:
         from spikereveal.bench.environment import collect_environment

@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import logging
 import os
 import struct
@@ -35,7 +36,7 @@ from typing import Callable
 
 import numpy as np
 
-from spikereveal.errors import ConfigError, FormatError, SpikeRevealError
+from spikereveal.errors import ConfigError, SpikeRevealError
 from spikereveal.kernels.timing import ExposureWindow, output_timestamps
 from spikereveal.stream.protocol import MAX_IMAGE_SIDE, MAX_SPIKE_SIDE, MAX_OUTPUT_COUNT, ProtocolError, Reason
 from spikereveal.stream.sync import ReadyJob
@@ -313,15 +314,22 @@ class ExposureProcessor:
 # -- saving like deblur --------------------------------------------------------------------------------------
 class FrameSaver:
     """Writes results as ``spikereveal deblur`` does: ``frames/<exposure:06d>_<k:02d>.png`` and ``frames.csv``
-    (rows written as results arrive), plus an optional side-by-side (blurry | sharp) MP4."""
+    (rows written as results arrive), plus an optional side-by-side (blurry | sharp) MP4.
+
+    A write the OS refuses (a full disk, a folder that became read-only or vanished) never stops serving:
+    the frame is counted in ``frames_failed`` and each kind of failure (errno name, or ``imwrite`` when
+    OpenCV only says it could not write) is logged once. A frame counts as saved once its PNG and its
+    ``frames.csv`` row are written. ``write_image(path, image, params) -> bool`` replaces ``cv2.imwrite``
+    (tests inject failures)."""
 
     def __init__(self, out_dir: str | os.PathLike, png_compression: int = 1, video_fps: float | None = None,
-                 video_name: str | None = None):
+                 video_name: str | None = None, write_image: Callable | None = None):
         import cv2
 
         from spikereveal.engines.deblur import FRAMES_CSV, FRAMES_DIR, FRAMES_HEADER, VIDEO_FILE
 
         self._cv2 = cv2
+        self._write_image = write_image or cv2.imwrite
         self.out_dir = Path(out_dir)
         self.frames_dir = FRAMES_DIR
         (self.out_dir / FRAMES_DIR).mkdir(parents=True, exist_ok=True)
@@ -334,20 +342,56 @@ class FrameSaver:
         self._video = None
         self._side_by_side = None
         self.frames_written = 0
+        self.frames_failed = 0
+        self.failure_kinds: dict[str, int] = {}  # errno name (or "imwrite") -> failed frames
+
+    def _failed(self, kind: str, frames: int, what, exc: BaseException | None = None) -> None:
+        self.frames_failed += frames
+        first = kind not in self.failure_kinds
+        self.failure_kinds[kind] = self.failure_kinds.get(kind, 0) + frames
+        if first:  # once per kind: a full disk would otherwise log every frame
+            detail = f": {exc}" if exc is not None else ""
+            logger.error("cannot save %s (%s%s); serving goes on, unsaved frames are counted in "
+                         "frames_save_failed (this kind of failure is logged once); free disk space or fix the "
+                         "--save folder", what, kind, detail)
+
+    @staticmethod
+    def _kind(exc: BaseException) -> str:
+        number = getattr(exc, "errno", None)
+        return errno.errorcode.get(number, f"errno {number}") if number is not None else type(exc).__name__
 
     def save(self, exposure_id: int, timestamps_ns: np.ndarray, sharp8: np.ndarray,
              blur8: np.ndarray | None = None) -> None:
-        """``sharp8``: uint8 (K, H, W, 3); ``blur8``: uint8 (H, W, 3) for the video (skipped when None)."""
-        cv2 = self._cv2
+        """``sharp8``: uint8 (K, H, W, 3); ``blur8``: uint8 (H, W, 3) for the video (skipped when None).
+        Never raises for a write the OS refuses (see the class doc)."""
+        written = 0
         for k in range(sharp8.shape[0]):
             name = f"{self.frames_dir}/{exposure_id:06d}_{k:02d}.png"
-            if not cv2.imwrite(str(self.out_dir / name), sharp8[k], self._png_params):
-                raise FormatError(self.out_dir / name, "OpenCV could not write the PNG image")
-            self._csv.writerow((exposure_id, int(timestamps_ns[k]), name))
-            self.frames_written += 1
-        self._csv_handle.flush()
+            try:
+                ok = self._write_image(str(self.out_dir / name), sharp8[k], self._png_params)
+            except (OSError, self._cv2.error) as exc:
+                self._failed(self._kind(exc), 1, self.out_dir / name, exc)
+                continue
+            if not ok:
+                self._failed("imwrite", 1, self.out_dir / name)
+                continue
+            try:
+                self._csv.writerow((exposure_id, int(timestamps_ns[k]), name))
+            except OSError as exc:
+                self._failed(self._kind(exc), 1, self.out_dir / "frames.csv", exc)
+                continue
+            written += 1
+        try:
+            self._csv_handle.flush()
+        except OSError as exc:  # the rows stay buffered; counted as not saved
+            self._failed(self._kind(exc), written, self.out_dir / "frames.csv", exc)
+            written = 0
+        self.frames_written += written
         if self.video_path is not None and blur8 is not None:
-            self._write_video(blur8, sharp8)
+            try:
+                self._write_video(blur8, sharp8)
+            except (OSError, self._cv2.error) as exc:
+                self._failed(self._kind(exc), 0, self.video_path, exc)
 
     def _write_video(self, blur8: np.ndarray, sharp8: np.ndarray) -> None:
         from spikereveal.engines.deblur import _open_video  # deblur's writer (mp4v), reused as is
@@ -370,7 +414,10 @@ class FrameSaver:
             self._video.release()
             self._video = None
         if not self._csv_handle.closed:
-            self._csv_handle.close()
+            try:
+                self._csv_handle.close()
+            except OSError as exc:  # rows that a full disk refused: already counted
+                self._failed(self._kind(exc), 0, self.out_dir / "frames.csv", exc)
 
 
 # -- the inference thread -----------------------------------------------------------------------------------

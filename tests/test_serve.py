@@ -514,3 +514,88 @@ def test_matching_spike_geometry_counts_no_mismatch(recording, tmp_path):
     config = _serve_config(tmp_path, "unused.onnx", worker={"save_dir": None})
     counters = _run_with_factory(recording, config, GatedRunnerFactory(), speed=5.0)
     assert counters["spike_geometry_mismatches"] == 0 and counters["spike_geometry_seen"] == []
+
+
+# -- the environment: a full disk, an unexpected error (issue 14 item 5) -------------------------------------------
+def _no_space(path, image, params):
+    import errno
+    import os
+
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+
+def _remote_fake_worker(config, factory, stop):
+    """A 'spikereveal worker' in a thread with a fake runner (serve --job-endpoint/--result-endpoint)."""
+    from spikereveal.stream.worker import run_worker
+
+    thread = threading.Thread(target=run_worker, args=(config.scale_out.job_endpoint, config.scale_out.result_endpoint,
+                                                       factory), kwargs={"worker_id": 7, "stop": stop})
+    thread.start()
+    return thread
+
+
+def _worker_endpoints():
+    spike, _, _ = _endpoints()
+    folder = spike[len("ipc://"):].rsplit("/", 1)[0]
+    return {"job_endpoint": f"ipc://{folder}/jobs", "result_endpoint": f"ipc://{folder}/results",
+            "remote_workers": 1}
+
+
+@pytest.mark.parametrize("mode", ["thread", "remote_worker"])
+def test_full_disk_under_save_is_counted_logged_once_and_serving_goes_on(recording, tmp_path, monkeypatch, caplog,
+                                                                         mode):
+    monkeypatch.setattr(cv2, "imwrite", _no_space)  # every PNG write: ENOSPC
+    scale_out = _worker_endpoints() if mode == "remote_worker" else {}
+    config = _serve_config(tmp_path, "unused.onnx", worker={"save_dir": str(tmp_path / "out")}, scale_out=scale_out)
+    stop = threading.Event()
+    worker = _remote_fake_worker(config, GatedRunnerFactory(), stop) if scale_out else None
+    try:
+        with caplog.at_level("ERROR", logger="spikereveal.stream.worker"):
+            counters = _run_with_factory(recording, config, GatedRunnerFactory(), speed=5.0)
+    finally:
+        stop.set()
+        if worker is not None:
+            worker.join(30)
+    done = EXPOSURES - 1
+    assert counters["stop_reason"] == "idle_timeout"
+    assert counters["exposures_done"] == done and counters["output_messages"] == K * done  # still published
+    assert counters["frames_save_failed"] == K * done and counters["frames_saved"] == 0
+    assert counters["save_failed_by_kind"] == {"ENOSPC": K * done}
+    logged = [r for r in caplog.records if "frames_save_failed" in r.getMessage()]
+    assert len(logged) == 1 and "ENOSPC" in logged[0].getMessage()  # once per kind, not per frame
+    written = json.loads((tmp_path / "stats.json").read_text())
+    assert written["frames_save_failed"] == K * done
+    assert _accounted(counters) == counters["exposures_received"]
+
+
+def test_frame_saver_counts_a_folder_it_cannot_write_and_goes_on(tmp_path, caplog):
+    from spikereveal.stream.worker import FrameSaver
+
+    saver = FrameSaver(tmp_path / "out")
+    shutil.rmtree(tmp_path / "out" / "frames")
+    (tmp_path / "out" / "frames").write_text("a file where the folder was")  # root ignores read-only modes
+    sharp = np.zeros((K, 8, 8, 3), np.uint8)
+    with caplog.at_level("ERROR", logger="spikereveal.stream.worker"):
+        for exposure in range(3):
+            saver.save(exposure, np.arange(K), sharp)
+    saver.close()
+    assert saver.frames_failed == 3 * K and saver.frames_written == 0 and saver.failure_kinds == {"imwrite": 3 * K}
+    assert len([r for r in caplog.records if "frames_save_failed" in r.getMessage()]) == 1
+    assert _rows(tmp_path / "out")[1] == []  # no row for a frame that is not on disk
+
+
+@pytest.mark.parametrize("distributed", [False, True])
+def test_stats_json_is_written_when_the_loop_dies_of_an_unexpected_error(tmp_path, monkeypatch, distributed):
+    from spikereveal.stream.graph import Pipeline
+    from spikereveal.stream.serve import Server
+
+    def broken_tick(self, now_ns):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Pipeline, "tick", broken_tick)
+    scale_out = _worker_endpoints() if distributed else {}
+    config = _serve_config(tmp_path, "unused.onnx", worker={"save_dir": None}, scale_out=scale_out)
+    with pytest.raises(RuntimeError, match="boom"):
+        Server(config, runner_factory=GatedRunnerFactory()).run()
+    written = json.loads((tmp_path / "stats.json").read_text())
+    assert written["stop_reason"] == "error" and written["exposures_received"] == 0
