@@ -13,7 +13,7 @@
                     "save_dir": null, "png_compression": 1, "write_video": false, "video_fps": 10.0,
                     "drain_timeout_s": 30.0},
      "scale_out":  {"workers": 0, "job_endpoint": null, "result_endpoint": null, "in_flight_per_worker_jobs": 2,
-                    "result_timeout_s": 30.0},
+                    "result_timeout_s": 30.0, "heartbeat_timeout_s": 10.0},
      "publish":    {"send_hwm_messages": 1000},
      "run":        {"exit_after_exposures": null, "idle_timeout_s": null, "stats_json": null, "trace": null},
      "calibration": "calibration.json"}
@@ -148,13 +148,19 @@ class ScaleOutConfig:
     """Inference outside the serve process. ``workers`` 0: one inference thread in ``serve``; N > 0: N local
     worker processes. ``job_endpoint``/``result_endpoint``: also bind PUSH/PULL there for remote
     ``spikereveal worker`` s. At most ``in_flight_per_worker_jobs`` jobs per worker are out at a time
-    (the rest wait in the bounded queue); a job not back after ``result_timeout_s`` is counted lost."""
+    (the rest wait in the bounded queue); a job not back after ``result_timeout_s`` is counted lost.
+    Workers acknowledge each job they take and beat every second (``worker.HEARTBEAT_INTERVAL_S``): a local
+    worker whose process exits is lost at once, a worker silent for ``heartbeat_timeout_s`` is lost; either
+    way exactly its unfinished jobs count in ``worker_lost`` and the results behind them go out. A lost
+    local worker is not restarted (serve goes on with the others; with none left and no remote endpoint
+    it stops with an error)."""
 
     workers: int = 0
     job_endpoint: str | None = None
     result_endpoint: str | None = None
     in_flight_per_worker_jobs: int = 2
     result_timeout_s: float = 30.0
+    heartbeat_timeout_s: float = 10.0  # > a few heartbeat intervals (1 s), or a busy network looks like a death
     remote_workers: int = 0  # how many remote workers to plan in-flight slots for (they announce themselves)
 
     def __post_init__(self):
@@ -162,6 +168,7 @@ class ScaleOutConfig:
         _positive_int("scale_out", "remote_workers", self.remote_workers, low=0)
         _positive_int("scale_out", "in_flight_per_worker_jobs", self.in_flight_per_worker_jobs)
         _positive_seconds("scale_out", "result_timeout_s", self.result_timeout_s)
+        _positive_seconds("scale_out", "heartbeat_timeout_s", self.heartbeat_timeout_s)
         if (self.job_endpoint is None) != (self.result_endpoint is None):
             raise ConfigError("scale_out.job_endpoint and scale_out.result_endpoint go together (remote workers "
                               "pull jobs from one and push results to the other)")

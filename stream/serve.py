@@ -112,6 +112,8 @@ class Server:
         self.counters: dict | None = None
         self._ipc_dir: str | None = None
         self._sink: ResultSink | None = None
+        self._local_workers: dict[int, object] = {}  # worker id -> live local process (sentinel in the poller)
+        self._fatal: str | None = None  # why the loop stopped with reason "error" (raised after the stats)
 
     @property
     def exposures_done(self) -> int:
@@ -196,6 +198,8 @@ class Server:
                 poller.register(socket, zmq.POLLIN)
             if collector is not None:
                 poller.register(pull, zmq.POLLIN)
+                for process in self._local_workers.values():  # a worker's exit wakes the loop at once
+                    poller.register(process.sentinel, zmq.POLLIN)
             logger.info("serving: spikes %s, rgb %s -> %s", cfg.spike_endpoint, cfg.rgb_endpoint,
                         self.output_endpoint)
             self.ready.set()
@@ -253,6 +257,8 @@ class Server:
                 self._write_stats(Path(cfg.stats_json), counters)
         if error is not None:
             raise error
+        if self._fatal is not None:
+            raise SpikeRevealError(self._fatal)
         if thread is not None and thread.error is not None:
             raise SpikeRevealError(f"inference failed: {thread.error}") from thread.error
         return counters
@@ -331,8 +337,33 @@ class Server:
                     if worker_id is not None:
                         ready.add(worker_id)
         slots = max(1, scale.workers + scale.remote_workers) * scale.in_flight_per_worker_jobs
-        collector = ResultCollector(slots, int(scale.result_timeout_s * 1e9))
+        collector = ResultCollector(slots, int(scale.result_timeout_s * 1e9), int(scale.heartbeat_timeout_s * 1e9))
+        now = self._clock_ns()
+        for worker_id, process in enumerate(processes):
+            self._local_workers[worker_id] = process
+            collector.heard(worker_id, now)
         return push, pull, processes, collector
+
+    def _check_workers(self, collector, poller) -> bool:
+        """Declare exited local workers and silent ones lost (their jobs released); False when none is left
+        that could ever send a result (no local worker alive and no endpoint for remote ones)."""
+        scale = self.config.scale_out
+        for worker_id, process in list(self._local_workers.items()):
+            if process.is_alive():
+                continue
+            del self._local_workers[worker_id]
+            poller.unregister(process.sentinel)
+            collector.worker_lost(worker_id, f"its process exited with code {process.exitcode}; it is not "
+                                             "restarted, serve goes on with the others", exited=True)
+            collector.slots = max(1, collector.slots - scale.in_flight_per_worker_jobs)
+        for worker_id in collector.silent_workers(self._clock_ns()):
+            collector.worker_lost(worker_id, f"no heartbeat for {scale.heartbeat_timeout_s:g} s "
+                                             "(scale_out.heartbeat_timeout_s)")
+        if scale.workers > 0 and not self._local_workers and scale.job_endpoint is None:
+            self._fatal = (f"all {scale.workers} worker processes exited; their errors are logged above (run "
+                           "with -v for more)")
+            return False
+        return True
 
     # -- the loop ----------------------------------------------------------------------------------------
     def _loop(self, stop, poller, camera_sockets, output, pipeline: Pipeline, sink: ResultSink, thread,
@@ -359,6 +390,8 @@ class Server:
                 if socket is pull:
                     self._receive_results(pull, collector, deliver)
                     continue
+                if isinstance(socket, int):  # a local worker's process sentinel: handled below
+                    continue
                 for _ in range(_MAX_BURST_MESSAGES):
                     try:
                         parts = socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
@@ -368,6 +401,8 @@ class Server:
             pipeline.tick(clock())
             transport.drain_subscriptions(output)
             if collector is not None:
+                if not self._check_workers(collector, poller):
+                    return "error"
                 self._dispatch(pipeline.queue, collector, push)
                 for job, result in collector.release(clock()):
                     deliver(job, result)
@@ -376,14 +411,24 @@ class Server:
         import zmq
 
         from spikereveal.stream.protocol import ProtocolError
-        from spikereveal.stream.worker import decode_ready, decode_result
+        from spikereveal.stream.worker import decode_heartbeat, decode_ready, decode_result
 
         while True:
             try:
                 parts = pull.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            if decode_ready(parts) is not None:
+            ready = decode_ready(parts)
+            if ready is not None:
+                collector.heard(ready, self._clock_ns())
+                continue
+            beat = decode_heartbeat(parts)
+            if beat is not None:
+                worker_id, exposure_id = beat
+                if exposure_id is None:
+                    collector.heard(worker_id, self._clock_ns())
+                else:
+                    collector.taken(worker_id, exposure_id, self._clock_ns())
                 continue
             try:
                 wire = decode_result(parts)
@@ -421,6 +466,8 @@ class Server:
             thread.stop(timeout_s=max(drain_s, 60.0))  # the exposure in progress finishes
             return abandoned
         while drain_s > 0 and (len(queue) or collector.in_flight) and time.monotonic() < deadline:
+            if not self._check_workers(collector, poller):
+                break
             self._dispatch(queue, collector, push)
             if pull.poll(50):
                 self._receive_results(pull, collector, deliver)

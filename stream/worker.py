@@ -511,6 +511,11 @@ _JOB = struct.Struct("<4sHHqqqqqqqqIIIIII")
 # started_ns, prepare_ns, inference_ns, postprocess_ns, finished_ns
 _RESULT = struct.Struct("<4sHHqBBHIIIqqqqq")
 _READY = struct.Struct("<4sHHII")  # magic, version, reserved, worker_id, pid
+# magic, version, reserved, worker_id, pid, exposure_id (the job just taken; -1: a periodic liveness beat)
+_BEAT = struct.Struct("<4sHHIIq")
+BEAT_MAGIC, BEAT_TOPIC = b"SRHB", b"beat"
+#: how often a worker says it is alive (serve declares it lost after scale_out.heartbeat_timeout_s)
+HEARTBEAT_INTERVAL_S = 1.0
 RESULT_OK, RESULT_FAILED = 0, 1
 RESULT_OUT_OF_DOMAIN = 1  # flag: the exposure's firing gain is outside the model's trained range
 _PIXEL_CODES = {"bgr8": 1, "bgr_f32": 2}
@@ -650,6 +655,53 @@ def decode_ready(parts) -> int | None:
     return worker_id if magic == READY_MAGIC and version == JOB_VERSION else None
 
 
+def encode_heartbeat(worker_id: int, exposure_id: int = -1) -> list:
+    """A worker's liveness beat (``exposure_id`` -1), or its acknowledgement that it took a job: serve then
+    knows which worker holds which job, and releases exactly a lost worker's jobs."""
+    return [BEAT_TOPIC, _BEAT.pack(BEAT_MAGIC, JOB_VERSION, 0, worker_id, os.getpid(), int(exposure_id))]
+
+
+def decode_heartbeat(parts) -> tuple[int, int | None] | None:
+    """``(worker_id, exposure_id or None)`` of a heartbeat/acknowledgement, or None when ``parts`` is not one."""
+    if len(parts) != 2 or bytes(_view(parts[0])) != BEAT_TOPIC or len(_view(parts[1])) != _BEAT.size:
+        return None
+    magic, version, _, worker_id, _, exposure_id = _BEAT.unpack(_view(parts[1]))
+    if magic != BEAT_MAGIC or version != JOB_VERSION:
+        return None
+    return worker_id, (None if exposure_id < 0 else exposure_id)
+
+
+class _Heartbeat:
+    """Sends ``encode_heartbeat(worker_id)`` every ``interval_s`` from its own thread and socket (inference
+    may hold the worker's loop for seconds; a ZeroMQ socket belongs to one thread)."""
+
+    def __init__(self, context, endpoint: str, worker_id: int, interval_s: float):
+        import zmq
+
+        self._socket = context.socket(zmq.PUSH)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.SNDHWM, 4)
+        self._socket.connect(endpoint)
+        self._worker_id, self._interval_s = worker_id, interval_s
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat{worker_id}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import zmq
+
+        while not self._done.wait(self._interval_s):
+            try:
+                self._socket.send_multipart(encode_heartbeat(self._worker_id), flags=zmq.NOBLOCK)
+            except zmq.Again:  # serve is gone or slow: the next beat tries again
+                pass
+
+    def close(self) -> None:
+        self._done.set()
+        self._thread.join(5.0)
+        self._socket.close(linger=0)
+
+
 # -- the worker process ----------------------------------------------------------------------------------------
 @dataclass
 class WorkerStats:
@@ -661,13 +713,15 @@ class WorkerStats:
 def run_worker(job_endpoint: str, result_endpoint: str, runner_factory: Callable, worker_id: int = 0,
                spike_shape: tuple[int, int] | None = None, k: int | None = None, calibration=None,
                output_pixel_format: str = "bgr8", stop: threading.Event | None = None,
-               max_jobs: int | None = None) -> WorkerStats:
+               max_jobs: int | None = None, heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S) -> WorkerStats:
     """Pull jobs from ``job_endpoint``, push results to ``result_endpoint`` until ``stop`` (or ``max_jobs``).
 
     ``runner_factory(shape) -> unloaded Runner``. With ``spike_shape`` and ``k`` the runner loads before the
     first job and the worker announces itself ready; otherwise it loads on the first job's geometry (and
     again if the geometry changes). Receive HWM 1: a worker holds at most one job beyond the one it runs,
-    so slow workers do not hoard work.
+    so slow workers do not hoard work. Every job taken is acknowledged at once on the result socket, and a
+    heartbeat goes out every ``heartbeat_interval_s`` (its own thread), so serve can tell a dead or silent
+    worker and release exactly its jobs.
     """
     import zmq
 
@@ -677,12 +731,14 @@ def run_worker(job_endpoint: str, result_endpoint: str, runner_factory: Callable
     push = context.socket(zmq.PUSH)
     stats = WorkerStats()
     runner = processor = None
+    heartbeat = None
     for socket in (pull, push):
         socket.setsockopt(zmq.LINGER, 0)
     pull.setsockopt(zmq.RCVHWM, 1)
     try:
         pull.connect(job_endpoint)
         push.connect(result_endpoint)
+        heartbeat = _Heartbeat(context, result_endpoint, worker_id, heartbeat_interval_s)
 
         def load(shape):
             nonlocal runner, processor
@@ -709,6 +765,7 @@ def run_worker(job_endpoint: str, result_endpoint: str, runner_factory: Callable
                 stats.malformed += 1
                 logger.warning("malformed job dropped: %s", exc)
                 continue
+            push.send_multipart(encode_heartbeat(worker_id, job.exposure_id))  # "I hold this job"
             shape = runner_shape_for(int(job.centers.shape[0]), job.spike_height, job.spike_width)
             try:
                 if processor is None or processor.shape != shape:
@@ -722,6 +779,8 @@ def run_worker(job_endpoint: str, result_endpoint: str, runner_factory: Callable
             push.send_multipart(encode_result(result, worker_id), copy=False)
             stats.jobs += 1
     finally:
+        if heartbeat is not None:
+            heartbeat.close()
         if runner is not None:
             runner.close()
         pull.close(linger=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 import shutil
 import tempfile
 import threading
@@ -599,3 +600,104 @@ def test_stats_json_is_written_when_the_loop_dies_of_an_unexpected_error(tmp_pat
         Server(config, runner_factory=GatedRunnerFactory()).run()
     written = json.loads((tmp_path / "stats.json").read_text())
     assert written["stop_reason"] == "error" and written["exposures_received"] == 0
+
+
+# -- lost workers (issue 14 item 6) ----------------------------------------------------------------------------------
+class _FakeProcess:
+    def __init__(self):
+        self.sentinel, self._write = os.pipe()  # readable once "the process" exits, like multiprocessing's
+        self.exitcode = None
+
+    def is_alive(self):
+        return self.exitcode is None
+
+    def die(self, code):
+        self.exitcode = code
+        os.write(self._write, b"x")
+
+
+def test_an_exited_local_worker_is_lost_at_once_and_serve_stops_when_none_is_left(tmp_path):
+    from spikereveal.stream.collector import ResultCollector
+    from spikereveal.stream.serve import Server
+    from test_worker import make_job
+
+    config = _serve_config(tmp_path, "unused.onnx", worker={"save_dir": None}, scale_out={"workers": 2})
+    server = Server(config)
+    processes = {0: _FakeProcess(), 1: _FakeProcess()}
+    server._local_workers = dict(processes)
+    poller = zmq.Poller()
+    for process in processes.values():
+        poller.register(process.sentinel, zmq.POLLIN)
+    collector = ResultCollector(slots=4, result_timeout_ns=30 * 10**9)  # the 30 s timeout must not be needed
+    for worker in (0, 1):
+        collector.heard(worker, 0)
+        collector.dispatched(make_job(worker), 0)
+        collector.taken(worker, worker, 0)
+    try:
+        processes[0].die(-9)
+        assert [socket for socket, _ in poller.poll(0)] == [processes[0].sentinel]  # the loop wakes at once
+        assert server._check_workers(collector, poller)
+        assert collector.lost == 1 and collector.lost_workers == [0] and collector.slots == 2
+        assert poller.poll(0) == []  # its sentinel is no longer watched
+        processes[1].die(1)
+        assert not server._check_workers(collector, poller)
+        assert "all 2 worker processes exited" in server._fatal and collector.in_flight == 0
+    finally:
+        for process in processes.values():
+            os.close(process.sentinel)
+            os.close(process._write)
+
+
+def test_a_silent_remote_worker_is_declared_lost_by_the_serve_loop(tmp_path):
+    import logging
+
+    from spikereveal.stream.serve import Server
+    from spikereveal.stream.worker import encode_ready
+
+    endpoints = _worker_endpoints()
+    config = _serve_config(tmp_path, "unused.onnx", worker={"save_dir": None},
+                           scale_out={**endpoints, "heartbeat_timeout_s": 0.2})
+    config = dataclasses.replace(config, idle_timeout_s=None)
+    lost = threading.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record):
+            if "worker 9 lost" in record.getMessage() and "no heartbeat" in record.getMessage():
+                lost.set()
+
+    handler = Watch()
+    logging.getLogger("spikereveal.stream.collector").addHandler(handler)
+    server, stop, out = Server(config, runner_factory=GatedRunnerFactory()), threading.Event(), {}
+    thread = threading.Thread(target=lambda: out.setdefault("counters", server.run(stop)))
+    thread.start()
+    context = zmq.Context()
+    results = context.socket(zmq.PUSH)
+    try:
+        assert server.ready.wait(30)
+        results.connect(endpoints["result_endpoint"])
+        results.send_multipart(encode_ready(9))  # then silence
+        assert lost.wait(10)
+    finally:
+        stop.set()
+        thread.join(30)
+        results.close(linger=0)
+        context.term()
+        logging.getLogger("spikereveal.stream.collector").removeHandler(handler)
+    assert out["counters"]["stop_reason"] == "stopped"
+
+
+def test_cli_worker_timeouts_build_the_config():
+    import argparse
+
+    from spikereveal.commands import serve as command
+
+    parser = argparse.ArgumentParser()
+    command.register(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--spike-endpoint", "tcp://a:1", "--rgb-endpoint", "tcp://a:2",
+                              "--output-endpoint", "tcp://*:3", "--workers", "2", "--result-timeout", "5",
+                              "--heartbeat-timeout", "2.5"])
+    config = command.config_from_args(args)
+    assert config.scale_out.result_timeout_s == 5.0 and config.scale_out.heartbeat_timeout_s == 2.5
+    with pytest.raises(Exception, match="heartbeat_timeout_s"):
+        load_serve_config(None, spike_endpoint="tcp://a:1", rgb_endpoint="tcp://a:2", output_endpoint="tcp://*:3",
+                          scale_out={"heartbeat_timeout_s": 0})

@@ -361,3 +361,102 @@ def test_the_out_of_domain_flag_crosses_the_wire_and_the_collector():
     collector.dispatched(job, 0)
     ((_, result),) = collector.received(wire, 10)
     assert result.out_of_domain
+
+
+# -- lost workers (issue 14 item 6) ----------------------------------------------------------------------------------
+def test_collector_releases_exactly_a_lost_workers_jobs_at_once():
+    collector = ResultCollector(slots=4, result_timeout_ns=10**12)  # the timeout never fires here
+    for i in range(4):
+        collector.dispatched(make_job(i), 0)
+    for worker, exposure in ((0, 0), (1, 1), (0, 2), (1, 3)):
+        collector.taken(worker, exposure, 1)
+    assert collector.received(_wire(1), 2) == []  # held in order behind exposure 0 (worker 0)
+    assert collector.received(_wire(3), 3) == []
+    assert collector.worker_lost(0, "its process exited", exited=True) == 2  # exposures 0 and 2, not 1 or 3
+    assert [r.exposure_id for _, r in collector.release(4)] == [1, 3]
+    assert collector.lost == 2 and collector.in_flight == 0 and collector.lost_workers == [0]
+    collector.heard(0, 5)  # a stale beat from the exited worker does not bring it back
+    assert 0 not in collector.last_heard
+
+
+def test_collector_declares_a_silent_worker_lost_after_the_heartbeat_timeout():
+    collector = ResultCollector(slots=4, result_timeout_ns=10**12, heartbeat_timeout_ns=1000)
+    collector.heard(0, 0)
+    collector.heard(1, 0)
+    collector.dispatched(make_job(0), 10)
+    collector.taken(1, 0, 10)
+    collector.heard(0, 900)
+    assert collector.silent_workers(1009) == []
+    assert collector.silent_workers(1010) == [1]  # heard at 10 (its acknowledgement); worker 0 beat at 900
+    collector.worker_lost(1, "silent")
+    assert collector.lost == 1 and collector.release(1010) == []
+    collector.heard(1, 2000)  # a remote worker may come back
+    assert 1 in collector.last_heard and collector.lost_workers == []
+
+
+def test_unacknowledged_jobs_in_a_lost_workers_pipe_are_released_once_live_workers_moved_past_them():
+    collector = ResultCollector(slots=8, result_timeout_ns=10**12)
+    collector.heard(0, 0)
+    collector.heard(1, 0)
+    for i in range(3):
+        collector.dispatched(make_job(i), 0)
+    collector.taken(0, 0, 1)  # 1 sat in worker 0's pipe and was never taken: worker 0 died
+    assert collector.worker_lost(0, "exited", exited=True) == 1  # exposure 0; 1 may still be in worker 1's pipe
+    assert collector.in_flight == 2
+    collector.taken(1, 2, 2)  # worker 1 (the only live one) took a later job: pipes are FIFO, 1 was not in its
+    assert collector.lost == 2 and collector.in_flight == 1
+    assert [r.exposure_id for _, r in collector.received(_wire(2), 3)] == [2]
+
+
+def test_with_no_live_worker_left_every_unacknowledged_job_is_lost():
+    collector = ResultCollector(slots=4, result_timeout_ns=10**12)
+    collector.heard(0, 0)
+    for i in range(3):
+        collector.dispatched(make_job(i), 0)
+    collector.taken(0, 0, 1)
+    assert collector.worker_lost(0, "exited", exited=True) == 3 and collector.in_flight == 0
+
+
+def test_heartbeat_and_acknowledgement_round_trip():
+    from spikereveal.stream.worker import decode_heartbeat, encode_heartbeat, encode_ready
+
+    assert decode_heartbeat([bytes(p) for p in encode_heartbeat(5)]) == (5, None)
+    assert decode_heartbeat([bytes(p) for p in encode_heartbeat(5, 42)]) == (5, 42)
+    assert decode_heartbeat(encode_ready(5)) is None
+    assert decode_heartbeat(encode_result(None, 1, 9, K)) is None
+
+
+def test_a_worker_acknowledges_each_job_and_beats_while_inference_runs(tmp_path):
+    zmq = pytest.importorskip("zmq")
+    from spikereveal.stream.worker import decode_heartbeat, decode_ready, run_worker
+
+    context = zmq.Context()
+    jobs, results = context.socket(zmq.PUSH), context.socket(zmq.PULL)
+    jobs.bind(f"ipc://{tmp_path}/j")
+    results.bind(f"ipc://{tmp_path}/r")
+    gate, stop = threading.Event(), threading.Event()
+    runner = FakeRunner(InputShape(K, 4 * SPIKE_H, 4 * SPIKE_W), gate)
+    runner.options = runner.options.__class__(warmup_runs=0)
+    thread = threading.Thread(target=run_worker, args=(f"ipc://{tmp_path}/j", f"ipc://{tmp_path}/r", lambda s: runner),
+                              kwargs={"worker_id": 3, "stop": stop, "heartbeat_interval_s": 0.02})
+    thread.start()
+    try:
+        assert results.poll(10_000) and decode_ready(results.recv_multipart()) == 3
+        jobs.send_multipart(encode_job(make_job(8)))
+        seen = []
+        while (3, None) not in seen[1:] and results.poll(10_000):  # a beat after the ack: inference is stuck
+            seen.append(decode_heartbeat(results.recv_multipart()))
+        assert (3, 8) in seen and seen.index((3, 8)) < len(seen) - 1
+        gate.set()
+        while results.poll(10_000):
+            parts = results.recv_multipart()
+            if decode_heartbeat(parts) is None:
+                assert decode_result(parts).exposure_id == 8
+                break
+    finally:
+        gate.set()
+        stop.set()
+        thread.join(30)
+        jobs.close(linger=0)
+        results.close(linger=0)
+        context.term()
