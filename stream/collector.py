@@ -196,9 +196,15 @@ def _worker_process_main(job_endpoint, result_endpoint, worker_id, engine, spike
 
         calibration = read_calibration(calibration_path)
     work_dir = os.path.join(onnx_dir, f"worker{worker_id}")  # exports of concurrent workers must not collide
-    run_worker(job_endpoint, result_endpoint, make_runner_factory(engine, work_dir), worker_id=worker_id,
-               spike_shape=spike_shape, k=k, calibration=calibration, output_pixel_format=output_pixel_format,
-               stop=stop)
+    from spikereveal.errors import SpikeRevealError
+
+    try:
+        run_worker(job_endpoint, result_endpoint, make_runner_factory(engine, work_dir), worker_id=worker_id,
+                   spike_shape=spike_shape, k=k, calibration=calibration, output_pixel_format=output_pixel_format,
+                   stop=stop)
+    except SpikeRevealError as exc:  # e.g. the engine cannot load: the reason, no traceback; serve sees the exit
+        logging.getLogger(__name__).error("%s", exc)
+        raise SystemExit(2) from None
 
 
 def start_local_workers(count: int, job_endpoint: str, result_endpoint: str, engine, spike_shape, k: int,

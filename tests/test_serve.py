@@ -701,3 +701,102 @@ def test_cli_worker_timeouts_build_the_config():
     with pytest.raises(Exception, match="heartbeat_timeout_s"):
         load_serve_config(None, spike_endpoint="tcp://a:1", rgb_endpoint="tcp://a:2", output_endpoint="tcp://*:3",
                           scale_out={"heartbeat_timeout_s": 0})
+
+
+# -- the engine's warm-up and load failures (issue 14 items 7 and 8) -----------------------------------------------
+class CountingFactory(GatedRunnerFactory):
+    """GatedRunnerFactory whose loads wait for ``load_gate`` (a slow engine start) or fail with ``load_error``."""
+
+    def __init__(self, load_gate=None, load_error=None):
+        super().__init__()
+        self.load_gate, self.load_error, self.calls = load_gate, load_error, 0
+
+    def __call__(self, shape):
+        self.calls += 1
+        runner = super().__call__(shape)
+        gate, error, load = self.load_gate, self.load_error, runner._load
+
+        def slow_load():
+            if error is not None:
+                raise error
+            if gate is not None:
+                assert gate.wait(60)
+            load()
+
+        runner._load = slow_load
+        return runner
+
+
+def test_a_slow_engine_start_without_spike_geometry_drops_nothing_for_capacity(recording, tmp_path):
+    loaded = threading.Event()  # the engine finishes loading only once the whole recording was sent
+    config = _serve_config(tmp_path, "unused.onnx", worker={"save_dir": None, "queue_capacity_jobs": 1})
+    config = dataclasses.replace(config, spike_height=None, spike_width=None)
+    factory = CountingFactory(load_gate=loaded)
+    counters = _run_with_factory(recording, config, factory, speed=5.0, release=loaded)
+    assert factory.calls == 1  # loaded at the first spike block, once
+    assert counters["exposures_done"] == EXPOSURES - 1  # the exposures waited for the engine
+    assert counters["job_queue_dropped"] == counters["warmup_dropped"] == counters["exposures_dropped"] == 0
+    assert _accounted(counters) == counters["exposures_received"]
+
+
+def test_an_engine_that_fails_to_load_stops_serve_once_with_the_reason(recording, tmp_path):
+    from spikereveal.engines.runners import RunnerError
+    from spikereveal.errors import SpikeRevealError
+    from spikereveal.recording import open_recording
+    from spikereveal.stream.replay import LiveReplay, ReplayConfig
+    from spikereveal.stream.serve import Server
+
+    config = _serve_config(tmp_path, "unused.onnx", worker={"save_dir": None})
+    config = dataclasses.replace(config, spike_height=None, spike_width=None, idle_timeout_s=30.0)
+    factory = CountingFactory(load_error=RunnerError("not an LDN graph"))
+    server, out = Server(config, runner_factory=factory), {}
+
+    def run():
+        try:
+            server.run()
+        except SpikeRevealError as exc:
+            out["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert server.ready.wait(60)
+    replay_config = ReplayConfig(speed=5.0, block_frames=8, wait_for_subscribers=True, start_delay_s=0,
+                                 subscriber_timeout_s=20, drain_s=0.2, heartbeat_interval_s=0.02)
+    with open_recording(recording, strict=False) as rec:
+        with LiveReplay(rec, config.spike_endpoint, config.rgb_endpoint, replay_config) as replay:
+            replay.run()
+    thread.join(60)
+    assert not thread.is_alive()
+    assert "could not be loaded" in str(out["error"]) and "not an LDN graph" in str(out["error"])
+    assert factory.calls == 1  # not once per exposure
+    written = json.loads((tmp_path / "stats.json").read_text())
+    assert written["stop_reason"] == "error" and _accounted(written) == written["exposures_received"]
+
+
+def _not_an_ldn_onnx(path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "other",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+    onnx.save(helper.make_model(graph), str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["onnx", "model"])
+def test_serve_refuses_a_model_file_that_is_not_the_ldn_at_start(tmp_path, capsys, kind):
+    from spikereveal.cli import main
+
+    if kind == "onnx":
+        source = ["--onnx", str(_not_an_ldn_onnx(tmp_path / "other.onnx"))]
+    else:
+        (tmp_path / "random.pt").write_bytes(np.random.default_rng(0).bytes(4096))
+        source = ["--model", str(tmp_path / "random.pt")]
+    spike, rgb, output = _endpoints()
+    code = main(["serve", "--spike-endpoint", spike, "--rgb-endpoint", rgb, "--output-endpoint", output, *source,
+                 "--idle-timeout", "30"])  # no --spike-geometry: it used to wait for exposures, then exit 0
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert ("not a spikereveal LDN export" in err and "spikereveal export" in err) if kind == "onnx" else \
+        "random.pt" in err

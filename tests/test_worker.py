@@ -460,3 +460,121 @@ def test_a_worker_acknowledges_each_job_and_beats_while_inference_runs(tmp_path)
         jobs.close(linger=0)
         results.close(linger=0)
         context.term()
+
+
+# -- memory bounded in bytes (issue 14 item 9) -------------------------------------------------------------------
+def test_job_queue_is_bounded_in_bytes_and_counts_the_drops():
+    from spikereveal.stream.worker import job_nbytes
+
+    size = job_nbytes(make_job(0))
+    for policy in ("drop_oldest", "drop_newest"):
+        queue = JobQueue(capacity_jobs=100, when_full=policy, max_bytes=3 * size + size // 2)
+        for i in range(20):
+            queue.put(make_job(i))
+            assert queue.nbytes <= queue.max_bytes and queue.nbytes == sum(job_nbytes(j) for j in queue._items)
+        assert len(queue) == 3 and queue.dropped == 17 and queue.peak_bytes <= queue.max_bytes
+        kept = [queue.get_nowait().exposure_id for _ in range(3)]
+        assert kept == ([17, 18, 19] if policy == "drop_oldest" else [0, 1, 2]) and queue.nbytes == 0
+
+
+def test_a_flood_of_large_exposures_keeps_the_pipeline_within_its_byte_bounds():
+    from spikereveal.stream.graph import Pipeline
+    from spikereveal.stream.protocol import RgbExposure, SpikeBlock, encode
+    from spikereveal.stream.sync import Synchroniser, SyncConfig
+    from spikereveal.stream.worker import job_nbytes
+
+    rng = np.random.default_rng(3)
+    image_bytes = 4 * SPIKE_H * 4 * SPIKE_W * 3
+    sync = Synchroniser(SyncConfig(k=K, max_pending_exposures=1000, max_pending_bytes=5 * image_bytes,
+                                   max_ring_frames=200))
+    job_bytes = job_nbytes(make_job(0))
+    queue = JobQueue(capacity_jobs=1000, max_bytes=3 * job_bytes)  # nothing consumes it: inference is stuck
+    now = [0]
+
+    def clock():
+        now[0] += 1000
+        return now[0]
+
+    pipeline = Pipeline(sync, queue, clock)
+    bound = sync.config.max_ring_frames * SPIKE_H * SPIKE_W // 8 + sync.config.max_pending_bytes + queue.max_bytes
+    exposures = 60  # 50x faster than the spikes: all of them before the spikes they need
+    messages = [RgbExposure(stream_id=2, seq=i, frame_id=i, start_ns=(20 + 5 * i) * 1_000_000,
+                            duration_ns=20 * 1_000_000,
+                            image=rng.integers(0, 256, (4 * SPIKE_H, 4 * SPIKE_W, 3), dtype=np.uint8))
+                for i in range(exposures)]
+    messages += [SpikeBlock(stream_id=1, seq=b, first_index=8 * b, t0_ns=0, rate_hz=RATE_HZ, height=SPIKE_H,
+                            width=SPIKE_W, packed=pack_frames(rng.random((8, SPIKE_H, SPIKE_W)) < 0.3))
+                 for b in range(50)]
+    for message in messages:
+        pipeline.on_message([bytes(p) for p in encode(message)], clock())
+        assert sync.pending_nbytes <= sync.config.max_pending_bytes
+        assert queue.nbytes <= queue.max_bytes
+    assert pipeline.peak_queued_bytes <= bound
+    assert queue.peak_bytes <= queue.max_bytes and len(queue) == 3
+    counters = pipeline.counters(ResultSinkStub())
+    assert counters["sync_exposures_dropped"] >= exposures - 5 and counters["job_queue_dropped"] >= 1
+    assert counters["peak_queued_bytes"] == pipeline.peak_queued_bytes and counters["peak_rss_bytes"] > 0
+    waiting = len(queue)  # serve counts these as abandoned at a stop
+    assert (counters["exposures_done"] + counters["exposures_skipped"] + counters["exposures_dropped"]
+            + counters["exposures_pending_at_exit"] + waiting) == counters["exposures_received"] == exposures
+
+
+class ResultSinkStub:
+    exposures_done = output_messages = output_dropped = out_of_domain_exposures = 0
+
+    class latency:  # noqa: N801
+        @staticmethod
+        def summary():
+            return {}
+
+
+def test_subscriber_receive_buffers_are_sized_from_their_byte_budget():
+    zmq = pytest.importorskip("zmq")
+    from spikereveal.stream import transport
+    from spikereveal.stream.config import IngestConfig
+
+    ingest = IngestConfig(rgb_max_message_bytes=8 << 20, rgb_receive_buffer_bytes=64 << 20,
+                          spike_max_message_bytes=1 << 20, spike_receive_buffer_bytes=64 << 20)
+    assert ingest.receive_hwm("rgb") == 8 and ingest.receive_hwm("spike") == 64
+    assert IngestConfig(receive_hwm_messages=10).receive_hwm("spike") == 10  # the message cap still applies
+    assert IngestConfig().receive_hwm("rgb") * IngestConfig().rgb_max_message_bytes <= 128 << 20
+    with pytest.raises(ConfigError, match="rgb_receive_buffer_bytes"):
+        IngestConfig(rgb_max_message_bytes=8 << 20, rgb_receive_buffer_bytes=4 << 20)
+    context = zmq.Context()
+    try:
+        socket = transport.open_subscriber(context, "inproc://x", receive_hwm=ingest.receive_hwm("rgb"),
+                                           max_message_bytes=ingest.rgb_max_message_bytes)
+        assert socket.getsockopt(zmq.RCVHWM) == 8 and socket.getsockopt(zmq.MAXMSGSIZE) == 8 << 20
+        socket.close(linger=0)
+    finally:
+        context.term()
+
+
+def test_the_pipeline_announces_the_spike_geometry_at_the_first_block():
+    from spikereveal.stream.graph import Pipeline
+    from spikereveal.stream.protocol import SpikeBlock, encode
+    from spikereveal.stream.sync import Synchroniser, SyncConfig
+
+    seen = []
+    pipeline = Pipeline(Synchroniser(SyncConfig(k=K)), JobQueue(2), lambda: 0,
+                        on_spike_geometry=lambda h, w: seen.append((h, w, pipeline.sync.counters.messages)))
+    for b in range(3):
+        block = SpikeBlock(stream_id=1, seq=b, first_index=8 * b, t0_ns=0, rate_hz=RATE_HZ, height=SPIKE_H,
+                           width=SPIKE_W, packed=pack_frames(np.zeros((8, SPIKE_H, SPIKE_W), bool)))
+        pipeline.on_message([bytes(p) for p in encode(block)], 0)
+    assert seen == [(SPIKE_H, SPIKE_W, 0)]  # once, before the block itself was synchronised
+
+
+def test_a_warming_queue_holds_exposures_instead_of_dropping_them_for_capacity():
+    queue = JobQueue(capacity_jobs=1, warmup_capacity_jobs=4)
+    queue.begin_warmup()
+    for i in range(5):
+        queue.put(make_job(i))
+    assert len(queue) == 4 and queue.dropped == 0 and queue.warmup_dropped == 1
+    queue.end_warmup()  # the backlog is processed, not trimmed by the next exposure
+    queue.put(make_job(5))  # more than inference takes meanwhile: a capacity drop, at the backlog's length
+    assert len(queue) == 4 and queue.dropped == 1
+    for _ in range(3):
+        queue.get_nowait()
+    queue.put(make_job(6))  # caught up: the normal bound again
+    assert len(queue) == 1 and queue.dropped == 2 and [j.exposure_id for j in queue.clear()] == [6]
