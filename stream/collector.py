@@ -10,6 +10,15 @@ them in dispatch order (= exposure order), so viewers and ``frames.csv`` see exp
 Bounds: at most ``slots`` jobs are out at workers; the rest wait in the JobQueue (which drops per its
 policy). A job whose result has not come back after ``result_timeout_ns`` is counted lost (a worker died
 or restarted) and the results behind it are released.
+
+Lost workers. Each worker acknowledges a job as it takes it and sends a heartbeat every
+``worker.HEARTBEAT_INTERVAL_S`` (:func:`~spikereveal.stream.worker.encode_heartbeat`), so the collector
+knows which worker holds which job. A worker is lost when serve sees its process exit (local workers:
+at once, through the process sentinel) or when it is silent for ``heartbeat_timeout_ns`` (remote ones);
+then exactly its unfinished jobs are counted lost (``worker_lost``) and what waited behind them is released.
+A job dispatched but not yet acknowledged sits in some worker's ZeroMQ pipe; pipes are FIFO, so once every
+live worker has acknowledged a job dispatched after it, it was in a lost worker's pipe and is lost too
+(with no live worker left, at once); otherwise ``result_timeout_ns`` is the backstop.
 """
 
 from __future__ import annotations
@@ -35,15 +44,26 @@ class InFlight:
     job: ReadyJob
     dispatched_ns: int
     result: WireResult | None = None
+    order: int = 0  # dispatch order
+    worker_id: int | None = None  # the worker that acknowledged it (None: not yet)
 
 
 class ResultCollector:
-    """Tracks dispatched jobs and releases their results in dispatch order (pure: times are passed in)."""
+    """Tracks dispatched jobs and releases their results in dispatch order (pure: times are passed in).
 
-    def __init__(self, slots: int, result_timeout_ns: int):
+    ``heartbeat_timeout_ns``: a worker heard from before and silent this long is lost (None: never)."""
+
+    def __init__(self, slots: int, result_timeout_ns: int, heartbeat_timeout_ns: int | None = None):
         self.slots = slots
         self.result_timeout_ns = result_timeout_ns
+        self.heartbeat_timeout_ns = heartbeat_timeout_ns
         self._in_flight: OrderedDict[tuple[int, int], InFlight] = OrderedDict()  # (epoch, exposure id) ->
+        self._order = 0
+        self.last_heard: dict[int, int] = {}  # live workers: id -> when last heard (ns)
+        self._last_taken: dict[int, int] = {}  # live workers: id -> dispatch order of the newest job it took
+        self.lost_workers: list[int] = []
+        self._gone: set[int] = set()  # local workers whose process exited: stale beats do not revive them
+        self._lost_before = 0  # jobs dispatched before this order may sit in a lost worker's pipe
         self.lost = 0
         self.failed = 0
         self.unexpected = 0  # results for jobs not in flight (late after a timeout, or duplicates)
@@ -57,9 +77,67 @@ class ResultCollector:
         return len(self._in_flight) < self.slots
 
     def dispatched(self, job: ReadyJob, now_ns: int) -> None:
-        self._in_flight[job.key] = InFlight(job, now_ns)
+        self._order += 1
+        self._in_flight[job.key] = InFlight(job, now_ns, order=self._order)
+
+    # -- which worker holds what, and which workers are alive ------------------------------------------------
+    def heard(self, worker_id: int, now_ns: int) -> None:
+        """A ready announcement, heartbeat, acknowledgement or result from ``worker_id``."""
+        if worker_id in self._gone:
+            return
+        if worker_id in self.lost_workers:  # it came back (a remote worker restarted): a new life
+            self.lost_workers.remove(worker_id)
+        self.last_heard[worker_id] = now_ns
+
+    def taken(self, worker_id: int, key: tuple[int, int], now_ns: int) -> None:
+        """``worker_id`` acknowledged the job ``key`` = (epoch, exposure id)."""
+        self.heard(worker_id, now_ns)
+        entry = self._in_flight.get(key)
+        if entry is not None and worker_id in self._gone:  # a stale acknowledgement from an exited worker
+            del self._in_flight[key]
+            self.lost += 1
+        elif entry is not None:
+            entry.worker_id = worker_id
+            self._last_taken[worker_id] = max(self._last_taken.get(worker_id, 0), entry.order)
+            self._resolve_unacknowledged()
+
+    def worker_lost(self, worker_id: int, reason: str, exited: bool = False) -> int:
+        """``exited``: its process is known to have ended (it cannot come back). Count ``worker_id``'s unfinished jobs lost (and unacknowledged ones that can only have been in a lost
+        worker's pipe); returns how many. ``release`` then hands out what waited behind them."""
+        self.last_heard.pop(worker_id, None)
+        self._last_taken.pop(worker_id, None)
+        if worker_id not in self.lost_workers:
+            self.lost_workers.append(worker_id)
+        if exited:
+            self._gone.add(worker_id)
+        self._lost_before = self._order + 1
+        before = self.lost
+        for key, entry in list(self._in_flight.items()):
+            if entry.result is None and entry.worker_id == worker_id:
+                del self._in_flight[key]
+                self.lost += 1
+        self._resolve_unacknowledged()
+        count = self.lost - before
+        logger.warning("worker %d lost (%s): %d exposure(s) it held counted in worker_lost; the results behind "
+                       "them are released", worker_id, reason, count)
+        return count
+
+    def _resolve_unacknowledged(self) -> None:
+        for key, entry in list(self._in_flight.items()):
+            if entry.result is not None or entry.worker_id is not None or entry.order >= self._lost_before:
+                continue
+            if all(self._last_taken.get(w, 0) > entry.order for w in self.last_heard):
+                del self._in_flight[key]  # in no live worker's pipe: it went to a lost one
+                self.lost += 1
+
+    def silent_workers(self, now_ns: int) -> list[int]:
+        """Workers not heard from for ``heartbeat_timeout_ns`` (the caller declares them lost)."""
+        if self.heartbeat_timeout_ns is None:
+            return []
+        return [w for w, heard in self.last_heard.items() if now_ns - heard >= self.heartbeat_timeout_ns]
 
     def received(self, result: WireResult, now_ns: int) -> list[tuple[ReadyJob, ExposureResult]]:
+        self.heard(result.worker_id, now_ns)
         entry = self._in_flight.get(result.key)
         if entry is None or entry.result is not None:
             self.unexpected += 1
@@ -119,9 +197,15 @@ def _worker_process_main(job_endpoint, result_endpoint, worker_id, engine, spike
 
         calibration = read_calibration(calibration_path)
     work_dir = os.path.join(onnx_dir, f"worker{worker_id}")  # exports of concurrent workers must not collide
-    run_worker(job_endpoint, result_endpoint, make_runner_factory(engine, work_dir), worker_id=worker_id,
-               spike_shape=spike_shape, k=k, calibration=calibration, output_pixel_format=output_pixel_format,
-               stop=stop)
+    from spikereveal.errors import SpikeRevealError
+
+    try:
+        run_worker(job_endpoint, result_endpoint, make_runner_factory(engine, work_dir), worker_id=worker_id,
+                   spike_shape=spike_shape, k=k, calibration=calibration, output_pixel_format=output_pixel_format,
+                   stop=stop)
+    except SpikeRevealError as exc:  # e.g. the engine cannot load: the reason, no traceback; serve sees the exit
+        logging.getLogger(__name__).error("%s", exc)
+        raise SystemExit(2) from None
 
 
 def start_local_workers(count: int, job_endpoint: str, result_endpoint: str, engine, spike_shape, k: int,

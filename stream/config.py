@@ -5,18 +5,34 @@
     {"format": "spikereveal-serve", "version": 1,
      "endpoints":  {"spike": "tcp://cam:5555", "rgb": "tcp://cam:5556", "output": "tcp://*:5557"},
      "geometry":   {"spike_height": 250, "spike_width": 400},
-     "ingest":     {"receive_hwm_messages": 1000, "poll_interval_ms": 50},
+     "ingest":     {"receive_hwm_messages": 1000, "poll_interval_ms": 50, "spike_max_message_bytes": 2097152,
+                    "rgb_max_message_bytes": 16777216, "spike_receive_buffer_bytes": 134217728,
+                    "rgb_receive_buffer_bytes": 134217728},
      "sync":       {"k": 7, "margin_frames": 10, "rgb_to_spike_offset_ns": 0, "exposure_timeout_ns": 1000000000,
-                    "max_pending_exposures": 16, "max_ring_frames": 4096, ...},
+                    "max_pending_exposures": 16, "max_pending_bytes": 134217728, "max_ring_frames": 4096,
+                    "max_ring_bytes": 268435456, ...},
      "engine":     {"engine": "ort", "precision": "fp32", "model": null, "onnx": null, "threads": null},
-     "worker":     {"queue_capacity_jobs": 2, "when_full": "drop_oldest", "output_pixel_format": "bgr8",
+     "worker":     {"queue_capacity_jobs": 2, "queue_max_bytes": 134217728, "warmup_queue_capacity_jobs": 16,
+                    "when_full": "drop_oldest", "output_pixel_format": "bgr8",
                     "save_dir": null, "png_compression": 1, "write_video": false, "video_fps": 10.0,
                     "drain_timeout_s": 30.0},
      "scale_out":  {"workers": 0, "job_endpoint": null, "result_endpoint": null, "in_flight_per_worker_jobs": 2,
-                    "result_timeout_s": 30.0},
+                    "result_timeout_s": 30.0, "heartbeat_timeout_s": 10.0},
      "publish":    {"send_hwm_messages": 1000},
      "run":        {"exit_after_exposures": null, "idle_timeout_s": null, "stats_json": null, "trace": null},
      "calibration": "calibration.json"}
+
+Memory. Every queue of camera data is bounded in bytes as well as in messages, with defaults sized for a
+Jetson with 8 GB shared between CPU and GPU (Orin NX/Nano 8 GB), where the model, the runtime and the OS need
+most of it: about 768 MiB of queued camera data in all -- the two SUB receive buffers 128 MiB each
+(``ingest.*_receive_buffer_bytes``), the spike ring 256 MiB (``sync.max_ring_bytes``), the waiting
+exposures' images 128 MiB (``sync.max_pending_bytes``) and the job queue 128 MiB (``worker.queue_max_bytes``),
+plus at most ``in_flight_per_worker_jobs`` jobs per worker. ZeroMQ counts its receive buffer in messages, so
+each SUB socket refuses messages above ``*_max_message_bytes`` (ZMQ_MAXMSGSIZE: the publisher is
+disconnected, so set it to the rig's largest message) and gets a high-water mark of
+``receive_buffer_bytes // max_message_bytes`` messages (at most ``receive_hwm_messages``). The defaults fit
+a 64-frame block of a 1024x256 spike sensor and a 2560x2048 BGR exposure; a 4K RGB camera needs
+``rgb_max_message_bytes`` of at least 25 MB.
 
 Relative paths (``calibration``, ``model``, ``onnx``, ``save_dir``, ``stats_json``, ``trace``) are relative to the
 config file. The calibration is a ``spikereveal calibrate`` file (its clock mapping moves exposures onto
@@ -74,12 +90,25 @@ def _positive_seconds(owner: str, name: str, value, allow_none: bool = False, al
 class IngestConfig:
     """The two SUB sockets and the receive loop."""
 
-    receive_hwm_messages: int = 1000  # per SUB socket; beyond it ZeroMQ drops (the synchroniser sees gaps)
+    receive_hwm_messages: int = 1000  # per SUB socket, at most; beyond it ZeroMQ drops (the synchroniser sees gaps)
     poll_interval_ms: int = 50  # longest poller wait before timeouts (sync, idle, exit) are checked
+    spike_max_message_bytes: int = 2 * 1024 * 1024  # larger messages are refused (ZMQ_MAXMSGSIZE)
+    rgb_max_message_bytes: int = 16 * 1024 * 1024
+    spike_receive_buffer_bytes: int = 128 * 1024 * 1024  # the SUB buffer's byte bound (sizes its HWM)
+    rgb_receive_buffer_bytes: int = 128 * 1024 * 1024
 
     def __post_init__(self):
         _positive_int("ingest", "receive_hwm_messages", self.receive_hwm_messages)
         _positive_int("ingest", "poll_interval_ms", self.poll_interval_ms)
+        for stream in ("spike", "rgb"):
+            largest, budget = f"{stream}_max_message_bytes", f"{stream}_receive_buffer_bytes"
+            _positive_int("ingest", largest, getattr(self, largest), low=1024)
+            _positive_int("ingest", budget, getattr(self, budget), low=getattr(self, largest))
+
+    def receive_hwm(self, stream: str) -> int:
+        """The SUB high-water mark (messages) of ``stream`` ("spike" or "rgb") that keeps its byte bound."""
+        budget = getattr(self, f"{stream}_receive_buffer_bytes") // getattr(self, f"{stream}_max_message_bytes")
+        return max(1, min(self.receive_hwm_messages, budget))
 
 
 @dataclass(frozen=True)
@@ -119,6 +148,8 @@ class WorkerConfig:
     """
 
     queue_capacity_jobs: int = 2
+    queue_max_bytes: int = 128 * 1024 * 1024  # spike windows + images waiting; beyond it when_full applies
+    warmup_queue_capacity_jobs: int = 16  # while the engine loads, exposures wait (bounded) instead of dropping
     when_full: str = "drop_oldest"
     output_pixel_format: str = "bgr8"  # sharp frames on the wire: bgr8 (viewers) or bgr_f32 (float layout)
     save_dir: str | None = None  # also write frames/ and frames.csv like `deblur`
@@ -129,6 +160,8 @@ class WorkerConfig:
 
     def __post_init__(self):
         _positive_int("worker", "queue_capacity_jobs", self.queue_capacity_jobs)
+        _positive_int("worker", "queue_max_bytes", self.queue_max_bytes)
+        _positive_int("worker", "warmup_queue_capacity_jobs", self.warmup_queue_capacity_jobs)
         if self.when_full not in WHEN_FULL_POLICIES:
             raise ConfigError(f"worker.when_full must be one of {WHEN_FULL_POLICIES}, got {self.when_full!r}")
         if self.output_pixel_format not in OUTPUT_PIXEL_FORMATS:
@@ -148,13 +181,19 @@ class ScaleOutConfig:
     """Inference outside the serve process. ``workers`` 0: one inference thread in ``serve``; N > 0: N local
     worker processes. ``job_endpoint``/``result_endpoint``: also bind PUSH/PULL there for remote
     ``spikereveal worker`` s. At most ``in_flight_per_worker_jobs`` jobs per worker are out at a time
-    (the rest wait in the bounded queue); a job not back after ``result_timeout_s`` is counted lost."""
+    (the rest wait in the bounded queue); a job not back after ``result_timeout_s`` is counted lost.
+    Workers acknowledge each job they take and beat every second (``worker.HEARTBEAT_INTERVAL_S``): a local
+    worker whose process exits is lost at once, a worker silent for ``heartbeat_timeout_s`` is lost; either
+    way exactly its unfinished jobs count in ``worker_lost`` and the results behind them go out. A lost
+    local worker is not restarted (serve goes on with the others; with none left and no remote endpoint
+    it stops with an error)."""
 
     workers: int = 0
     job_endpoint: str | None = None
     result_endpoint: str | None = None
     in_flight_per_worker_jobs: int = 2
     result_timeout_s: float = 30.0
+    heartbeat_timeout_s: float = 10.0  # > a few heartbeat intervals (1 s), or a busy network looks like a death
     remote_workers: int = 0  # how many remote workers to plan in-flight slots for (they announce themselves)
 
     def __post_init__(self):
@@ -162,6 +201,7 @@ class ScaleOutConfig:
         _positive_int("scale_out", "remote_workers", self.remote_workers, low=0)
         _positive_int("scale_out", "in_flight_per_worker_jobs", self.in_flight_per_worker_jobs)
         _positive_seconds("scale_out", "result_timeout_s", self.result_timeout_s)
+        _positive_seconds("scale_out", "heartbeat_timeout_s", self.heartbeat_timeout_s)
         if (self.job_endpoint is None) != (self.result_endpoint is None):
             raise ConfigError("scale_out.job_endpoint and scale_out.result_endpoint go together (remote workers "
                               "pull jobs from one and push results to the other)")

@@ -7,19 +7,26 @@
 
 Every queue is bounded, with a policy when full and a counter:
 
-=====================  ===========================================  ==============================================
-queue                  bound                                        when full
-=====================  ===========================================  ==============================================
-SUB receive buffers    ``ingest.receive_hwm_messages`` per socket   ZeroMQ drops; the synchroniser counts ``gaps``
-synchroniser ring      ``sync.max_ring_frames`` / ``max_ring_bytes`` oldest frames out (``spike_frames_dropped``)
-pending exposures      ``sync.max_pending_exposures``               oldest dropped (``sync_exposures_dropped``)
-job queue              ``worker.queue_capacity_jobs``               ``worker.when_full`` (``job_queue_dropped``)
-jobs at workers        workers x ``in_flight_per_worker_jobs``      jobs wait in the job queue (above)
-PUB send buffer        ``publish.send_hwm_messages`` per viewer     message dropped (``output_dropped``)
-=====================  ===========================================  ==============================================
+=====================  ===============================================  ==============================================
+queue                  bound                                            when full
+=====================  ===============================================  ==============================================
+SUB receive buffers    ``ingest.*_receive_buffer_bytes`` per socket     ZeroMQ drops; the synchroniser counts ``gaps``
+                       (HWM = bytes // ``*_max_message_bytes``, at      (a message above ``*_max_message_bytes``
+                       most ``receive_hwm_messages``)                   disconnects its publisher)
+synchroniser ring      ``sync.max_ring_frames`` / ``max_ring_bytes``    oldest frames out (``spike_frames_dropped``)
+pending exposures      ``sync.max_pending_exposures`` / ``_bytes``      oldest dropped (``sync_exposures_dropped``)
+job queue              ``worker.queue_capacity_jobs`` /                 ``worker.when_full`` (``job_queue_dropped``)
+                       ``queue_max_bytes``
+job queue, engine      ``worker.warmup_queue_capacity_jobs`` /          ``worker.when_full`` (``warmup_dropped``)
+warming up             ``queue_max_bytes``
+jobs at workers        workers x ``in_flight_per_worker_jobs``          jobs wait in the job queue (above)
+PUB send buffer        ``publish.send_hwm_messages`` per viewer         message dropped (``output_dropped``)
+=====================  ===============================================  ==============================================
 
-``exposures_dropped`` in the counters is the sum of the three exposure drops (pending, job queue, lost at a
-worker). :class:`Pipeline` holds the pure part (no sockets): it is fed camera messages with their arrival
+``exposures_dropped`` in the counters is the sum of the four exposure drops (pending, job queue, job queue
+while the engine warms up, lost at a worker). ``peak_queued_bytes`` is the most camera data the ring, the
+pending exposures and the job queue held at once (sampled after every message), ``peak_rss_bytes`` the
+process's peak resident memory. :class:`Pipeline` holds the pure part (no sockets): it is fed camera messages with their arrival
 time and hands results to the sink; :mod:`spikereveal.stream.serve` owns the sockets and the loop.
 """
 
@@ -56,8 +63,9 @@ COUNTER_KEYS = (
     "messages", "malformed", "gaps", "late", "duplicates", "out_of_order", "restarts",
     "exposures_received", "exposures_done", "exposures_skipped", "exposures_dropped", "exposures_failed",
     "exposures_abandoned", "exposures_pending_at_exit", "windows_ready", "sync_exposures_dropped",
-    "job_queue_dropped", "worker_lost", "spike_frames_received", "spike_frames_dropped",
-    "output_messages", "output_dropped", "frames_saved", "out_of_domain_exposures", "spike_geometry_mismatches",
+    "job_queue_dropped", "warmup_dropped", "worker_lost", "spike_frames_received", "spike_frames_dropped",
+    "output_messages", "output_dropped", "frames_saved", "frames_save_failed", "out_of_domain_exposures",
+    "spike_geometry_mismatches",
 )
 
 
@@ -239,10 +247,15 @@ class Pipeline:
     ``declared_spike_shape``: the (height, width) the user declared (``serve --spike-geometry``); spike blocks
     of another size are still processed (the engine reloads for them) but counted in
     ``spike_geometry_mismatches`` and warned about once per size seen.
+
+    ``on_spike_geometry(height, width)`` is called at the first spike block and whenever the size changes,
+    before the block is synchronised (so before any window that needs it completes): serve loads the engine
+    there when the geometry was not known at start.
     """
 
     def __init__(self, sync: Synchroniser, queue: JobQueue, clock_ns: Callable[[], int] = time.monotonic_ns,
-                 record_capacity: int = 4096, recorder=None, declared_spike_shape: tuple[int, int] | None = None):
+                 record_capacity: int = 4096, recorder=None, declared_spike_shape: tuple[int, int] | None = None,
+                 on_spike_geometry: Callable[[int, int], None] | None = None):
         from spikereveal.bench.trace import NULL_RECORDER
 
         self.recorder = NULL_RECORDER if recorder is None else recorder  # bench.trace stamps (serve --trace)
@@ -257,6 +270,9 @@ class Pipeline:
         self.declared_spike_shape = None if declared_spike_shape is None else tuple(map(int, declared_spike_shape))
         self.spike_geometry_mismatches = 0
         self.spike_geometries_seen: list[tuple[int, int]] = []  # mismatching sizes, in the order first seen
+        self._on_spike_geometry = on_spike_geometry
+        self._spike_shape: tuple[int, int] | None = None  # of the latest spike block
+        self.peak_queued_bytes = 0
 
     def on_message(self, parts, now_ns: int) -> int:
         """Handle one received camera message; returns how many windows it completed."""
@@ -276,9 +292,19 @@ class Pipeline:
             self.sources.spike_block(message, now_ns)
             if self.declared_spike_shape is not None:
                 self._check_geometry(message)
+            shape = (int(message.height), int(message.width))
+            if shape != self._spike_shape:
+                self._spike_shape = shape
+                if self._on_spike_geometry is not None:
+                    self._on_spike_geometry(*shape)
         elif isinstance(message, RgbExposure):
             self.sources.exposure(message)
         return self._enqueue(sync.handle(message, now_ns), started)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Camera data held now: the spike ring, the waiting exposures' images and the job queue."""
+        return self.sync.ring_nbytes + self.sync.pending_nbytes + self.queue.nbytes
 
     def _check_geometry(self, block: SpikeBlock) -> None:
         shape = (int(block.height), int(block.width))
@@ -298,6 +324,7 @@ class Pipeline:
 
     def _enqueue(self, jobs: list[ReadyJob], started_ns: int) -> int:
         if not jobs:
+            self.peak_queued_bytes = max(self.peak_queued_bytes, self.queued_bytes)
             return 0
         cut_ns = self._clock_ns()
         ingest_ns = cut_ns - started_ns
@@ -308,6 +335,7 @@ class Pipeline:
                 while len(self._job_info) > self._record_capacity:
                     self._job_info.popitem(last=False)
             self.queue.put(job)
+        self.peak_queued_bytes = max(self.peak_queued_bytes, self.queued_bytes)
         return len(jobs)
 
     def _trace_begin(self, job: ReadyJob, cut_ns: int) -> int:
@@ -329,7 +357,7 @@ class Pipeline:
             return self._job_info.pop(key, (None, None, None))
 
     def counters(self, sink: ResultSink, failed: int = 0, abandoned: int = 0, worker_lost: int = 0,
-                 frames_saved: int = 0) -> dict:
+                 frames_saved: int = 0, frames_save_failed: int = 0) -> dict:
         """The serve report: integer counters (COUNTER_KEYS) plus reasons and the latency summary."""
         c = self.sync.counters
         sync_dropped = c.exposures_dropped
@@ -339,19 +367,21 @@ class Pipeline:
             "exposures_received": c.exposures_received,
             "exposures_done": sink.exposures_done,
             "exposures_skipped": c.exposures_skipped,
-            "exposures_dropped": sync_dropped + self.queue.dropped + worker_lost,
+            "exposures_dropped": sync_dropped + self.queue.dropped + self.queue.warmup_dropped + worker_lost,
             "exposures_failed": int(failed),
             "exposures_abandoned": int(abandoned),
             "exposures_pending_at_exit": self.sync.pending_count,
             "windows_ready": c.exposures_done,
             "sync_exposures_dropped": sync_dropped,
             "job_queue_dropped": self.queue.dropped,
+            "warmup_dropped": self.queue.warmup_dropped,
             "worker_lost": int(worker_lost),
             "spike_frames_received": c.spike_frames_received,
             "spike_frames_dropped": c.spike_frames_dropped,
             "output_messages": sink.output_messages,
             "output_dropped": sink.output_dropped,
             "frames_saved": int(frames_saved),
+            "frames_save_failed": int(frames_save_failed),
             "out_of_domain_exposures": sink.out_of_domain_exposures,
             "spike_geometry_mismatches": self.spike_geometry_mismatches,
         }
@@ -359,8 +389,23 @@ class Pipeline:
         out["malformed_by_reason"] = dict(c.malformed_by_reason)
         out["skipped_by_reason"] = dict(c.skipped_by_reason)
         out["job_queue_max_depth"] = self.queue.max_depth
+        out["job_queue_peak_bytes"] = self.queue.peak_bytes
+        out["peak_queued_bytes"] = self.peak_queued_bytes
+        out["peak_rss_bytes"] = _peak_rss_bytes()
         declared = self.declared_spike_shape
         out["spike_geometry_declared"] = None if declared is None else f"{declared[0]}x{declared[1]}"
         out["spike_geometry_seen"] = [f"{h}x{w}" for h, w in self.spike_geometries_seen]
         out["latency"] = sink.latency.summary()
         return out
+
+
+def _peak_rss_bytes() -> int | None:
+    """The process's peak resident set size (None where the OS does not say)."""
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    except (ImportError, OSError):
+        return None
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024  # bytes on macOS, KiB on Linux

@@ -29,6 +29,7 @@ from spikereveal.stream.config import EngineConfig, ServeConfig
 from spikereveal.stream.graph import LatencyLog, Pipeline, ResultSink
 from spikereveal.stream.sync import Synchroniser
 from spikereveal.stream.worker import (
+    EngineLoadError,
     ExposureProcessor,
     FrameSaver,
     InferenceThread,
@@ -36,7 +37,7 @@ from spikereveal.stream.worker import (
     runner_shape_for,
 )
 
-__all__ = ["Server", "serve", "make_runner_factory", "LazyProcessor", "STOP_REASONS"]
+__all__ = ["Server", "serve", "make_runner_factory", "LazyProcessor", "STOP_REASONS", "check_engine_source"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +58,46 @@ def make_runner_factory(engine: EngineConfig, work_dir: str | os.PathLike) -> Ca
     return factory
 
 
+def check_engine_source(engine: EngineConfig) -> None:
+    """Refuse, before serving, a model file that cannot be the LDN: an ONNX whose inputs/outputs are not the
+    LDN export's, a checkpoint that is not a spikereveal LDN checkpoint (typed errors saying what to pass).
+    Geometry-dependent problems can only show at load time; they end the run at the first load."""
+    if engine.onnx is not None:
+        from spikereveal.engines.runners import INPUT_NAMES, OUTPUT_NAME, read_export_metadata
+
+        path = Path(engine.onnx)
+        read_export_metadata(path)  # a missing or unreadable file: ConfigError/FormatError naming it
+        inputs, outputs = _onnx_io_names(path)
+        if set(inputs) != set(INPUT_NAMES) or outputs != [OUTPUT_NAME]:
+            raise ConfigError(f"{path} is not a spikereveal LDN export: its inputs are {inputs} -> {outputs}, the "
+                              f"LDN's are {list(INPUT_NAMES)} -> {[OUTPUT_NAME]}; export the model with "
+                              "'spikereveal export --model CKPT', or pass the checkpoint with --model")
+    elif engine.model is not None:
+        from spikereveal.engines.checkpoint import load_checkpoint
+
+        load_checkpoint(engine.model, expected_kind="ldn")  # CheckpointError: what the file is and what to pass
+
+
+def _onnx_io_names(path: Path) -> tuple[list[str], list[str]]:
+    try:
+        import onnx
+
+        graph = onnx.load(str(path), load_external_data=False).graph
+        initializers = {t.name for t in graph.initializer}
+        return [i.name for i in graph.input if i.name not in initializers], [o.name for o in graph.output]
+    except ImportError:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
+
+
 class LazyProcessor:
-    """An ExposureProcessor whose runner loads for the first job's geometry (or ``ensure(shape)`` up front),
-    and is rebuilt if the geometry changes (a different sensor was plugged in)."""
+    """An ExposureProcessor whose runner loads (and warms up) for a geometry: ``ensure(shape)`` up front,
+    ``preload(shape)`` in the background as soon as the geometry is known (the first spike block), else
+    for the first job; it is rebuilt if the geometry changes (a different sensor was plugged in).
+
+    A load failure is final (EngineLoadError, kept in ``load_error``): it is not retried per exposure."""
 
     def __init__(self, runner_factory: Callable, calibration=None, output_pixel_format: str = "bgr8"):
         self._factory = runner_factory
@@ -67,15 +105,43 @@ class LazyProcessor:
         self.output_pixel_format = output_pixel_format
         self.processor: ExposureProcessor | None = None
         self.loads = 0
+        self.load_error: EngineLoadError | None = None
+        self._lock = threading.Lock()  # a job waits here while a preload runs
 
     def ensure(self, shape) -> ExposureProcessor:
-        if self.processor is None or self.processor.shape != shape:
-            self.close()
-            runner = self._factory(shape).load()
-            self.loads += 1
-            logger.info("runner ready: %s", runner.describe())
-            self.processor = ExposureProcessor(runner, self.calibration, self.output_pixel_format)
-        return self.processor
+        with self._lock:
+            if self.load_error is not None:
+                raise self.load_error
+            if self.processor is None or self.processor.shape != shape:
+                self.close()
+                try:
+                    runner = self._factory(shape).load()
+                    processor = ExposureProcessor(runner, self.calibration, self.output_pixel_format)
+                except Exception as exc:  # noqa: BLE001 (any backend failure ends the run, once, with its reason)
+                    self.load_error = EngineLoadError(
+                        f"the inference engine could not be loaded for {shape.width}x{shape.height}, K="
+                        f"{shape.batch}: {exc}")
+                    self.load_error.__cause__ = exc
+                    raise self.load_error from exc
+                self.loads += 1
+                logger.info("runner ready: %s", runner.describe())
+                self.processor = processor
+            return self.processor
+
+    def preload(self, shape, on_done: Callable[[EngineLoadError | None], None]) -> threading.Thread:
+        """Load and warm up for ``shape`` in a background thread; ``on_done(error or None)`` afterwards."""
+
+        def load():
+            try:
+                self.ensure(shape)
+            except EngineLoadError as exc:
+                on_done(exc)
+            else:
+                on_done(None)
+
+        thread = threading.Thread(target=load, name="engine-load", daemon=True)
+        thread.start()
+        return thread
 
     def __call__(self, job):
         shape = runner_shape_for(int(job.centers.shape[0]), job.spike_height, job.spike_width)
@@ -112,6 +178,10 @@ class Server:
         self.counters: dict | None = None
         self._ipc_dir: str | None = None
         self._sink: ResultSink | None = None
+        self._local_workers: dict[int, object] = {}  # worker id -> live local process (sentinel in the poller)
+        self._fatal: str | None = None  # why the loop stopped with reason "error" (raised after the stats)
+        self._queue: JobQueue | None = None
+        self._processor: LazyProcessor | None = None
 
     @property
     def exposures_done(self) -> int:
@@ -139,16 +209,24 @@ class Server:
 
         cfg = self.config
         stop = stop or threading.Event()
+        if self._runner_factory is None:
+            check_engine_source(cfg.engine)  # a wrong model file ends here, not at the first exposure
         own_context = self._context is None
         context = self._context or zmq.Context()
         calibration = self._calibration()
         to_spike_clock = calibration.exposure_on_spike_clock if calibration is not None and calibration.clock else None
         sync = Synchroniser(cfg.sync, exposure_to_spike_clock=to_spike_clock)
-        queue = JobQueue(cfg.worker.queue_capacity_jobs, cfg.worker.when_full)
+        queue = JobQueue(cfg.worker.queue_capacity_jobs, cfg.worker.when_full, cfg.worker.queue_max_bytes,
+                         cfg.worker.warmup_queue_capacity_jobs)
+        if cfg.spike_shape is None:  # the engine loads once the geometry is known: exposures wait meanwhile
+            queue.begin_warmup()
         from spikereveal.bench.trace import create_recorder
 
         recorder = create_recorder(cfg.trace is not None, k=cfg.sync.k)
-        pipeline = Pipeline(sync, queue, self._clock_ns, recorder=recorder, declared_spike_shape=cfg.spike_shape)
+        pipeline = Pipeline(sync, queue, self._clock_ns, recorder=recorder, declared_spike_shape=cfg.spike_shape,
+                            on_spike_geometry=lambda h, w: self._on_spike_geometry(h, w))
+        self._queue = queue
+        self._processor = None
         work_dir = Path(cfg.worker.save_dir) if cfg.worker.save_dir else None
         temp_dir = tempfile.mkdtemp(prefix="spikereveal-serve-") if work_dir is None else None
         work_dir = work_dir or Path(temp_dir)
@@ -157,6 +235,7 @@ class Server:
         processes: list = []
         collector = None
         abandoned = 0
+        error: BaseException | None = None  # what ended the run unexpectedly; re-raised after the stats are written
         try:
             saver = None
             if cfg.worker.save_dir is not None:
@@ -179,22 +258,26 @@ class Server:
                 processor = LazyProcessor(factory, calibration, cfg.worker.output_pixel_format)
                 if cfg.spike_shape is not None:
                     processor.ensure(runner_shape_for(k, *cfg.spike_shape))  # load before streaming starts
+                self._processor = processor
                 thread = InferenceThread(queue, processor, deliver).start()
             else:
                 push, pull, processes, collector = self._start_workers(context, factory, calibration, work_dir,
                                                                        stop)
                 sockets += [push, pull]
-            spike_sub = transport.open_subscriber(context, cfg.spike_endpoint,
-                                                  receive_hwm=cfg.ingest.receive_hwm_messages)
+            ingest = cfg.ingest
+            spike_sub = transport.open_subscriber(context, cfg.spike_endpoint, receive_hwm=ingest.receive_hwm("spike"),
+                                                  max_message_bytes=ingest.spike_max_message_bytes)
             sockets.append(spike_sub)
-            rgb_sub = transport.open_subscriber(context, cfg.rgb_endpoint,
-                                                receive_hwm=cfg.ingest.receive_hwm_messages)
+            rgb_sub = transport.open_subscriber(context, cfg.rgb_endpoint, receive_hwm=ingest.receive_hwm("rgb"),
+                                                max_message_bytes=ingest.rgb_max_message_bytes)
             sockets.append(rgb_sub)
             poller = zmq.Poller()
             for socket in (spike_sub, rgb_sub):
                 poller.register(socket, zmq.POLLIN)
             if collector is not None:
                 poller.register(pull, zmq.POLLIN)
+                for process in self._local_workers.values():  # a worker's exit wakes the loop at once
+                    poller.register(process.sentinel, zmq.POLLIN)
             logger.info("serving: spikes %s, rgb %s -> %s", cfg.spike_endpoint, cfg.rgb_endpoint,
                         self.output_endpoint)
             self.ready.set()
@@ -208,6 +291,11 @@ class Server:
             self.stopping.set()
             abandoned += self._shutdown(reason, queue, thread, collector, push if collector else None,
                                         pull if collector else None, poller, deliver)
+        except BaseException as exc:  # the stats are still written (below), then it is re-raised
+            error = exc
+            self.stop_reason = "error"
+            self.stopping.set()
+            abandoned += len(queue.clear()) + (collector.abandon() if collector is not None else 0)
         finally:
             if thread is not None:
                 thread.stop()
@@ -229,22 +317,59 @@ class Server:
                 if folder is not None:
                     shutil.rmtree(folder, ignore_errors=True)
         failed = (thread.failed if thread is not None else 0) + (collector.failed if collector is not None else 0)
-        counters = pipeline.counters(sink, failed=failed, abandoned=abandoned,
+        counters = pipeline.counters(sink or ResultSink(None), failed=failed, abandoned=abandoned,
                                      worker_lost=collector.lost if collector is not None else 0,
-                                     frames_saved=saver.frames_written if saver is not None else 0)
+                                     frames_saved=saver.frames_written if saver is not None else 0,
+                                     frames_save_failed=saver.frames_failed if saver is not None else 0)
         counters["stop_reason"] = self.stop_reason
         counters["workers"] = cfg.scale_out.workers
         counters["engine"] = cfg.engine.engine
+        if saver is not None:
+            counters["save_failed_by_kind"] = dict(saver.failure_kinds)
         self.counters = counters
-        if cfg.trace is not None:
-            self._save_trace(recorder, counters)
-        if cfg.stats_json:
-            path = Path(cfg.stats_json)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(counters, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        try:
+            if cfg.trace is not None:
+                self._save_trace(recorder, counters)
+        finally:  # the stats file is written on every exit path
+            if cfg.stats_json:
+                self._write_stats(Path(cfg.stats_json), counters)
+        if error is not None:
+            raise error
+        if self._fatal is not None:
+            raise SpikeRevealError(self._fatal)
         if thread is not None and thread.error is not None:
             raise SpikeRevealError(f"inference failed: {thread.error}") from thread.error
         return counters
+
+    @staticmethod
+    def _write_stats(path: Path, counters: dict) -> None:
+        text = json.dumps(counters, indent=2, sort_keys=True) + "\n"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        except OSError as exc:  # a full disk must not turn a finished run into a traceback
+            raise SpikeRevealError(f"cannot write the stats JSON {path}: {exc}; the counters were: "
+                                   f"{json.dumps(counters, sort_keys=True)}") from exc
+
+    def _on_spike_geometry(self, height: int, width: int) -> None:
+        """The first spike block (or a new sensor size): load and warm the engine now, in the background, so
+        it is ready before the first exposure's window completes; exposures that complete meanwhile wait in
+        the job queue (warm-up capacity) instead of being dropped for capacity."""
+        processor = self._processor
+        if processor is None:  # worker processes load on their first job; the queue waits until a result
+            return
+        shape = runner_shape_for(self.config.sync.k, height, width)
+        current = processor.processor
+        if current is not None and current.shape == shape:
+            return
+        self._queue.begin_warmup()
+
+        def done(error):
+            if error is not None:
+                self._fatal = str(error)
+            self._queue.end_warmup()
+
+        processor.preload(shape, done)
 
     def _save_trace(self, recorder, counters: dict) -> None:
         from spikereveal.bench.environment import collect_environment
@@ -310,8 +435,33 @@ class Server:
                     if worker_id is not None:
                         ready.add(worker_id)
         slots = max(1, scale.workers + scale.remote_workers) * scale.in_flight_per_worker_jobs
-        collector = ResultCollector(slots, int(scale.result_timeout_s * 1e9))
+        collector = ResultCollector(slots, int(scale.result_timeout_s * 1e9), int(scale.heartbeat_timeout_s * 1e9))
+        now = self._clock_ns()
+        for worker_id, process in enumerate(processes):
+            self._local_workers[worker_id] = process
+            collector.heard(worker_id, now)
         return push, pull, processes, collector
+
+    def _check_workers(self, collector, poller) -> bool:
+        """Declare exited local workers and silent ones lost (their jobs released); False when none is left
+        that could ever send a result (no local worker alive and no endpoint for remote ones)."""
+        scale = self.config.scale_out
+        for worker_id, process in list(self._local_workers.items()):
+            if process.is_alive():
+                continue
+            del self._local_workers[worker_id]
+            poller.unregister(process.sentinel)
+            collector.worker_lost(worker_id, f"its process exited with code {process.exitcode}; it is not "
+                                             "restarted, serve goes on with the others", exited=True)
+            collector.slots = max(1, collector.slots - scale.in_flight_per_worker_jobs)
+        for worker_id in collector.silent_workers(self._clock_ns()):
+            collector.worker_lost(worker_id, f"no heartbeat for {scale.heartbeat_timeout_s:g} s "
+                                             "(scale_out.heartbeat_timeout_s)")
+        if scale.workers > 0 and not self._local_workers and scale.job_endpoint is None:
+            self._fatal = (f"all {scale.workers} worker processes exited; their errors are logged above (run "
+                           "with -v for more)")
+            return False
+        return True
 
     # -- the loop ----------------------------------------------------------------------------------------
     def _loop(self, stop, poller, camera_sockets, output, pipeline: Pipeline, sink: ResultSink, thread,
@@ -327,7 +477,7 @@ class Server:
         while True:
             if stop.is_set():
                 return "stopped"
-            if thread is not None and thread.error is not None:
+            if (thread is not None and thread.error is not None) or self._fatal is not None:
                 return "error"
             if cfg.exit_after_exposures is not None and sink.exposures_done >= cfg.exit_after_exposures:
                 return "exit_after"
@@ -338,6 +488,8 @@ class Server:
                 if socket is pull:
                     self._receive_results(pull, collector, deliver)
                     continue
+                if isinstance(socket, int):  # a local worker's process sentinel: handled below
+                    continue
                 for _ in range(_MAX_BURST_MESSAGES):
                     try:
                         parts = socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
@@ -347,6 +499,8 @@ class Server:
             pipeline.tick(clock())
             transport.drain_subscriptions(output)
             if collector is not None:
+                if not self._check_workers(collector, poller):
+                    return "error"
                 self._dispatch(pipeline.queue, collector, push)
                 for job, result in collector.release(clock()):
                     deliver(job, result)
@@ -355,20 +509,31 @@ class Server:
         import zmq
 
         from spikereveal.stream.protocol import ProtocolError
-        from spikereveal.stream.worker import decode_ready, decode_result
+        from spikereveal.stream.worker import decode_heartbeat, decode_ready, decode_result
 
         while True:
             try:
                 parts = pull.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            if decode_ready(parts) is not None:
+            ready = decode_ready(parts)
+            if ready is not None:
+                collector.heard(ready, self._clock_ns())
+                continue
+            beat = decode_heartbeat(parts)
+            if beat is not None:
+                worker_id, key = beat
+                if key is None:
+                    collector.heard(worker_id, self._clock_ns())
+                else:
+                    collector.taken(worker_id, key, self._clock_ns())
                 continue
             try:
                 wire = decode_result(parts)
             except ProtocolError as exc:
                 logger.warning("malformed worker result dropped: %s", exc)
                 continue
+            self._queue.end_warmup()  # a worker has loaded its engine (or failed to)
             for job, result in collector.received(wire, self._clock_ns()):
                 deliver(job, result)
 
@@ -400,6 +565,8 @@ class Server:
             thread.stop(timeout_s=max(drain_s, 60.0))  # the exposure in progress finishes
             return abandoned
         while drain_s > 0 and (len(queue) or collector.in_flight) and time.monotonic() < deadline:
+            if not self._check_workers(collector, poller):
+                break
             self._dispatch(queue, collector, push)
             if pull.poll(50):
                 self._receive_results(pull, collector, deliver)

@@ -18,8 +18,8 @@ Policies (SPEC §4, §7):
   the ring (``evicted``; ``late`` when that had already happened when the exposure arrived), it is longer
   than the ring (``window_too_long``), its times overflow int64 against the stream's t0 (``bad_time``),
   or it waited ``exposure_timeout_ns`` (``timeout``).
-* **Bounded.** At most ``max_pending_exposures`` wait; when one more arrives the oldest is dropped
-  (``exposures_dropped``). The ring holds the newest ``capacity`` frames (``max_ring_frames``, and no
+* **Bounded.** At most ``max_pending_exposures`` wait, holding at most ``max_pending_bytes`` of RGB images;
+  when one more arrives the oldest are dropped until both hold (``exposures_dropped``). The ring holds the newest ``capacity`` frames (``max_ring_frames``, and no
   more than ``max_ring_bytes`` worth); it references the received blocks instead of copying them (a
   complete window is copied out once), keeping at most about twice the capacity alive. The newest data
   wins: frames pushed out while a pending exposure still needed them count in ``spike_frames_dropped``
@@ -91,6 +91,7 @@ class SyncConfig:
     rgb_to_spike_offset_ns: int = 0
     exposure_timeout_ns: int = 1_000_000_000
     max_pending_exposures: int = 16
+    max_pending_bytes: int = 128 * 1024 * 1024  # RGB images of the waiting exposures
     max_ring_frames: int = 4096
     max_ring_bytes: int = 256 * 1024 * 1024
     reorder_window_messages: int = 64
@@ -116,6 +117,7 @@ class SyncConfig:
             raise ConfigError(f"SyncConfig.rgb_to_spike_offset_ns must be an integer number of ns, got {offset!r}")
         positive("exposure_timeout_ns", self.exposure_timeout_ns)
         positive("max_pending_exposures", self.max_pending_exposures)
+        positive("max_pending_bytes", self.max_pending_bytes)
         positive("max_ring_frames", self.max_ring_frames, 2 * self.margin_frames + 2)
         # enough for the minimal ring of the largest frame the protocol admits, so no message can break it
         positive("max_ring_bytes", self.max_ring_bytes, (2 * self.margin_frames + 2) * _MAX_FRAME_BYTES)
@@ -428,6 +430,11 @@ class Synchroniser:
         return len(self._pending)
 
     @property
+    def pending_nbytes(self) -> int:
+        """Bytes of RGB images the waiting exposures hold (bounded by ``max_pending_bytes``)."""
+        return sum(int(p.message.image.nbytes) for p in self._pending)
+
+    @property
     def ring_capacity(self) -> int:
         return self._ring.capacity if self._ring else 0
 
@@ -570,7 +577,8 @@ class Synchroniser:
                 self._discard_held(seq, Kind.RGB_EXPOSURE)
         self._accept_exposure(exposure, state, now_ns)
         ready = self._evaluate(now_ns)
-        while len(self._pending) > self.config.max_pending_exposures:
+        while self._pending and (len(self._pending) > self.config.max_pending_exposures
+                                 or self.pending_nbytes > self.config.max_pending_bytes):
             oldest = self._pending.pop(0)
             c.exposures_dropped += 1
             self._remember(oldest.key)

@@ -55,12 +55,18 @@ def open_publisher(context, endpoint: str, send_hwm: int = 1000, count_drops: bo
     return socket
 
 
-def open_subscriber(context, endpoint: str, topics: tuple[bytes, ...] = (b"",), receive_hwm: int = 1000):
-    """Connect a SUB socket (linger 0) to ``endpoint`` subscribed to ``topics`` (all by default)."""
+def open_subscriber(context, endpoint: str, topics: tuple[bytes, ...] = (b"",), receive_hwm: int = 1000,
+                    max_message_bytes: int | None = None):
+    """Connect a SUB socket (linger 0) to ``endpoint`` subscribed to ``topics`` (all by default).
+
+    ``max_message_bytes``: ZMQ_MAXMSGSIZE, so that ``receive_hwm`` messages bound the buffer in bytes (a
+    publisher sending a larger message is disconnected by ZeroMQ)."""
     zmq = _zmq()
     socket = context.socket(zmq.SUB)
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.RCVHWM, int(receive_hwm))
+    if max_message_bytes is not None:
+        socket.setsockopt(zmq.MAXMSGSIZE, int(max_message_bytes))
     for topic in topics:
         socket.setsockopt(zmq.SUBSCRIBE, topic)
     try:

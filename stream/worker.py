@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import logging
 import os
 import struct
@@ -35,13 +36,15 @@ from typing import Callable
 
 import numpy as np
 
-from spikereveal.errors import ConfigError, FormatError, SpikeRevealError
+from spikereveal.errors import ConfigError, SpikeRevealError
 from spikereveal.kernels.timing import ExposureWindow, output_timestamps
 from spikereveal.stream.protocol import MAX_IMAGE_SIDE, MAX_SPIKE_SIDE, MAX_OUTPUT_COUNT, ProtocolError, Reason
 from spikereveal.stream.sync import ReadyJob
 
 __all__ = [
     "JobQueue",
+    "job_nbytes",
+    "EngineLoadError",
     "ExposureResult",
     "ExposureProcessor",
     "ReusableOutputs",
@@ -62,66 +65,128 @@ NS_PER_S = 1_000_000_000
 GAIN_STEP = 4
 
 
-# -- the bounded queue -------------------------------------------------------------------------------------
-class JobQueue:
-    """Bounded, thread-safe FIFO of ReadyJobs with a stated policy when full (see the module doc)."""
+class EngineLoadError(SpikeRevealError):
+    """The inference engine could not be loaded: final for the run (never retried per exposure)."""
 
-    def __init__(self, capacity_jobs: int = 2, when_full: str = "drop_oldest"):
+
+# -- the bounded queue -------------------------------------------------------------------------------------
+def job_nbytes(job) -> int:
+    """The bytes a queued job holds alive: its spike window and its RGB image."""
+    return int(job.packed.nbytes) + int(job.image.nbytes)
+
+
+class JobQueue:
+    """Bounded, thread-safe FIFO of ReadyJobs with a stated policy when full (see the module doc).
+
+    Bounded in jobs (``capacity_jobs``) and in bytes (``max_bytes``: spike windows + images, see
+    :func:`job_nbytes`); whichever is hit first applies the policy, and every drop is counted in ``dropped``.
+    While the engine warms up (``begin_warmup`` .. ``end_warmup``) up to ``warmup_capacity_jobs`` jobs wait
+    (still within ``max_bytes``) instead of being dropped for capacity; a drop then counts in
+    ``warmup_dropped``, never in ``dropped``. That backlog is then processed, not trimmed: the bound returns
+    to ``capacity_jobs`` once inference has caught up with it.
+    """
+
+    def __init__(self, capacity_jobs: int = 2, when_full: str = "drop_oldest", max_bytes: int | None = None,
+                 warmup_capacity_jobs: int = 16):
         if isinstance(capacity_jobs, bool) or not isinstance(capacity_jobs, int) or capacity_jobs < 1:
             raise ConfigError(f"the job queue needs a capacity >= 1, got {capacity_jobs!r}")
         if when_full not in ("drop_oldest", "drop_newest"):
             raise ConfigError(f"when_full must be drop_oldest or drop_newest, got {when_full!r}")
         self.capacity = capacity_jobs
         self.when_full = when_full
+        self.max_bytes = max_bytes
+        self.warmup_capacity = max(capacity_jobs, warmup_capacity_jobs)
+        self.warming_up = False
+        self._limit = capacity_jobs  # above capacity_jobs only while a warm-up backlog drains
         self._items: deque = deque()
         self._cond = threading.Condition()
         self._closed = False
         self.dropped = 0
+        self.warmup_dropped = 0
         self.dropped_ids: deque[int] = deque(maxlen=64)  # the latest dropped exposure ids, for logs and tests
         self.max_depth = 0
+        self.nbytes = 0
+        self.peak_bytes = 0
 
     def __len__(self) -> int:
         with self._cond:
             return len(self._items)
 
+    def begin_warmup(self) -> None:
+        with self._cond:
+            self.warming_up = True
+
+    def end_warmup(self) -> None:
+        """The engine is ready. What waits is processed, not trimmed: the bound stays at the backlog's length
+        until inference has brought the queue back to ``capacity_jobs``."""
+        with self._cond:
+            if self.warming_up:
+                self.warming_up = False
+                self._limit = max(self.capacity, len(self._items))
+
+    def _full(self, extra_jobs: int = 0, extra_bytes: int = 0) -> bool:
+        capacity = self.warmup_capacity if self.warming_up else self._limit
+        over_bytes = self.max_bytes is not None and self.nbytes + extra_bytes > self.max_bytes
+        return len(self._items) + extra_jobs > capacity or over_bytes
+
     def put(self, job) -> object | None:
-        """Enqueue ``job``; returns the job dropped to make room (or ``job`` itself under drop_newest), else None."""
+        """Enqueue ``job``; returns the (first) job dropped to make room (or ``job`` itself under drop_newest),
+        else None."""
         with self._cond:
             if self._closed:
                 raise ConfigError("the job queue is closed")
-            dropped = None
-            if len(self._items) >= self.capacity:
-                if self.when_full == "drop_newest":
-                    dropped = job
+            size = job_nbytes(job)
+            dropped = []
+            if self.when_full == "drop_newest":
+                if self._full(1, size):
+                    dropped.append(job)
                 else:
-                    dropped = self._items.popleft()
                     self._items.append(job)
+                    self.nbytes += size
             else:
                 self._items.append(job)
-            if dropped is not None:
-                self.dropped += 1
-                self.dropped_ids.append(int(dropped.exposure_id))
-                logger.debug("job queue full: dropped exposure %d", dropped.exposure_id)
+                self.nbytes += size
+                while self._items and self._full():
+                    oldest = self._items.popleft()
+                    self.nbytes -= job_nbytes(oldest)
+                    dropped.append(oldest)
+            for item in dropped:
+                if self.warming_up:
+                    self.warmup_dropped += 1
+                else:
+                    self.dropped += 1
+                self.dropped_ids.append(int(item.exposure_id))
+                logger.debug("job queue full: dropped exposure %d", item.exposure_id)
             self.max_depth = max(self.max_depth, len(self._items))
+            self.peak_bytes = max(self.peak_bytes, self.nbytes)
             self._cond.notify()
-            return dropped
+            return dropped[0] if dropped else None
+
+    def _pop(self):
+        job = self._items.popleft()
+        self.nbytes -= job_nbytes(job)
+        if len(self._items) <= self.capacity:
+            self._limit = self.capacity  # the warm-up backlog is gone
+        return job
 
     def get(self, timeout_s: float | None = None):
         """The oldest job; waits up to ``timeout_s`` (None: until one comes or the queue closes). None if none."""
         with self._cond:
             if not self._cond.wait_for(lambda: self._items or self._closed, timeout_s):
                 return None
-            return self._items.popleft() if self._items else None
+            return self._pop() if self._items else None
 
     def get_nowait(self):
         with self._cond:
-            return self._items.popleft() if self._items else None
+            return self._pop() if self._items else None
 
     def clear(self) -> list:
         """Remove and return every waiting job."""
         with self._cond:
             items = list(self._items)
             self._items.clear()
+            self.nbytes = 0
+            self._limit = self.capacity
             return items
 
     def close(self) -> None:
@@ -316,15 +381,22 @@ class FrameSaver:
     """Writes results as ``spikereveal deblur`` does: ``frames/<exposure:06d>_<k:02d>.png`` and ``frames.csv``
     (rows written as results arrive), plus an optional side-by-side (blurry | sharp) MP4. Exposures of a
     restarted RGB stream (``epoch`` > 0, whose frame ids start again) go to ``frames/e<epoch>_<exposure>_<k>.png``,
-    so no file is ever overwritten."""
+    so no file is ever overwritten.
+
+    A write the OS refuses (a full disk, a folder that became read-only or vanished) never stops serving:
+    the frame is counted in ``frames_failed`` and each kind of failure (errno name, or ``imwrite`` when
+    OpenCV only says it could not write) is logged once. A frame counts as saved once its PNG and its
+    ``frames.csv`` row are written. ``write_image(path, image, params) -> bool`` replaces ``cv2.imwrite``
+    (tests inject failures)."""
 
     def __init__(self, out_dir: str | os.PathLike, png_compression: int = 1, video_fps: float | None = None,
-                 video_name: str | None = None):
+                 video_name: str | None = None, write_image: Callable | None = None):
         import cv2
 
         from spikereveal.engines.deblur import FRAMES_CSV, FRAMES_DIR, FRAMES_HEADER, VIDEO_FILE
 
         self._cv2 = cv2
+        self._write_image = write_image or cv2.imwrite
         self.out_dir = Path(out_dir)
         self.frames_dir = FRAMES_DIR
         (self.out_dir / FRAMES_DIR).mkdir(parents=True, exist_ok=True)
@@ -337,21 +409,57 @@ class FrameSaver:
         self._video = None
         self._side_by_side = None
         self.frames_written = 0
+        self.frames_failed = 0
+        self.failure_kinds: dict[str, int] = {}  # errno name (or "imwrite") -> failed frames
+
+    def _failed(self, kind: str, frames: int, what, exc: BaseException | None = None) -> None:
+        self.frames_failed += frames
+        first = kind not in self.failure_kinds
+        self.failure_kinds[kind] = self.failure_kinds.get(kind, 0) + frames
+        if first:  # once per kind: a full disk would otherwise log every frame
+            detail = f": {exc}" if exc is not None else ""
+            logger.error("cannot save %s (%s%s); serving goes on, unsaved frames are counted in "
+                         "frames_save_failed (this kind of failure is logged once); free disk space or fix the "
+                         "--save folder", what, kind, detail)
+
+    @staticmethod
+    def _kind(exc: BaseException) -> str:
+        number = getattr(exc, "errno", None)
+        return errno.errorcode.get(number, f"errno {number}") if number is not None else type(exc).__name__
 
     def save(self, exposure_id: int, timestamps_ns: np.ndarray, sharp8: np.ndarray,
              blur8: np.ndarray | None = None, epoch: int = 0) -> None:
-        """``sharp8``: uint8 (K, H, W, 3); ``blur8``: uint8 (H, W, 3) for the video (skipped when None)."""
-        cv2 = self._cv2
+        """``sharp8``: uint8 (K, H, W, 3); ``blur8``: uint8 (H, W, 3) for the video (skipped when None).
+        Never raises for a write the OS refuses (see the class doc)."""
+        written = 0
         prefix = f"e{int(epoch)}_" if epoch else ""
         for k in range(sharp8.shape[0]):
             name = f"{self.frames_dir}/{prefix}{exposure_id:06d}_{k:02d}.png"
-            if not cv2.imwrite(str(self.out_dir / name), sharp8[k], self._png_params):
-                raise FormatError(self.out_dir / name, "OpenCV could not write the PNG image")
-            self._csv.writerow((exposure_id, int(timestamps_ns[k]), name))
-            self.frames_written += 1
-        self._csv_handle.flush()
+            try:
+                ok = self._write_image(str(self.out_dir / name), sharp8[k], self._png_params)
+            except (OSError, self._cv2.error) as exc:
+                self._failed(self._kind(exc), 1, self.out_dir / name, exc)
+                continue
+            if not ok:
+                self._failed("imwrite", 1, self.out_dir / name)
+                continue
+            try:
+                self._csv.writerow((exposure_id, int(timestamps_ns[k]), name))
+            except OSError as exc:
+                self._failed(self._kind(exc), 1, self.out_dir / "frames.csv", exc)
+                continue
+            written += 1
+        try:
+            self._csv_handle.flush()
+        except OSError as exc:  # the rows stay buffered; counted as not saved
+            self._failed(self._kind(exc), written, self.out_dir / "frames.csv", exc)
+            written = 0
+        self.frames_written += written
         if self.video_path is not None and blur8 is not None:
-            self._write_video(blur8, sharp8)
+            try:
+                self._write_video(blur8, sharp8)
+            except (OSError, self._cv2.error) as exc:
+                self._failed(self._kind(exc), 0, self.video_path, exc)
 
     def _write_video(self, blur8: np.ndarray, sharp8: np.ndarray) -> None:
         from spikereveal.engines.deblur import _open_video  # deblur's writer (mp4v), reused as is
@@ -374,7 +482,10 @@ class FrameSaver:
             self._video.release()
             self._video = None
         if not self._csv_handle.closed:
-            self._csv_handle.close()
+            try:
+                self._csv_handle.close()
+            except OSError as exc:  # rows that a full disk refused: already counted
+                self._failed(self._kind(exc), 0, self.out_dir / "frames.csv", exc)
 
 
 # -- the inference thread -----------------------------------------------------------------------------------
@@ -383,7 +494,7 @@ class InferenceThread:
     (in this thread).
 
     A job that fails with a SpikeRevealError (e.g. a geometry the runner was not loaded for) is counted in
-    ``failed`` and logged; the thread goes on. ``busy`` is true while a job is being processed.
+    ``failed`` and logged; the thread goes on, except after an EngineLoadError (kept in ``error``: it stops). ``busy`` is true while a job is being processed.
     """
 
     def __init__(self, queue: JobQueue, process: Callable[[ReadyJob], ExposureResult],
@@ -415,6 +526,11 @@ class InferenceThread:
                     self.busy = True
                 try:
                     result = self._process(job)
+                except EngineLoadError as exc:  # final: serve stops with the reason, no retry per exposure
+                    self.failed += 1
+                    self.error = exc
+                    logger.error("exposure %d failed: %s", job.exposure_id, exc)
+                    return
                 except SpikeRevealError as exc:
                     self.failed += 1
                     logger.error("exposure %d failed: %s", job.exposure_id, exc)
@@ -468,6 +584,11 @@ _JOB = struct.Struct("<4sHHqqqqqqqqIIIIII")
 # started_ns, prepare_ns, inference_ns, postprocess_ns, finished_ns, epoch
 _RESULT = struct.Struct("<4sHHqBBHIIIqqqqqI")
 _READY = struct.Struct("<4sHHII")  # magic, version, reserved, worker_id, pid
+# magic, version, reserved, worker_id, pid, exposure_id (the job just taken; -1: a periodic liveness beat), epoch
+_BEAT = struct.Struct("<4sHHIIqI")
+BEAT_MAGIC, BEAT_TOPIC = b"SRHB", b"beat"
+#: how often a worker says it is alive (serve declares it lost after scale_out.heartbeat_timeout_s)
+HEARTBEAT_INTERVAL_S = 1.0
 RESULT_OK, RESULT_FAILED = 0, 1
 RESULT_OUT_OF_DOMAIN = 1  # flag: the exposure's firing gain is outside the model's trained range
 _PIXEL_CODES = {"bgr8": 1, "bgr_f32": 2}
@@ -612,6 +733,56 @@ def decode_ready(parts) -> int | None:
     return worker_id if magic == READY_MAGIC and version == JOB_VERSION else None
 
 
+def encode_heartbeat(worker_id: int, key: tuple[int, int] | None = None) -> list:
+    """A worker's liveness beat (``key`` None), or its acknowledgement that it took the job ``key`` =
+    (epoch, exposure id): serve then knows which worker holds which job, and releases exactly a lost
+    worker's jobs."""
+    epoch, exposure_id = (0, -1) if key is None else (int(key[0]), int(key[1]))
+    return [BEAT_TOPIC, _BEAT.pack(BEAT_MAGIC, JOB_VERSION, 0, worker_id, os.getpid(), exposure_id, epoch)]
+
+
+def decode_heartbeat(parts) -> tuple[int, tuple[int, int] | None] | None:
+    """``(worker_id, (epoch, exposure id) or None)`` of a heartbeat/acknowledgement, or None when ``parts`` is
+    not one."""
+    if len(parts) != 2 or bytes(_view(parts[0])) != BEAT_TOPIC or len(_view(parts[1])) != _BEAT.size:
+        return None
+    magic, version, _, worker_id, _, exposure_id, epoch = _BEAT.unpack(_view(parts[1]))
+    if magic != BEAT_MAGIC or version != JOB_VERSION:
+        return None
+    return worker_id, (None if exposure_id < 0 else (epoch, exposure_id))
+
+
+class _Heartbeat:
+    """Sends ``encode_heartbeat(worker_id)`` every ``interval_s`` from its own thread and socket (inference
+    may hold the worker's loop for seconds; a ZeroMQ socket belongs to one thread)."""
+
+    def __init__(self, context, endpoint: str, worker_id: int, interval_s: float):
+        import zmq
+
+        self._socket = context.socket(zmq.PUSH)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.SNDHWM, 4)
+        self._socket.connect(endpoint)
+        self._worker_id, self._interval_s = worker_id, interval_s
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat{worker_id}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import zmq
+
+        while not self._done.wait(self._interval_s):
+            try:
+                self._socket.send_multipart(encode_heartbeat(self._worker_id), flags=zmq.NOBLOCK)
+            except zmq.Again:  # serve is gone or slow: the next beat tries again
+                pass
+
+    def close(self) -> None:
+        self._done.set()
+        self._thread.join(5.0)
+        self._socket.close(linger=0)
+
+
 # -- the worker process ----------------------------------------------------------------------------------------
 @dataclass
 class WorkerStats:
@@ -623,13 +794,15 @@ class WorkerStats:
 def run_worker(job_endpoint: str, result_endpoint: str, runner_factory: Callable, worker_id: int = 0,
                spike_shape: tuple[int, int] | None = None, k: int | None = None, calibration=None,
                output_pixel_format: str = "bgr8", stop: threading.Event | None = None,
-               max_jobs: int | None = None) -> WorkerStats:
+               max_jobs: int | None = None, heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S) -> WorkerStats:
     """Pull jobs from ``job_endpoint``, push results to ``result_endpoint`` until ``stop`` (or ``max_jobs``).
 
     ``runner_factory(shape) -> unloaded Runner``. With ``spike_shape`` and ``k`` the runner loads before the
     first job and the worker announces itself ready; otherwise it loads on the first job's geometry (and
     again if the geometry changes). Receive HWM 1: a worker holds at most one job beyond the one it runs,
-    so slow workers do not hoard work.
+    so slow workers do not hoard work. Every job taken is acknowledged at once on the result socket, and a
+    heartbeat goes out every ``heartbeat_interval_s`` (its own thread), so serve can tell a dead or silent
+    worker and release exactly its jobs.
     """
     import zmq
 
@@ -639,12 +812,14 @@ def run_worker(job_endpoint: str, result_endpoint: str, runner_factory: Callable
     push = context.socket(zmq.PUSH)
     stats = WorkerStats()
     runner = processor = None
+    heartbeat = None
     for socket in (pull, push):
         socket.setsockopt(zmq.LINGER, 0)
     pull.setsockopt(zmq.RCVHWM, 1)
     try:
         pull.connect(job_endpoint)
         push.connect(result_endpoint)
+        heartbeat = _Heartbeat(context, result_endpoint, worker_id, heartbeat_interval_s)
 
         def load(shape):
             nonlocal runner, processor
@@ -671,10 +846,18 @@ def run_worker(job_endpoint: str, result_endpoint: str, runner_factory: Callable
                 stats.malformed += 1
                 logger.warning("malformed job dropped: %s", exc)
                 continue
+            push.send_multipart(encode_heartbeat(worker_id, job.key))  # "I hold this job"
             shape = runner_shape_for(int(job.centers.shape[0]), job.spike_height, job.spike_width)
-            try:
-                if processor is None or processor.shape != shape:
+            if processor is None or processor.shape != shape:
+                try:
                     load(shape)
+                except Exception as exc:  # noqa: BLE001 final: report this job failed and stop, do not retry
+                    stats.failed += 1
+                    push.send_multipart(encode_result(None, worker_id, job.exposure_id, int(job.centers.shape[0]),
+                                                      job.epoch))
+                    raise EngineLoadError(f"worker {worker_id}: the inference engine could not be loaded for "
+                                          f"{shape.width}x{shape.height}, K={shape.batch}: {exc}") from exc
+            try:
                 result = processor.process(job)
             except SpikeRevealError as exc:
                 stats.failed += 1
@@ -685,6 +868,8 @@ def run_worker(job_endpoint: str, result_endpoint: str, runner_factory: Callable
             push.send_multipart(encode_result(result, worker_id), copy=False)
             stats.jobs += 1
     finally:
+        if heartbeat is not None:
+            heartbeat.close()
         if runner is not None:
             runner.close()
         pull.close(linger=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 import shutil
 import tempfile
 import threading
@@ -514,3 +515,288 @@ def test_matching_spike_geometry_counts_no_mismatch(recording, tmp_path):
     config = _serve_config(tmp_path, "unused.onnx", worker={"save_dir": None})
     counters = _run_with_factory(recording, config, GatedRunnerFactory(), speed=5.0)
     assert counters["spike_geometry_mismatches"] == 0 and counters["spike_geometry_seen"] == []
+
+
+# -- the environment: a full disk, an unexpected error (issue 14 item 5) -------------------------------------------
+def _no_space(path, image, params):
+    import errno
+    import os
+
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+
+def _remote_fake_worker(config, factory, stop):
+    """A 'spikereveal worker' in a thread with a fake runner (serve --job-endpoint/--result-endpoint)."""
+    from spikereveal.stream.worker import run_worker
+
+    thread = threading.Thread(target=run_worker, args=(config.scale_out.job_endpoint, config.scale_out.result_endpoint,
+                                                       factory), kwargs={"worker_id": 7, "stop": stop})
+    thread.start()
+    return thread
+
+
+def _worker_endpoints():
+    spike, _, _ = _endpoints()
+    folder = spike[len("ipc://"):].rsplit("/", 1)[0]
+    return {"job_endpoint": f"ipc://{folder}/jobs", "result_endpoint": f"ipc://{folder}/results",
+            "remote_workers": 1}
+
+
+@pytest.mark.parametrize("mode", ["thread", "remote_worker"])
+def test_full_disk_under_save_is_counted_logged_once_and_serving_goes_on(recording, tmp_path, monkeypatch, caplog,
+                                                                         mode):
+    monkeypatch.setattr(cv2, "imwrite", _no_space)  # every PNG write: ENOSPC
+    scale_out = _worker_endpoints() if mode == "remote_worker" else {}
+    config = _serve_config(tmp_path, "unused.onnx", worker={"save_dir": str(tmp_path / "out")}, scale_out=scale_out)
+    stop = threading.Event()
+    worker = _remote_fake_worker(config, GatedRunnerFactory(), stop) if scale_out else None
+    try:
+        with caplog.at_level("ERROR", logger="spikereveal.stream.worker"):
+            counters = _run_with_factory(recording, config, GatedRunnerFactory(), speed=5.0)
+    finally:
+        stop.set()
+        if worker is not None:
+            worker.join(30)
+    done = EXPOSURES - 1
+    assert counters["stop_reason"] == "idle_timeout"
+    assert counters["exposures_done"] == done and counters["output_messages"] == K * done  # still published
+    assert counters["frames_save_failed"] == K * done and counters["frames_saved"] == 0
+    assert counters["save_failed_by_kind"] == {"ENOSPC": K * done}
+    logged = [r for r in caplog.records if "frames_save_failed" in r.getMessage()]
+    assert len(logged) == 1 and "ENOSPC" in logged[0].getMessage()  # once per kind, not per frame
+    written = json.loads((tmp_path / "stats.json").read_text())
+    assert written["frames_save_failed"] == K * done
+    assert _accounted(counters) == counters["exposures_received"]
+
+
+def test_frame_saver_counts_a_folder_it_cannot_write_and_goes_on(tmp_path, caplog):
+    from spikereveal.stream.worker import FrameSaver
+
+    saver = FrameSaver(tmp_path / "out")
+    shutil.rmtree(tmp_path / "out" / "frames")
+    (tmp_path / "out" / "frames").write_text("a file where the folder was")  # root ignores read-only modes
+    sharp = np.zeros((K, 8, 8, 3), np.uint8)
+    with caplog.at_level("ERROR", logger="spikereveal.stream.worker"):
+        for exposure in range(3):
+            saver.save(exposure, np.arange(K), sharp)
+    saver.close()
+    assert saver.frames_failed == 3 * K and saver.frames_written == 0 and saver.failure_kinds == {"imwrite": 3 * K}
+    assert len([r for r in caplog.records if "frames_save_failed" in r.getMessage()]) == 1
+    assert _rows(tmp_path / "out")[1] == []  # no row for a frame that is not on disk
+
+
+@pytest.mark.parametrize("distributed", [False, True])
+def test_stats_json_is_written_when_the_loop_dies_of_an_unexpected_error(tmp_path, monkeypatch, distributed):
+    from spikereveal.stream.graph import Pipeline
+    from spikereveal.stream.serve import Server
+
+    def broken_tick(self, now_ns):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Pipeline, "tick", broken_tick)
+    scale_out = _worker_endpoints() if distributed else {}
+    config = _serve_config(tmp_path, "unused.onnx", worker={"save_dir": None}, scale_out=scale_out)
+    with pytest.raises(RuntimeError, match="boom"):
+        Server(config, runner_factory=GatedRunnerFactory()).run()
+    written = json.loads((tmp_path / "stats.json").read_text())
+    assert written["stop_reason"] == "error" and written["exposures_received"] == 0
+
+
+# -- lost workers (issue 14 item 6) ----------------------------------------------------------------------------------
+class _FakeProcess:
+    def __init__(self):
+        self.sentinel, self._write = os.pipe()  # readable once "the process" exits, like multiprocessing's
+        self.exitcode = None
+
+    def is_alive(self):
+        return self.exitcode is None
+
+    def die(self, code):
+        self.exitcode = code
+        os.write(self._write, b"x")
+
+
+def test_an_exited_local_worker_is_lost_at_once_and_serve_stops_when_none_is_left(tmp_path):
+    from spikereveal.stream.collector import ResultCollector
+    from spikereveal.stream.serve import Server
+    from test_worker import make_job
+
+    config = _serve_config(tmp_path, "unused.onnx", worker={"save_dir": None}, scale_out={"workers": 2})
+    server = Server(config)
+    processes = {0: _FakeProcess(), 1: _FakeProcess()}
+    server._local_workers = dict(processes)
+    poller = zmq.Poller()
+    for process in processes.values():
+        poller.register(process.sentinel, zmq.POLLIN)
+    collector = ResultCollector(slots=4, result_timeout_ns=30 * 10**9)  # the 30 s timeout must not be needed
+    for worker in (0, 1):
+        collector.heard(worker, 0)
+        collector.dispatched(make_job(worker), 0)
+        collector.taken(worker, (0, worker), 0)
+    try:
+        processes[0].die(-9)
+        assert [socket for socket, _ in poller.poll(0)] == [processes[0].sentinel]  # the loop wakes at once
+        assert server._check_workers(collector, poller)
+        assert collector.lost == 1 and collector.lost_workers == [0] and collector.slots == 2
+        assert poller.poll(0) == []  # its sentinel is no longer watched
+        processes[1].die(1)
+        assert not server._check_workers(collector, poller)
+        assert "all 2 worker processes exited" in server._fatal and collector.in_flight == 0
+    finally:
+        for process in processes.values():
+            os.close(process.sentinel)
+            os.close(process._write)
+
+
+def test_a_silent_remote_worker_is_declared_lost_by_the_serve_loop(tmp_path):
+    import logging
+
+    from spikereveal.stream.serve import Server
+    from spikereveal.stream.worker import encode_ready
+
+    endpoints = _worker_endpoints()
+    config = _serve_config(tmp_path, "unused.onnx", worker={"save_dir": None},
+                           scale_out={**endpoints, "heartbeat_timeout_s": 0.2})
+    config = dataclasses.replace(config, idle_timeout_s=None)
+    lost = threading.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record):
+            if "worker 9 lost" in record.getMessage() and "no heartbeat" in record.getMessage():
+                lost.set()
+
+    handler = Watch()
+    logging.getLogger("spikereveal.stream.collector").addHandler(handler)
+    server, stop, out = Server(config, runner_factory=GatedRunnerFactory()), threading.Event(), {}
+    thread = threading.Thread(target=lambda: out.setdefault("counters", server.run(stop)))
+    thread.start()
+    context = zmq.Context()
+    results = context.socket(zmq.PUSH)
+    try:
+        assert server.ready.wait(30)
+        results.connect(endpoints["result_endpoint"])
+        results.send_multipart(encode_ready(9))  # then silence
+        assert lost.wait(10)
+    finally:
+        stop.set()
+        thread.join(30)
+        results.close(linger=0)
+        context.term()
+        logging.getLogger("spikereveal.stream.collector").removeHandler(handler)
+    assert out["counters"]["stop_reason"] == "stopped"
+
+
+def test_cli_worker_timeouts_build_the_config():
+    import argparse
+
+    from spikereveal.commands import serve as command
+
+    parser = argparse.ArgumentParser()
+    command.register(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--spike-endpoint", "tcp://a:1", "--rgb-endpoint", "tcp://a:2",
+                              "--output-endpoint", "tcp://*:3", "--workers", "2", "--result-timeout", "5",
+                              "--heartbeat-timeout", "2.5"])
+    config = command.config_from_args(args)
+    assert config.scale_out.result_timeout_s == 5.0 and config.scale_out.heartbeat_timeout_s == 2.5
+    with pytest.raises(Exception, match="heartbeat_timeout_s"):
+        load_serve_config(None, spike_endpoint="tcp://a:1", rgb_endpoint="tcp://a:2", output_endpoint="tcp://*:3",
+                          scale_out={"heartbeat_timeout_s": 0})
+
+
+# -- the engine's warm-up and load failures (issue 14 items 7 and 8) -----------------------------------------------
+class CountingFactory(GatedRunnerFactory):
+    """GatedRunnerFactory whose loads wait for ``load_gate`` (a slow engine start) or fail with ``load_error``."""
+
+    def __init__(self, load_gate=None, load_error=None):
+        super().__init__()
+        self.load_gate, self.load_error, self.calls = load_gate, load_error, 0
+
+    def __call__(self, shape):
+        self.calls += 1
+        runner = super().__call__(shape)
+        gate, error, load = self.load_gate, self.load_error, runner._load
+
+        def slow_load():
+            if error is not None:
+                raise error
+            if gate is not None:
+                assert gate.wait(60)
+            load()
+
+        runner._load = slow_load
+        return runner
+
+
+def test_a_slow_engine_start_without_spike_geometry_drops_nothing_for_capacity(recording, tmp_path):
+    loaded = threading.Event()  # the engine finishes loading only once the whole recording was sent
+    config = _serve_config(tmp_path, "unused.onnx", worker={"save_dir": None, "queue_capacity_jobs": 1})
+    config = dataclasses.replace(config, spike_height=None, spike_width=None)
+    factory = CountingFactory(load_gate=loaded)
+    counters = _run_with_factory(recording, config, factory, speed=5.0, release=loaded)
+    assert factory.calls == 1  # loaded at the first spike block, once
+    assert counters["exposures_done"] == EXPOSURES - 1  # the exposures waited for the engine
+    assert counters["job_queue_dropped"] == counters["warmup_dropped"] == counters["exposures_dropped"] == 0
+    assert _accounted(counters) == counters["exposures_received"]
+
+
+def test_an_engine_that_fails_to_load_stops_serve_once_with_the_reason(recording, tmp_path):
+    from spikereveal.engines.runners import RunnerError
+    from spikereveal.errors import SpikeRevealError
+    from spikereveal.recording import open_recording
+    from spikereveal.stream.replay import LiveReplay, ReplayConfig
+    from spikereveal.stream.serve import Server
+
+    config = _serve_config(tmp_path, "unused.onnx", worker={"save_dir": None})
+    config = dataclasses.replace(config, spike_height=None, spike_width=None, idle_timeout_s=30.0)
+    factory = CountingFactory(load_error=RunnerError("not an LDN graph"))
+    server, out = Server(config, runner_factory=factory), {}
+
+    def run():
+        try:
+            server.run()
+        except SpikeRevealError as exc:
+            out["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert server.ready.wait(60)
+    replay_config = ReplayConfig(speed=5.0, block_frames=8, wait_for_subscribers=True, start_delay_s=0,
+                                 subscriber_timeout_s=20, drain_s=0.2, heartbeat_interval_s=0.02)
+    with open_recording(recording, strict=False) as rec:
+        with LiveReplay(rec, config.spike_endpoint, config.rgb_endpoint, replay_config) as replay:
+            replay.run()
+    thread.join(60)
+    assert not thread.is_alive()
+    assert "could not be loaded" in str(out["error"]) and "not an LDN graph" in str(out["error"])
+    assert factory.calls == 1  # not once per exposure
+    written = json.loads((tmp_path / "stats.json").read_text())
+    assert written["stop_reason"] == "error" and _accounted(written) == written["exposures_received"]
+
+
+def _not_an_ldn_onnx(path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "other",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+    onnx.save(helper.make_model(graph), str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["onnx", "model"])
+def test_serve_refuses_a_model_file_that_is_not_the_ldn_at_start(tmp_path, capsys, kind):
+    from spikereveal.cli import main
+
+    if kind == "onnx":
+        source = ["--onnx", str(_not_an_ldn_onnx(tmp_path / "other.onnx"))]
+    else:
+        (tmp_path / "random.pt").write_bytes(np.random.default_rng(0).bytes(4096))
+        source = ["--model", str(tmp_path / "random.pt")]
+    spike, rgb, output = _endpoints()
+    code = main(["serve", "--spike-endpoint", spike, "--rgb-endpoint", rgb, "--output-endpoint", output, *source,
+                 "--idle-timeout", "30"])  # no --spike-geometry: it used to wait for exposures, then exit 0
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert ("not a spikereveal LDN export" in err and "spikereveal export" in err) if kind == "onnx" else \
+        "random.pt" in err

@@ -410,3 +410,220 @@ def test_saved_names_are_unique_per_epoch(tmp_path):
     assert len(rows) == len(files) == 2 * 3 * K == saver.frames_written
     assert sorted(r[2].split("/")[-1] for r in rows) == files
     assert "000001_02.png" in files and "e1_000001_02.png" in files  # epoch 0 keeps deblur's names
+
+
+# -- lost workers (issue 14 item 6) ----------------------------------------------------------------------------------
+def test_collector_releases_exactly_a_lost_workers_jobs_at_once():
+    collector = ResultCollector(slots=4, result_timeout_ns=10**12)  # the timeout never fires here
+    for i in range(4):
+        collector.dispatched(make_job(i), 0)
+    for worker, exposure in ((0, 0), (1, 1), (0, 2), (1, 3)):
+        collector.taken(worker, (0, exposure), 1)
+    assert collector.received(_wire(1), 2) == []  # held in order behind exposure 0 (worker 0)
+    assert collector.received(_wire(3), 3) == []
+    assert collector.worker_lost(0, "its process exited", exited=True) == 2  # exposures 0 and 2, not 1 or 3
+    assert [r.exposure_id for _, r in collector.release(4)] == [1, 3]
+    assert collector.lost == 2 and collector.in_flight == 0 and collector.lost_workers == [0]
+    collector.heard(0, 5)  # a stale beat from the exited worker does not bring it back
+    assert 0 not in collector.last_heard
+
+
+def test_collector_declares_a_silent_worker_lost_after_the_heartbeat_timeout():
+    collector = ResultCollector(slots=4, result_timeout_ns=10**12, heartbeat_timeout_ns=1000)
+    collector.heard(0, 0)
+    collector.heard(1, 0)
+    collector.dispatched(make_job(0), 10)
+    collector.taken(1, (0, 0), 10)
+    collector.heard(0, 900)
+    assert collector.silent_workers(1009) == []
+    assert collector.silent_workers(1010) == [1]  # heard at 10 (its acknowledgement); worker 0 beat at 900
+    collector.worker_lost(1, "silent")
+    assert collector.lost == 1 and collector.release(1010) == []
+    collector.heard(1, 2000)  # a remote worker may come back
+    assert 1 in collector.last_heard and collector.lost_workers == []
+
+
+def test_unacknowledged_jobs_in_a_lost_workers_pipe_are_released_once_live_workers_moved_past_them():
+    collector = ResultCollector(slots=8, result_timeout_ns=10**12)
+    collector.heard(0, 0)
+    collector.heard(1, 0)
+    for i in range(3):
+        collector.dispatched(make_job(i), 0)
+    collector.taken(0, (0, 0), 1)  # 1 sat in worker 0's pipe and was never taken: worker 0 died
+    assert collector.worker_lost(0, "exited", exited=True) == 1  # exposure 0; 1 may still be in worker 1's pipe
+    assert collector.in_flight == 2
+    collector.taken(1, (0, 2), 2)  # worker 1 (the only live one) took a later job: pipes are FIFO, 1 was not in its
+    assert collector.lost == 2 and collector.in_flight == 1
+    assert [r.exposure_id for _, r in collector.received(_wire(2), 3)] == [2]
+
+
+def test_with_no_live_worker_left_every_unacknowledged_job_is_lost():
+    collector = ResultCollector(slots=4, result_timeout_ns=10**12)
+    collector.heard(0, 0)
+    for i in range(3):
+        collector.dispatched(make_job(i), 0)
+    collector.taken(0, (0, 0), 1)
+    assert collector.worker_lost(0, "exited", exited=True) == 3 and collector.in_flight == 0
+
+
+def test_heartbeat_and_acknowledgement_round_trip():
+    from spikereveal.stream.worker import decode_heartbeat, encode_heartbeat, encode_ready
+
+    assert decode_heartbeat([bytes(p) for p in encode_heartbeat(5)]) == (5, None)
+    assert decode_heartbeat([bytes(p) for p in encode_heartbeat(5, (2, 42))]) == (5, (2, 42))
+    assert decode_heartbeat(encode_ready(5)) is None
+    assert decode_heartbeat(encode_result(None, 1, 9, K)) is None
+
+
+def test_a_worker_acknowledges_each_job_and_beats_while_inference_runs(tmp_path):
+    zmq = pytest.importorskip("zmq")
+    from spikereveal.stream.worker import decode_heartbeat, decode_ready, run_worker
+
+    context = zmq.Context()
+    jobs, results = context.socket(zmq.PUSH), context.socket(zmq.PULL)
+    jobs.bind(f"ipc://{tmp_path}/j")
+    results.bind(f"ipc://{tmp_path}/r")
+    gate, stop = threading.Event(), threading.Event()
+    runner = FakeRunner(InputShape(K, 4 * SPIKE_H, 4 * SPIKE_W), gate)
+    runner.options = runner.options.__class__(warmup_runs=0)
+    thread = threading.Thread(target=run_worker, args=(f"ipc://{tmp_path}/j", f"ipc://{tmp_path}/r", lambda s: runner),
+                              kwargs={"worker_id": 3, "stop": stop, "heartbeat_interval_s": 0.02})
+    thread.start()
+    try:
+        assert results.poll(10_000) and decode_ready(results.recv_multipart()) == 3
+        jobs.send_multipart(encode_job(make_job(8)))
+        seen = []
+        while (3, None) not in seen[1:] and results.poll(10_000):  # a beat after the ack: inference is stuck
+            seen.append(decode_heartbeat(results.recv_multipart()))
+        assert (3, (0, 8)) in seen and seen.index((3, (0, 8))) < len(seen) - 1
+        gate.set()
+        while results.poll(10_000):
+            parts = results.recv_multipart()
+            if decode_heartbeat(parts) is None:
+                assert decode_result(parts).exposure_id == 8
+                break
+    finally:
+        gate.set()
+        stop.set()
+        thread.join(30)
+        jobs.close(linger=0)
+        results.close(linger=0)
+        context.term()
+
+
+# -- memory bounded in bytes (issue 14 item 9) -------------------------------------------------------------------
+def test_job_queue_is_bounded_in_bytes_and_counts_the_drops():
+    from spikereveal.stream.worker import job_nbytes
+
+    size = job_nbytes(make_job(0))
+    for policy in ("drop_oldest", "drop_newest"):
+        queue = JobQueue(capacity_jobs=100, when_full=policy, max_bytes=3 * size + size // 2)
+        for i in range(20):
+            queue.put(make_job(i))
+            assert queue.nbytes <= queue.max_bytes and queue.nbytes == sum(job_nbytes(j) for j in queue._items)
+        assert len(queue) == 3 and queue.dropped == 17 and queue.peak_bytes <= queue.max_bytes
+        kept = [queue.get_nowait().exposure_id for _ in range(3)]
+        assert kept == ([17, 18, 19] if policy == "drop_oldest" else [0, 1, 2]) and queue.nbytes == 0
+
+
+def test_a_flood_of_large_exposures_keeps_the_pipeline_within_its_byte_bounds():
+    from spikereveal.stream.graph import Pipeline
+    from spikereveal.stream.protocol import RgbExposure, SpikeBlock, encode
+    from spikereveal.stream.sync import Synchroniser, SyncConfig
+    from spikereveal.stream.worker import job_nbytes
+
+    rng = np.random.default_rng(3)
+    image_bytes = 4 * SPIKE_H * 4 * SPIKE_W * 3
+    sync = Synchroniser(SyncConfig(k=K, max_pending_exposures=1000, max_pending_bytes=5 * image_bytes,
+                                   max_ring_frames=200))
+    job_bytes = job_nbytes(make_job(0))
+    queue = JobQueue(capacity_jobs=1000, max_bytes=3 * job_bytes)  # nothing consumes it: inference is stuck
+    now = [0]
+
+    def clock():
+        now[0] += 1000
+        return now[0]
+
+    pipeline = Pipeline(sync, queue, clock)
+    bound = sync.config.max_ring_frames * SPIKE_H * SPIKE_W // 8 + sync.config.max_pending_bytes + queue.max_bytes
+    exposures = 60  # 50x faster than the spikes: all of them before the spikes they need
+    messages = [RgbExposure(stream_id=2, seq=i, frame_id=i, start_ns=(20 + 5 * i) * 1_000_000,
+                            duration_ns=20 * 1_000_000,
+                            image=rng.integers(0, 256, (4 * SPIKE_H, 4 * SPIKE_W, 3), dtype=np.uint8))
+                for i in range(exposures)]
+    messages += [SpikeBlock(stream_id=1, seq=b, first_index=8 * b, t0_ns=0, rate_hz=RATE_HZ, height=SPIKE_H,
+                            width=SPIKE_W, packed=pack_frames(rng.random((8, SPIKE_H, SPIKE_W)) < 0.3))
+                 for b in range(50)]
+    for message in messages:
+        pipeline.on_message([bytes(p) for p in encode(message)], clock())
+        assert sync.pending_nbytes <= sync.config.max_pending_bytes
+        assert queue.nbytes <= queue.max_bytes
+    assert pipeline.peak_queued_bytes <= bound
+    assert queue.peak_bytes <= queue.max_bytes and len(queue) == 3
+    counters = pipeline.counters(ResultSinkStub())
+    assert counters["sync_exposures_dropped"] >= exposures - 5 and counters["job_queue_dropped"] >= 1
+    assert counters["peak_queued_bytes"] == pipeline.peak_queued_bytes and counters["peak_rss_bytes"] > 0
+    waiting = len(queue)  # serve counts these as abandoned at a stop
+    assert (counters["exposures_done"] + counters["exposures_skipped"] + counters["exposures_dropped"]
+            + counters["exposures_pending_at_exit"] + waiting) == counters["exposures_received"] == exposures
+
+
+class ResultSinkStub:
+    exposures_done = output_messages = output_dropped = out_of_domain_exposures = 0
+
+    class latency:  # noqa: N801
+        @staticmethod
+        def summary():
+            return {}
+
+
+def test_subscriber_receive_buffers_are_sized_from_their_byte_budget():
+    zmq = pytest.importorskip("zmq")
+    from spikereveal.stream import transport
+    from spikereveal.stream.config import IngestConfig
+
+    ingest = IngestConfig(rgb_max_message_bytes=8 << 20, rgb_receive_buffer_bytes=64 << 20,
+                          spike_max_message_bytes=1 << 20, spike_receive_buffer_bytes=64 << 20)
+    assert ingest.receive_hwm("rgb") == 8 and ingest.receive_hwm("spike") == 64
+    assert IngestConfig(receive_hwm_messages=10).receive_hwm("spike") == 10  # the message cap still applies
+    assert IngestConfig().receive_hwm("rgb") * IngestConfig().rgb_max_message_bytes <= 128 << 20
+    with pytest.raises(ConfigError, match="rgb_receive_buffer_bytes"):
+        IngestConfig(rgb_max_message_bytes=8 << 20, rgb_receive_buffer_bytes=4 << 20)
+    context = zmq.Context()
+    try:
+        socket = transport.open_subscriber(context, "inproc://x", receive_hwm=ingest.receive_hwm("rgb"),
+                                           max_message_bytes=ingest.rgb_max_message_bytes)
+        assert socket.getsockopt(zmq.RCVHWM) == 8 and socket.getsockopt(zmq.MAXMSGSIZE) == 8 << 20
+        socket.close(linger=0)
+    finally:
+        context.term()
+
+
+def test_the_pipeline_announces_the_spike_geometry_at_the_first_block():
+    from spikereveal.stream.graph import Pipeline
+    from spikereveal.stream.protocol import SpikeBlock, encode
+    from spikereveal.stream.sync import Synchroniser, SyncConfig
+
+    seen = []
+    pipeline = Pipeline(Synchroniser(SyncConfig(k=K)), JobQueue(2), lambda: 0,
+                        on_spike_geometry=lambda h, w: seen.append((h, w, pipeline.sync.counters.messages)))
+    for b in range(3):
+        block = SpikeBlock(stream_id=1, seq=b, first_index=8 * b, t0_ns=0, rate_hz=RATE_HZ, height=SPIKE_H,
+                           width=SPIKE_W, packed=pack_frames(np.zeros((8, SPIKE_H, SPIKE_W), bool)))
+        pipeline.on_message([bytes(p) for p in encode(block)], 0)
+    assert seen == [(SPIKE_H, SPIKE_W, 0)]  # once, before the block itself was synchronised
+
+
+def test_a_warming_queue_holds_exposures_instead_of_dropping_them_for_capacity():
+    queue = JobQueue(capacity_jobs=1, warmup_capacity_jobs=4)
+    queue.begin_warmup()
+    for i in range(5):
+        queue.put(make_job(i))
+    assert len(queue) == 4 and queue.dropped == 0 and queue.warmup_dropped == 1
+    queue.end_warmup()  # the backlog is processed, not trimmed by the next exposure
+    queue.put(make_job(5))  # more than inference takes meanwhile: a capacity drop, at the backlog's length
+    assert len(queue) == 4 and queue.dropped == 1
+    for _ in range(3):
+        queue.get_nowait()
+    queue.put(make_job(6))  # caught up: the normal bound again
+    assert len(queue) == 1 and queue.dropped == 2 and [j.exposure_id for j in queue.clear()] == [6]

@@ -69,6 +69,12 @@ def register(subparsers) -> None:
     parser.add_argument("--result-endpoint", default=None, metavar="E", help="bind PULL here for remote results")
     parser.add_argument("--remote-workers", type=int, default=None, metavar="N",
                         help="how many remote workers to keep jobs in flight for (default 0; at least one slot)")
+    parser.add_argument("--result-timeout", type=float, default=None, metavar="S",
+                        help="with workers: a job whose result is not back after S seconds is counted lost "
+                             "(default 30)")
+    parser.add_argument("--heartbeat-timeout", type=float, default=None, metavar="S",
+                        help="with workers: a worker silent for S seconds is lost and its jobs are released "
+                             "(default 10; workers beat every second; a local worker that exits is lost at once)")
     parser.add_argument("--queue", type=int, default=None, metavar="JOBS",
                         help="exposures that may wait for inference before the oldest is dropped (default 2)")
     parser.add_argument("--k", type=int, default=None, help="sharp frames per exposure (default 7)")
@@ -90,7 +96,8 @@ def config_from_args(args):
                 "queue_capacity_jobs": args.queue},
         sync={"k": args.k},
         scale_out={"workers": args.workers, "job_endpoint": args.job_endpoint,
-                   "result_endpoint": args.result_endpoint, "remote_workers": args.remote_workers},
+                   "result_endpoint": args.result_endpoint, "remote_workers": args.remote_workers,
+                   "result_timeout_s": args.result_timeout, "heartbeat_timeout_s": args.heartbeat_timeout},
     )
 
 
