@@ -58,6 +58,7 @@ COUNTER_KEYS = (
     "exposures_abandoned", "exposures_pending_at_exit", "windows_ready", "sync_exposures_dropped",
     "job_queue_dropped", "worker_lost", "spike_frames_received", "spike_frames_dropped",
     "output_messages", "output_dropped", "frames_saved", "out_of_domain_exposures", "spike_geometry_mismatches",
+    "results_rejected", "subscriptions_refused", "output_resets",
 )
 
 
@@ -329,7 +330,8 @@ class Pipeline:
             return self._job_info.pop(exposure_id, (None, None, None))
 
     def counters(self, sink: ResultSink, failed: int = 0, abandoned: int = 0, worker_lost: int = 0,
-                 frames_saved: int = 0) -> dict:
+                 frames_saved: int = 0, results_rejected: int = 0, subscriptions_refused: int = 0,
+                 output_resets: int = 0) -> dict:
         """The serve report: integer counters (COUNTER_KEYS) plus reasons and the latency summary."""
         c = self.sync.counters
         sync_dropped = c.exposures_dropped
@@ -354,6 +356,9 @@ class Pipeline:
             "frames_saved": int(frames_saved),
             "out_of_domain_exposures": sink.out_of_domain_exposures,
             "spike_geometry_mismatches": self.spike_geometry_mismatches,
+            "results_rejected": int(results_rejected),
+            "subscriptions_refused": int(subscriptions_refused),
+            "output_resets": int(output_resets),
         }
         assert set(out) == set(COUNTER_KEYS)  # internal invariant, not user input
         out["malformed_by_reason"] = dict(c.malformed_by_reason)

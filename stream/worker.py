@@ -614,8 +614,11 @@ class WorkerStats:
 def run_worker(job_endpoint: str, result_endpoint: str, runner_factory: Callable, worker_id: int = 0,
                spike_shape: tuple[int, int] | None = None, k: int | None = None, calibration=None,
                output_pixel_format: str = "bgr8", stop: threading.Event | None = None,
-               max_jobs: int | None = None) -> WorkerStats:
+               max_jobs: int | None = None, keys=None) -> WorkerStats:
     """Pull jobs from ``job_endpoint``, push results to ``result_endpoint`` until ``stop`` (or ``max_jobs``).
+
+    ``keys``: a ``security.ClientKeys`` (the worker's key pair and serve's public key) for a serve whose
+    job/result ports are CURVE servers; without them such a serve never hands this worker a job.
 
     ``runner_factory(shape) -> unloaded Runner``. With ``spike_shape`` and ``k`` the runner loads before the
     first job and the worker announces itself ready; otherwise it loads on the first job's geometry (and
@@ -634,6 +637,11 @@ def run_worker(job_endpoint: str, result_endpoint: str, runner_factory: Callable
         socket.setsockopt(zmq.LINGER, 0)
     pull.setsockopt(zmq.RCVHWM, 1)
     try:
+        if keys is not None:
+            from spikereveal.stream.security import apply_client
+
+            apply_client(pull, keys)
+            apply_client(push, keys)
         pull.connect(job_endpoint)
         push.connect(result_endpoint)
 
