@@ -104,7 +104,7 @@ def open_subscriber(context, endpoint: str, topics: tuple[bytes, ...] = (b"",), 
 
 
 #: subscription messages longer than this (topic bytes) disconnect their peer on serve's output
-MAX_TOPIC_BYTES = 256
+MAX_TOPIC_BYTES = 1023  # MAXMSGSIZE also bounds the CURVE handshake (INITIATE is ~250 bytes)
 
 
 class SubscriptionLedger:

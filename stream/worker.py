@@ -636,6 +636,7 @@ def run_worker(job_endpoint: str, result_endpoint: str, runner_factory: Callable
     for socket in (pull, push):
         socket.setsockopt(zmq.LINGER, 0)
     pull.setsockopt(zmq.RCVHWM, 1)
+    push.setsockopt(zmq.IMMEDIATE, 1)  # results only to a completed (authenticated) connection
     try:
         if keys is not None:
             from spikereveal.stream.security import apply_client
@@ -645,19 +646,35 @@ def run_worker(job_endpoint: str, result_endpoint: str, runner_factory: Callable
         pull.connect(job_endpoint)
         push.connect(result_endpoint)
 
+        def send(parts) -> None:
+            """Send once serve's result port takes it (a PUSH without a peer would block: stop must still work)."""
+            waited = 0
+            while not stop.is_set():
+                if push.poll(100, zmq.POLLOUT):
+                    try:
+                        push.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+                        return
+                    except zmq.Again:  # the connection went away (or was refused) between poll and send
+                        continue
+                waited += 1
+                if waited == 50:
+                    logger.warning("worker %d: serve's result port %s has not accepted this worker for 5 s: is serve "
+                                   "running, and (with keys) is this worker's public key in serve's --allow-keys "
+                                   "folder and --server-key serve's public key?", worker_id, result_endpoint)
+
         def load(shape):
             nonlocal runner, processor
             if runner is not None:
                 runner.close()
             runner = runner_factory(shape).load()
             processor = ExposureProcessor(runner, calibration, output_pixel_format)
-            push.send_multipart(encode_ready(worker_id))
+            send(encode_ready(worker_id))
             logger.info("worker %d ready: %s", worker_id, runner.describe())
 
         if spike_shape is not None and k is not None:
             load(runner_shape_for(k, *spike_shape))
         else:
-            push.send_multipart(encode_ready(worker_id))
+            send(encode_ready(worker_id))
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
         while not stop.is_set() and (max_jobs is None or stats.jobs + stats.failed < max_jobs):
@@ -678,9 +695,9 @@ def run_worker(job_endpoint: str, result_endpoint: str, runner_factory: Callable
             except SpikeRevealError as exc:
                 stats.failed += 1
                 logger.error("exposure %d failed: %s", job.exposure_id, exc)
-                push.send_multipart(encode_result(None, worker_id, job.exposure_id, int(job.centers.shape[0])))
+                send(encode_result(None, worker_id, job.exposure_id, int(job.centers.shape[0])))
                 continue
-            push.send_multipart(encode_result(result, worker_id), copy=False)
+            send(encode_result(result, worker_id))
             stats.jobs += 1
     finally:
         if runner is not None:
