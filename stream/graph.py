@@ -16,6 +16,7 @@ pending exposures      ``sync.max_pending_exposures``               oldest dropp
 job queue              ``worker.queue_capacity_jobs``               ``worker.when_full`` (``job_queue_dropped``)
 jobs at workers        workers x ``in_flight_per_worker_jobs``      jobs wait in the job queue (above)
 PUB send buffer        ``publish.send_hwm_messages`` per viewer     message dropped (``output_dropped``)
+output subscriptions   ``publish.max_subscriptions`` topics         socket re-bound (``output_resets``)
 =====================  ===========================================  ==============================================
 
 ``exposures_dropped`` in the counters is the sum of the three exposure drops (pending, job queue, lost at a
