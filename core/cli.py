@@ -20,8 +20,8 @@ from spikereveal.errors import MissingDependencyError, SpikeRevealError
 
 # Verbs, in the order ``--help`` lists them. A verb appears here once it works end to end.
 COMMAND_MODULES: tuple[str, ...] = (
-    "demo", "simulate", "deblur", "serve", "replay", "worker", "train", "eval", "adapt", "import_weights", "export",
-    "build_engine", "calibrate", "bench",
+    "demo", "simulate", "deblur", "serve", "replay", "worker", "keys", "train", "eval", "adapt", "import_weights",
+    "export", "build_engine", "calibrate", "bench",
 )
 
 #: optional packages -> the extra that installs them (``pip install 'spikereveal[EXTRA]'``)

@@ -8,8 +8,8 @@ on other machines adds remote ones. Results come back in any order; :class:`Resu
 them in dispatch order (= exposure order), so viewers and ``frames.csv`` see exposures in time order.
 
 Bounds: at most ``slots`` jobs are out at workers; the rest wait in the JobQueue (which drops per its
-policy). A job whose result has not come back after ``result_timeout_ns`` is counted lost (a worker died
-or restarted) and the results behind it are released.
+policy). A job whose result has not come back after ``result_timeout_ns`` is counted lost (a worker died,
+restarted, or takes jobs and never answers) and the results behind it are released.
 
 Lost workers. Each worker acknowledges a job as it takes it and sends a heartbeat every
 ``worker.HEARTBEAT_INTERVAL_S`` (:func:`~spikereveal.stream.worker.encode_heartbeat`), so the collector
@@ -19,6 +19,12 @@ then exactly its unfinished jobs are counted lost (``worker_lost``) and what wai
 A job dispatched but not yet acknowledged sits in some worker's ZeroMQ pipe; pipes are FIFO, so once every
 live worker has acknowledged a job dispatched after it, it was in a lost worker's pipe and is lost too
 (with no live worker left, at once); otherwise ``result_timeout_ns`` is the backstop.
+
+Every result is checked against the job it claims to answer (:func:`result_matches`): a result for no job
+in flight, a second one, or one whose K, image size or timestamps differ from its job's is dropped and
+counted in ``rejected`` (``results_rejected``; ``rejected_by_reason``); the job stays in flight for its
+real result (or its timeout). Worker ids in acknowledgements and results are what the worker says; the
+sender itself is checked by CURVE (only allow-listed workers reach the result port), not here.
 """
 
 from __future__ import annotations
@@ -31,10 +37,13 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from spikereveal.stream.sync import ReadyJob
-from spikereveal.stream.worker import ExposureResult, WireResult
+import numpy as np
 
-__all__ = ["ResultCollector", "InFlight", "start_local_workers", "stop_local_workers"]
+from spikereveal.kernels.timing import output_timestamps
+from spikereveal.stream.sync import ReadyJob
+from spikereveal.stream.worker import ExposureResult, WireResult, runner_shape_for
+
+__all__ = ["ResultCollector", "InFlight", "result_matches", "start_local_workers", "stop_local_workers"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +55,32 @@ class InFlight:
     result: WireResult | None = None
     order: int = 0  # dispatch order
     worker_id: int | None = None  # the worker that acknowledged it (None: not yet)
+
+
+def result_matches(job: ReadyJob, wire: WireResult) -> str | None:
+    """None when ``wire`` is a plausible answer to ``job``, else the reason it is not (one word, for counters).
+
+    Compared: (epoch, exposure id), K, the sharp frames' height and width (the network grid of the job's spike
+    geometry, which is also the RGB frame's size without a calibration) and the output timestamps (what the
+    worker computes from the job's exposure start and duration). A failure marker carries no frames: only
+    its id and K are compared.
+    """
+    k = int(job.centers.shape[0])
+    if wire.key != job.key:
+        return "exposure_id"
+    if wire.k != k:
+        return "k"
+    if not wire.ok:
+        return None
+    shape = runner_shape_for(k, job.spike_height, job.spike_width)
+    sharp = wire.sharp
+    size = (sharp.shape[1], sharp.shape[2]) if sharp.dtype == np.uint8 else (sharp.shape[2], sharp.shape[3])
+    if sharp.shape[0] != k or size != (shape.height, shape.width):
+        return "size"
+    expected = output_timestamps(int(job.start_ns), int(job.duration_ns), k)
+    if wire.timestamps_ns is None or not np.array_equal(np.asarray(wire.timestamps_ns), expected):
+        return "timestamps"
+    return None
 
 
 class ResultCollector:
@@ -67,6 +102,16 @@ class ResultCollector:
         self.lost = 0
         self.failed = 0
         self.unexpected = 0  # results for jobs not in flight (late after a timeout, or duplicates)
+        self.rejected = 0  # results dropped unpublished: not in flight, duplicate, malformed or not matching
+        self.rejected_by_reason: dict[str, int] = {}
+
+    def reject(self, reason: str, exposure_id: int | None = None) -> None:
+        """Count a result that is dropped (``reason``: not_in_flight, duplicate, malformed, or a mismatch)."""
+        self.rejected += 1
+        count = self.rejected_by_reason[reason] = self.rejected_by_reason.get(reason, 0) + 1
+        log = logger.warning if count == 1 else logger.debug
+        log("a worker result (exposure %s) was rejected: %s; counted in results_rejected (first of each reason "
+            "logged)", "?" if exposure_id is None else exposure_id, reason)
 
     @property
     def in_flight(self) -> int:
@@ -141,6 +186,11 @@ class ResultCollector:
         entry = self._in_flight.get(result.key)
         if entry is None or entry.result is not None:
             self.unexpected += 1
+            self.reject("not_in_flight" if entry is None else "duplicate", result.exposure_id)
+            return self.release(now_ns)
+        reason = result_matches(entry.job, result)
+        if reason is not None:
+            self.reject(reason, result.exposure_id)  # the job waits for its real result (or its timeout)
             return self.release(now_ns)
         entry.result = result
         return self.release(now_ns)
@@ -182,7 +232,7 @@ class ResultCollector:
 
 # -- local worker processes --------------------------------------------------------------------------------------
 def _worker_process_main(job_endpoint, result_endpoint, worker_id, engine, spike_shape, k, calibration_path,
-                         output_pixel_format, onnx_dir, log_level):
+                         output_pixel_format, onnx_dir, log_level, keys=None):
     """Entry point of a local worker process (spawned: a fresh interpreter, nothing inherited)."""
     logging.basicConfig(level=log_level, format=f"%(levelname)s worker{worker_id} %(name)s: %(message)s")
     stop = threading.Event()
@@ -202,15 +252,17 @@ def _worker_process_main(job_endpoint, result_endpoint, worker_id, engine, spike
     try:
         run_worker(job_endpoint, result_endpoint, make_runner_factory(engine, work_dir), worker_id=worker_id,
                    spike_shape=spike_shape, k=k, calibration=calibration, output_pixel_format=output_pixel_format,
-                   stop=stop)
+                   stop=stop, keys=keys)
     except SpikeRevealError as exc:  # e.g. the engine cannot load: the reason, no traceback; serve sees the exit
         logging.getLogger(__name__).error("%s", exc)
         raise SystemExit(2) from None
 
 
 def start_local_workers(count: int, job_endpoint: str, result_endpoint: str, engine, spike_shape, k: int,
-                        calibration_path, output_pixel_format: str, onnx_dir: str, threads_per_worker: int):
-    """Spawn ``count`` worker processes connected to the two endpoints; returns the Process objects."""
+                        calibration_path, output_pixel_format: str, onnx_dir: str, threads_per_worker: int,
+                        keys=None):
+    """Spawn ``count`` worker processes connected to the two endpoints (``keys``: their ClientKeys when the
+    endpoints are CURVE servers); returns the Process objects."""
     from dataclasses import replace
 
     context = multiprocessing.get_context("spawn")
@@ -220,7 +272,7 @@ def start_local_workers(count: int, job_endpoint: str, result_endpoint: str, eng
         process = context.Process(
             target=_worker_process_main, name=f"spikereveal-worker-{worker_id}", daemon=True,
             args=(job_endpoint, result_endpoint, worker_id, engine, spike_shape, k, calibration_path,
-                  output_pixel_format, onnx_dir, logging.getLogger().level),
+                  output_pixel_format, onnx_dir, logging.getLogger().level, keys),
         )
         process.start()
         processes.append(process)

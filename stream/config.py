@@ -18,7 +18,9 @@
                     "drain_timeout_s": 30.0},
      "scale_out":  {"workers": 0, "job_endpoint": null, "result_endpoint": null, "in_flight_per_worker_jobs": 2,
                     "result_timeout_s": 30.0, "heartbeat_timeout_s": 10.0},
-     "publish":    {"send_hwm_messages": 1000},
+     "publish":    {"send_hwm_messages": 1000, "max_subscriptions": 64},
+     "security":   {"secret_key_file": null, "allow_keys_dir": null, "output_curve": false,
+                    "rig_key_file": null},
      "run":        {"exit_after_exposures": null, "idle_timeout_s": null, "stats_json": null, "trace": null},
      "calibration": "calibration.json"}
 
@@ -34,8 +36,8 @@ disconnected, so set it to the rig's largest message) and gets a high-water mark
 a 64-frame block of a 1024x256 spike sensor and a 2560x2048 BGR exposure; a 4K RGB camera needs
 ``rgb_max_message_bytes`` of at least 25 MB.
 
-Relative paths (``calibration``, ``model``, ``onnx``, ``save_dir``, ``stats_json``, ``trace``) are relative to the
-config file. The calibration is a ``spikereveal calibrate`` file (its clock mapping moves exposures onto
+Relative paths (``calibration``, ``model``, ``onnx``, ``save_dir``, ``stats_json``, ``trace``, the key files and
+folder of ``security``) are relative to the config file. The calibration is a ``spikereveal calibrate`` file (its clock mapping moves exposures onto
 the spike clock; its geometry and photometric maps are applied to every window). Command-line options
 override the file.
 """
@@ -60,6 +62,7 @@ __all__ = [
     "WorkerConfig",
     "ScaleOutConfig",
     "PublishConfig",
+    "SecurityConfig",
     "ServeConfig",
     "load_serve_config",
     "WHEN_FULL_POLICIES",
@@ -214,9 +217,57 @@ class ScaleOutConfig:
 @dataclass(frozen=True)
 class PublishConfig:
     send_hwm_messages: int = 1000  # PUB queue per subscriber; a slow viewer loses frames, never stalls serve
+    # distinct subscription topics the output socket may hold; beyond it the socket is re-bound (see
+    # transport.GuardedPublisher): what subscribers can make serve keep is bounded
+    max_subscriptions: int = 64
 
     def __post_init__(self):
         _positive_int("publish", "send_hwm_messages", self.send_hwm_messages)
+        _positive_int("publish", "max_subscriptions", self.max_subscriptions)
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """CURVE keys (``spikereveal keys generate``; see :mod:`spikereveal.stream.security`).
+
+    ``secret_key_file`` (serve's ``.key_secret``) with ``allow_keys_dir`` (a folder of the clients' public
+    ``*.key`` files): the job and result ports are CURVE servers admitting only those clients; required when
+    they bind a non-loopback address. ``output_curve``: the output port too (viewers need keys).
+    ``rig_key_file``: the rig publishers' public key; serve then subscribes to them as a CURVE client with
+    its own key pair (the rig must list serve's public key)."""
+
+    secret_key_file: str | None = None
+    allow_keys_dir: str | None = None
+    output_curve: bool = False
+    rig_key_file: str | None = None
+
+    def __post_init__(self):
+        if (self.secret_key_file is None) != (self.allow_keys_dir is None):
+            raise ConfigError("security.secret_key_file (--secret-key) and security.allow_keys_dir (--allow-keys) "
+                              "go together: serve's own key pair and the folder of the public keys it admits")
+        if self.secret_key_file is None and (self.output_curve or self.rig_key_file is not None):
+            raise ConfigError("security.output_curve (--curve-output) and security.rig_key_file (--rig-key) need "
+                              "serve's own key pair: give --secret-key and --allow-keys too")
+        if not isinstance(self.output_curve, bool):
+            raise ConfigError(f"security.output_curve must be true or false, got {self.output_curve!r}")
+
+    @property
+    def server(self):
+        """The ServerKeys of serve's bound CURVE ports (None: no keys)."""
+        if self.secret_key_file is None:
+            return None
+        from spikereveal.stream.security import ServerKeys
+
+        return ServerKeys(self.secret_key_file, self.allow_keys_dir)
+
+    @property
+    def rig(self):
+        """The ClientKeys of serve's rig subscriptions (None: plain)."""
+        if self.rig_key_file is None:
+            return None
+        from spikereveal.stream.security import ClientKeys
+
+        return ClientKeys(self.secret_key_file, self.rig_key_file)
 
 
 @dataclass(frozen=True)
@@ -234,6 +285,7 @@ class ServeConfig:
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     scale_out: ScaleOutConfig = field(default_factory=ScaleOutConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     exit_after_exposures: int | None = None  # stop once this many exposures are published
     idle_timeout_s: float | None = None  # stop when no camera message arrived for this long
     stats_json: str | None = None
@@ -252,6 +304,13 @@ class ServeConfig:
         _positive_int("geometry", "spike_width", self.spike_width, allow_none=True)
         _positive_int("run", "exit_after_exposures", self.exit_after_exposures, allow_none=True)
         _positive_seconds("run", "idle_timeout_s", self.idle_timeout_s, allow_none=True)
+        from spikereveal.stream.security import require_keys
+
+        scale = self.scale_out
+        if scale.job_endpoint is not None:
+            for what, endpoint in (("the job endpoint", scale.job_endpoint),
+                                   ("the result endpoint", scale.result_endpoint)):
+                require_keys(endpoint, what, self.security.server)
 
     @property
     def spike_shape(self) -> tuple[int, int] | None:
@@ -259,8 +318,9 @@ class ServeConfig:
 
 
 _SECTIONS = {"ingest": IngestConfig, "sync": SyncConfig, "engine": EngineConfig, "worker": WorkerConfig,
-             "scale_out": ScaleOutConfig, "publish": PublishConfig}
-_PATH_KEYS = {("engine", "model"), ("engine", "onnx"), ("worker", "save_dir")}
+             "scale_out": ScaleOutConfig, "publish": PublishConfig, "security": SecurityConfig}
+_PATH_KEYS = {("engine", "model"), ("engine", "onnx"), ("worker", "save_dir"), ("security", "secret_key_file"),
+              ("security", "allow_keys_dir"), ("security", "rig_key_file")}
 
 
 def _section(path: Path, name: str, cls, values: Any, base: Path):

@@ -277,10 +277,27 @@ class RigPublisherConfig:
     subscriber_timeout_s: float = 30.0
     send_hwm: int = 1000
     count_drops: bool = True  # XPUB_NODROP: refused sends are counted (see transport.open_publisher)
+    # CURVE (spikereveal keys generate): this publisher's .key_secret and the folder of the subscribers'
+    # (serve's) public *.key files; both or neither. Without them anyone who reaches the ports reads the rig.
+    secret_key_file: str | None = None
+    allow_keys_dir: str | None = None
     spike_stream_id: int | None = None  # None: random, so that a restart is seen as one
     rgb_stream_id: int | None = None
 
+    @property
+    def keys(self):
+        """The publishers' ServerKeys (None: plain)."""
+        if self.secret_key_file is None:
+            return None
+        from spikereveal.stream.security import ServerKeys
+
+        return ServerKeys(self.secret_key_file, self.allow_keys_dir)
+
     def __post_init__(self):
+        if (self.secret_key_file is None) != (self.allow_keys_dir is None):
+            raise ConfigError("RigPublisherConfig.secret_key_file and allow_keys_dir go together: the publishers' "
+                              "key pair and the folder of the public keys of the subscribers they admit")
+
         def integer(name, low, high=None):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low or (high and value > high):
@@ -428,7 +445,7 @@ class RigPublisher:
         self.driver = driver
         self.config = config or RigPublisherConfig()
         self.sockets = RigSockets(spike_endpoint, rgb_endpoint, self.config.send_hwm, self.config.count_drops,
-                                  context=context)
+                                  context=context, keys=self.config.keys)
         self.spike_endpoint = self.sockets.spike_endpoint
         self.rgb_endpoint = self.sockets.rgb_endpoint
 

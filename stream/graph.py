@@ -7,22 +7,7 @@
 
 Every queue is bounded, with a policy when full and a counter:
 
-=====================  ===============================================  ==============================================
-queue                  bound                                            when full
-=====================  ===============================================  ==============================================
-SUB receive buffers    ``ingest.*_receive_buffer_bytes`` per socket     ZeroMQ drops; the synchroniser counts ``gaps``
-                       (HWM = bytes // ``*_max_message_bytes``, at      (a message above ``*_max_message_bytes``
-                       most ``receive_hwm_messages``)                   disconnects its publisher)
-synchroniser ring      ``sync.max_ring_frames`` / ``max_ring_bytes``    oldest frames out (``spike_frames_dropped``)
-pending exposures      ``sync.max_pending_exposures`` / ``_bytes``      oldest dropped (``sync_exposures_dropped``)
-job queue              ``worker.queue_capacity_jobs`` /                 ``worker.when_full`` (``job_queue_dropped``)
-                       ``queue_max_bytes``
-job queue, engine      ``worker.warmup_queue_capacity_jobs`` /          ``worker.when_full`` (``warmup_dropped``)
-warming up             ``queue_max_bytes``
-jobs at workers        workers x ``in_flight_per_worker_jobs``          jobs wait in the job queue (above)
-PUB send buffer        ``publish.send_hwm_messages`` per viewer         message dropped (``output_dropped``)
-=====================  ===============================================  ==============================================
-
+=====================  ===============================================  =======================================
 ``exposures_dropped`` in the counters is the sum of the four exposure drops (pending, job queue, job queue
 while the engine warms up, lost at a worker). ``peak_queued_bytes`` is the most camera data the ring, the
 pending exposures and the job queue held at once (sampled after every message), ``peak_rss_bytes`` the
@@ -65,7 +50,7 @@ COUNTER_KEYS = (
     "exposures_abandoned", "exposures_pending_at_exit", "windows_ready", "sync_exposures_dropped",
     "job_queue_dropped", "warmup_dropped", "worker_lost", "spike_frames_received", "spike_frames_dropped",
     "output_messages", "output_dropped", "frames_saved", "frames_save_failed", "out_of_domain_exposures",
-    "spike_geometry_mismatches",
+    "spike_geometry_mismatches", "results_rejected", "subscriptions_refused", "output_resets",
 )
 
 
@@ -357,7 +342,8 @@ class Pipeline:
             return self._job_info.pop(key, (None, None, None))
 
     def counters(self, sink: ResultSink, failed: int = 0, abandoned: int = 0, worker_lost: int = 0,
-                 frames_saved: int = 0, frames_save_failed: int = 0) -> dict:
+                 frames_saved: int = 0, frames_save_failed: int = 0, results_rejected: int = 0,
+                 subscriptions_refused: int = 0, output_resets: int = 0) -> dict:
         """The serve report: integer counters (COUNTER_KEYS) plus reasons and the latency summary."""
         c = self.sync.counters
         sync_dropped = c.exposures_dropped
@@ -384,6 +370,9 @@ class Pipeline:
             "frames_save_failed": int(frames_save_failed),
             "out_of_domain_exposures": sink.out_of_domain_exposures,
             "spike_geometry_mismatches": self.spike_geometry_mismatches,
+            "results_rejected": int(results_rejected),
+            "subscriptions_refused": int(subscriptions_refused),
+            "output_resets": int(output_resets),
         }
         assert set(out) == set(COUNTER_KEYS)  # internal invariant, not user input
         out["malformed_by_reason"] = dict(c.malformed_by_reason)

@@ -69,13 +69,29 @@ class ReplayConfig:
     rgb_to_spike_offset_ns: int = 0  # spike time = recorded exposure time + this; schedules exposures only
     send_hwm: int = 1000
     count_drops: bool = True  # XPUB_NODROP: the publisher counts refused sends (see transport.open_publisher)
+    # CURVE (spikereveal keys generate): this publisher's .key_secret and the folder of the subscribers'
+    # (serve's) public *.key files; both or neither. Without them anyone who reaches the ports reads the rig.
+    secret_key_file: str | None = None
+    allow_keys_dir: str | None = None
     preload_mb: float = 1024.0  # decode every exposure image before streaming when they fit in this budget
     prefetch_events: int = 256  # otherwise decode images this many publications ahead, off the pacing thread
     prefetch_threads: int = 2
     spike_stream_id: int | None = None  # None: random, so that a restarted replay is seen as a restart
     rgb_stream_id: int | None = None
 
+    @property
+    def keys(self):
+        """The publishers' ServerKeys (None: plain)."""
+        if self.secret_key_file is None:
+            return None
+        from spikereveal.stream.security import ServerKeys
+
+        return ServerKeys(self.secret_key_file, self.allow_keys_dir)
+
     def __post_init__(self):
+        if (self.secret_key_file is None) != (self.allow_keys_dir is None):
+            raise ConfigError("secret_key_file and allow_keys_dir go together: the publishers' key "
+                              "pair and the folder of the public keys of the subscribers they admit")
         if isinstance(self.speed, bool) or not (isinstance(self.speed, (int, float)) and self.speed > 0):
             raise ConfigError(f"speed must be a positive factor of real time (inf: unpaced), got {self.speed!r}")
         if isinstance(self.block_frames, bool) or not isinstance(self.block_frames, int) or not (
@@ -391,7 +407,7 @@ class LiveReplay:
         self.recording = recording
         self.config = config or ReplayConfig()
         self.sockets = RigSockets(spike_endpoint, rgb_endpoint, self.config.send_hwm, self.config.count_drops,
-                                  context=context)
+                                  context=context, keys=self.config.keys)
         self.spike_endpoint = self.sockets.spike_endpoint
         self.rgb_endpoint = self.sockets.rgb_endpoint
 

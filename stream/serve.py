@@ -182,6 +182,7 @@ class Server:
         self._fatal: str | None = None  # why the loop stopped with reason "error" (raised after the stats)
         self._queue: JobQueue | None = None
         self._processor: LazyProcessor | None = None
+        self._output = None  # the GuardedPublisher of sharp frames
 
     @property
     def exposures_done(self) -> int:
@@ -213,6 +214,7 @@ class Server:
             check_engine_source(cfg.engine)  # a wrong model file ends here, not at the first exposure
         own_context = self._context is None
         context = self._context or zmq.Context()
+        authenticator = None
         calibration = self._calibration()
         to_spike_clock = calibration.exposure_on_spike_clock if calibration is not None and calibration.clock else None
         sync = Synchroniser(cfg.sync, exposure_to_spike_clock=to_spike_clock)
@@ -237,14 +239,31 @@ class Server:
         abandoned = 0
         error: BaseException | None = None  # what ended the run unexpectedly; re-raised after the stats are written
         try:
+            server_keys = cfg.security.server
+            if server_keys is not None:  # CURVE servers below admit only the allow-listed public keys
+                from spikereveal.stream.security import start_authenticator
+
+                authenticator = start_authenticator(context, server_keys,
+                                                    admit_own_key=cfg.scale_out.workers > 0)
             saver = None
             if cfg.worker.save_dir is not None:
                 saver = FrameSaver(cfg.worker.save_dir, cfg.worker.png_compression,
                                    cfg.worker.video_fps if cfg.worker.write_video else None)
-            output = transport.open_publisher(context, cfg.output_endpoint, cfg.publish.send_hwm_messages, True)
+            from spikereveal.stream.protocol import TOPICS, Kind
+
+            output = transport.GuardedPublisher(
+                context, cfg.output_endpoint, cfg.publish.send_hwm_messages, True, topics=(TOPICS[Kind.SHARP_FRAME],),
+                max_subscriptions=cfg.publish.max_subscriptions,
+                keys=server_keys if cfg.security.output_curve else None)
+            self._output = output
             sockets.append(output)
-            self.output_endpoint = transport.bound_endpoint(output)
-            sink = ResultSink(lambda parts: transport.publish(output, parts), saver, clock_ns=self._clock_ns,
+            self.output_endpoint = output.endpoint
+            from spikereveal.stream.security import is_loopback
+
+            if not cfg.security.output_curve and not is_loopback(self.output_endpoint):
+                logger.warning("the output %s is open to anyone who reaches it: give --curve-output (with "
+                               "--secret-key/--allow-keys) to admit only allow-listed viewers", self.output_endpoint)
+            sink = ResultSink(output.publish, saver, clock_ns=self._clock_ns,
                               latency=LatencyLog(), keep_blur_for_video=cfg.worker.write_video, recorder=recorder)
             self._sink = sink
             factory = self._runner_factory or make_runner_factory(cfg.engine, work_dir)
@@ -266,10 +285,11 @@ class Server:
                 sockets += [push, pull]
             ingest = cfg.ingest
             spike_sub = transport.open_subscriber(context, cfg.spike_endpoint, receive_hwm=ingest.receive_hwm("spike"),
-                                                  max_message_bytes=ingest.spike_max_message_bytes)
+                                                  max_message_bytes=ingest.spike_max_message_bytes,
+                                                  keys=cfg.security.rig)
             sockets.append(spike_sub)
             rgb_sub = transport.open_subscriber(context, cfg.rgb_endpoint, receive_hwm=ingest.receive_hwm("rgb"),
-                                                max_message_bytes=ingest.rgb_max_message_bytes)
+                                                max_message_bytes=ingest.rgb_max_message_bytes, keys=cfg.security.rig)
             sockets.append(rgb_sub)
             poller = zmq.Poller()
             for socket in (spike_sub, rgb_sub):
@@ -311,16 +331,24 @@ class Server:
                 saver.close()
             for socket in sockets:
                 socket.close(linger=0)
+            if authenticator is not None:
+                authenticator.stop()
             if own_context:
                 context.term()
             for folder in (temp_dir, self._ipc_dir):
                 if folder is not None:
                     shutil.rmtree(folder, ignore_errors=True)
         failed = (thread.failed if thread is not None else 0) + (collector.failed if collector is not None else 0)
+        output = self._output
         counters = pipeline.counters(sink or ResultSink(None), failed=failed, abandoned=abandoned,
                                      worker_lost=collector.lost if collector is not None else 0,
                                      frames_saved=saver.frames_written if saver is not None else 0,
-                                     frames_save_failed=saver.frames_failed if saver is not None else 0)
+                                     frames_save_failed=saver.frames_failed if saver is not None else 0,
+                                     results_rejected=collector.rejected if collector is not None else 0,
+                                     subscriptions_refused=output.ledger.refused if output is not None else 0,
+                                     output_resets=output.ledger.resets if output is not None else 0)
+        if collector is not None:
+            counters["results_rejected_by_reason"] = dict(collector.rejected_by_reason)
         counters["stop_reason"] = self.stop_reason
         counters["workers"] = cfg.scale_out.workers
         counters["engine"] = cfg.engine.engine
@@ -396,8 +424,17 @@ class Server:
         for socket in (push, pull):
             socket.setsockopt(zmq.LINGER, 0)
         push.setsockopt(zmq.SNDHWM, 1)
+        worker_keys = None
         try:
             if scale.job_endpoint is not None:
+                server_keys = cfg.security.server
+                if server_keys is not None:  # CURVE: only allow-listed workers get jobs or may answer
+                    from spikereveal.stream.security import ClientKeys, apply_server
+
+                    apply_server(push, server_keys)
+                    apply_server(pull, server_keys)
+                    # local workers connect with serve's own pair (the authenticator admits it)
+                    worker_keys = ClientKeys(server_keys.secret_key_file, server_keys.secret_key_file)
                 push.bind(scale.job_endpoint)
                 pull.bind(scale.result_endpoint)
             else:
@@ -405,9 +442,11 @@ class Server:
                 self._ipc_dir = short
                 push.bind(f"ipc://{short}/jobs")
                 pull.bind(f"ipc://{short}/results")
-        except zmq.ZMQError as exc:
+        except BaseException as exc:
             push.close(linger=0)
             pull.close(linger=0)
+            if not isinstance(exc, zmq.ZMQError):
+                raise
             raise ConfigError(f"cannot bind the worker endpoints: {exc}") from None
         job_endpoint = _connectable(transport.bound_endpoint(push))
         result_endpoint = _connectable(transport.bound_endpoint(pull))
@@ -424,7 +463,8 @@ class Server:
             threads = max(1, (os.cpu_count() or 2) // scale.workers)
             processes = start_local_workers(scale.workers, job_endpoint, result_endpoint, onnx_engine,
                                             cfg.spike_shape, cfg.sync.k, cfg.calibration,
-                                            cfg.worker.output_pixel_format, str(work_dir), threads)
+                                            cfg.worker.output_pixel_format, str(work_dir), threads,
+                                            keys=worker_keys)
             ready, deadline = set(), time.monotonic() + _WORKER_START_TIMEOUT_S
             while len(ready) < scale.workers and not stop.is_set():
                 if time.monotonic() > deadline or not any(p.is_alive() for p in processes):
@@ -468,8 +508,6 @@ class Server:
               collector, push, pull, deliver) -> str:
         import zmq
 
-        from spikereveal.stream import transport
-
         cfg, clock = self.config, self._clock_ns
         poll_ms = cfg.ingest.poll_interval_ms
         idle_ns = None if cfg.idle_timeout_s is None else int(cfg.idle_timeout_s * 1e9)
@@ -497,7 +535,7 @@ class Server:
                         break
                     pipeline.on_message(parts, clock())
             pipeline.tick(clock())
-            transport.drain_subscriptions(output)
+            output.poll()
             if collector is not None:
                 if not self._check_workers(collector, poller):
                     return "error"
@@ -531,7 +569,8 @@ class Server:
             try:
                 wire = decode_result(parts)
             except ProtocolError as exc:
-                logger.warning("malformed worker result dropped: %s", exc)
+                logger.debug("malformed worker result dropped: %s", exc)
+                collector.reject("malformed")
                 continue
             self._queue.end_warmup()  # a worker has loaded its engine (or failed to)
             for job, result in collector.received(wire, self._clock_ns()):

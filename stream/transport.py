@@ -9,6 +9,18 @@ always non-blocking. Every socket is made with ``LINGER 0`` so that closing neve
 The publishing side of a rig (used by ``replay`` and by :mod:`spikereveal.stream.driver`) is split the same
 way: :class:`RigStreams` (no sockets: stream ids, sequence numbers, drop counting, heartbeats) and
 :class:`RigSockets` (the two bound XPUB sockets it sends on).
+
+Every socket takes optional CURVE keys (:mod:`spikereveal.stream.security`): ``ServerKeys`` for the ones
+that bind, ``ClientKeys`` for the ones that connect.
+
+What a subscriber can cost: an XPUB keeps every distinct topic its subscribers subscribed to (in libzmq's
+subscription trie, also in ``XPUB_MANUAL`` mode, which stores each received subscription for its
+termination handling), so a stranger sending 300 k random topics grows serve by ~1 GB. serve's output is a
+:class:`GuardedPublisher`: it counts the distinct topics held (libzmq reports each new one and each one no
+subscriber holds anymore), refuses topics the stream never publishes (counted), drops a peer whose
+subscription message is longer than ``MAX_TOPIC_BYTES`` (``ZMQ_MAXMSGSIZE``), and when more than
+``max_subscriptions`` topics are held it closes and re-binds the socket: the memory is released, viewers
+reconnect and re-subscribe by themselves (ZeroMQ does it; they see the gap in sequence numbers).
 """
 
 from __future__ import annotations
@@ -35,32 +47,45 @@ def _zmq():
     return zmq
 
 
-def open_publisher(context, endpoint: str, send_hwm: int = 1000, count_drops: bool = True):
+def open_publisher(context, endpoint: str, send_hwm: int = 1000, count_drops: bool = True, keys=None,
+                   max_topic_bytes: int | None = None):
     """Bind an XPUB socket (linger 0) on ``endpoint``; returns the socket.
 
     ``count_drops``: XPUB_NODROP, so :func:`publish` reports a full queue (the message is then dropped for
     every subscriber: one stalled subscriber costs all of them that message). Without it the socket drops
     per subscriber, silently, like plain PUB; subscribers still see the loss through heartbeats.
+    ``keys``: a ``security.ServerKeys`` (CURVE server; the context needs a started authenticator).
+    ``max_topic_bytes``: a peer sending a longer (subscription) message is disconnected (ZMQ_MAXMSGSIZE).
     """
     zmq = _zmq()
     socket = context.socket(zmq.XPUB)
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.SNDHWM, int(send_hwm))
     socket.setsockopt(zmq.XPUB_NODROP, int(bool(count_drops)))
+    if max_topic_bytes is not None:
+        socket.setsockopt(zmq.MAXMSGSIZE, int(max_topic_bytes) + 1)  # + the subscribe/cancel byte
     try:
+        if keys is not None:
+            from spikereveal.stream.security import apply_server
+
+            apply_server(socket, keys)
         socket.bind(endpoint)
     except zmq.ZMQError as exc:
         socket.close(linger=0)
         raise ConfigError(f"cannot bind {endpoint!r}: {exc}; choose a free port or another endpoint") from None
+    except BaseException:
+        socket.close(linger=0)
+        raise
     return socket
 
 
 def open_subscriber(context, endpoint: str, topics: tuple[bytes, ...] = (b"",), receive_hwm: int = 1000,
-                    max_message_bytes: int | None = None):
+                    max_message_bytes: int | None = None, keys=None):
     """Connect a SUB socket (linger 0) to ``endpoint`` subscribed to ``topics`` (all by default).
 
     ``max_message_bytes``: ZMQ_MAXMSGSIZE, so that ``receive_hwm`` messages bound the buffer in bytes (a
-    publisher sending a larger message is disconnected by ZeroMQ)."""
+    publisher sending a larger message is disconnected by ZeroMQ). ``keys``: a ``security.ClientKeys`` (CURVE
+    client of that publisher)."""
     zmq = _zmq()
     socket = context.socket(zmq.SUB)
     socket.setsockopt(zmq.LINGER, 0)
@@ -70,11 +95,125 @@ def open_subscriber(context, endpoint: str, topics: tuple[bytes, ...] = (b"",), 
     for topic in topics:
         socket.setsockopt(zmq.SUBSCRIBE, topic)
     try:
+        if keys is not None:
+            from spikereveal.stream.security import apply_client
+
+            apply_client(socket, keys)
         socket.connect(endpoint)
-    except zmq.ZMQError as exc:
+    except BaseException as exc:
         socket.close(linger=0)
+        if not isinstance(exc, zmq.ZMQError):
+            raise
         raise ConfigError(f"cannot connect to {endpoint!r}: {exc}") from None
     return socket
+
+
+#: subscription messages longer than this (topic bytes) disconnect their peer on serve's output
+MAX_TOPIC_BYTES = 1023  # MAXMSGSIZE also bounds the CURVE handshake (INITIATE is ~250 bytes)
+
+
+class SubscriptionLedger:
+    """What an XPUB's subscribers made it keep (pure: fed the subscription messages the socket reports).
+
+    libzmq reports the first subscription to each distinct topic (``b"\\x01" + topic``) and the cancel of a
+    topic no subscriber holds anymore (``b"\\x00" + topic``), so ``held`` is the number of distinct topics the
+    socket keeps. A topic that is not a prefix of one of ``topics`` (what the stream publishes; the empty
+    topic is one) is refused: it can never match, it is counted in ``refused``. :meth:`on_message` returns
+    True once more than ``max_subscriptions`` topics are held: the caller re-binds the socket and calls
+    :meth:`reset`.
+    """
+
+    def __init__(self, topics: tuple[bytes, ...], max_subscriptions: int):
+        if isinstance(max_subscriptions, bool) or not isinstance(max_subscriptions, int) or max_subscriptions < 1:
+            raise ConfigError(f"max_subscriptions must be a positive integer, got {max_subscriptions!r}")
+        self.allowed = frozenset(t[:n] for t in topics for n in range(len(t) + 1))
+        self.max_subscriptions = max_subscriptions
+        self._held_allowed: set[bytes] = set()
+        self._held_refused = 0
+        self.refused = 0  # subscriptions to topics the stream never publishes
+        self.resets = 0  # times the socket was re-bound because too many topics were held
+
+    @property
+    def held(self) -> int:
+        return len(self._held_allowed) + self._held_refused
+
+    def on_message(self, message: bytes) -> bool:
+        kind, topic = message[:1], bytes(message[1:])
+        if kind == b"\x01":
+            if topic in self.allowed:
+                self._held_allowed.add(topic)
+            else:
+                self.refused += 1
+                self._held_refused += 1
+                if self.refused == 1:
+                    logger.warning("a subscriber subscribed to %r, which this stream never publishes; refused and "
+                                   "counted in subscriptions_refused (logged once)", topic[:32])
+        elif kind == b"\x00":
+            if topic in self.allowed:
+                self._held_allowed.discard(topic)
+            elif self._held_refused:
+                self._held_refused -= 1
+        return self.held > self.max_subscriptions
+
+    def reset(self) -> None:
+        self._held_allowed.clear()
+        self._held_refused = 0
+        self.resets += 1
+
+
+class GuardedPublisher:
+    """serve's output XPUB with a bound on what subscribers can cost (see the module doc).
+
+    At most ``max_subscriptions`` distinct topics are kept across poll rounds (plus what arrives within one
+    round), each at most ``MAX_TOPIC_BYTES`` long. ``publish(parts) -> bool`` as :func:`publish`; call
+    :meth:`poll` every loop round (it reads the subscription messages). One thread only.
+    """
+
+    _DRAIN_LIMIT = 10_000  # subscription messages read per poll, so a flood cannot hold the loop
+
+    def __init__(self, context, endpoint: str, send_hwm: int = 1000, count_drops: bool = True,
+                 topics: tuple[bytes, ...] = (b"",), max_subscriptions: int = 64, keys=None):
+        self.ledger = SubscriptionLedger(topics, max_subscriptions)
+        self._context, self._send_hwm, self._count_drops, self._keys = context, send_hwm, count_drops, keys
+        self.socket = open_publisher(context, endpoint, send_hwm, count_drops, keys, MAX_TOPIC_BYTES)
+        self.endpoint = bound_endpoint(self.socket)  # the port is kept across re-binds
+
+    def publish(self, parts) -> bool:
+        return publish(self.socket, parts)
+
+    def poll(self) -> None:
+        zmq = _zmq()
+        for _ in range(self._DRAIN_LIMIT):
+            try:
+                message = self.socket.recv(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if self.ledger.on_message(message):
+                self._rebind()
+                return
+
+    def _rebind(self) -> None:
+        logger.warning("the output %s holds more than %d subscription topics: re-bound to release them "
+                       "(viewers reconnect by themselves; counted in output_resets)", self.endpoint,
+                       self.ledger.max_subscriptions)
+        self.socket.close(linger=0)
+        self.socket = None
+        self.ledger.reset()
+        deadline = time.monotonic() + 5.0
+        while True:  # the old listener closes in ZeroMQ's I/O thread: the port may be busy for a moment
+            try:
+                self.socket = open_publisher(self._context, self.endpoint, self._send_hwm, self._count_drops,
+                                             self._keys, MAX_TOPIC_BYTES)
+                return
+            except ConfigError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+    def close(self, linger: int = 0) -> None:
+        if self.socket is not None:
+            self.socket.close(linger=linger)
+            self.socket = None
 
 
 def bound_endpoint(socket) -> str:
@@ -232,14 +371,19 @@ class RigSockets:
     """
 
     def __init__(self, spike_endpoint: str, rgb_endpoint: str, send_hwm: int = 1000, count_drops: bool = True,
-                 context=None):
+                 context=None, keys=None):
         zmq = _zmq()
         self._own_context = context is None
         self.context = context or zmq.Context()
         self.spike_socket = self.rgb_socket = None
+        self._authenticator = None
         try:
-            self.spike_socket = open_publisher(self.context, spike_endpoint, send_hwm, count_drops)
-            self.rgb_socket = open_publisher(self.context, rgb_endpoint, send_hwm, count_drops)
+            if keys is not None:  # CURVE: only subscribers whose public key is in the allow-list folder
+                from spikereveal.stream.security import start_authenticator
+
+                self._authenticator = start_authenticator(self.context, keys)
+            self.spike_socket = open_publisher(self.context, spike_endpoint, send_hwm, count_drops, keys)
+            self.rgb_socket = open_publisher(self.context, rgb_endpoint, send_hwm, count_drops, keys)
         except BaseException:
             self.close()
             raise
@@ -266,6 +410,9 @@ class RigSockets:
             if socket is not None:
                 socket.close(linger=0)
         self.spike_socket = self.rgb_socket = None
+        if self._authenticator is not None:
+            self._authenticator.stop()
+            self._authenticator = None
         if self._own_context and self.context is not None:
             self.context.term()
             self.context = None

@@ -756,12 +756,17 @@ class _Heartbeat:
     """Sends ``encode_heartbeat(worker_id)`` every ``interval_s`` from its own thread and socket (inference
     may hold the worker's loop for seconds; a ZeroMQ socket belongs to one thread)."""
 
-    def __init__(self, context, endpoint: str, worker_id: int, interval_s: float):
+    def __init__(self, context, endpoint: str, worker_id: int, interval_s: float, keys=None):
         import zmq
 
         self._socket = context.socket(zmq.PUSH)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.SNDHWM, 4)
+        self._socket.setsockopt(zmq.IMMEDIATE, 1)  # beats only to a completed (authenticated) connection
+        if keys is not None:
+            from spikereveal.stream.security import apply_client
+
+            apply_client(self._socket, keys)
         self._socket.connect(endpoint)
         self._worker_id, self._interval_s = worker_id, interval_s
         self._done = threading.Event()
@@ -794,8 +799,12 @@ class WorkerStats:
 def run_worker(job_endpoint: str, result_endpoint: str, runner_factory: Callable, worker_id: int = 0,
                spike_shape: tuple[int, int] | None = None, k: int | None = None, calibration=None,
                output_pixel_format: str = "bgr8", stop: threading.Event | None = None,
-               max_jobs: int | None = None, heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S) -> WorkerStats:
+               max_jobs: int | None = None, heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
+               keys=None) -> WorkerStats:
     """Pull jobs from ``job_endpoint``, push results to ``result_endpoint`` until ``stop`` (or ``max_jobs``).
+
+    ``keys``: a ``security.ClientKeys`` (the worker's key pair and serve's public key) for a serve whose
+    job/result ports are CURVE servers; without them such a serve never hands this worker a job.
 
     ``runner_factory(shape) -> unloaded Runner``. With ``spike_shape`` and ``k`` the runner loads before the
     first job and the worker announces itself ready; otherwise it loads on the first job's geometry (and
@@ -816,10 +825,32 @@ def run_worker(job_endpoint: str, result_endpoint: str, runner_factory: Callable
     for socket in (pull, push):
         socket.setsockopt(zmq.LINGER, 0)
     pull.setsockopt(zmq.RCVHWM, 1)
+    push.setsockopt(zmq.IMMEDIATE, 1)  # results only to a completed (authenticated) connection
     try:
+        if keys is not None:
+            from spikereveal.stream.security import apply_client
+
+            apply_client(pull, keys)
+            apply_client(push, keys)
         pull.connect(job_endpoint)
         push.connect(result_endpoint)
-        heartbeat = _Heartbeat(context, result_endpoint, worker_id, heartbeat_interval_s)
+        heartbeat = _Heartbeat(context, result_endpoint, worker_id, heartbeat_interval_s, keys)
+
+        def send(parts) -> None:
+            """Send once serve's result port takes it (a PUSH without a peer would block: stop must still work)."""
+            waited = 0
+            while not stop.is_set():
+                if push.poll(100, zmq.POLLOUT):
+                    try:
+                        push.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+                        return
+                    except zmq.Again:  # the connection went away (or was refused) between poll and send
+                        continue
+                waited += 1
+                if waited == 50:
+                    logger.warning("worker %d: serve's result port %s has not accepted this worker for 5 s: is serve "
+                                   "running, and (with keys) is this worker's public key in serve's --allow-keys "
+                                   "folder and --server-key serve's public key?", worker_id, result_endpoint)
 
         def load(shape):
             nonlocal runner, processor
@@ -827,13 +858,13 @@ def run_worker(job_endpoint: str, result_endpoint: str, runner_factory: Callable
                 runner.close()
             runner = runner_factory(shape).load()
             processor = ExposureProcessor(runner, calibration, output_pixel_format)
-            push.send_multipart(encode_ready(worker_id))
+            send(encode_ready(worker_id))
             logger.info("worker %d ready: %s", worker_id, runner.describe())
 
         if spike_shape is not None and k is not None:
             load(runner_shape_for(k, *spike_shape))
         else:
-            push.send_multipart(encode_ready(worker_id))
+            send(encode_ready(worker_id))
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
         while not stop.is_set() and (max_jobs is None or stats.jobs + stats.failed < max_jobs):
@@ -846,15 +877,14 @@ def run_worker(job_endpoint: str, result_endpoint: str, runner_factory: Callable
                 stats.malformed += 1
                 logger.warning("malformed job dropped: %s", exc)
                 continue
-            push.send_multipart(encode_heartbeat(worker_id, job.key))  # "I hold this job"
+            send(encode_heartbeat(worker_id, job.key))  # "I hold this job"
             shape = runner_shape_for(int(job.centers.shape[0]), job.spike_height, job.spike_width)
             if processor is None or processor.shape != shape:
                 try:
                     load(shape)
                 except Exception as exc:  # noqa: BLE001 final: report this job failed and stop, do not retry
                     stats.failed += 1
-                    push.send_multipart(encode_result(None, worker_id, job.exposure_id, int(job.centers.shape[0]),
-                                                      job.epoch))
+                    send(encode_result(None, worker_id, job.exposure_id, int(job.centers.shape[0]), job.epoch))
                     raise EngineLoadError(f"worker {worker_id}: the inference engine could not be loaded for "
                                           f"{shape.width}x{shape.height}, K={shape.batch}: {exc}") from exc
             try:
@@ -862,10 +892,9 @@ def run_worker(job_endpoint: str, result_endpoint: str, runner_factory: Callable
             except SpikeRevealError as exc:
                 stats.failed += 1
                 logger.error("exposure %d failed: %s", job.exposure_id, exc)
-                push.send_multipart(encode_result(None, worker_id, job.exposure_id, int(job.centers.shape[0]),
-                                                  job.epoch))
+                send(encode_result(None, worker_id, job.exposure_id, int(job.centers.shape[0]), job.epoch))
                 continue
-            push.send_multipart(encode_result(result, worker_id), copy=False)
+            send(encode_result(result, worker_id))
             stats.jobs += 1
     finally:
         if heartbeat is not None:

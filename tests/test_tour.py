@@ -53,6 +53,10 @@ TOUR = [
                                   "ipc://{tmp}/r"], ["meta.json"]),
     ("worker-corrupt-onnx", ["worker", "--connect", "ipc://{tmp}/j", "--results", "ipc://{tmp}/r", "--onnx",
                              "{onnx}", "--spike-geometry", "16x24"], ["{onnx}: is not a readable ONNX model"]),
+    ("worker-missing-key", ["worker", "--connect", "tcp://127.0.0.1:1", "--results", "tcp://127.0.0.1:2",
+                            "--secret-key", "{missing}.key_secret", "--server-key", "{missing}.key"],
+     ["{missing}.key_secret does not exist", "spikereveal keys generate"]),
+    ("keys-out-under-a-file", ["keys", "generate", "--out", "{file}/keys"], ["argument --out:", "is a file"]),
     # training, scoring and models (a step that gets past argparse imports torch: only the corrupt files do)
     ("train-out-under-a-file", ["train", "sr", "--data", "{rec}", "--out", "{file}/sr.pt"], ["argument --out:"]),
     ("eval-json-under-a-file", ["eval", "--data", "{rec}", "--json", "{file}/e.json"], ["argument --json:"]),

@@ -627,3 +627,34 @@ def test_a_warming_queue_holds_exposures_instead_of_dropping_them_for_capacity()
         queue.get_nowait()
     queue.put(make_job(6))  # caught up: the normal bound again
     assert len(queue) == 1 and queue.dropped == 2 and [j.exposure_id for j in queue.clear()] == [6]
+
+
+def _forged(wire, **changes):
+    import dataclasses
+
+    return dataclasses.replace(wire, **changes)
+
+
+def test_results_that_do_not_match_their_job_are_rejected_and_the_job_waits_for_its_real_result():
+    from spikereveal.stream.collector import result_matches
+
+    job = make_job(0)
+    real = _wire(0)
+    assert result_matches(job, real) is None
+    forged = {
+        "exposure_id": _forged(real, exposure_id=1),
+        "k": _forged(real, k=K + 1),
+        "size": _forged(real, sharp=real.sharp[:, :-4]),
+        "timestamps": _forged(real, timestamps_ns=real.timestamps_ns + 1),
+    }
+    for reason, wire in forged.items():
+        assert result_matches(job, wire) == reason
+    collector = ResultCollector(slots=2, result_timeout_ns=10**9)
+    collector.dispatched(job, 0)
+    for wire in (*forged.values(), _wire(7)):  # the exposure_id one and exposure 7 answer no job in flight
+        assert collector.received(wire, 5) == []
+    assert collector.rejected_by_reason == {"k": 1, "size": 1, "timestamps": 1, "not_in_flight": 2}
+    assert collector.rejected == 5 and collector.in_flight == 1
+    ((_, result),) = collector.received(real, 10)  # the real one is still accepted
+    assert np.array_equal(result.sharp, real.sharp)
+    assert collector.received(real, 20) == [] and collector.rejected == 6

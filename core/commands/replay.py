@@ -43,6 +43,10 @@ def register(subparsers) -> None:
                         help="spike-clock time minus the recording's exposure time, to schedule exposures (default 0)")
     parser.add_argument("--send-hwm", type=int, default=1000, metavar="N",
                         help="messages queued per subscriber before sends are dropped (default 1000)")
+    parser.add_argument("--secret-key", metavar="FILE", default=None,
+                        help="CURVE: this rig's NAME.key_secret ('spikereveal keys generate'); with --allow-keys")
+    parser.add_argument("--allow-keys", metavar="DIR", default=None,
+                        help="folder of the public *.key files of the subscribers (serve) admitted")
     parser.add_argument("--stats-json", type=output_file_text, metavar="PATH", help="write the replay's counters as JSON")
     parser.set_defaults(func=run)
 
@@ -70,6 +74,8 @@ def run(args) -> int:
         wire_layout="recorded" if args.as_recorded else "canonical",
         rgb_to_spike_offset_ns=args.rgb_to_spike_offset_ns,
         send_hwm=args.send_hwm,
+        secret_key_file=args.secret_key,
+        allow_keys_dir=args.allow_keys,
     )
     recording = open_recording(args.recording, strict=False)
     stop = threading.Event()

@@ -75,6 +75,19 @@ def register(subparsers) -> None:
     parser.add_argument("--heartbeat-timeout", type=float, default=None, metavar="S",
                         help="with workers: a worker silent for S seconds is lost and its jobs are released "
                              "(default 10; workers beat every second; a local worker that exits is lost at once)")
+    keys = parser.add_argument_group(
+        "CURVE keys ('spikereveal keys generate'; required for --job-endpoint/--result-endpoint on a non-loopback "
+        "address)")
+    keys.add_argument("--secret-key", metavar="FILE", default=None,
+                      help="serve's own NAME.key_secret: the job and result ports admit only allow-listed workers")
+    keys.add_argument("--allow-keys", metavar="DIR", default=None,
+                      help="folder of the public *.key files of the workers (and viewers) serve admits")
+    keys.add_argument("--curve-output", action="store_true", default=None,
+                      help="also require an allow-listed key of every viewer on the output endpoint")
+    keys.add_argument("--rig-key", metavar="FILE", default=None,
+                      help="the rig publishers' public .key: subscribe to them with serve's own key pair")
+    parser.add_argument("--max-subscriptions", type=int, default=None, metavar="N",
+                        help="distinct subscription topics the output may hold before it is re-bound (default 64)")
     parser.add_argument("--queue", type=int, default=None, metavar="JOBS",
                         help="exposures that may wait for inference before the oldest is dropped (default 2)")
     parser.add_argument("--k", type=int, default=None, help="sharp frames per exposure (default 7)")
@@ -98,6 +111,9 @@ def config_from_args(args):
         scale_out={"workers": args.workers, "job_endpoint": args.job_endpoint,
                    "result_endpoint": args.result_endpoint, "remote_workers": args.remote_workers,
                    "result_timeout_s": args.result_timeout, "heartbeat_timeout_s": args.heartbeat_timeout},
+        publish={"max_subscriptions": args.max_subscriptions},
+        security={"secret_key_file": args.secret_key, "allow_keys_dir": args.allow_keys,
+                  "output_curve": args.curve_output, "rig_key_file": args.rig_key},
     )
 
 
@@ -118,6 +134,13 @@ def format_counters(counters: dict) -> str:
     keys = ("messages", "malformed", "gaps", "late", "duplicates", "exposures_done", "exposures_skipped",
             "exposures_dropped", "exposures_failed", "exposures_abandoned")
     lines = ["counters: " + ", ".join(f"{k}={counters[k]}" for k in keys)]
+    if counters.get("results_rejected"):
+        lines.append(f"results_rejected={counters['results_rejected']}: worker results that answer no job in flight "
+                     f"or do not match their job ({counters.get('results_rejected_by_reason')}); dropped unpublished")
+    if counters.get("subscriptions_refused") or counters.get("output_resets"):
+        lines.append(f"subscriptions_refused={counters['subscriptions_refused']}, output_resets="
+                     f"{counters['output_resets']}: subscribers asked for topics the output never publishes; "
+                     "consider --curve-output")
     if counters.get("spike_geometry_mismatches"):
         lines.append(f"spike_geometry_mismatches={counters['spike_geometry_mismatches']}: spike blocks of another "
                      f"size than --spike-geometry {counters.get('spike_geometry_declared')} (seen: "

@@ -28,11 +28,17 @@ def register(subparsers) -> None:
                         help="load the engine now for this sensor (default: on the first job)")
     parser.add_argument("--k", type=int, default=7, help="frames per exposure for --spike-geometry (default 7)")
     parser.add_argument("--calibration", default=None, metavar="PATH", help="the rig's calibration.json")
+    parser.add_argument("--secret-key", metavar="FILE", default=None,
+                        help="this worker's NAME.key_secret ('spikereveal keys generate'; its NAME.key must be in "
+                             "serve's --allow-keys folder)")
+    parser.add_argument("--server-key", metavar="FILE", default=None,
+                        help="serve's public .key (needed with --secret-key)")
     parser.add_argument("--work-dir", type=output_dir_text, default=None, metavar="DIR", help="where ONNX exports go (default: a temp dir)")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
+    import logging
     import shutil
     import signal
     import tempfile
@@ -43,6 +49,19 @@ def run(args) -> int:
     from spikereveal.stream.serve import make_runner_factory
     from spikereveal.stream.worker import run_worker
 
+    from spikereveal.errors import ConfigError
+    from spikereveal.stream.security import ClientKeys, is_loopback
+
+    keys = None
+    if (args.secret_key is None) != (args.server_key is None):
+        raise ConfigError("--secret-key (this worker's .key_secret) and --server-key (serve's public .key) go "
+                          "together")
+    if args.secret_key is not None:
+        keys = ClientKeys(args.secret_key, args.server_key)
+    elif not (is_loopback(args.jobs) and is_loopback(args.results)):
+        logging.getLogger("spikereveal.worker").warning(
+            "no --secret-key/--server-key: a serve on another host admits only workers with keys, so this one "
+            "will get no jobs ('spikereveal keys generate')")
     engine = EngineConfig(**{k: v for k, v in engine_overrides(args).items() if v is not None})
     calibration = None
     if args.calibration is not None:
@@ -55,7 +74,8 @@ def run(args) -> int:
     try:
         print(f"worker {args.id}: jobs from {args.jobs}, results to {args.results} (Ctrl-C stops)", flush=True)
         stats = run_worker(args.jobs, args.results, make_runner_factory(engine, work_dir), worker_id=args.id,
-                           spike_shape=args.spike_geometry, k=args.k, calibration=calibration, stop=stop)
+                           spike_shape=args.spike_geometry, k=args.k, calibration=calibration, stop=stop,
+                           keys=keys)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
