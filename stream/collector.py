@@ -260,15 +260,15 @@ def _worker_process_main(job_endpoint, result_endpoint, worker_id, engine, spike
 
 def start_local_workers(count: int, job_endpoint: str, result_endpoint: str, engine, spike_shape, k: int,
                         calibration_path, output_pixel_format: str, onnx_dir: str, threads_per_worker: int,
-                        keys=None):
-    """Spawn ``count`` worker processes connected to the two endpoints (``keys``: their ClientKeys when the
-    endpoints are CURVE servers); returns the Process objects."""
+                        keys=None, first_id: int = 0):
+    """Spawn ``count`` worker processes (ids ``first_id`` on) connected to the two endpoints (``keys``: their
+    ClientKeys when the endpoints are CURVE servers); returns the Process objects."""
     from dataclasses import replace
 
     context = multiprocessing.get_context("spawn")
     engine = replace(engine, threads=engine.threads or threads_per_worker)
     processes = []
-    for worker_id in range(count):
+    for worker_id in range(first_id, first_id + count):
         process = context.Process(
             target=_worker_process_main, name=f"spikereveal-worker-{worker_id}", daemon=True,
             args=(job_endpoint, result_endpoint, worker_id, engine, spike_shape, k, calibration_path,

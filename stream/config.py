@@ -17,7 +17,8 @@
                     "save_dir": null, "png_compression": 1, "write_video": false, "video_fps": 10.0,
                     "drain_timeout_s": 30.0},
      "scale_out":  {"workers": 0, "job_endpoint": null, "result_endpoint": null, "in_flight_per_worker_jobs": 2,
-                    "result_timeout_s": 30.0, "heartbeat_timeout_s": 10.0},
+                    "result_timeout_s": 30.0, "heartbeat_timeout_s": 10.0, "restart_workers": true,
+                    "worker_crash_loop_s": 10.0},
      "publish":    {"send_hwm_messages": 1000, "max_subscriptions": 64},
      "security":   {"secret_key_file": null, "allow_keys_dir": null, "output_curve": false,
                     "rig_key_file": null},
@@ -187,9 +188,11 @@ class ScaleOutConfig:
     (the rest wait in the bounded queue); a job not back after ``result_timeout_s`` is counted lost.
     Workers acknowledge each job they take and beat every second (``worker.HEARTBEAT_INTERVAL_S``): a local
     worker whose process exits is lost at once, a worker silent for ``heartbeat_timeout_s`` is lost; either
-    way exactly its unfinished jobs count in ``worker_lost`` and the results behind them go out. A lost
-    local worker is not restarted (serve goes on with the others; with none left and no remote endpoint
-    it stops with an error)."""
+    way exactly its unfinished jobs count in ``worker_lost`` and the results behind them go out. With
+    ``restart_workers`` a local worker whose process exits is replaced by a new one (a new worker id;
+    ``workers_restarted``), unless it exited with code 2 (it reported a failure it would repeat, such as an
+    engine that cannot load) or within ``worker_crash_loop_s`` of its start (a crash loop); then serve goes
+    on with the others, and with none left and no remote endpoint it stops with an error."""
 
     workers: int = 0
     job_endpoint: str | None = None
@@ -198,9 +201,14 @@ class ScaleOutConfig:
     result_timeout_s: float = 30.0
     heartbeat_timeout_s: float = 10.0  # > a few heartbeat intervals (1 s), or a busy network looks like a death
     remote_workers: int = 0  # how many remote workers to plan in-flight slots for (they announce themselves)
+    restart_workers: bool = True
+    worker_crash_loop_s: float = 10.0  # a local worker that exits sooner after its start is not restarted
 
     def __post_init__(self):
         _positive_int("scale_out", "workers", self.workers, low=0)
+        _positive_seconds("scale_out", "worker_crash_loop_s", self.worker_crash_loop_s)
+        if not isinstance(self.restart_workers, bool):
+            raise ConfigError(f"scale_out.restart_workers must be true or false, got {self.restart_workers!r}")
         _positive_int("scale_out", "remote_workers", self.remote_workers, low=0)
         _positive_int("scale_out", "in_flight_per_worker_jobs", self.in_flight_per_worker_jobs)
         _positive_seconds("scale_out", "result_timeout_s", self.result_timeout_s)
@@ -315,6 +323,16 @@ class ServeConfig:
     @property
     def spike_shape(self) -> tuple[int, int] | None:
         return None if self.spike_height is None else (self.spike_height, self.spike_width)
+
+    @property
+    def queued_bytes_bound(self) -> int:
+        """The most camera data serve's queues may hold at once, in bytes (768 MiB by default): both SUB
+        receive buffers, the spike ring, the waiting exposures' images and the job queue. Not in it: the
+        jobs out at workers (``in_flight_per_worker_jobs`` each) and the output's PUB buffers
+        (``publish.send_hwm_messages`` sharp frames per slow viewer)."""
+        ingest = self.ingest
+        return (ingest.spike_receive_buffer_bytes + ingest.rgb_receive_buffer_bytes + self.sync.max_ring_bytes
+                + self.sync.max_pending_bytes + self.worker.queue_max_bytes)
 
 
 _SECTIONS = {"ingest": IngestConfig, "sync": SyncConfig, "engine": EngineConfig, "worker": WorkerConfig,

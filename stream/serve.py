@@ -179,6 +179,11 @@ class Server:
         self._ipc_dir: str | None = None
         self._sink: ResultSink | None = None
         self._local_workers: dict[int, object] = {}  # worker id -> live local process (sentinel in the poller)
+        self._started_at: dict[int, float] = {}  # worker id -> time.monotonic() of its start
+        self._spawn_worker = None  # worker id -> a new started local worker process (same endpoints and engine)
+        self._all_processes: list = []  # every local worker started, stopped at exit
+        self.workers_restarted = 0
+        self._next_worker_id = 0
         self._fatal: str | None = None  # why the loop stopped with reason "error" (raised after the stats)
         self._queue: JobQueue | None = None
         self._processor: LazyProcessor | None = None
@@ -321,10 +326,10 @@ class Server:
                 thread.stop()
             if processor is not None:
                 processor.close()
-            if processes:
+            if self._all_processes:
                 from spikereveal.stream.collector import stop_local_workers
 
-                stop_local_workers(processes)
+                stop_local_workers(self._all_processes)
             if sink is not None:
                 sink.close()
             elif saver is not None:
@@ -351,6 +356,7 @@ class Server:
             counters["results_rejected_by_reason"] = dict(collector.rejected_by_reason)
         counters["stop_reason"] = self.stop_reason
         counters["workers"] = cfg.scale_out.workers
+        counters["workers_restarted"] = self.workers_restarted
         counters["engine"] = cfg.engine.engine
         if saver is not None:
             counters["save_failed_by_kind"] = dict(saver.failure_kinds)
@@ -461,10 +467,12 @@ class Server:
                     onnx_engine = EngineConfig(engine=cfg.engine.engine, precision=cfg.engine.precision,
                                                onnx=str(onnx_path), threads=cfg.engine.threads)
             threads = max(1, (os.cpu_count() or 2) // scale.workers)
-            processes = start_local_workers(scale.workers, job_endpoint, result_endpoint, onnx_engine,
-                                            cfg.spike_shape, cfg.sync.k, cfg.calibration,
-                                            cfg.worker.output_pixel_format, str(work_dir), threads,
-                                            keys=worker_keys)
+            arguments = (job_endpoint, result_endpoint, onnx_engine, cfg.spike_shape, cfg.sync.k, cfg.calibration,
+                         cfg.worker.output_pixel_format, str(work_dir), threads)
+            self._spawn_worker = lambda worker_id: start_local_workers(1, *arguments, keys=worker_keys,
+                                                                       first_id=worker_id)[0]
+            processes = start_local_workers(scale.workers, *arguments, keys=worker_keys)
+            self._all_processes, self._next_worker_id = processes, scale.workers
             ready, deadline = set(), time.monotonic() + _WORKER_START_TIMEOUT_S
             while len(ready) < scale.workers and not stop.is_set():
                 if time.monotonic() > deadline or not any(p.is_alive() for p in processes):
@@ -479,21 +487,53 @@ class Server:
         now = self._clock_ns()
         for worker_id, process in enumerate(processes):
             self._local_workers[worker_id] = process
+            self._started_at[worker_id] = time.monotonic()
             collector.heard(worker_id, now)
         return push, pull, processes, collector
 
+    def _why_not_restart(self, exitcode, uptime_s: float) -> str | None:
+        """None when an exited local worker is to be replaced, else why not."""
+        scale = self.config.scale_out
+        if not scale.restart_workers or self._spawn_worker is None:
+            return "scale_out.restart_workers is off"
+        if self.stopping.is_set():
+            return "serve is stopping"
+        if exitcode == 2:
+            return "it reported an error it would repeat"
+        if uptime_s < scale.worker_crash_loop_s:
+            return f"it ran less than scale_out.worker_crash_loop_s = {scale.worker_crash_loop_s:g} s"
+        return None
+
     def _check_workers(self, collector, poller) -> bool:
-        """Declare exited local workers and silent ones lost (their jobs released); False when none is left
-        that could ever send a result (no local worker alive and no endpoint for remote ones)."""
+        """Declare exited local workers and silent ones lost (their jobs released), replace exited local ones
+        (``scale_out.restart_workers``); False when none is left that could ever send a result (no local
+        worker alive and no endpoint for remote ones)."""
+        import zmq
+
         scale = self.config.scale_out
         for worker_id, process in list(self._local_workers.items()):
             if process.is_alive():
                 continue
             del self._local_workers[worker_id]
             poller.unregister(process.sentinel)
-            collector.worker_lost(worker_id, f"its process exited with code {process.exitcode}; it is not "
-                                             "restarted, serve goes on with the others", exited=True)
-            collector.slots = max(1, collector.slots - scale.in_flight_per_worker_jobs)
+            uptime_s = time.monotonic() - self._started_at.pop(worker_id, 0.0)
+            why_not = self._why_not_restart(process.exitcode, uptime_s)
+            collector.worker_lost(worker_id, f"its process exited with code {process.exitcode} after {uptime_s:.0f} s; "
+                                             + ("it is replaced" if why_not is None else
+                                                f"it is not restarted ({why_not}), serve goes on with the others"),
+                                  exited=True)
+            if why_not is None:
+                new_id = self._next_worker_id  # a new id: stale beats of the dead one must not count for it
+                self._next_worker_id += 1
+                replacement = self._spawn_worker(new_id)
+                self._all_processes.append(replacement)
+                self._local_workers[new_id] = replacement
+                self._started_at[new_id] = time.monotonic()
+                poller.register(replacement.sentinel, zmq.POLLIN)
+                collector.heard(new_id, self._clock_ns())
+                self.workers_restarted += 1
+            else:
+                collector.slots = max(1, collector.slots - scale.in_flight_per_worker_jobs)
         for worker_id in collector.silent_workers(self._clock_ns()):
             collector.worker_lost(worker_id, f"no heartbeat for {scale.heartbeat_timeout_s:g} s "
                                              "(scale_out.heartbeat_timeout_s)")

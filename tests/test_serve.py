@@ -648,6 +648,56 @@ def test_an_exited_local_worker_is_lost_at_once_and_serve_stops_when_none_is_lef
             os.close(process._write)
 
 
+def test_an_exited_local_worker_is_replaced_unless_it_failed_for_good_or_crash_loops(tmp_path):
+    """Issue 14.6 with restarts: a killed worker gets a successor under a new id (stale beats of the dead one
+    never count for it); exit code 2 (an error it would repeat) and an early exit are not restarted."""
+    import time
+
+    from spikereveal.stream.collector import ResultCollector
+    from spikereveal.stream.serve import Server
+    from test_worker import make_job
+
+    config = _serve_config(tmp_path, "unused.onnx", worker={"save_dir": None},
+                           scale_out={"workers": 2, "worker_crash_loop_s": 5.0})
+    server = Server(config)
+    spawned: list = []
+
+    def spawn(worker_id):
+        process = _FakeProcess()
+        spawned.append((worker_id, process))
+        return process
+
+    processes = {0: _FakeProcess(), 1: _FakeProcess()}
+    server._local_workers, server._spawn_worker, server._next_worker_id = dict(processes), spawn, 2
+    long_ago = time.monotonic() - 60
+    server._started_at = {0: long_ago, 1: long_ago}
+    poller = zmq.Poller()
+    for process in processes.values():
+        poller.register(process.sentinel, zmq.POLLIN)
+    collector = ResultCollector(slots=4, result_timeout_ns=30 * 10**9)
+    for worker in (0, 1):
+        collector.heard(worker, 0)
+        collector.dispatched(make_job(worker), 0)
+        collector.taken(worker, (0, worker), 0)
+    try:
+        processes[0].die(-9)  # killed after a minute of work: replaced
+        assert server._check_workers(collector, poller)
+        assert [w for w, _ in spawned] == [2] and server.workers_restarted == 1
+        assert collector.lost == 1 and collector.slots == 4 and 2 in collector.last_heard
+        assert sorted(server._local_workers) == [1, 2]
+        collector.heard(0, 1)  # a late beat of the dead worker does not revive it
+        assert 0 not in collector.last_heard
+        spawned[0][1].die(-9)  # the successor dies within worker_crash_loop_s: a crash loop, not restarted
+        assert server._check_workers(collector, poller)
+        assert len(spawned) == 1 and collector.slots == 2 and sorted(server._local_workers) == [1]
+        processes[1].die(2)  # exit code 2: it reported an error it would repeat
+        assert not server._check_workers(collector, poller) and len(spawned) == 1
+    finally:
+        for process in [*processes.values(), *(p for _, p in spawned)]:
+            os.close(process.sentinel)
+            os.close(process._write)
+
+
 def test_a_silent_remote_worker_is_declared_lost_by_the_serve_loop(tmp_path):
     import logging
 

@@ -1,5 +1,5 @@
 """``spikereveal bench``: benchmarks, one sub-verb each (kernels, engines, report, compare, transport, pipeline,
-exposure-path, all).
+exposure-path, soak, all).
 
 A sub-verb is a function ``register_<name>(subparsers)`` listed in ``SUBVERBS``; it adds its parser and
 sets ``func``. Handlers import the benchmark code lazily, so ``spikereveal --help`` stays light.
@@ -301,8 +301,64 @@ def register_exposure_path(subparsers) -> None:
     parser.set_defaults(func=run_exposure_path)
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def run_soak(args: argparse.Namespace) -> int:
+    from spikereveal.bench.soak import SoakConfig, format_soak, run_soak as soak
+
+    config = SoakConfig(duration_s=args.minutes * 60.0, speed=args.speed, restart_every_s=args.restart_every_s,
+                        kill_worker_every_s=args.kill_worker_every_s, workers=args.workers,
+                        fuzz_every_messages=args.fuzz_every, seed=args.seed, model=args.model,
+                        rss_bound_bytes=None if args.rss_bound_mib is None else int(args.rss_bound_mib * 2**20))
+
+    def progress(status: str) -> None:
+        print(f"bench soak: {status}", flush=True)
+
+    report = soak(config, args.out, progress=progress)
+    print(format_soak(report))
+    print(f"wrote {Path(args.out) / 'soak.json'}")
+    return 0 if report["passed"] else 1
+
+
+def register_soak(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "soak",
+        help="serve under restarts, killed workers and mutated messages; every frame checked against offline",
+        description="Replay two simulated recordings into `serve --workers N` (a child process) at --speed x real "
+        "time, restarting into the other recording every --restart-every-s, killing a worker every "
+        "--kill-worker-every-s and interleaving mutated messages; a viewer compares every published frame with "
+        "offline deblur. Fails (exit 1) when a frame differs, the counters do not add up, saved files and "
+        "frames.csv disagree, serve did not exit cleanly, or its memory passed its stated bound.",
+    )
+    parser.add_argument("--out", type=output_dir, metavar="DIR", required=True,
+                        help="report (soak.json), serve's log, counters and saved frames")
+    parser.add_argument("--minutes", type=_positive_seconds, default=10.0, help="how long to stream (default 10)")
+    parser.add_argument("--speed", type=_positive_seconds, default=2.0, help="x real time (default 2)")
+    parser.add_argument("--restart-every-s", type=_positive_seconds, default=30.0,
+                        help="restart the rig into the other recording this often (default 30)")
+    parser.add_argument("--kill-worker-every-s", type=float, default=60.0,
+                        help="SIGKILL one worker process this often (default 60; 0: never)")
+    parser.add_argument("--workers", type=positive_int, default=2, help="serve --workers (default 2)")
+    parser.add_argument("--fuzz-every", type=int, default=25, metavar="N",
+                        help="a mutated copy after every N genuine messages (default 25; 0: none)")
+    parser.add_argument("--rss-bound-mib", type=_positive_seconds, default=None,
+                        help="serve's peak resident memory bound (default: its memory once serving plus the byte "
+                             "bound of its queues stated in stream/config.py, 768 MiB by default)")
+    parser.add_argument("--model", metavar="CKPT", default=None, help="LDN checkpoint (default: the shipped model)")
+    parser.add_argument("--seed", type=int, default=0, help="simulation and mutation seed (default 0)")
+    parser.set_defaults(func=run_soak)
+
+
 SUBVERBS = (register_kernels, register_engines, register_report, register_compare, register_transport,
-            register_pipeline, register_exposure_path, register_all)
+            register_pipeline, register_exposure_path, register_soak, register_all)
 
 
 def register(subparsers) -> None:
