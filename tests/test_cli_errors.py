@@ -184,3 +184,11 @@ def test_the_truncation_warning_points_to_the_commands_not_a_python_function(rec
     assert "incomplete_exposures()" not in result.stderr and "strict=False" not in result.stderr
     assert "skipped and listed (spikereveal deblur" in result.stderr
     assert "skipped 1 exposure(s)" in result.stdout
+
+
+@pytest.mark.parametrize("verb", ["simulate", "demo"])
+def test_preset_help_says_tiny_is_a_plumbing_check_not_a_quality_check(verb):
+    """Issue 15.14: a user trying tiny must not conclude from its PSNR that the model does not work."""
+    done = run_cli(verb, "--help")
+    text = " ".join(done.stdout.split())
+    assert done.returncode == 0 and "tiny: 64x40 spikes, a plumbing check" in text and "not a quality check" in text

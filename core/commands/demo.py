@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from spikereveal.commands._types import output_dir_text, speed_factor
+from spikereveal.commands.simulate import PRESET_HELP, PRESET_NAMES
 
 
 def register(subparsers) -> None:
@@ -21,9 +22,8 @@ def register(subparsers) -> None:
     parser.add_argument("--engine", choices=("ort", "torch", "trt"), default="ort",
                         help="inference engine (default ort)")
     parser.add_argument("--model", metavar="CKPT", default=None, help="LDN checkpoint (default: the shipped model)")
-    parser.add_argument("--preset", choices=("tiny", "gopro", "rsb"), default="gopro",
-                        help="simulator preset (default gopro, the shipped model's geometry: about 30 s on 2 CPU "
-                        "cores; tiny: seconds)")
+    parser.add_argument("--preset", choices=PRESET_NAMES, default="gopro",
+                        help=f"simulator preset (default gopro: about 30 s on 2 CPU cores). {PRESET_HELP}")
     parser.add_argument("--speed", type=speed_factor, default=1.0, metavar="X", help="replay speed, x real time (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
     parser.add_argument("--threads", type=int, default=None, metavar="N", help="inference threads (default: cores - 1)")
