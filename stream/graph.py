@@ -112,6 +112,11 @@ class LatencyLog:
         with self._lock:
             self.rows.append(row)
 
+    def snapshot(self) -> list[dict]:
+        """A copy of the rows (newest ``capacity`` exposures), in the order they were added."""
+        with self._lock:
+            return [dict(row) for row in self.rows]
+
     def summary(self) -> dict:
         from spikereveal.bench.stats import latency_stats
 
