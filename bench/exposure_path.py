@@ -4,7 +4,7 @@
 synthetic exposure of a given geometry with a pass-through runner (no network), and reports the
 processor's own ``prepare_ns`` (frame copy or warp, window cut into uint8 spike levels) and
 ``postprocess_ns`` (only for ``bgr_f32`` output: the graph already gives uint8 BGR) per exposure, plus their
-sum (``non_inference``: the issue's "non-inference pipeline cost" less ingest and publish). Pure: no
+sum (``prepare_plus_postprocess``: serve's ``non_inference_work_ms`` less ingest and publish). Pure: no
 sockets, no files; ``bench pipeline`` can call it to break its non-inference figure down.
 """
 
@@ -20,7 +20,7 @@ from spikereveal.errors import ConfigError
 from spikereveal.kernels.packing import pack_frames
 from spikereveal.kernels.timing import DEFAULT_K, DEFAULT_MARGIN_FRAMES, exposure_window
 
-STAGES = ("prepare", "postprocess", "non_inference")
+STAGES = ("prepare", "postprocess", "prepare_plus_postprocess")
 PASS_THROUGH = "pass-through"
 SPIKE_DENSITY = 0.2
 
@@ -93,7 +93,7 @@ def time_exposure_path(shape, repeats: int = 20, warmup: int = 2, output_pixel_f
         result = processor.process(job)
         samples_ns["prepare"].append(result.prepare_ns)
         samples_ns["postprocess"].append(result.postprocess_ns)
-        samples_ns["non_inference"].append(result.prepare_ns + result.postprocess_ns)
+        samples_ns["prepare_plus_postprocess"].append(result.prepare_ns + result.postprocess_ns)
         del result  # as a publisher would: the output is released before the next exposure
     return {
         "geometry": {"k": shape.batch, "height": shape.height, "width": shape.width,

@@ -9,16 +9,18 @@ End to end runs from the exposure's end to its first / last sharp frame publishe
 on the rig clock; it is put on the host clock with the trace's ``rig_to_host_offset_ns`` (0 for a
 loopback replay on the same clock). When that offset is unknown (a live rig without clock calibration)
 the origin is the arrival of the exposure message instead, and ``end_to_end.origin`` says so.
-``non_inference`` = (end-to-end to the last output) - inference, per exposure: everything that is not
-the network (transport, sync wait, window cut, pre-processing, publish).
+``e2e_less_inference`` = (end-to-end to the last output) - inference, per exposure: everything between the
+exposure and its last frame that is not the network, waits included (transport, the wait for spikes, queue,
+window cut, pre-processing, publish). Not SPEC §8's non-inference target, which counts serve's work only
+(``non_inference_work_ms`` in serve's latency split: ingest + prepare + postprocess + publish).
 
 Report JSON (``schema_version`` :data:`SCHEMA_VERSION`)::
 
-    {"schema_version": 1, "percentile_method": "nearest-rank", "warmup_exposures": N, "exposures": {...},
+    {"schema_version": 2, "percentile_method": "nearest-rank", "warmup_exposures": N, "exposures": {...},
      "stages": {"sync_wait": {"from", "to", "count", "min_ms", "mean_ms", "std_ms", "p50_ms", "p90_ms",
                                "p95_ms", "p99_ms", "p99_9_ms", "max_ms", "cv", "cv_warning"}, ...},
      "end_to_end": {<the same fields, to the LAST output>, "origin", "to", "first_output": {<fields>}},
-     "non_inference_p99_ms": float | null, "non_inference": {<fields>},
+     "e2e_less_inference_p99_ms": float | null, "e2e_less_inference": {<fields>},
      "throughput": {"exposures_per_s", "output_frames_per_s", "k", "exposure_rate_hz", "real_time_factor", ...},
      "drops": {<pipeline counters>, "traced_not_published": n}, "environment": {...},
      "power": {"mean_total_w", "energy_per_frame_mj", ...} | null}   # Jetson, from tegrastats
@@ -37,7 +39,7 @@ from spikereveal.bench.stats import PERCENTILE_METHOD, STAT_FIELDS, latency_stat
 from spikereveal.bench.trace import MISSING, STAGE_INDEX, Trace
 from spikereveal.errors import ConfigError, FormatError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: non_inference renamed e2e_less_inference (it includes the waits)
 # (report stage, from stamp, to stamp), in pipeline order
 SPANS: tuple[tuple[str, str, str], ...] = (
     ("sync_wait", "exposure_received", "window_complete"),  # the exposure waited for the rest of its spikes
@@ -49,7 +51,7 @@ SPANS: tuple[tuple[str, str, str], ...] = (
     ("publish", "first_output_published", "last_output_published"),  # the remaining K - 1 frames
 )
 EXPOSURE_DELIVERY = "exposure_delivery"  # exposure end -> message received; only with a known clock offset
-REQUIRED_KEYS = ("schema_version", "stages", "end_to_end", "non_inference_p99_ms", "throughput", "drops",
+REQUIRED_KEYS = ("schema_version", "stages", "end_to_end", "e2e_less_inference_p99_ms", "throughput", "drops",
                  "environment")
 ORIGIN_EXPOSURE_END = "exposure_end"
 ORIGIN_EXPOSURE_RECEIVED = "exposure_received"
@@ -80,7 +82,7 @@ def end_to_end_origin(trace: Trace) -> tuple[str, np.ndarray]:
 def span_durations_ms(trace: Trace, warmup: int = 0) -> dict[str, np.ndarray]:
     """Per report stage, the durations in ms of the exposures after warm-up that have both stamps.
 
-    Also ``end_to_end_first``, ``end_to_end_last`` and ``non_inference`` (see the module docstring), and
+    Also ``end_to_end_first``, ``end_to_end_last`` and ``e2e_less_inference`` (see the module docstring), and
     ``exposure_delivery`` when the rig-to-host clock offset is known.
     """
     skip = effective_warmup(trace, warmup)
@@ -96,7 +98,7 @@ def span_durations_ms(trace: Trace, warmup: int = 0) -> dict[str, np.ndarray]:
     durations["end_to_end_last"] = _duration_ms(origin, last)
     start, stop = stamps[:, STAGE_INDEX["inference_start"]], stamps[:, STAGE_INDEX["inference_end"]]
     complete = (origin != MISSING) & (last != MISSING) & (start != MISSING) & (stop != MISSING)
-    durations["non_inference"] = ((last - origin) - (stop - start))[complete].astype(np.float64) / 1e6
+    durations["e2e_less_inference"] = ((last - origin) - (stop - start))[complete].astype(np.float64) / 1e6
     return durations
 
 
@@ -135,7 +137,7 @@ def build_report(trace: Trace, *, warmup: int = 0, counters: Mapping | None = No
     origin_name, _ = end_to_end_origin(trace)
     end_to_end = {"origin": origin_name, "to": "last_output_published", **_stats(durations["end_to_end_last"]),
                   "first_output": {"to": "first_output_published", **_stats(durations["end_to_end_first"])}}
-    non_inference = _stats(durations["non_inference"])
+    less_inference = _stats(durations["e2e_less_inference"])
 
     last = trace.stage("last_output_published")[skip:]
     published = last != MISSING
@@ -162,8 +164,8 @@ def build_report(trace: Trace, *, warmup: int = 0, counters: Mapping | None = No
                       "published": int(published.sum())},
         "stages": stages,
         "end_to_end": end_to_end,
-        "non_inference_p99_ms": non_inference["p99_ms"],
-        "non_inference": non_inference,
+        "e2e_less_inference_p99_ms": less_inference["p99_ms"],
+        "e2e_less_inference": less_inference,
         "throughput": rates,
         "drops": drops,
         "environment": env,
@@ -203,16 +205,17 @@ def validate_report(report, source="report") -> None:
     if missing:
         raise FormatError(source, f"not a pipeline report: missing top-level keys {missing}")
     if report["schema_version"] != SCHEMA_VERSION:
-        raise FormatError(source, f"schema_version {report['schema_version']!r} is not {SCHEMA_VERSION}")
+        raise FormatError(source, f"schema_version {report['schema_version']!r} is not {SCHEMA_VERSION}; make the "
+                          "report again from its trace: spikereveal bench report TRACE.npz --json REPORT")
     if not isinstance(report["stages"], Mapping) or not report["stages"]:
         raise FormatError(source, "stages must be a non-empty object (stage name -> statistics)")
     for name, block in report["stages"].items():
         _check_stats(block, f"stages.{name}", source)
     _check_stats(report["end_to_end"], "end_to_end", source)
     _check_stats(report["end_to_end"].get("first_output"), "end_to_end.first_output", source)
-    value = report["non_inference_p99_ms"]
+    value = report["e2e_less_inference_p99_ms"]
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        raise FormatError(source, f"non_inference_p99_ms must be a number or null, got {value!r}")
+        raise FormatError(source, f"e2e_less_inference_p99_ms must be a number or null, got {value!r}")
     for key in ("throughput", "drops", "environment"):
         if not isinstance(report[key], Mapping):
             raise FormatError(source, f"{key} must be an object")
@@ -228,7 +231,7 @@ def _ms(value) -> str:
 
 
 def format_table(report: Mapping) -> str:
-    """A printable table: one line per stage, end to end, non-inference, then throughput, drops, machine."""
+    """A printable table: one line per stage, end to end, end to end less inference, then throughput, drops, machine."""
     header = f"{'stage':<22}{'count':>7}{'p50':>10}{'p90':>10}{'p99':>10}{'p99.9':>10}{'max':>10}{'mean':>10}  ms"
     lines = [header]
 
@@ -243,8 +246,8 @@ def format_table(report: Mapping) -> str:
     e2e = report["end_to_end"]
     row("e2e first output", e2e["first_output"])
     row("e2e last output", e2e)
-    if isinstance(report.get("non_inference"), Mapping):
-        row("non-inference", report["non_inference"])
+    if isinstance(report.get("e2e_less_inference"), Mapping):
+        row("e2e less inference", report["e2e_less_inference"])
     lines.append(f"end to end from: {e2e.get('origin')}; percentiles: {report.get('percentile_method')}; "
                  f"warm-up: first {report.get('warmup_exposures', 0)} exposures excluded")
     rates = report["throughput"]

@@ -34,6 +34,11 @@ class FormatError(SpikeRevealError, ValueError):
         super().__init__(f"{where}: {message}")
 
 
+class BenchmarkError(SpikeRevealError):
+    """A benchmark measured less than it was asked to (nothing, or fewer exposures): it says what was
+    missing, the counters that explain why, and what to change."""
+
+
 class RecordingError(FormatError):
     """A recording directory violates the recording contract (SPEC §5)."""
 

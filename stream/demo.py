@@ -151,6 +151,7 @@ class LoopbackRun:
     engine_ready_s: float  # time.perf_counter() when serve was ready (engine loaded)
     finished_s: float  # time.perf_counter() when serve had stopped
     serve_config: object = field(repr=False, default=None)
+    latency_rows: list = field(repr=False, default_factory=list)  # serve's LatencyLog rows, in publish order
 
 
 def run_loopback(recording_path, serve_overrides: dict, *, speed: float = 1.0, block_frames: int = 16,
@@ -180,31 +181,35 @@ def run_loopback(recording_path, serve_overrides: dict, *, speed: float = 1.0, b
                 None, spike_endpoint=f"ipc://{ipc_dir}/spikes", rgb_endpoint=f"ipc://{ipc_dir}/rgb",
                 output_endpoint=f"ipc://{ipc_dir}/sharp", spike_height=spike.height, spike_width=spike.width,
                 **serve_overrides)
-            server = Server(serve_config, runner_factory=runner_factory)
-            result: dict = {}
-            errors: list = []
-
-            def run_server():
-                try:
-                    result["counters"] = server.run()
-                except BaseException as exc:  # reported by the caller's thread
-                    errors.append(exc)
-                finally:
-                    server.ready.set()
-
-            say(f"loading the {serve_config.engine.engine} engine" if runner_factory is None else "loading the runner")
-            thread = threading.Thread(target=run_server, name="loopback-serve", daemon=True)
-            thread.start()
-            server.ready.wait()
-            if errors:
-                thread.join()
-                raise errors[0]
-            engine_ready = time.perf_counter()
-            watcher = _watch_published(server, thread, on_published) if on_published is not None else None
             replay_config = ReplayConfig(speed=speed, block_frames=block_frames, wait_for_subscribers=True,
                                          start_delay_s=0.0, subscriber_timeout_s=60.0, drain_s=0.2)
             with LiveReplay(recording, serve_config.spike_endpoint, serve_config.rgb_endpoint,
                             replay_config) as replay:
+                # decode the exposure images before serve's idle clock starts: on a small machine decoding 40
+                # rsb frames outlasts serve's idle_timeout_s, and serve stopped before the first message
+                replay.prepare()
+                server = Server(serve_config, runner_factory=runner_factory)
+                result: dict = {}
+                errors: list = []
+
+                def run_server():
+                    try:
+                        result["counters"] = server.run()
+                    except BaseException as exc:  # reported by the caller's thread
+                        errors.append(exc)
+                    finally:
+                        server.ready.set()
+
+                say(f"loading the {serve_config.engine.engine} engine" if runner_factory is None
+                    else "loading the runner")
+                thread = threading.Thread(target=run_server, name="loopback-serve", daemon=True)
+                thread.start()
+                server.ready.wait()
+                if errors:
+                    thread.join()
+                    raise errors[0]
+                engine_ready = time.perf_counter()
+                watcher = _watch_published(server, thread, on_published) if on_published is not None else None
                 try:
                     if observer is not None:
                         # serve's subscriptions first, so that an observer's cannot stand in for them
@@ -227,7 +232,8 @@ def run_loopback(recording_path, serve_overrides: dict, *, speed: float = 1.0, b
                 raise errors[0]
     finally:
         shutil.rmtree(ipc_dir, ignore_errors=True)
-    return LoopbackRun(result["counters"], replay_stats, speed, engine_ready, time.perf_counter(), serve_config)
+    return LoopbackRun(result["counters"], replay_stats, speed, engine_ready, time.perf_counter(), serve_config,
+                       server.latency_rows())
 
 
 _PROGRESS_PERIOD_S = 0.25

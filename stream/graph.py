@@ -102,7 +102,7 @@ class LatencyLog:
     """Per-exposure times (ms) of the newest ``capacity`` exposures, summarised with bench.stats conventions."""
 
     FIELDS = ("end_to_end_ms", "from_receive_ms", "from_ready_ms", "queue_wait_ms", "ingest_ms", "prepare_ms",
-              "inference_ms", "postprocess_ms", "publish_ms", "save_ms", "non_inference_ms")
+              "inference_ms", "postprocess_ms", "publish_ms", "save_ms", "non_inference_work_ms")
 
     def __init__(self, capacity: int = 100_000):
         self.rows: deque[dict] = deque(maxlen=capacity)
@@ -111,6 +111,11 @@ class LatencyLog:
     def add(self, row: dict) -> None:
         with self._lock:
             self.rows.append(row)
+
+    def snapshot(self) -> list[dict]:
+        """A copy of the rows (newest ``capacity`` exposures), in the order they were added."""
+        with self._lock:
+            return [dict(row) for row in self.rows]
 
     def summary(self) -> dict:
         from spikereveal.bench.stats import latency_stats
@@ -125,8 +130,10 @@ class LatencyLog:
             "end_to_end_ms": "rig send of the last message the window needed -> K frames published (same-host clocks)",
             "from_receive_ms": "exposure message received -> K frames published",
             "from_ready_ms": "spike window complete -> K frames published",
-            "non_inference_ms": "ingest (decode + sync of the completing message) + prepare (window cut, input "
-                                "conversion) + postprocess (clip, uint8) + publish; excludes queue wait and saving",
+            "non_inference_work_ms": "serve's work that is not the network (SPEC §8's non-inference target): "
+                                     "ingest (decode + sync of the completing message) + prepare (window cut, input "
+                                     "conversion) + postprocess (clip, uint8) + publish; excludes the queue wait, the "
+                                     "wait for spikes and saving",
         }
         return out
 
@@ -196,7 +203,7 @@ class ResultSink:
         saved = clock()
         ms = 1e-6
         publish_ns = published - start
-        non_inference = result.prepare_ns + result.postprocess_ns + publish_ns + (ingest_ns or 0)
+        work = result.prepare_ns + result.postprocess_ns + publish_ns + (ingest_ns or 0)
         self.latency.add({
             "exposure_id": result.exposure_id,
             "end_to_end_ms": None if sent_ns is None else (published - sent_ns) * ms,
@@ -209,7 +216,7 @@ class ResultSink:
             "postprocess_ms": result.postprocess_ns * ms,
             "publish_ms": publish_ns * ms,
             "save_ms": (saved - published) * ms if self.saver is not None else None,
-            "non_inference_ms": non_inference * ms,
+            "non_inference_work_ms": work * ms,
         })
         with self._lock:
             self.exposures_done += 1

@@ -222,6 +222,7 @@ class Replayer:
         clock: Clock | None = None,
         stop: threading.Event | None = None,
         poll_sockets: Callable[[], None] | None = None,
+        image_cache: dict[int, np.ndarray] | None = None,
     ):
         self.recording = recording
         self.config = config
@@ -238,7 +239,9 @@ class Replayer:
         rgb = recording.meta.rgb
         total_mb = len(recording.exposures) * rgb.height * rgb.width * 3 / 2**20
         self._preload = total_mb <= config.preload_mb
-        self._image_cache: dict[int, np.ndarray] | None = {} if self._preload else None
+        # ``image_cache``: images an earlier prepare() decoded (LiveReplay.prepare), filled in place
+        self._image_cache: dict[int, np.ndarray] | None = (
+            (image_cache if image_cache is not None else {}) if self._preload else None)
         self._prefetched: dict[int, Future] = {}
 
     # -- messages ----------------------------------------------------------------------------------------
@@ -410,16 +413,24 @@ class LiveReplay:
                                   context=context, keys=self.config.keys)
         self.spike_endpoint = self.sockets.spike_endpoint
         self.rgb_endpoint = self.sockets.rgb_endpoint
+        self._images: dict[int, np.ndarray] = {}  # decoded exposure images, kept across run() calls
+
+    def _replayer(self, stop: threading.Event | None = None, clock: Clock | None = None) -> Replayer:
+        sockets = self.sockets
+        return Replayer(self.recording, self.config, send_spike=sockets.send_spike, send_rgb=sockets.send_rgb,
+                        clock=clock, stop=stop, poll_sockets=sockets.poll, image_cache=self._images)
+
+    def prepare(self) -> None:
+        """Decode the exposure images now (when they fit in ``preload_mb``), before a consumer's clock starts:
+        decoding 40 rsb frames takes seconds on a small machine, longer than a consumer's idle timeout."""
+        self._replayer().prepare()
 
     def run(self, stop: threading.Event | None = None, clock: Clock | None = None) -> ReplayStats:
         stop = stop or threading.Event()
         clock = clock or MonotonicClock()
         cfg, sockets = self.config, self.sockets
-        replayer = Replayer(
-            self.recording, cfg, send_spike=sockets.send_spike, send_rgb=sockets.send_rgb,
-            clock=clock, stop=stop, poll_sockets=sockets.poll,
-        )
-        replayer.prepare()  # decode images while subscribers connect
+        replayer = self._replayer(stop, clock)
+        replayer.prepare()  # decode images while subscribers connect (nothing left to do after prepare())
         if cfg.wait_for_subscribers:
             logger.info("waiting for subscribers on %s and %s", self.spike_endpoint, self.rgb_endpoint)
             if not sockets.wait_for_subscribers(cfg.subscriber_timeout_s, stop):

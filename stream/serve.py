@@ -189,6 +189,14 @@ class Server:
         self._processor: LazyProcessor | None = None
         self._output = None  # the GuardedPublisher of sharp frames
 
+    def latency_rows(self) -> list[dict]:
+        """serve's per-exposure latency rows (``LatencyLog``: ms per part, with ``exposure_id``), in publish
+        order; [] before ``run``."""
+        sink = self._sink
+        if sink is None:
+            return []
+        return sink.latency.snapshot()
+
     @property
     def exposures_done(self) -> int:
         """Exposures whose sharp frames were published so far (for progress displays; 0 before ``run``)."""

@@ -220,7 +220,7 @@ class ExposureResult:
         return int(self.timestamps_ns.shape[0])
 
     @property
-    def non_inference_ns(self) -> int:
+    def prepare_plus_postprocess_ns(self) -> int:
         return self.prepare_ns + self.postprocess_ns
 
 

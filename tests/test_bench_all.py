@@ -34,7 +34,7 @@ def test_bench_all_quick_writes_both_summaries(tmp_path, monkeypatch, capsys):
     assert "| pass_through |" in markdown and "quick settings" in markdown
     compared = compare_summaries(summary, json.loads(json.dumps(summary)))
     keys = {row["key"] for row in compared["rows"]}
-    assert "headline.pipeline.pass_through.non_inference_p99_ms" in keys
+    assert "headline.pipeline.pass_through.e2e_less_inference_p99_ms" in keys
     assert all(row["better"] in ("same", None) for row in compared["rows"])
     assert "wrote" in capsys.readouterr().out
 
@@ -43,13 +43,13 @@ def test_headline_and_markdown_survive_a_failed_benchmark():
     results = {
         "kernels": {"error": "ImportError: no numba"},
         "engines": {"rsb": {"ort": {"window_ms_p50": 1234.5, "frames_per_s": 5.67}}, "environment": {}},
-        "pipeline": {"pass_through": {"stages": {"inference": {"p50_ms": 0.01}}, "non_inference_p99_ms": 4.2,
+        "pipeline": {"pass_through": {"stages": {"inference": {"p50_ms": 0.01}}, "e2e_less_inference_p99_ms": 4.2,
                                       "end_to_end": {"p50_ms": 3.0, "p99_ms": 4.5}, "throughput": {},
                                       "pipeline": {"preset": "rsb", "engine": "pass-through"}}},
     }
     head = headline(results)
     assert "kernels" not in head and head["engines"] == {"rsb.ort": {"window_ms_p50": 1234.5, "frames_per_s": 5.67}}
-    assert head["pipeline"]["pass_through"]["non_inference_p99_ms"] == 4.2
+    assert head["pipeline"]["pass_through"]["e2e_less_inference_p99_ms"] == 4.2
     markdown = format_markdown({**results, "headline": head, "seconds": {"kernels": 0.1}, "environment": {}})
     assert "## Failed" in markdown and "- kernels: ImportError: no numba" in markdown
     assert "| rsb.ort | 1,234 | 5.67 |" in markdown and "| pass_through | rsb | pass-through | 4.2 |" in markdown

@@ -29,7 +29,7 @@ def test_timings_per_stage_with_warmup_excluded():
         assert stats["count"] == 4 and stats["warmup_excluded"] == 1 and 0 <= stats["min_ms"] <= stats["max_ms"]
     prepare, post, total = (result["stages"][name]["mean_ms"] for name in STAGES)
     assert total == pytest.approx(prepare + post)
-    assert "non_inference" in format_table(result)
+    assert "prepare_plus_postprocess" in format_table(result)
 
 
 def test_synthetic_job_fits_the_processor_and_passes_the_frame_through():
@@ -59,6 +59,6 @@ def test_cli_prints_the_table_and_writes_json(tmp_path, monkeypatch, capsys):
     out = tmp_path / "path.json"
     rc = cli.main(["bench", "exposure-path", "--geometry", "16x24", "--k", "3", "--repeats", "3", "--warmup", "1",
                    "--json", str(out)])
-    assert rc == 0 and "non_inference" in capsys.readouterr().out
+    assert rc == 0 and "prepare_plus_postprocess" in capsys.readouterr().out
     result = json.loads(out.read_text())
     assert result["geometry"]["k"] == 3 and result["stages"]["prepare"]["count"] == 3

@@ -9,7 +9,7 @@ from spikereveal.bench.kernels import format_table, run_kernel_bench
 from spikereveal.commands import bench
 from spikereveal.errors import ConfigError
 
-KERNELS = ("accumulate", "accumulate_exposure", "accumulate_stream", "extract_window")
+KERNELS = ("accumulate", "accumulate_exposure", "accumulate_stream", "extract_window", "extract_window_float32")
 TINY = dict(height=8, width=16, frames=40, repeats=1, seed=3)
 
 
@@ -23,6 +23,13 @@ def check_schema(result: dict) -> None:
     assert isinstance(result["accumulate"]["meets_target"], bool)
     assert result["accumulate"]["frames_per_call"] == TINY["frames"]
     assert result["extract_window"]["frames_per_call"] == 7 * 21
+    h, w = TINY["height"], TINY["width"]
+    for name, dtype, itemsize in (("extract_window", "uint8", 1), ("extract_window_float32", "float32", 4)):
+        entry = result[name]
+        assert entry["dtype"] == dtype and entry["output_bytes_per_call"] == 7 * 21 * h * w * itemsize
+        assert entry["write_floor_frames_per_s"] > 0 and entry["numpy_over_write_floor"] > 0
+    assert result["extract_window"]["target_speedup"] == 3.0
+    assert isinstance(result["extract_window"]["meets_target"], bool)
     machine = result["machine"]
     for key in ("cpu", "cores", "python", "numpy", "numba"):
         assert machine[key], key

@@ -15,7 +15,7 @@ from spikereveal.bench.pipeline import PassThroughRunner, bench_pipeline  # noqa
 from spikereveal.bench.report import validate_report  # noqa: E402
 from spikereveal.bench.trace import load_trace  # noqa: E402
 from spikereveal.engines.runners import InputShape  # noqa: E402
-from spikereveal.errors import ConfigError  # noqa: E402
+from spikereveal.errors import BenchmarkError, ConfigError  # noqa: E402
 
 K = 3
 
@@ -149,4 +149,138 @@ def test_cli_bench_pipeline(tmp_path, monkeypatch, capsys):
     report = json.loads(out.read_text())
     validate_report(report)
     printed = capsys.readouterr().out
-    assert "non-inference" in printed and "independent: wall clock" in printed
+    assert "e2e less inference" in printed and "independent: wall clock" in printed
+
+
+# -- a benchmark that cannot measure nothing (issue 15 item 2) ---------------------------------------------
+def test_slow_image_decoding_does_not_outlast_serve(monkeypatch):
+    """rsb's 1600x1000 PNGs took the replay longer to decode than serve's 1 s idle timeout: serve stopped
+    before the first message and the bench reported nulls. The replay now decodes before serve starts."""
+    from spikereveal.stream import replay
+
+    decode = replay.Replayer._decode
+
+    def slow_decode(self, index):
+        import time
+
+        time.sleep(0.35)  # 8 images on 2 threads: ~1.4 s, over serve's idle_timeout_s of 1 s
+        return decode(self, index)
+
+    monkeypatch.setattr(replay.Replayer, "_decode", slow_decode)
+    report = bench_pipeline("tiny", pass_through=True, exposures=8, warmup=2, k=K)
+    assert report["drops"]["exposures_done"] == 8 and report["exposures"]["published"] == 6
+
+
+def test_a_run_that_measured_nothing_fails_with_the_reason(monkeypatch):
+    import spikereveal.bench.pipeline as pipeline
+
+    sizing = pipeline.serve_sizing
+
+    def refusing(*args, **kwargs):  # serve's RGB socket refuses the tiny preset's 160x256 frames
+        sized = sizing(*args, **kwargs)
+        sized["ingest"].update(rgb_max_message_bytes=1024, rgb_receive_buffer_bytes=1024)
+        return sized
+
+    monkeypatch.setattr(pipeline, "serve_sizing", refusing)
+    with pytest.raises(BenchmarkError, match=r"fewer exposures than asked \(4\): 4 replayed, 0 received by serve"):
+        bench_pipeline("tiny", pass_through=True, exposures=4, warmup=1, k=K)
+
+
+def test_cli_exits_2_with_the_reason_when_exposures_are_missing(tmp_path, monkeypatch, capsys):
+    from spikereveal import cli
+    import spikereveal.bench.pipeline as pipeline
+
+    original = pipeline.serve_sizing
+
+    def tiny_queue(*args, **kwargs):  # the job queue holds one exposure: the others are dropped
+        sized = original(*args, **kwargs)
+        sized["worker"].update(queue_capacity_jobs=1, queue_max_bytes=1)
+        return sized
+
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("bench",))
+    monkeypatch.setattr(pipeline, "serve_sizing", tiny_queue)
+    out = tmp_path / "pipe.json"
+    rc = cli.main(["bench", "pipeline", "--preset", "tiny", "--pass-through", "--exposures", "4", "--warmup", "1",
+                   "--k", str(K), "--json", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 2 and not out.exists()
+    assert "fewer exposures than asked (4)" in captured.err and "job_queue_dropped" in captured.err
+    assert "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize("counters,replayed,reason", [
+    ({"messages": 0, "stop_reason": "idle_timeout"}, 5, "no message at all"),
+    ({"messages": 90, "exposures_received": 5, "exposures_done": 5}, 3, "replay published fewer"),
+    ({"messages": 90, "exposures_received": 5, "exposures_done": 4, "exposures_dropped": 1}, 5,
+     "'exposures_dropped': 1"),
+])
+def test_check_complete_names_the_cause(counters, replayed, reason):
+    from spikereveal.bench.pipeline import check_complete
+
+    with pytest.raises(BenchmarkError, match=reason):
+        check_complete(5, counters, replayed)
+    check_complete(5, {"exposures_received": 5, "exposures_done": 5}, 5, published_rows=5)  # complete: silent
+    with pytest.raises(BenchmarkError, match="4 traced as published"):
+        check_complete(5, {"messages": 9, "exposures_received": 5, "exposures_done": 5}, 5, published_rows=4)
+
+
+@pytest.mark.parametrize("name", ["rsb", "gopro", "tiny"])
+def test_serve_defaults_and_the_bench_sizing_fit_every_shipped_preset(name, tmp_path):
+    """serve's SUB sockets refuse (and disconnect) messages above ingest.*_max_message_bytes: the defaults
+    must take every shipped preset's messages (a 64-frame spike block, one BGR exposure), and the bench's
+    sizing must hold every exposure of a run in the job queue."""
+    from spikereveal.bench.pipeline import serve_sizing
+    from spikereveal.sim import preset
+    from spikereveal.stream.config import IngestConfig, ServeConfig, load_serve_config
+
+    sim = preset(name)
+    rgb_bytes = sim.rgb_height * sim.rgb_width * 3
+    frame_bytes = sim.spike_height * sim.spike_width // 8
+    defaults = IngestConfig()
+    assert defaults.rgb_max_message_bytes > rgb_bytes and defaults.spike_max_message_bytes > 64 * frame_bytes
+    assert defaults.receive_hwm("rgb") >= 2 and defaults.receive_hwm("spike") >= 2
+
+    recording = tmp_path / "rec"
+    recording.mkdir()
+    exposures = 3
+    meta = {"format": "spikereveal-recording", "version": 1,
+            "spike": {"height": sim.spike_height, "width": sim.spike_width, "rate_hz": 20000.0, "t0_ns": 0,
+                      "flip_rows": False, "bit_order": "little"},
+            "rgb": {"height": sim.rgb_height, "width": sim.rgb_width, "pixel_format": "bgr8"}}
+    (recording / "meta.json").write_text(json.dumps(meta))
+    (recording / "exposures.csv").write_text("index,start_ns,duration_ns,image\n" + "".join(
+        f"{i},{1_000_000 + i * 17_000_000},14950000,exposures/{i:06d}.png\n" for i in range(exposures)))
+    (recording / "spikes.dat").write_bytes(bytes(frame_bytes * 1200))
+    import cv2
+
+    (recording / "exposures").mkdir()
+    black = np.zeros((sim.rgb_height, sim.rgb_width, 3), np.uint8)
+    for i in range(exposures):
+        cv2.imwrite(str(recording / "exposures" / f"{i:06d}.png"), black)
+    sized = serve_sizing(recording, 40, 16)
+    config = load_serve_config(None, spike_endpoint="ipc:///tmp/s", rgb_endpoint="ipc:///tmp/r",
+                               output_endpoint="ipc:///tmp/o", spike_height=sim.spike_height,
+                               spike_width=sim.spike_width, **sized)
+    assert isinstance(config, ServeConfig)
+    window_bytes = (299 + 20) * frame_bytes  # a 14.95 ms exposure at 20 kHz and the 2 x 10 frame margins
+    assert config.worker.queue_max_bytes >= 42 * (rgb_bytes + window_bytes)
+    assert config.worker.queue_capacity_jobs == 42 and config.sync.max_pending_exposures >= 42
+    assert config.ingest.rgb_max_message_bytes > rgb_bytes
+
+
+def test_the_two_latency_quantities_have_two_names(pass_through_run):
+    """The report's end to end less inference (waits included) and serve's non-inference work (SPEC §8's
+    quantity) are different figures: each has its own name, and the SPEC §8 block uses serve's."""
+    report, _ = pass_through_run
+    assert "non_inference" not in report and "non_inference_p99_ms" not in report
+    assert report["schema_version"] == 2
+    less = report["e2e_less_inference"]
+    assert report["e2e_less_inference_p99_ms"] == less["p99_ms"] and less["count"] == 6
+    split = report["pipeline"]["serve_latency"]
+    assert "non_inference_ms" not in split and split["non_inference_work_ms"]["count"] == 8  # warm-up included
+    target = report["non_inference_target"]
+    assert target["quantity"] == "non_inference_work_ms" and target["exposures"] == 6  # warm-up excluded
+    assert target["target_p99_ms"] == 5.0 and target["met"] == (target["p99_ms"] <= 5.0)
+    assert target["geometry"] == "tiny" and 0 < target["p50_ms"] <= target["p99_ms"] <= target["max_ms"]
+    # waits are in the one and not in the other
+    assert target["p50_ms"] < less["p50_ms"]

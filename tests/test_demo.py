@@ -37,7 +37,7 @@ def test_demo_writes_video_frames_and_latency(tmp_path):
         video.release()
     written = json.loads((out / DEMO_FILE).read_text())
     latency = written["serve"]["latency"]
-    for name in ("end_to_end_ms", "non_inference_ms", "inference_ms"):
+    for name in ("end_to_end_ms", "non_inference_work_ms", "inference_ms"):
         assert latency[name]["count"] == exposures and latency[name]["p99_ms"] >= latency[name]["p50_ms"] > 0
     assert summary["seconds"]["total"] < 60
     from spikereveal.bench.trace import load_trace

@@ -70,6 +70,33 @@ def test_writes_into_caller_buffer():
     np.testing.assert_array_equal(out, reference_ldn_input(bits, [10, 19], 21))
 
 
+@pytest.mark.parametrize("dtype,offset", [(np.uint8, 1), (np.uint8, 3), (np.float32, 4), (np.uint8, 8), (np.float32, 8)])
+def test_buffers_off_the_word_alignment_match_the_twin(dtype, offset):
+    """The word kernels need an 8-byte aligned out; any other buffer takes the element-wise path."""
+    bits = random_bits(offset, 40, 13, 56)
+    centers = [10, 29]
+    shape = (2, 21, 13, 56)
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.full(nbytes + 16, 7, np.uint8)
+    start = (-raw.ctypes.data) % 8 + offset  # exactly ``offset`` bytes past an 8-byte boundary
+    out = raw[start : start + nbytes].view(dtype).reshape(shape)
+    assert out.ctypes.data % 8 == offset % 8
+    extract_ldn_input(pack_frames(bits), 13, 56, centers, out=out)
+    level = SPIKE_LEVEL if dtype == np.uint8 else 1
+    np.testing.assert_array_equal(out, reference_ldn_input(bits, centers, 21) * level)
+    assert (raw[:start] == 7).all() and (raw[start + nbytes :] == 7).all()  # nothing written outside
+
+
+def test_read_only_packed_frames_match_the_twin():
+    """Decoded wire messages are read-only views (numba compiles them apart)."""
+    bits = random_bits(11, 40, 8, 9)
+    packed = pack_frames(bits)
+    packed.flags.writeable = False
+    for dtype, level in ((np.uint8, SPIKE_LEVEL), (np.float32, 1)):
+        result = extract_ldn_input(packed, 8, 9, [10, 29], dtype=dtype)
+        np.testing.assert_array_equal(result, reference_ldn_input(bits, [10, 29], 21) * level)
+
+
 def test_no_centres_give_an_empty_batch():
     packed = pack_frames(random_bits(3, 30, 8, 9))
     assert extract_ldn_input(packed, 8, 9, np.array([], dtype=np.int64)).shape == (0, 21, 8, 9)

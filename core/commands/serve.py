@@ -149,7 +149,7 @@ def format_counters(counters: dict) -> str:
         lines.append(f"out_of_domain_exposures={counters['out_of_domain_exposures']}: firing gain outside the "
                      "model's trained range (quality may drop; see the warning above)")
     latency = counters.get("latency", {})
-    for name in ("end_to_end_ms", "inference_ms", "non_inference_ms"):
+    for name in ("end_to_end_ms", "inference_ms", "non_inference_work_ms"):
         stats = latency.get(name) or {}
         if stats.get("count"):
             lines.append(f"{name[:-3]}: p50 {stats['p50_ms']:.2f} ms, p99 {stats['p99_ms']:.2f} ms "
