@@ -205,7 +205,7 @@ def calibrate_geometry_and_clock(
     canonical_shape = recording.meta.spike.canonical_shape
     for round_index in range(MAX_JOINT_ROUNDS):  # alternate; each round shrinks both errors ~3x
         try:
-            new_clock = calibrate_clock(recording, geometry, photometric)
+            new_clock = calibrate_clock(recording, geometry, photometric, check=False)  # a step, not the result
         except CalibrationError as exc:
             if clock is None:
                 logger.info("no clock estimate from this footage (%s); geometry without it", exc)
@@ -218,10 +218,11 @@ def calibrate_geometry_and_clock(
         if moved_px < JOINT_TOLERANCE_PX and moved_frames < JOINT_TOLERANCE_FRAMES:
             break
     if clock is not None:
-        try:  # the clock once more, with the final geometry
+        try:  # the clock once more, with the final geometry; only a trustworthy one is returned (and written)
             clock = calibrate_clock(recording, geometry, photometric)
         except CalibrationError as exc:
-            logger.info("keeping the previous clock estimate (%s)", exc)
+            logger.warning("the clock estimated with the geometry is not kept (%s)", exc)
+            clock = None
     if geometry.residual_px is not None and geometry.residual_px > max_residual_px:
         # redo the last fit with the real limit: it raises, saying why
         calibrate_geometry(recording, method, clock=clock, max_residual_px=max_residual_px, **options)
@@ -237,8 +238,15 @@ def calibrate_clock(
     fit_drift: bool = True,
     min_exposures: int = 3,
     progress: Callable[[int], None] | None = None,
+    max_uncertainty_frames: float = clock_math.MAX_UNCERTAINTY_FRAMES,
+    max_residual_frames: float = clock_math.MAX_RESIDUAL_FRAMES,
+    check: bool = True,
 ) -> ClockCalibration:
-    """Offset (and drift) of the exposure timestamps relative to the spike clock (see ``clock``)."""
+    """Offset (and drift) of the exposure timestamps relative to the spike clock (see ``clock``), or
+    CalibrationError when it cannot be trusted (:func:`check_clock`): too few exposures with motion, per-
+    exposure offsets that scatter by more than ``max_residual_frames``, or an offset uncertainty above
+    ``max_uncertainty_frames`` (spike frames). ``check=False``: no trust checks (an intermediate step of
+    the joint geometry/clock fit, never written)."""
     if search_frames is None:  # host clocks can be off by a good part of an exposure
         first, stop = exposure_frames(recording, recording.exposures[0].index) if recording.exposures else (0, 0)
         search_frames = max(clock_math.DEFAULT_SEARCH_FRAMES, stop - first)
@@ -281,7 +289,9 @@ def calibrate_clock(
                                  min_exposures, smoothing, None)
         except CalibrationError as exc:  # keep the first pass rather than nothing
             logger.info("the refining pass failed (%s); keeping the first estimate", exc)
-    return result
+    if not check:
+        return result
+    return check_clock(result, recording.path, min_exposures, max_uncertainty_frames, max_residual_frames)
 
 
 def _clock_pass(recording, chosen, previous, target, mask, search_frames, fit_drift, min_exposures, smoothing,
@@ -289,7 +299,7 @@ def _clock_pass(recording, chosen, previous, target, mask, search_frames, fit_dr
     spike = recording.meta.spike
     period = frame_period_ns(spike.rate_hz)
     frames = recording.spikes.frame_count
-    times, offsets, failures = [], [], []
+    times, offsets, failures, uncertainties = [], [], [], []
     for index in chosen:
         if progress is not None:
             progress(1)
@@ -301,20 +311,26 @@ def _clock_pass(recording, chosen, previous, target, mask, search_frames, fit_dr
             continue
         packed = recording.spikes.read(first + low, stop + high)
 
-        def scores_at(shifts):
-            return clock_math.shift_scores(packed, spike.height, spike.width, first + low, first, length,
-                                           shifts, target(index), mask, smoothing)
+        def counts_at(shifts):
+            return clock_math.shift_counts(packed, spike.height, spike.width, first + low, first, length, shifts,
+                                           smoothing)
 
+        smoothed = clock_math.smooth_target(target(index), smoothing)
         # coarse to fine: about 40 candidates over a wide range, then every frame around the best
         step = max(1, (high - low) // clock_math.COARSE_CANDIDATES)
         coarse = np.arange(low, high + 1, step)
-        coarse_scores = scores_at(coarse)
+        coarse_counts = counts_at(coarse)
+        coarse_scores = clock_math._pearson_rows(coarse_counts, smoothed, mask)
         best = int(coarse[np.argmax(coarse_scores)])
         contrast_coarse = float(coarse_scores.max() - 0.5 * (coarse_scores[0] + coarse_scores[-1]))
-        shifts = np.arange(max(low, best - 2 * step), min(high, best + 2 * step) + 1) if step > 1 else coarse
-        scores = scores_at(shifts) if step > 1 else coarse_scores
+        if step > 1:
+            shifts = np.arange(max(low, best - 2 * step), min(high, best + 2 * step) + 1)
+            counts = counts_at(shifts)
+            scores = clock_math._pearson_rows(counts, smoothed, mask)
+        else:
+            shifts, counts, scores = coarse, coarse_counts, coarse_scores
         if scores.max() < clock_math.MIN_PEAK_CORRELATION:
-            failures.append(f"the spikes do not explain the frame (correlation {scores.max():.2f})")
+            failures.append(f"the spikes do not explain the frame (correlation below {clock_math.MIN_PEAK_CORRELATION})")
             continue
         try:
             if step > 1 and best in (int(coarse[0]), int(coarse[-1])):
@@ -324,21 +340,56 @@ def _clock_pass(recording, chosen, previous, target, mask, search_frames, fit_dr
         except CalibrationError as exc:
             failures.append(str(exc).split(";")[0])
             continue
+        # the contrast against the ends of a wide search says the scene changes at all; a refining pass
+        # searches only a few frames around a known peak, where the ends are close to it by design
         contrast = max(contrast, contrast_coarse)
-        if contrast < clock_math.MIN_PEAK_CONTRAST:
-            failures.append("the scene hardly changes, so no shift explains the frame better than another")
+        if previous is None and contrast < clock_math.MIN_PEAK_CONTRAST:
+            failures.append("too little motion: the scene hardly changes, so no shift explains the frame better "
+                            "than another")
+            continue
+        own = clock_math.exposure_peak_uncertainty(shifts, counts, smoothed, mask)
+        if own > clock_math.MAX_EXPOSURE_UNCERTAINTY_FRAMES:
+            failures.append("too little motion: two halves of the image disagree on the best shift by more "
+                            f"than {2 * clock_math.MAX_EXPOSURE_UNCERTAINTY_FRAMES:g} frames")
             continue
         best_start = first + shift  # fractional spike index where the exposure really starts
         exposure = recording.exposure(index)
         offsets.append(exposure.start_ns - spike.t0_ns - best_start * period)
         times.append(spike.t0_ns + best_start * period)
+        uncertainties.append(own * period)
     if len(offsets) < min_exposures:
-        reasons = "; ".join(sorted(set(failures))) or "too few exposures"
+        reasons = "; ".join(f"{reason} ({failures.count(reason)}x)" for reason in sorted(set(failures)))
+        reasons = reasons or "too few exposures"
         raise CalibrationError(
             f"{recording.path}: the clock offset could be measured on {len(offsets)} of {len(chosen)} exposure(s), "
             f"at least {min_exposures} are needed ({reasons}); calibrate time on footage with motion"
         )
-    return clock_math.fit_drift(np.array(times), np.array(offsets), spike.t0_ns, fit_drift, period)
+    return clock_math.fit_drift(np.array(times), np.array(offsets), spike.t0_ns, fit_drift, period,
+                                exposures_tried=len(chosen), exposure_uncertainties_ns=np.array(uncertainties))
+
+
+def check_clock(result: ClockCalibration, path, min_exposures: int = 3,
+                max_uncertainty_frames: float = clock_math.MAX_UNCERTAINTY_FRAMES,
+                max_residual_frames: float = clock_math.MAX_RESIDUAL_FRAMES) -> ClockCalibration:
+    """``result`` when it can be trusted; CalibrationError saying why otherwise (nothing is written)."""
+    period = result.frame_period_ns or 1.0
+    tried = result.exposures_tried if result.exposures_tried is not None else result.exposures
+    if result.exposures < min_exposures:
+        raise CalibrationError(
+            f"{path}: only {result.exposures} of {tried} exposures agree on a clock offset, at least {min_exposures} "
+            "are needed; calibrate time on footage with motion, with more exposures")
+    if result.residual_ns > max_residual_frames * period:
+        raise CalibrationError(
+            f"{path}: the per-exposure clock offsets scatter by {result.residual_ns / period:.2f} spike frames RMS "
+            f"(> {max_residual_frames:g}) over {result.exposures} exposures: residual too large, the offset is not "
+            "trustworthy (too little motion, a wrong geometry -- calibrate geometry first -- or a jittery clock)")
+    if result.offset_uncertainty_ns is None or result.offset_uncertainty_ns > max_uncertainty_frames * period:
+        shown = "unknown" if result.offset_uncertainty_ns is None else f"{result.offset_uncertainty_ns / period:.2f}"
+        raise CalibrationError(
+            f"{path}: the clock offset {result.offset_ns / period:+.2f} spike frames is uncertain by {shown} frames "
+            f"(> {max_uncertainty_frames:g}) from {result.exposures} of {tried} exposures; calibrate time on longer "
+            "footage with motion (more exposures)")
+    return result
 
 
 def calibrate_dark(recording, progress: Callable[[int], None] | None = None, **limits) -> PhotometricCalibration:

@@ -4,8 +4,9 @@
      "spike": {"height": h, "width": w}, "rgb": {"height": H_rgb, "width": W_rgb},
      "geometry": {"homography": [[..3..] x3], "direction": "canonical_to_rgb", "method": ..,
                   "residual_px": .., "inliers": .., "points": .., "exposures": [..], "details": {..}},
-     "time": {"offset_ns": .., "drift_ppm": .., "residual_ns": .., "exposures": .., "reference_ns": ..,
-              "frame_period_ns": .., "model": ".."},
+     "time": {"offset_ns": .., "offset_uncertainty_ns": .. or null, "drift_ppm": .., "drift_estimated": bool,
+              "drift_uncertainty_ppm": .. or null, "drift_note": ".." or null, "residual_ns": .., "exposures": ..,
+              "exposures_tried": .., "reference_ns": .., "frame_period_ns": .., "model": ".."},
      "photometric": {"file": "calibration_dark.npz", "sha256": .., "frames": .., "median_rate": ..,
                      "hot_threshold_rate": .., "hot_pixel_count": .., "details": {..}}}
 
@@ -149,7 +150,10 @@ class RigCalibration:
             out["geometry"] = {"method": self.geometry.method, "residual_px": self.geometry.residual_px,
                                "inliers": self.geometry.inliers, "points": self.geometry.points}
         if self.clock is not None:
-            out["time"] = {"offset_ns": round(self.clock.offset_ns, 1), "drift_ppm": round(self.clock.drift_ppm, 3),
+            uncertainty = self.clock.offset_uncertainty_ns
+            out["time"] = {"offset_ns": round(self.clock.offset_ns, 1),
+                           "offset_uncertainty_ns": None if uncertainty is None else round(uncertainty, 1),
+                           "drift_ppm": round(self.clock.drift_ppm, 3), "drift_estimated": self.clock.drift_estimated,
                            "residual_ns": round(self.clock.residual_ns, 1), "exposures": self.clock.exposures}
         if self.photometric is not None:
             out["photometric"] = {"hot_pixels": int(self.photometric.hot_mask.sum()),
@@ -305,6 +309,13 @@ class _Reader:
             "exposures": self.value(("time", "exposures"), (int,), "an integer", required=False, default=0),
             "reference_ns": self.value(("time", "reference_ns"), (int,), "an integer number of ns"),
             "frame_period_ns": self.number(("time", "frame_period_ns"), required=False, allow_null=True),
+            "offset_uncertainty_ns": self.number(("time", "offset_uncertainty_ns"), required=False, allow_null=True),
+            "drift_estimated": self.value(("time", "drift_estimated"), (bool,), "true or false", required=False,
+                                          default=True),
+            "drift_uncertainty_ppm": self.number(("time", "drift_uncertainty_ppm"), required=False, allow_null=True),
+            "drift_note": self.value(("time", "drift_note"), (str, type(None)), "a string or null", required=False),
+            "exposures_tried": self.value(("time", "exposures_tried"), (int, type(None)), "an integer or null",
+                                          required=False),
         }
         return self.build(lambda: ClockCalibration(**fields), ("time",))
 

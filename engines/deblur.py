@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -35,7 +35,7 @@ from spikereveal.engines.cache import check_precision_name, file_sha256
 from spikereveal.engines.runners import InputShape, Runner, RunnerOptions, create_runner
 from spikereveal.errors import ConfigError, FormatError
 from spikereveal.kernels.sensor import firing_gain_summary
-from spikereveal.kernels.timing import DEFAULT_K, LDN_SPIKE_WINDOW, ExposureWindow, exposure_window, output_timestamps
+from spikereveal.kernels.timing import DEFAULT_K, LDN_SPIKE_WINDOW, ExposureWindow, exposure_window
 
 logger = logging.getLogger(__name__)
 
@@ -70,16 +70,17 @@ def calibrated_exposure_window(recording, index: int, k: int = DEFAULT_K, calibr
     """The spike window of exposure ``index`` of an open recording, cut on the spike clock.
 
     ``calibration`` (RigCalibration or None) moves the exposure from the RGB clock onto the spike clock
-    first; ``timestamps_ns`` of the result stay on the recording's (RGB) clock, like ``gt.csv``. The one
-    place deblur and eval cut windows, so both see the same frames for the same calibration.
+    first; ``timestamps_ns`` of the result (the output frames' times) are on the spike clock, like the
+    window itself (SPEC §4/§5: output frames are stamped on the spike clock; without a clock calibration
+    the two clocks are taken to be one). The one place deblur and eval cut windows, so both see the same
+    frames for the same calibration.
     """
     exposure = recording.exposure(index)
     spike = recording.meta.spike
     start, duration = exposure.start_ns, exposure.duration_ns
     if calibration is not None:
         start, duration = calibration.exposure_on_spike_clock(start, duration)
-    window = exposure_window(start, duration, spike.t0_ns, spike.rate_hz, k, recording.margin_frames)
-    return replace(window, timestamps_ns=output_timestamps(exposure.start_ns, exposure.duration_ns, k))
+    return exposure_window(start, duration, spike.t0_ns, spike.rate_hz, k, recording.margin_frames)
 
 
 def calibrated_exposure_image(recording, index: int, calibration=None) -> np.ndarray:
@@ -119,7 +120,7 @@ class ExposureWindowReader:
     The network grid is 4x the spike grid. ``calibration`` (a ``spikereveal.calibration`` RigCalibration or
     None) moves exposure times onto the spike clock, warps the RGB frame onto the grid and corrects spike
     frames; without one the RGB frame must already be on the grid (as in simulation). ``window.timestamps_ns``
-    stay on the recording's (RGB) clock, like ``gt.csv``.
+    are on the spike clock.
     """
 
     def __init__(self, recording, k: int = DEFAULT_K, spike_frames: int = LDN_SPIKE_WINDOW, calibration=None):
@@ -140,7 +141,7 @@ class ExposureWindowReader:
         self.times_s = {"read_image": 0.0, "read_spikes": 0.0, "kernels": 0.0}
 
     def window(self, index: int) -> ExposureWindow:
-        """Spike frames of exposure ``index`` (on the spike clock) with its output times (recording clock)."""
+        """Spike frames of exposure ``index`` and its output times, both on the spike clock."""
         return calibrated_exposure_window(self.recording, index, self.k, self.calibration)
 
     def complete_exposures(self):

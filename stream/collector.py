@@ -39,7 +39,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spikereveal.kernels.timing import output_timestamps
 from spikereveal.stream.sync import ReadyJob
 from spikereveal.stream.worker import ExposureResult, WireResult, runner_shape_for
 
@@ -61,8 +60,8 @@ def result_matches(job: ReadyJob, wire: WireResult) -> str | None:
     """None when ``wire`` is a plausible answer to ``job``, else the reason it is not (one word, for counters).
 
     Compared: (epoch, exposure id), K, the sharp frames' height and width (the network grid of the job's spike
-    geometry, which is also the RGB frame's size without a calibration) and the output timestamps (what the
-    worker computes from the job's exposure start and duration). A failure marker carries no frames: only
+    geometry, which is also the RGB frame's size without a calibration) and the output timestamps (the job's
+    window's, on the spike clock, which the worker stamps). A failure marker carries no frames: only
     its id and K are compared.
     """
     k = int(job.centers.shape[0])
@@ -77,7 +76,7 @@ def result_matches(job: ReadyJob, wire: WireResult) -> str | None:
     size = (sharp.shape[1], sharp.shape[2]) if sharp.dtype == np.uint8 else (sharp.shape[2], sharp.shape[3])
     if sharp.shape[0] != k or size != (shape.height, shape.width):
         return "size"
-    expected = output_timestamps(int(job.start_ns), int(job.duration_ns), k)
+    expected = np.asarray(job.timestamps_ns, dtype=np.int64)  # the window's, on the spike clock
     if wire.timestamps_ns is None or not np.array_equal(np.asarray(wire.timestamps_ns), expected):
         return "timestamps"
     return None

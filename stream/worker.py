@@ -11,7 +11,7 @@
   estimated on a subsample (every ``GAIN_STEP``-th frame, row and column: well under a millisecond) and an
   exposure outside it is flagged ``out_of_domain`` (serve counts them); the first one is logged.
 * :class:`FrameSaver` -- ``frames/<exposure>_<k>.png`` + ``frames.csv`` exactly as ``spikereveal deblur``
-  writes them (same names, header and timestamps: the output times on the RGB clock), and optionally the
+  writes them (same names, header and timestamps: the output times on the spike clock), and optionally the
   side-by-side video.
 * :class:`InferenceThread` -- consumes the queue in a thread, so the receive loop never waits for inference.
 * ``encode_job``/``decode_job`` and ``encode_result``/``decode_result`` -- self-contained jobs for worker
@@ -37,7 +37,7 @@ from typing import Callable
 import numpy as np
 
 from spikereveal.errors import ConfigError, SpikeRevealError
-from spikereveal.kernels.timing import ExposureWindow, output_timestamps
+from spikereveal.kernels.timing import ExposureWindow
 from spikereveal.stream.protocol import MAX_IMAGE_SIDE, MAX_SPIKE_SIDE, MAX_OUTPUT_COUNT, ProtocolError, Reason
 from spikereveal.stream.sync import ReadyJob
 
@@ -202,7 +202,7 @@ class ExposureResult:
     """K sharp frames of one exposure with the times it went through the pipeline (monotonic ns)."""
 
     exposure_id: int
-    timestamps_ns: np.ndarray  # (K,) output times on the RGB clock (as deblur's frames.csv and gt.csv)
+    timestamps_ns: np.ndarray  # (K,) output times on the spike clock (the job's window; as deblur's frames.csv)
     sharp: np.ndarray  # uint8 (K, H, W, 3) BGR, or float32 (K, 3, H, W) BGR in [0, 1] for bgr_f32
     received_ns: int  # the exposure message arrived
     ready_ns: int  # its spike window was complete
@@ -369,7 +369,7 @@ class ExposureProcessor:
         finished = clock()
         return ExposureResult(
             exposure_id=int(job.exposure_id),
-            timestamps_ns=output_timestamps(int(job.start_ns), int(job.duration_ns), self.shape.batch),
+            timestamps_ns=np.array(job.timestamps_ns, dtype=np.int64),
             sharp=out, received_ns=int(job.received_ns), ready_ns=int(job.ready_ns), started_ns=started,
             prepare_ns=prepared - started, inference_ns=inferred - prepared, postprocess_ns=finished - inferred,
             finished_ns=finished, firing_gain=gain, out_of_domain=out_of_domain, epoch=int(job.epoch),

@@ -251,6 +251,26 @@ def test_job_round_trip_is_self_contained():
     assert np.array_equal(processor.process(back).sharp, reference_output(job))
 
 
+def test_results_are_stamped_on_the_spike_clock_of_the_jobs_window():
+    """With a clock calibration a job's start_ns is the exposure as received (RGB clock, here 3 ms ahead) and
+    its window's timestamps are on the spike clock: the sharp frames carry the window's times, and the
+    collector accepts exactly those."""
+    import dataclasses
+
+    from spikereveal.stream.collector import result_matches
+
+    job = make_job(2)
+    on_rgb_clock = dataclasses.replace(job, start_ns=job.start_ns + 3_000_000)
+    result = ExposureProcessor(loaded_runner()).process(on_rgb_clock)
+    assert result.timestamps_ns.tolist() == job.timestamps_ns.tolist()
+    assert result.timestamps_ns.tolist() != output_timestamps(on_rgb_clock.start_ns, job.duration_ns, K).tolist()
+    wire = decode_result([bytes(p) for p in encode_result(result, worker_id=1)])
+    assert result_matches(on_rgb_clock, wire) is None
+    shifted = decode_result([bytes(p) for p in encode_result(
+        dataclasses.replace(result, timestamps_ns=result.timestamps_ns + 3_000_000), worker_id=1)])
+    assert result_matches(on_rgb_clock, shifted) == "timestamps"
+
+
 def test_result_round_trip_and_failure_marker():
     processor = ExposureProcessor(loaded_runner())
     result = processor.process(make_job(3))

@@ -73,6 +73,24 @@ def register(subparsers) -> None:
         child.set_defaults(func=run)
 
 
+def clock_summary(clock) -> str:
+    """One line: offset +- uncertainty, drift (or why it was not estimated), residual, exposures used."""
+    period = clock.frame_period_ns or 1.0
+    if clock.offset_uncertainty_ns is None:
+        offset = f"offset {clock.offset_ns:.0f} ns ({clock.offset_ns / period:+.3f} spike frames, uncertainty unknown)"
+    else:
+        offset = (f"offset {clock.offset_ns:.0f} +- {clock.offset_uncertainty_ns:.0f} ns "
+                  f"({clock.offset_ns / period:+.3f} +- {clock.offset_uncertainty_ns / period:.3f} spike frames)")
+    if clock.drift_estimated:
+        spread = "" if clock.drift_uncertainty_ppm is None else f" +- {clock.drift_uncertainty_ppm:.3f}"
+        drift = f"drift {clock.drift_ppm:.3f}{spread} ppm"
+    else:
+        drift = f"drift {clock.drift_note or 'not estimated'}"
+    tried = "" if clock.exposures_tried is None else f" of {clock.exposures_tried}"
+    return (f"{offset}, {drift}, residual {clock.residual_ns:.0f} ns ({clock.residual_ns / period:.3f} frames) "
+            f"over {clock.exposures}{tried} exposures")
+
+
 def run(args) -> int:
     import cv2
     import numpy as np
@@ -103,8 +121,7 @@ def run(args) -> int:
             sections = {"geometry": result}
             if clock is None and found_clock is not None:  # geometry and clock are coupled under motion blur
                 sections["clock"] = clock = found_clock
-                print(f"time (estimated with the geometry): offset {found_clock.offset_ns:.0f} ns, drift "
-                      f"{found_clock.drift_ppm:.3f} ppm, residual {found_clock.residual_ns:.0f} ns")
+                print("time (estimated with the geometry): " + clock_summary(found_clock))
             calibration = update_calibration(out, *shapes, **sections)
             residual = "n/a" if result.residual_px is None else f"{result.residual_px:.3f} px RMS"
             print(f"geometry ({result.method}): residual {residual} on the canonical grid, "
@@ -125,10 +142,7 @@ def run(args) -> int:
                 result = fit.calibrate_clock(recording, existing.geometry if existing else None, photometric,
                                              args.search_frames, limit, not args.no_drift, progress=bar.update)
             update_calibration(out, *shapes, clock=result)
-            period = result.frame_period_ns or 1.0
-            print(f"time: offset {result.offset_ns:.0f} ns ({result.offset_ns / period:+.3f} spike frames), drift "
-                  f"{result.drift_ppm:.3f} ppm, residual {result.residual_ns:.0f} ns "
-                  f"({result.residual_ns / period:.3f} frames) over {result.exposures} exposures")
+            print("time: " + clock_summary(result))
         else:
             dark_path = args.dark if args.dark is not None else args.recording
             with open_recording(dark_path, strict=False) as dark:
