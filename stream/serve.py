@@ -247,7 +247,6 @@ class Server:
         work_dir = work_dir or Path(temp_dir)
         sockets: list = []
         saver = sink = processor = thread = None
-        processes: list = []
         collector = None
         abandoned = 0
         error: BaseException | None = None  # what ended the run unexpectedly; re-raised after the stats are written
@@ -293,8 +292,7 @@ class Server:
                 self._processor = processor
                 thread = InferenceThread(queue, processor, deliver).start()
             else:
-                push, pull, processes, collector = self._start_workers(context, factory, calibration, work_dir,
-                                                                       stop)
+                push, pull, collector = self._start_workers(context, factory, calibration, work_dir, stop)
                 sockets += [push, pull]
             ingest = cfg.ingest
             spike_sub = transport.open_subscriber(context, cfg.spike_endpoint, receive_hwm=ingest.receive_hwm("spike"),
@@ -497,7 +495,7 @@ class Server:
             self._local_workers[worker_id] = process
             self._started_at[worker_id] = time.monotonic()
             collector.heard(worker_id, now)
-        return push, pull, processes, collector
+        return push, pull, collector
 
     def _why_not_restart(self, exitcode, uptime_s: float) -> str | None:
         """None when an exited local worker is to be replaced, else why not."""
