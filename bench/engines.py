@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from spikereveal.engines.runners import InputShape, RunnerOptions, create_runner
 from spikereveal.errors import ConfigError
 from spikereveal.kernels.extract import SPIKE_LEVEL
 from spikereveal.kernels.timing import DEFAULT_K
+from spikereveal.stream.stats import nearest_rank_percentile
 
 logger = logging.getLogger(__name__)
 
@@ -38,24 +38,16 @@ SPIKE_DENSITY = 0.2
 Progress = Callable[[str], None]  # called with a short status line before each timed series
 
 
-def geometry_shape(name: str, k: int = DEFAULT_K) -> InputShape:
-    """The network grid of a simulator preset (``gopro``, ``rsb``) or ``HxW`` (e.g. ``64x96``), K frames."""
-    match = re.fullmatch(r"(\d+)x(\d+)", name)
-    if match:
-        return InputShape(k, int(match.group(1)), int(match.group(2)))
+def geometry_shape(geometry: str | tuple[int, int], k: int = DEFAULT_K) -> InputShape:
+    """The network grid of a simulator preset (``"gopro"``, ``"rsb"``) or an ``(height, width)`` pair (the CLI
+    parses ``HxW`` text with ``commands._types.parse_int_pair``), K frames."""
+    if isinstance(geometry, tuple):
+        height, width = geometry
+        return InputShape(k, int(height), int(width))
     from spikereveal.sim.config import preset
 
-    config = preset(name)
+    config = preset(geometry)
     return InputShape(k, config.canonical_height, config.canonical_width)
-
-
-def nearest_rank_percentile(values_ms: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (as trtexec reports): the smallest value with at least q % at or below it."""
-    ordered = np.sort(np.asarray(values_ms, dtype=np.float64))
-    if ordered.size == 0:
-        raise ConfigError("no timings to summarise")
-    rank = int(np.ceil(q / 100.0 * ordered.size))
-    return float(ordered[min(max(rank, 1), ordered.size) - 1])
 
 
 def summarise_window_times(times_s: Sequence[float], k: int) -> dict:
@@ -122,7 +114,7 @@ def _load_model(model_path):
     return LDN().eval()
 
 
-def bench_engines(runners: Sequence[str] = DEFAULT_RUNNERS, geometries: Sequence[str] = BENCH_GEOMETRIES,
+def bench_engines(runners: Sequence[str] = DEFAULT_RUNNERS, geometries: Sequence = BENCH_GEOMETRIES,
                   repeats: int = 10, warmup: int = 2, k: int = DEFAULT_K, threads: int | None = None,
                   precisions: Sequence[str] = ("fp32",), model_path=None, work_dir=None,
                   progress: Progress | None = None, interleave: bool = True) -> dict:
@@ -154,8 +146,9 @@ def bench_engines(runners: Sequence[str] = DEFAULT_RUNNERS, geometries: Sequence
     results: dict = {}
     model = _load_model(model_path) if plan else None
     with tempfile.TemporaryDirectory(prefix="spikereveal-bench-", dir=work_dir) as tmp:
-        for geometry in geometries:
-            shape = geometry_shape(geometry, k)
+        for requested in geometries:
+            shape = geometry_shape(requested, k)
+            geometry = requested if isinstance(requested, str) else f"{shape.height}x{shape.width}"  # the report's key
             image, spikes = random_window(shape)
             exports: dict[str, Path] = {}
 
@@ -202,10 +195,10 @@ def bench_engines(runners: Sequence[str] = DEFAULT_RUNNERS, geometries: Sequence
 def _export(model, shape: InputShape, precision: str, directory: Path, image, spikes) -> Path:
     from spikereveal.engines.export import ExportConfig, export_ldn
 
-    config = ExportConfig(precision=precision, batch=shape.batch, height=shape.height, width=shape.width,
+    config = ExportConfig(precision=precision, k=shape.k, height=shape.height, width=shape.width,
                           calibration_windows=2)
     calibration = [(image, spikes)] * 2 if precision == "int8" else None
-    path = directory / f"ldn_{precision}_{shape.batch}x{shape.height}x{shape.width}.onnx"
+    path = directory / f"ldn_{precision}_{shape.k}x{shape.height}x{shape.width}.onnx"
     return export_ldn(model, path, config, calibration=calibration)
 
 

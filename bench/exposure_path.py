@@ -1,6 +1,6 @@
 """The non-inference cost of one exposure: the worker's input preparation and post-processing, timed alone.
 
-:func:`time_exposure_path` runs the real :class:`~spikereveal.stream.worker.ExposureProcessor` on a
+:func:`time_exposure_path` runs the real :class:`~spikereveal.stream.stage.ExposureProcessor` on a
 synthetic exposure of a given geometry with a pass-through runner (no network), and reports the
 processor's own ``prepare_ns`` (frame copy or warp, window cut into uint8 spike levels) and
 ``postprocess_ns`` (only for ``bgr_f32`` output: the graph already gives uint8 BGR) per exposure, plus their
@@ -14,11 +14,11 @@ from typing import Callable
 
 import numpy as np
 
-from spikereveal.bench.stats import latency_stats
 from spikereveal.engines.runners import Runner
 from spikereveal.errors import ConfigError
 from spikereveal.kernels.packing import pack_frames
-from spikereveal.kernels.timing import DEFAULT_K, DEFAULT_MARGIN_FRAMES, exposure_window
+from spikereveal.kernels.timing import DEFAULT_MARGIN_FRAMES, exposure_window
+from spikereveal.stream.stats import latency_stats
 
 STAGES = ("prepare", "postprocess", "prepare_plus_postprocess")
 PASS_THROUGH = "pass-through"
@@ -46,24 +46,23 @@ class PassThroughRunner(Runner):
 def synthetic_job(shape, exposure_frames: int = 300, rate_hz: float = 20000.0,
                   margin_frames: int = DEFAULT_MARGIN_FRAMES, seed: int = 0, exposure_id: int = 0):
     """A ReadyJob for ``shape`` (network grid H x W, spikes H/4 x W/4): random uint8 frame and spikes."""
-    from spikereveal.engines.runners import SPIKE_SCALE
+    from spikereveal.kernels.images import SPIKE_TO_IMAGE_SCALE
     from spikereveal.stream.sync import ReadyJob
 
     if exposure_frames < 1:
         raise ConfigError(f"exposure_frames must be >= 1, got {exposure_frames}")
     rng = np.random.default_rng(seed)
-    spike_height, spike_width = shape.height // SPIKE_SCALE, shape.width // SPIKE_SCALE
+    spike_height, spike_width = shape.height // SPIKE_TO_IMAGE_SCALE, shape.width // SPIKE_TO_IMAGE_SCALE
     period_ns = 1e9 / rate_hz
     start_ns = int(round((margin_frames + 1) * period_ns))
     duration_ns = int(round(exposure_frames * period_ns))
-    window = exposure_window(start_ns, duration_ns, 0, rate_hz, shape.batch, margin_frames)
+    window = exposure_window(start_ns, duration_ns, 0, rate_hz, shape.k, margin_frames)
     frames = window.window_stop - window.window_first
     bits = rng.random((frames, spike_height, spike_width)) < SPIKE_DENSITY
     return ReadyJob(
         exposure_id=exposure_id, start_ns=start_ns, duration_ns=duration_ns,
         image=rng.integers(0, 256, (shape.height, shape.width, 3), dtype=np.uint8),
-        packed=pack_frames(bits), first_index=window.window_first, centers=window.centers,
-        timestamps_ns=window.timestamps_ns, window=window, spike_height=spike_height, spike_width=spike_width,
+        packed=pack_frames(bits), window=window, spike_height=spike_height, spike_width=spike_width,
         received_ns=0, ready_ns=0,
     )
 
@@ -81,7 +80,7 @@ def time_exposure_path(shape, repeats: int = 20, warmup: int = 2, output_pixel_f
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ConfigError(f"warmup must be an integer >= 0, got {warmup!r}")
     if processor_factory is None:
-        from spikereveal.stream.worker import ExposureProcessor
+        from spikereveal.stream.stage import ExposureProcessor
 
         def processor_factory(runner):
             return ExposureProcessor(runner, output_pixel_format=output_pixel_format)
@@ -96,7 +95,7 @@ def time_exposure_path(shape, repeats: int = 20, warmup: int = 2, output_pixel_f
         samples_ns["prepare_plus_postprocess"].append(result.prepare_ns + result.postprocess_ns)
         del result  # as a publisher would: the output is released before the next exposure
     return {
-        "geometry": {"k": shape.batch, "height": shape.height, "width": shape.width,
+        "geometry": {"k": shape.k, "height": shape.height, "width": shape.width,
                      "spike_frames": shape.spike_frames},
         "repeats": repeats,
         "warmup": warmup,

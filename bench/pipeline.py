@@ -1,6 +1,6 @@
 """``spikereveal bench pipeline``: simulator (or a recording) -> replay -> serve on loopback, traced, reported.
 
-The run is :func:`spikereveal.stream.demo.run_loopback` (the demo's orchestration) with ``serve --trace``
+The run is :func:`spikereveal.stream.loopback.run_loopback` (what the demo drives) with ``serve --trace``
 on, no frames saved, and a job queue holding every exposure (nothing is dropped for capacity). The report
 is :func:`spikereveal.bench.report.build_report` of the trace plus three blocks:
 
@@ -79,7 +79,7 @@ def _exposure_period_s(recording) -> float | None:
 
 
 class WireMonitor:
-    """A :class:`spikereveal.stream.demo.LoopbackObserver`: subscribes to the replay's RGB stream and serve's
+    """A :class:`spikereveal.stream.loopback.LoopbackObserver`: subscribes to the replay's RGB stream and serve's
     output stream and records send / receive times (see the module docstring). With ``stash`` and
     ``auto_pace`` it times one inference on the loaded runner and returns the replay speed to use."""
 
@@ -194,7 +194,7 @@ class WireMonitor:
         return np.asarray(values, dtype=np.float64)
 
     def output_throughput(self, exposure_ids, k: int | None = None, exposure_rate_hz: float | None = None) -> dict:
-        from spikereveal.bench.stats import throughput
+        from spikereveal.stream.stats import throughput
 
         ids = [i for i in exposure_ids if i in self.last_received_ns]
         result = throughput([self.last_received_ns[i] for i in ids], [self.output_frames[i] for i in ids], k=k,
@@ -209,7 +209,7 @@ def _ratio(a, b) -> float | None:
 
 def _independent_block(monitor: WireMonitor, trace, report: dict, warmup_rows: int) -> dict:
     from spikereveal.bench.report import _stats
-    from spikereveal.bench.trace import MISSING
+    from spikereveal.stream.trace import MISSING
 
     measured_ids = [int(i) for i in trace.exposure_id[warmup_rows:]]
     e2e = _stats(monitor.end_to_end_ms(measured_ids))
@@ -384,8 +384,8 @@ def _random_checkpoint(directory: Path, seed: int) -> Path:
 def _run_once(recording_path: Path, *, engine: str, model: str | None, threads: int | None, k: int,
               exposures: int, speed: float | None, block_frames: int, pass_through: bool, trace_path: str | None,
               progress) -> tuple:
-    from spikereveal.stream.demo import run_loopback
-    from spikereveal.stream.serve import make_runner_factory
+    from spikereveal.stream.loopback import run_loopback
+    from spikereveal.engines.choice import runner_factory
     from spikereveal.stream.config import EngineConfig
 
     engine_config = {"engine": engine, "model": model, "threads": threads}
@@ -393,7 +393,7 @@ def _run_once(recording_path: Path, *, engine: str, model: str | None, threads: 
         if pass_through:
             factory = lambda shape: PassThroughRunner(shape)  # noqa: E731
         else:
-            factory = make_runner_factory(EngineConfig(**engine_config), work_dir)
+            factory = runner_factory(EngineConfig(**engine_config).choice(), work_dir)
         stash = _RunnerStash(factory)
         monitor = WireMonitor(stash, auto_pace=speed is None and not pass_through)
         sizing = serve_sizing(recording_path, exposures, block_frames)
@@ -444,9 +444,9 @@ def bench_pipeline(preset: str = "rsb", engine: str = "ort", model=None, exposur
     replay this recording instead of simulating ``preset``. ``trace_path``: keep the trace file there.
     ``plot_dir``: also write the latency plots (``bench.plots.write_plots``) there.
     """
-    from spikereveal.bench.environment import collect_environment
+    from spikereveal.environment import collect_environment
     from spikereveal.bench.report import build_report, effective_warmup
-    from spikereveal.bench.trace import MISSING, load_trace
+    from spikereveal.stream.trace import MISSING, load_trace
 
     if preset not in PRESETS and recording is None:
         raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
@@ -547,7 +547,7 @@ def bench_pipeline(preset: str = "rsb", engine: str = "ort", model=None, exposur
 def _trace_overhead(recording_path, *, engine, model, threads, k, exposures, block_frames, pass_through, warmup,
                     tmp: Path, progress, exposure_period_ms, speed) -> dict:
     """Unpaced runs with tracing off then on: output frames/s (wire monitor) and the recorder micro-benchmark."""
-    from spikereveal.bench.trace import measure_mark_overhead, tracing_cost_fraction
+    from spikereveal.stream.trace import measure_mark_overhead, tracing_cost_fraction
 
     rates = {}
     for label, path in (("off", None), ("on", str(tmp / "overhead_trace.npz"))):

@@ -13,8 +13,8 @@ from typing import Mapping
 import numpy as np
 
 from spikereveal.bench.report import SPANS, effective_warmup, end_to_end_origin, span_durations_ms
-from spikereveal.bench.stats import nearest_rank_percentile, rate_hz
-from spikereveal.bench.trace import MISSING, STAGE_INDEX, Trace
+from spikereveal.stream.stats import nearest_rank_percentile, rate_hz
+from spikereveal.stream.trace import MISSING, STAGE_INDEX, Trace
 from spikereveal.errors import ConfigError, require
 
 PLOT_NAMES = ("latency_cdf", "timeline", "throughput")

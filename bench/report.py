@@ -25,7 +25,7 @@ Report JSON (``schema_version`` :data:`SCHEMA_VERSION`)::
      "drops": {<pipeline counters>, "traced_not_published": n}, "environment": {...},
      "power": {"mean_total_w", "energy_per_frame_mj", ...} | null}   # Jetson, from tegrastats
 
-Statistics follow :mod:`spikereveal.bench.stats` (nearest-rank percentiles; null when a stage has no sample).
+Statistics follow :mod:`spikereveal.stream.stats` (nearest-rank percentiles; null when a stage has no sample).
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from typing import Mapping
 
 import numpy as np
 
-from spikereveal.bench.stats import PERCENTILE_METHOD, STAT_FIELDS, latency_stats, rate_hz, throughput
-from spikereveal.bench.trace import MISSING, STAGE_INDEX, Trace
+from spikereveal.stream.stats import PERCENTILE_METHOD, STAT_FIELDS, latency_stats, rate_hz, throughput
+from spikereveal.stream.trace import MISSING, STAGE_INDEX, Trace
 from spikereveal.errors import ConfigError, FormatError
 
 SCHEMA_VERSION = 2  # 2: non_inference renamed e2e_less_inference (it includes the waits)

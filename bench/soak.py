@@ -47,6 +47,7 @@ from typing import Callable
 import numpy as np
 
 from spikereveal.errors import ConfigError, SpikeRevealError
+from spikereveal.kernels.timing import DEFAULT_K
 
 __all__ = ["SoakConfig", "run_soak", "format_soak", "FrameChecker", "stated_queue_bound_bytes"]
 
@@ -65,7 +66,7 @@ class SoakConfig:
     fuzz_every_messages: int = 25  # a mutated copy after every N genuine messages (0: none)
     preset: str = "tiny"
     exposures: int = 12  # per recording
-    k: int = 7
+    k: int = DEFAULT_K
     seed: int = 0
     # serve's resident-memory bound; None: its RSS once it is serving plus the byte bound of its queues as
     # stated in stream/config.py (stated_queue_bound_bytes)
@@ -95,7 +96,8 @@ def stated_queue_bound_bytes() -> int:
 def _simulate_and_deblur(config: SoakConfig, work: Path, progress) -> tuple[list[Path], Path, list[dict]]:
     import cv2
 
-    from spikereveal.engines.deblur import DeblurConfig, EngineChoice, deblur
+    from spikereveal.engines.choice import EngineChoice
+    from spikereveal.stream.offline import DeblurConfig, deblur
     from spikereveal.engines.runners import RunnerOptions
     from spikereveal.sim.config import preset
     from spikereveal.sim.simulate import simulate_recording

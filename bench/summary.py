@@ -43,7 +43,7 @@ FULL = {
 QUICK = {
     "kernels": {"frames": 64, "repeats": 1, "height": 40, "width": 64},
     "transport": {"seconds": 0.05, "height": 40, "width": 64},
-    "engines": {"geometries": ("64x96",), "repeats": 2, "warmup": 1, "runners": ("ort",)},
+    "engines": {"geometries": ((64, 96),), "repeats": 2, "warmup": 1, "runners": ("ort",)},
     "pipeline_pass_through": {"preset": "tiny", "exposures": 6, "k": 3},
     "pipeline_network": {"preset": "tiny", "exposures": 4, "k": 3},
 }
@@ -63,7 +63,7 @@ def bench_all(out_dir, *, quick: bool = False, model=None, threads: int | None =
               progress: Callable[[str], None] | None = None) -> dict:
     """Run the benchmarks, write ``summary.json`` and ``summary.md`` into ``out_dir``; returns the summary
     (plus ``markdown`` and ``files``, which are not written into the JSON)."""
-    from spikereveal.bench.environment import collect_environment
+    from spikereveal.environment import collect_environment
 
     settings = QUICK if quick else FULL
     say = progress or (lambda message: None)

@@ -6,7 +6,7 @@ frames, paced at a given rate (default 2x the 40 kHz sensor: 80 k frames/s) and 
 by the real ingest path (SUB socket, ``recv_multipart(copy=False)``, protocol decode, Synchroniser ring).
 Reported per run: frames/s and messages/s actually achieved, loss (frames not received, sequence gaps,
 publisher drops at the high-water mark), and per-block latency from the publisher's ``send_time_ns`` to
-the end of ingest (same host, monotonic clock; nearest-rank percentiles as in bench.stats) plus the
+the end of ingest (same host, monotonic clock; nearest-rank percentiles as in stream.stats) plus the
 ingest cost per block.
 """
 
@@ -92,7 +92,7 @@ def _run_once(recording, block_frames: int, speed: float, endpoint_kind: str, ti
 def _measure(recording, block_frames: int, speed: float, folder: str | None, timeout_s: float) -> dict:
     import zmq
 
-    from spikereveal.bench.stats import latency_stats
+    from spikereveal.stream.stats import latency_stats
     from spikereveal.stream import transport
     from spikereveal.stream.protocol import Heartbeat, Kind, ProtocolError, SpikeBlock, decode
     from spikereveal.stream.replay import LiveReplay, ReplayConfig

@@ -22,7 +22,7 @@ import numpy as np
 
 from spikereveal.calibration.errors import CalibrationError
 from spikereveal.errors import ConfigError
-from spikereveal.recording import CANONICAL_SCALE
+from spikereveal.kernels.images import SPIKE_TO_IMAGE_SCALE
 
 logger = logging.getLogger(__name__)
 
@@ -45,14 +45,14 @@ def gray(image: np.ndarray) -> np.ndarray:
     return np.tensordot(GRAY_WEIGHTS_BGR, image, axes=1).astype(np.float32)
 
 
-def spike_to_canonical(image: np.ndarray, scale: int = CANONICAL_SCALE) -> np.ndarray:
+def spike_to_canonical(image: np.ndarray, scale: int = SPIKE_TO_IMAGE_SCALE) -> np.ndarray:
     """A spike-grid image (h, w) -> the canonical grid (scale*h, scale*w), bilinear, centres aligned."""
     image = np.asarray(image, dtype=np.float32)
     height, width = image.shape
     return cv2.resize(image, (width * scale, height * scale), interpolation=cv2.INTER_LINEAR)
 
 
-def canonical_to_spike(image: np.ndarray, scale: int = CANONICAL_SCALE) -> np.ndarray:
+def canonical_to_spike(image: np.ndarray, scale: int = SPIKE_TO_IMAGE_SCALE) -> np.ndarray:
     """A canonical-grid image (..., H, W) -> the spike grid by area averaging (what a spike pixel sees)."""
     image = np.asarray(image, dtype=np.float32)
     height, width = image.shape[-2:]

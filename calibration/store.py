@@ -31,7 +31,8 @@ from spikereveal.calibration.clock import ClockCalibration
 from spikereveal.calibration.geometry import GeometryCalibration, warp_bgr8_to_canonical, warp_to_canonical
 from spikereveal.calibration.photometric import PhotometricCalibration
 from spikereveal.errors import ConfigError, FormatError
-from spikereveal.recording import CALIBRATION_FILE, CANONICAL_SCALE, _json_key_lines
+from spikereveal.recording import CALIBRATION_FILE, _json_key_lines
+from spikereveal.kernels.images import SPIKE_TO_IMAGE_SCALE
 
 CALIBRATION_FORMAT = "spikereveal-calibration"
 CALIBRATION_VERSION = 1
@@ -68,7 +69,7 @@ class RigCalibration:
 
     @property
     def canonical_shape(self) -> tuple[int, int]:
-        return self.spike_shape[0] * CANONICAL_SCALE, self.spike_shape[1] * CANONICAL_SCALE
+        return self.spike_shape[0] * SPIKE_TO_IMAGE_SCALE, self.spike_shape[1] * SPIKE_TO_IMAGE_SCALE
 
     def check_recording(self, recording) -> None:
         """ConfigError unless this calibration was made for ``recording``'s spike and RGB geometry."""

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from spikereveal.errors import ConfigError, FormatError, RecordingError
+from spikereveal.kernels.images import SPIKE_TO_IMAGE_SCALE
 from spikereveal.kernels.packing import BIT_ORDERS, as_packed, packed_frame_bytes
 from spikereveal.kernels.timing import (
     DEFAULT_K,
@@ -40,7 +41,6 @@ from spikereveal.spikefile import SpikeFile, SpikeFileWriter
 
 __all__ = [
     "CALIBRATION_FILE",
-    "CANONICAL_SCALE",
     "EXPOSURES_FILE",
     "EXPOSURES_HEADER",
     "FORMAT_NAME",
@@ -73,7 +73,6 @@ GT_DIR = "gt"
 EXPOSURES_HEADER = ("index", "start_ns", "duration_ns", "image")
 GT_HEADER = ("exposure_index", "t_ns", "image")
 PIXEL_FORMATS = ("bgr8",)
-CANONICAL_SCALE = 4  # the network's grid is 4x the spike grid (SPEC §4)
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -136,7 +135,7 @@ class SpikeMeta:
     @property
     def canonical_shape(self) -> tuple[int, int]:
         """(height, width) of the network's grid, 4x the spike grid."""
-        return self.height * CANONICAL_SCALE, self.width * CANONICAL_SCALE
+        return self.height * SPIKE_TO_IMAGE_SCALE, self.width * SPIKE_TO_IMAGE_SCALE
 
 
 @dataclass(frozen=True)

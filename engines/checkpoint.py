@@ -7,18 +7,17 @@ A checkpoint is a ``torch.save`` of a plain dict that ``torch.load(weights_only=
      "training": {...training arguments...} or None,
      "software": {"torch": ..., "spikereveal": ..., "python": ...}, "source": "free text"}
 
-Network classes are found lazily by kind, so loading an LDN never imports ``spikereveal.training``.
+The LDN's classes load lazily; the teacher networks (bsn, sr) register themselves (:func:`register_network`)
+when ``spikereveal.training`` is imported, so this module never imports the training package.
 Also here: reading the official S-SDM LDN state dict for ``spikereveal import-weights``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
 import pickle
 import platform
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -37,19 +36,19 @@ class CheckpointError(FormatError):
     """A file is not a usable spikereveal checkpoint (or official state dict) for the requested use."""
 
 
-@dataclass(frozen=True)
-class _Kind:
-    module: str
-    config_class: str
-    model_class: str
+#: every kind a checkpoint can hold: the student (``ldn``, this package) and the teacher networks
+#: (``bsn``, ``sr``), which live upstream in ``spikereveal.training`` and register themselves on import
+CHECKPOINT_KINDS = ("ldn", "bsn", "sr")
+_NETWORKS: dict[str, tuple[type, type]] = {}  # kind -> (config class, model class)
 
 
-_KINDS: dict[str, _Kind] = {
-    "ldn": _Kind("spikereveal.engines.ldn", "LDNConfig", "LDN"),
-    "bsn": _Kind("spikereveal.training.bsn", "BSNConfig", "BSN"),
-    "sr": _Kind("spikereveal.training.sr", "SRConfig", "SR"),
-}
-CHECKPOINT_KINDS = tuple(_KINDS)
+def register_network(kind: str, config_class: type, model_class: type) -> None:
+    """Make checkpoints of ``kind`` loadable: ``config_class.from_dict(config)`` and ``model_class(config)``
+    rebuild the network. The teacher networks call this when ``spikereveal.training`` is imported, so this
+    module never imports the training package."""
+    if kind not in CHECKPOINT_KINDS:
+        raise ConfigError(f"unknown checkpoint kind {kind!r}; expected one of {list(CHECKPOINT_KINDS)}")
+    _NETWORKS[kind] = (config_class, model_class)
 
 
 def _torch():
@@ -57,11 +56,16 @@ def _torch():
 
 
 def _kind_classes(kind: str):
-    if kind not in _KINDS:
-        raise ConfigError(f"unknown checkpoint kind {kind!r}; expected one of {list(_KINDS)}")
-    entry = _KINDS[kind]
-    module = importlib.import_module(entry.module)
-    return getattr(module, entry.config_class), getattr(module, entry.model_class)
+    if kind not in CHECKPOINT_KINDS:
+        raise ConfigError(f"unknown checkpoint kind {kind!r}; expected one of {list(CHECKPOINT_KINDS)}")
+    if kind == "ldn" and kind not in _NETWORKS:
+        from spikereveal.engines.ldn import LDN, LDNConfig  # torch, loaded on first use
+
+        register_network("ldn", LDNConfig, LDN)
+    if kind not in _NETWORKS:
+        raise ConfigError(f"a {kind} checkpoint is a teacher network of spikereveal.training: import "
+                          f"spikereveal.training.{kind} (the 'train' extra) before loading it")
+    return _NETWORKS[kind]
 
 
 def build_model(kind: str, config: Mapping[str, Any] | Any):
@@ -250,8 +254,8 @@ def load_checkpoint(path: str | os.PathLike, expected_kind: str | None = None, m
     plus ``path``. ``expected_kind`` (``"ldn"``, ``"bsn"`` or ``"sr"``) refuses any other kind.
     """
     path = Path(path)
-    if expected_kind is not None and expected_kind not in _KINDS:
-        raise ConfigError(f"unknown checkpoint kind {expected_kind!r}; expected one of {list(_KINDS)}")
+    if expected_kind is not None and expected_kind not in CHECKPOINT_KINDS:
+        raise ConfigError(f"unknown checkpoint kind {expected_kind!r}; expected one of {list(CHECKPOINT_KINDS)}")
     payload = _read_tensor_file(path, "checkpoint")
     if not isinstance(payload, Mapping) or payload.get("format") != CHECKPOINT_FORMAT:
         hint = (" It looks like a plain state dict: for the official S-SDM LDN weights run "
@@ -266,8 +270,8 @@ def load_checkpoint(path: str | os.PathLike, expected_kind: str | None = None, m
         if key not in payload:
             raise CheckpointError(path, f"is a damaged checkpoint: the {key!r} entry is missing")
     kind = payload["kind"]
-    if kind not in _KINDS:
-        raise CheckpointError(path, f"has unknown kind {kind!r}; expected one of {list(_KINDS)}")
+    if kind not in CHECKPOINT_KINDS:
+        raise CheckpointError(path, f"has unknown kind {kind!r}; expected one of {list(CHECKPOINT_KINDS)}")
     if expected_kind is not None and kind != expected_kind:
         raise CheckpointError(
             path, f"is a checkpoint of kind {kind!r}, but kind {expected_kind!r} is needed here; pass the "

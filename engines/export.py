@@ -25,13 +25,20 @@ import numpy as np
 
 from spikereveal import __version__
 from spikereveal.engines.cache import PRECISIONS, check_precision_name, file_sha256
-from spikereveal.engines.runners import INPUT_NAMES, IO_DTYPE, OUTPUT_NAME, SPIKE_LEVEL, SPIKE_SCALE, InputShape
-from spikereveal.errors import ConfigError, FormatError, require
+from spikereveal.engines.onnx_metadata import (
+    METADATA_PREFIX,
+    _article,
+    check_onnx_precision,
+    onnx_graph_precision,
+    read_onnx_metadata,
+)
+from spikereveal.engines.runners import INPUT_NAMES, IO_DTYPE, OUTPUT_NAME, SPIKE_LEVEL, InputShape
+from spikereveal.errors import ConfigError, require
 from spikereveal.kernels.timing import DEFAULT_K
+from spikereveal.kernels.images import SPIKE_TO_IMAGE_SCALE
 
 logger = logging.getLogger(__name__)
 
-METADATA_PREFIX = "spikereveal."
 DEFAULT_OPSET = 17
 #: shape used to trace a dynamic export (any multiple of 4 works)
 _TRACE_SHAPE = (1, 64, 96)
@@ -43,10 +50,10 @@ SHIPPED_TEACHER_RESOURCES = {"bsn": "models/bsn_default.pt", "sr": "models/sr_de
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """What to export: precision, and either one static geometry (batch K, H, W) or dynamic axes."""
+    """What to export: precision, and either one static geometry (K, H, W) or dynamic axes."""
 
     precision: str = "fp32"
-    batch: int = DEFAULT_K
+    k: int = DEFAULT_K  # sharp frames per exposure (the graph's batch axis; metadata key "batch")
     height: int | None = None
     width: int | None = None
     dynamic: bool = False
@@ -58,16 +65,16 @@ class ExportConfig:
         check_precision_name(self.precision)
         if self.dynamic:
             if self.height is not None or self.width is not None:
-                raise ConfigError("give either --height/--width (static shapes) or --dynamic, not both")
+                raise ConfigError("give either --image-height/--image-width (static shapes) or --dynamic, not both")
         elif self.height is None or self.width is None:
             raise ConfigError(
-                "a static export needs the image --height and --width (4x the spike sensor, e.g. 720 1280 "
+                "a static export needs --image-height and --image-width (4x the spike sensor, e.g. 720 1280 "
                 "for gopro, 1000 1600 for rsb), or pass --dynamic"
             )
         else:
-            InputShape(self.batch, self.height, self.width)  # validates multiples of 4
-        if isinstance(self.batch, bool) or self.batch < 1:
-            raise ConfigError(f"batch (K frames per exposure) must be >= 1, got {self.batch}")
+            InputShape(self.k, self.height, self.width)  # validates multiples of 4
+        if isinstance(self.k, bool) or self.k < 1:
+            raise ConfigError(f"k (sharp frames per exposure) must be >= 1, got {self.k}")
         if self.opset < 13:
             raise ConfigError(f"opset must be >= 13 (Q/DQ per-channel needs it), got {self.opset}")
         if self.calibration_windows < 1:
@@ -127,13 +134,13 @@ def build_metadata(network_config: Mapping[str, Any], precision: str, source_sha
         "network": "ldn",
         "network_config": json.dumps(dict(network_config), sort_keys=True),
         "spike_window": spike_frames,
-        "spike_scale": SPIKE_SCALE,
+        "spike_scale": SPIKE_TO_IMAGE_SCALE,
         "color_order": "bgr",
         "io": "uint8: image (1,H,W,3), spikes (K,S,H/4,W/4), sharp (K,H,W,3)",
         "spike_level": SPIKE_LEVEL,
         "precision": precision,
         "source_sha256": source_sha256,
-        "batch": "dynamic" if config.dynamic else config.batch,
+        "batch": "dynamic" if config.dynamic else config.k,
         "height": "dynamic" if config.dynamic else config.height,
         "width": "dynamic" if config.dynamic else config.width,
         "inputs": ",".join(INPUT_NAMES),
@@ -143,65 +150,16 @@ def build_metadata(network_config: Mapping[str, Any], precision: str, source_sha
     return {METADATA_PREFIX + key: str(value) for key, value in values.items()}
 
 
-def _strip_prefix(props: Mapping[str, str]) -> dict[str, str]:
-    return {key[len(METADATA_PREFIX):]: value for key, value in props.items() if key.startswith(METADATA_PREFIX)}
-
-
-def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The ``spikereveal.*`` metadata of an export (prefix removed). Needs only onnxruntime."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"ONNX file {path} does not exist")
-    try:
-        import onnx  # lighter than a session when available
-
-        model = onnx.load(str(path), load_external_data=False)
-        props = {p.key: p.value for p in model.metadata_props}
-    except ImportError:
-        ort = require("onnxruntime", "reading ONNX metadata", "dev")
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        props = dict(session.get_modelmeta().custom_metadata_map)
-    except Exception as exc:  # onnx raises DecodeError & co for a file that is not ONNX
-        raise FormatError(path, f"is not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
-    return _strip_prefix(props)
-
-
-def onnx_graph_precision(model) -> str:
-    """The precision a graph really computes in: int8 if it has Q/DQ nodes, fp16 if float16 weights, else fp32."""
-    onnx = require("onnx", "inspecting ONNX graphs", "train")
-    ops = {node.op_type for node in model.graph.node}
-    if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger"}:
-        return "int8"
-    float16 = onnx.TensorProto.FLOAT16
-    if any(init.data_type == float16 for init in model.graph.initializer):
-        return "fp16"
-    if any(node.op_type == "Cast" and any(a.name == "to" and a.i == float16 for a in node.attribute)
-           for node in model.graph.node):
-        return "fp16"
-    return "fp32"
-
-
-def check_onnx_precision(metadata: Mapping[str, str], precision: str, path) -> None:
-    """Refuse to run an export as a precision it was not exported at (metadata check, no graph load)."""
-    stated = metadata.get("precision")
-    if stated is None:
-        logger.warning("%s has no spikereveal precision metadata; trusting the caller's %s", path, precision)
-        return
-    if stated != precision:
-        raise ConfigError(f"{path} is {_article(stated)} {stated} export but {precision} was asked for; "
-                          f"export it with --precision {precision} or ask for {stated}")
-
-
 # -- export ----------------------------------------------------------------------------------------------
 def _export_fp32(model, out_path: Path, config: ExportConfig) -> None:
     torch = require("torch", "ONNX export", "train")
     from spikereveal.engines.ldn import ExposureLDN
 
     spike_frames = int(getattr(getattr(model, "config", None), "spike_frames", 21))
-    batch, height, width = _TRACE_SHAPE if config.dynamic else (config.batch, config.height, config.width)
+    batch, height, width = _TRACE_SHAPE if config.dynamic else (config.k, config.height, config.width)
     generator = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (1, height, width, 3), generator=generator, dtype=torch.uint8)
-    spikes = (torch.rand(batch, spike_frames, height // SPIKE_SCALE, width // SPIKE_SCALE,
+    spikes = (torch.rand(batch, spike_frames, height // SPIKE_TO_IMAGE_SCALE, width // SPIKE_TO_IMAGE_SCALE,
                          generator=generator) < 0.2).to(torch.uint8) * SPIKE_LEVEL
     dynamic_axes = None
     if config.dynamic:
@@ -220,11 +178,6 @@ def _export_fp32(model, out_path: Path, config: ExportConfig) -> None:
             model, (image, spikes), str(out_path), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
             dynamic_axes=dynamic_axes, opset_version=config.opset, do_constant_folding=True, dynamo=False,
         )
-
-
-def _article(word: str) -> str:
-    """ "an" before a vowel sound (an int8 / an fp16 export), "a" otherwise."""
-    return "an" if word[:1].lower() in "aeiof" else "a"
 
 
 def _to_fp16(model_proto):
@@ -262,7 +215,7 @@ def _sort_nodes_topologically(graph) -> None:
 
 class WindowCalibrationReader:
     """onnxruntime CalibrationDataReader over exposure windows: ``(image, spikes)`` uint8 pairs or
-    ``{"image", "spikes"}`` dicts (e.g. ``spikereveal.calibration.int8_data.ldn_calibration_windows``).
+    ``{"image", "spikes"}`` dicts (e.g. ``spikereveal.engines.int8_data.ldn_calibration_windows``).
 
     ``shape``: refuse windows of another geometry with a clear error (a static export calibrates on its own).
     """
@@ -285,7 +238,7 @@ class WindowCalibrationReader:
             raise ConfigError(
                 f"a calibration window has image {image.shape} and spikes {spikes.shape} but the export's geometry "
                 f"is {self._shape.image} / {self._shape.spikes}; calibrate on recordings of the export's geometry "
-                "and --batch (or export with --dynamic)")
+                "and --k (or export with --dynamic)")
         if image.dtype != IO_DTYPE or spikes.dtype != IO_DTYPE:
             raise ConfigError(f"calibration windows must be uint8 (image, spike levels), got {image.dtype} and "
                               f"{spikes.dtype}")
@@ -361,7 +314,7 @@ def export_ldn(model, out_path: str | os.PathLike, config: ExportConfig, *, sour
             proto = _to_fp16(onnx.load(str(fp32_path)))
         else:
             int8_path = Path(tmp) / "int8.onnx"
-            shape = None if config.dynamic else InputShape(config.batch, config.height, config.width,
+            shape = None if config.dynamic else InputShape(config.k, config.height, config.width,
                                                            int(network_config.get("spike_frames", 21)))
             extra["calibration_windows"] = _quantize_int8(fp32_path, int8_path, calibration,
                                                           config.calibration_windows, shape)
@@ -388,7 +341,7 @@ def export_checkpoint(checkpoint: str | os.PathLike | None, out_path: str | os.P
     """Load an LDN checkpoint (None: the shipped default) and export it.
 
     int8 calibrates on up to ``config.calibration_windows`` real windows cut evenly from the recordings by
-    ``spikereveal.calibration.int8_data`` (rig calibration applied; cached in ``calib_cache`` when given).
+    ``spikereveal.engines.int8_data`` (rig calibration applied; cached in ``calib_cache`` when given).
     """
     from spikereveal.engines.checkpoint import load_checkpoint
 
@@ -398,10 +351,10 @@ def export_checkpoint(checkpoint: str | os.PathLike | None, out_path: str | os.P
     if config.precision == "int8":
         if not calib_recordings:
             raise ConfigError("an int8 export needs calibration data: pass --calib with one or more recordings")
-        from spikereveal.calibration.int8_data import ldn_calibration_windows
+        from spikereveal.engines.int8_data import ldn_calibration_windows
 
         calibration = ldn_calibration_windows(
-            [Path(p) for p in calib_recordings], k=config.batch, max_windows=config.calibration_windows,
+            [Path(p) for p in calib_recordings], k=config.k, max_windows=config.calibration_windows,
             cache_path=calib_cache, spike_window=model.config.spike_frames)
     elif calib_recordings:
         logger.warning("--calib is only used by int8 exports; ignored for %s", config.precision)

@@ -19,9 +19,9 @@ from spikereveal.errors import ConfigError
 from spikereveal.kernels.extract import SPIKE_LEVEL
 from spikereveal.kernels.sensor import FIRING_GAIN_MAX, FIRING_GAIN_MIN, GRAY_WEIGHTS_BGR, MIN_GRAY_MEAN, SPIKE_NORMS
 from spikereveal.kernels.timing import LDN_SPIKE_WINDOW
+from spikereveal.kernels.images import SPIKE_TO_IMAGE_SCALE
 
 #: The image/spike resolution ratio the LDN is built for (two stride-2 encoder stages).
-SPIKE_SCALE = 4
 
 
 @dataclass(frozen=True)
@@ -149,12 +149,12 @@ class LDN(nn.Module):
         if blur.ndim != 4 or blur.shape[1] != 3:
             raise ConfigError(f"LDN blur input must be (N, 3, H, W) BGR, got shape {tuple(blur.shape)}")
         n, _, height, width = blur.shape
-        if height % SPIKE_SCALE or width % SPIKE_SCALE:
+        if height % SPIKE_TO_IMAGE_SCALE or width % SPIKE_TO_IMAGE_SCALE:
             raise ConfigError(
-                f"LDN image height and width must be multiples of {SPIKE_SCALE}, got {height}x{width}; "
+                f"LDN image height and width must be multiples of {SPIKE_TO_IMAGE_SCALE}, got {height}x{width}; "
                 f"crop or pad the image (and the spikes to a quarter of it)"
             )
-        expected = (n, self.config.spike_frames, height // SPIKE_SCALE, width // SPIKE_SCALE)
+        expected = (n, self.config.spike_frames, height // SPIKE_TO_IMAGE_SCALE, width // SPIKE_TO_IMAGE_SCALE)
         if tuple(spikes.shape) != expected:
             raise ConfigError(
                 f"LDN spikes must have shape {expected} (batch, spike frames, H/4, W/4) for a blurry image "
@@ -212,7 +212,7 @@ class ExposureLDN(nn.Module):
 
     ``forward(image (1,H,W,3) uint8 BGR, spikes (K,S,H/4,W/4) uint8 levels) -> (K,H,W,3) uint8 BGR``:
     ``image / 255`` and ``spikes / SPIKE_LEVEL`` in, the output clipped to [0, 1] and rounded half up
-    (``floor(x * 255 + 0.5)``, as ``engines.deblur.to_bgr8``). The conversions run inside the graph (on a
+    (``floor(x * 255 + 0.5)``, as ``kernels.convert.planar_to_bgr8``). The conversions run inside the graph (on a
     GPU they fuse into the first and last layers, and the host moves uint8, not float32), and the blurry
     frame is encoded once for the K timestamps: the head's 1x1 conv over ``cat(blur, decoded)`` is split
     into its blur and decoded parts, so the (K,3,H,W) copies of the frame are never made.

@@ -29,10 +29,10 @@ from spikereveal.engines.cache import check_precision_name
 from spikereveal.errors import ConfigError, FormatError, MissingDependencyError, SpikeRevealError
 from spikereveal.kernels.extract import SPIKE_LEVEL
 from spikereveal.kernels.timing import LDN_SPIKE_WINDOW
+from spikereveal.kernels.images import SPIKE_TO_IMAGE_SCALE
 
 logger = logging.getLogger(__name__)
 
-SPIKE_SCALE = 4  # image / spike resolution ratio of the LDN
 INPUT_NAMES = ("image", "spikes")
 OUTPUT_NAME = "sharp"
 #: dtype of every input and output of a deployed graph
@@ -47,20 +47,20 @@ class InputShape:
     (K, H, W, 3), all uint8.
     """
 
-    batch: int
+    k: int  # sharp frames per exposure: the graph's batch axis
     height: int
     width: int
     spike_frames: int = LDN_SPIKE_WINDOW
 
     def __post_init__(self):
-        for name in ("batch", "height", "width", "spike_frames"):
+        for name in ("k", "height", "width", "spike_frames"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
             object.__setattr__(self, name, int(value))
-        if self.height % SPIKE_SCALE or self.width % SPIKE_SCALE:
+        if self.height % SPIKE_TO_IMAGE_SCALE or self.width % SPIKE_TO_IMAGE_SCALE:
             raise ConfigError(
-                f"image height and width must be multiples of {SPIKE_SCALE} (spikes are a quarter of the "
+                f"image height and width must be multiples of {SPIKE_TO_IMAGE_SCALE} (spikes are a quarter of the "
                 f"image), got {self.height}x{self.width}"
             )
 
@@ -70,11 +70,11 @@ class InputShape:
 
     @property
     def spikes(self) -> tuple[int, int, int, int]:
-        return (self.batch, self.spike_frames, self.height // SPIKE_SCALE, self.width // SPIKE_SCALE)
+        return (self.k, self.spike_frames, self.height // SPIKE_TO_IMAGE_SCALE, self.width // SPIKE_TO_IMAGE_SCALE)
 
     @property
     def sharp(self) -> tuple[int, int, int, int]:
-        return (self.batch, self.height, self.width, 3)
+        return (self.k, self.height, self.width, 3)
 
     def as_dict(self) -> dict[str, tuple[int, ...]]:
         return {"image": self.image, "spikes": self.spikes}
@@ -209,10 +209,10 @@ _ONNX_HINT = ("--onnx needs an ONNX export written by 'spikereveal export' (or a
 
 
 def read_export_metadata(path) -> dict[str, str]:
-    """:func:`spikereveal.engines.export.read_onnx_metadata` that turns every failure to parse the file into one
+    """:func:`spikereveal.engines.onnx_metadata.read_onnx_metadata` that turns every failure to parse the file into one
     FormatError naming it: without the ``onnx`` package the metadata is read through ONNX Runtime, whose own
     exception types (InvalidProtobuf, InvalidArgument, Fail ...) would otherwise surface as a traceback."""
-    from spikereveal.engines.export import read_onnx_metadata
+    from spikereveal.engines.onnx_metadata import read_onnx_metadata
 
     try:
         return read_onnx_metadata(path)
@@ -243,7 +243,7 @@ class OrtRunner(Runner):
 
     def _load(self) -> None:
         ort = _import_backend("onnxruntime", "the ONNX Runtime runner", "dev")
-        from spikereveal.engines.export import check_onnx_precision
+        from spikereveal.engines.onnx_metadata import check_onnx_precision
 
         metadata = read_export_metadata(self.onnx_path)
         check_onnx_precision(metadata, self.precision, self.onnx_path)
@@ -271,7 +271,7 @@ class OrtRunner(Runner):
             if static and tuple(tensor.shape) != expected[tensor.name]:
                 raise ConfigError(f"{self.onnx_path} is a static export with {tensor.name} {tuple(tensor.shape)}, "
                                   f"but {expected[tensor.name]} is needed; re-export it for this geometry "
-                                  "(--batch/--height/--width) or with --dynamic")
+                                  "(--k/--image-height/--image-width) or with --dynamic")
         self.sharp = np.zeros(self.shape.sharp, IO_DTYPE)
         self._binding = self._session.io_binding()
         self._bound_output = None

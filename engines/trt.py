@@ -357,7 +357,7 @@ def load_or_build_plan(onnx_path, shape: InputShape, precision: str, options: Ru
 
     Returns ``(plan bytes, info, deserialized engine, runtime)``; the engine's precision is checked first.
     """
-    from spikereveal.engines.export import check_onnx_precision
+    from spikereveal.engines.onnx_metadata import check_onnx_precision
     from spikereveal.engines.runners import read_export_metadata
 
     check_precision_name(precision)

@@ -15,7 +15,7 @@ from spikereveal.kernels.extract import centred_rows, check_window_size
 from spikereveal.kernels.packing import as_packed
 
 SDM_SHORT_WINDOW = 9  # the reference's short TFP (SPEC §3)
-SPIKE_TO_IMAGE_SCALE = 4  # the canonical grid is 4x the spike grid
+SPIKE_TO_IMAGE_SCALE = 4  # the canonical (network) grid is 4x the spike grid (SPEC §4): the one name for this ratio
 
 
 def tfp(packed, height: int, width: int, center: int, window: int, first_index: int = 0) -> np.ndarray:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, fields, replace
 
 from spikereveal.errors import ConfigError
 from spikereveal.kernels.timing import DEFAULT_K, DEFAULT_MARGIN_FRAMES
+from spikereveal.kernels.images import SPIKE_TO_IMAGE_SCALE
 
-CANONICAL_SCALE = 4
 SCENE_KINDS = ("images", "checkerboard", "dark")
 MOTION_FAMILIES = ("camera", "objects")
 
@@ -216,9 +216,9 @@ class SimConfig:
         if self.rgb_homography is None:
             _check(
                 (self.rgb_height, self.rgb_width)
-                == (CANONICAL_SCALE * self.spike_height, CANONICAL_SCALE * self.spike_width),
-                f"RGB {self.rgb_width}x{self.rgb_height} must be exactly {CANONICAL_SCALE}x the spikes "
-                f"({CANONICAL_SCALE * self.spike_width}x{CANONICAL_SCALE * self.spike_height}) unless an "
+                == (SPIKE_TO_IMAGE_SCALE * self.spike_height, SPIKE_TO_IMAGE_SCALE * self.spike_width),
+                f"RGB {self.rgb_width}x{self.rgb_height} must be exactly {SPIKE_TO_IMAGE_SCALE}x the spikes "
+                f"({SPIKE_TO_IMAGE_SCALE * self.spike_width}x{SPIKE_TO_IMAGE_SCALE * self.spike_height}) unless an "
                 "rgb_homography is set",
             )
         else:
@@ -234,11 +234,11 @@ class SimConfig:
 
     @property
     def canonical_height(self) -> int:
-        return CANONICAL_SCALE * self.spike_height
+        return SPIKE_TO_IMAGE_SCALE * self.spike_height
 
     @property
     def canonical_width(self) -> int:
-        return CANONICAL_SCALE * self.spike_width
+        return SPIKE_TO_IMAGE_SCALE * self.spike_width
 
     @property
     def effective_gap_frames(self) -> int:

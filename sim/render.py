@@ -14,7 +14,7 @@ import numpy as np
 
 from spikereveal.errors import ConfigError
 from spikereveal.kernels._numba import njit
-from spikereveal.sim.config import CANONICAL_SCALE
+from spikereveal.kernels.images import SPIKE_TO_IMAGE_SCALE
 from spikereveal.sim.motion import CameraTrajectory, Sprite
 
 GRAY_WEIGHTS_BGR = np.array([[0.11, 0.59, 0.3]], dtype=np.float32)
@@ -110,6 +110,6 @@ def spike_intensity(canonical_light: np.ndarray) -> np.ndarray:
 
     (Both steps are linear, so their order does not matter; downsampling first is 3x cheaper.)"""
     height, width = canonical_light.shape[:2]
-    size = (width // CANONICAL_SCALE, height // CANONICAL_SCALE)
+    size = (width // SPIKE_TO_IMAGE_SCALE, height // SPIKE_TO_IMAGE_SCALE)
     small = cv2.resize(canonical_light, size, interpolation=cv2.INTER_AREA)
     return cv2.transform(small, GRAY_WEIGHTS_BGR)

@@ -2,7 +2,7 @@
 
 When a user needs it: one CPU inference of a full-size exposure takes longer than the time between
 exposures (SPEC §3: 0.6-1.3 s per 720p frame on 2 cores), so one machine drops most exposures. Windows
-are self-contained jobs (:func:`spikereveal.stream.worker.encode_job`: spike frames, image, times), so
+are self-contained jobs (:func:`spikereveal.stream.wire.encode_job`: spike frames, image, times), so
 ``serve --workers N`` runs N local worker processes, and ``spikereveal worker --jobs E1 --results E2``
 on other machines adds remote ones. Results come back in any order; :class:`ResultCollector` releases
 them in dispatch order (= exposure order), so viewers and ``frames.csv`` see exposures in time order.
@@ -12,7 +12,7 @@ policy). A job whose result has not come back after ``result_timeout_ns`` is cou
 restarted, or takes jobs and never answers) and the results behind it are released.
 
 Lost workers. Each worker acknowledges a job as it takes it and sends a heartbeat every
-``worker.HEARTBEAT_INTERVAL_S`` (:func:`~spikereveal.stream.worker.encode_heartbeat`), so the collector
+``wire.HEARTBEAT_INTERVAL_S`` (:func:`~spikereveal.stream.wire.encode_heartbeat`), so the collector
 knows which worker holds which job. A worker is lost when serve sees its process exit (local workers:
 at once, through the process sentinel) or when it is silent for ``heartbeat_timeout_ns`` (remote ones);
 then exactly its unfinished jobs are counted lost (``worker_lost``) and what waited behind them is released.
@@ -40,7 +40,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from spikereveal.stream.sync import ReadyJob
-from spikereveal.stream.worker import ExposureResult, WireResult, runner_shape_for
+from spikereveal.engines.inputs import input_shape_for
+from spikereveal.stream.stage import ExposureResult
+from spikereveal.stream.wire import WireResult
 
 __all__ = ["ResultCollector", "InFlight", "result_matches", "start_local_workers", "stop_local_workers"]
 
@@ -71,7 +73,7 @@ def result_matches(job: ReadyJob, wire: WireResult) -> str | None:
         return "k"
     if not wire.ok:
         return None
-    shape = runner_shape_for(k, job.spike_height, job.spike_width)
+    shape = input_shape_for(k, job.spike_height, job.spike_width)
     sharp = wire.sharp
     size = (sharp.shape[1], sharp.shape[2]) if sharp.dtype == np.uint8 else (sharp.shape[2], sharp.shape[3])
     if sharp.shape[0] != k or size != (shape.height, shape.width):
@@ -237,21 +239,14 @@ def _worker_process_main(job_endpoint, result_endpoint, worker_id, engine, spike
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    from spikereveal.stream.serve import make_runner_factory
-    from spikereveal.stream.worker import run_worker
-
-    calibration = None
-    if calibration_path is not None:
-        from spikereveal.calibration.store import read_calibration
-
-        calibration = read_calibration(calibration_path)
-    work_dir = os.path.join(onnx_dir, f"worker{worker_id}")  # exports of concurrent workers must not collide
     from spikereveal.errors import SpikeRevealError
+    from spikereveal.stream.worker import worker_main
 
+    work_dir = os.path.join(onnx_dir, f"worker{worker_id}")  # exports of concurrent workers must not collide
     try:
-        run_worker(job_endpoint, result_endpoint, make_runner_factory(engine, work_dir), worker_id=worker_id,
-                   spike_shape=spike_shape, k=k, calibration=calibration, output_pixel_format=output_pixel_format,
-                   stop=stop, keys=keys)
+        worker_main(job_endpoint, result_endpoint, engine, worker_id=worker_id, spike_shape=spike_shape, k=k,
+                    calibration_path=calibration_path, output_pixel_format=output_pixel_format, work_dir=work_dir,
+                    stop=stop, keys=keys)
     except SpikeRevealError as exc:  # e.g. the engine cannot load: the reason, no traceback; serve sees the exit
         logging.getLogger(__name__).error("%s", exc)
         raise SystemExit(2) from None

@@ -136,7 +136,7 @@ class EngineConfig:
 
     def choice(self):
         """The engines module's EngineChoice for this config."""
-        from spikereveal.engines.deblur import EngineChoice
+        from spikereveal.engines.choice import EngineChoice
 
         return EngineChoice(engine=self.engine, precision=self.precision, model=self.model, onnx_path=self.onnx,
                             options=RunnerOptions(threads=self.threads))
@@ -297,7 +297,7 @@ class ServeConfig:
     exit_after_exposures: int | None = None  # stop once this many exposures are published
     idle_timeout_s: float | None = None  # stop when no camera message arrived for this long
     stats_json: str | None = None
-    trace: str | None = None  # per-exposure stage stamps (bench.trace .npz) for 'spikereveal bench report'
+    trace: str | None = None  # per-exposure stage stamps (stream.trace .npz) for 'spikereveal bench report'
     calibration: str | None = None  # a `spikereveal calibrate` file
 
     def __post_init__(self):

@@ -24,22 +24,19 @@ import time
 from collections import OrderedDict, deque
 from typing import Callable
 
-import numpy as np
-
 from spikereveal.stream.protocol import (
     Kind,
     ProtocolError,
     Reason,
     RgbExposure,
-    SharpFrame,
     SpikeBlock,
     decode,
-    encode,
 )
 from spikereveal.stream.sync import ReadyJob, Synchroniser
-from spikereveal.stream.worker import ExposureResult, FrameSaver, JobQueue
+from spikereveal.stream.jobs import JobQueue
+from spikereveal.stream.sinks import ResultSink
 
-__all__ = ["Pipeline", "ResultSink", "LatencyLog", "SourceTimes", "COUNTER_KEYS"]
+__all__ = ["Pipeline", "SourceTimes", "COUNTER_KEYS"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,137 +95,6 @@ class SourceTimes:
         return None if i is None else self._received[i]
 
 
-class LatencyLog:
-    """Per-exposure times (ms) of the newest ``capacity`` exposures, summarised with bench.stats conventions."""
-
-    FIELDS = ("end_to_end_ms", "from_receive_ms", "from_ready_ms", "queue_wait_ms", "ingest_ms", "prepare_ms",
-              "inference_ms", "postprocess_ms", "publish_ms", "save_ms", "non_inference_work_ms")
-
-    def __init__(self, capacity: int = 100_000):
-        self.rows: deque[dict] = deque(maxlen=capacity)
-        self._lock = threading.Lock()
-
-    def add(self, row: dict) -> None:
-        with self._lock:
-            self.rows.append(row)
-
-    def snapshot(self) -> list[dict]:
-        """A copy of the rows (newest ``capacity`` exposures), in the order they were added."""
-        with self._lock:
-            return [dict(row) for row in self.rows]
-
-    def summary(self) -> dict:
-        from spikereveal.bench.stats import latency_stats
-
-        with self._lock:
-            rows = list(self.rows)
-        out = {}
-        for name in self.FIELDS:
-            values = [r[name] for r in rows if r.get(name) is not None]
-            out[name] = latency_stats(np.asarray(values, dtype=np.float64))
-        out["definitions"] = {
-            "end_to_end_ms": "rig send of the last message the window needed -> K frames published (same-host clocks)",
-            "from_receive_ms": "exposure message received -> K frames published",
-            "from_ready_ms": "spike window complete -> K frames published",
-            "non_inference_work_ms": "serve's work that is not the network (SPEC §8's non-inference target): "
-                                     "ingest (decode + sync of the completing message) + prepare (window cut, input "
-                                     "conversion) + postprocess (clip, uint8) + publish; excludes the queue wait, the "
-                                     "wait for spikes and saving",
-        }
-        return out
-
-
-class ResultSink:
-    """The last stage: publishes K SharpFrame messages per exposure, saves like ``deblur``, logs latencies.
-
-    ``publish(parts) -> bool`` (False: the PUB high-water mark refused it) may be None (no output socket).
-    Called from one thread at a time (the inference thread, or the serve loop with worker processes).
-    """
-
-    def __init__(self, publish: Callable[[list], bool] | None, saver: FrameSaver | None = None,
-                 stream_id: int = 0, clock_ns: Callable[[], int] = time.monotonic_ns,
-                 latency: LatencyLog | None = None, keep_blur_for_video: bool = False, recorder=None):
-        from spikereveal.bench.trace import NULL_RECORDER
-
-        self.recorder = NULL_RECORDER if recorder is None else recorder  # bench.trace stamps (serve --trace)
-        self._publish = publish
-        self.saver = saver
-        self.stream_id = stream_id
-        self._clock_ns = clock_ns
-        self.latency = latency or LatencyLog()
-        self._seq = 0
-        self.exposures_done = 0
-        self.output_messages = 0
-        self.output_dropped = 0
-        self.out_of_domain_exposures = 0  # firing gain outside the model's trained range (see stream.worker)
-        self.keep_blur_for_video = keep_blur_for_video
-        self._lock = threading.Lock()
-        self.done_event = threading.Event()  # set at every delivery (serve's exit-after check wakes on it)
-        self.delivered_ids: deque[int] = deque(maxlen=4096)
-
-    def deliver(self, result: ExposureResult, job: ReadyJob | None = None, ingest_ns: int | None = None,
-                sent_ns: int | None = None, slot: int | None = None) -> None:
-        clock = self._clock_ns
-        start = clock()
-        first_published = None
-        if self._publish is not None:
-            for k in range(result.k):
-                image = result.sharp[k]
-                frame = SharpFrame(stream_id=self.stream_id, seq=self._seq, exposure_id=result.exposure_id,
-                                   t_ns=int(result.timestamps_ns[k]), k=k, count=result.k, image=image,
-                                   send_time_ns=clock())
-                self._seq += 1
-                if self._publish(encode(frame)):
-                    self.output_messages += 1
-                else:
-                    self.output_dropped += 1
-                if first_published is None:
-                    first_published = clock()
-        published = clock()
-        if slot is not None and self.recorder.enabled:
-            from spikereveal.bench import trace
-
-            inference_start = result.started_ns + result.prepare_ns
-            self.recorder.mark(slot, trace.INFERENCE_START, inference_start)
-            self.recorder.mark(slot, trace.INFERENCE_END, inference_start + result.inference_ns)
-            self.recorder.mark(slot, trace.FIRST_OUTPUT_PUBLISHED, first_published or published)
-            self.recorder.mark(slot, trace.LAST_OUTPUT_PUBLISHED, published)
-            self.recorder.set_outputs(slot, result.k)
-        if self.saver is not None:
-            from spikereveal.engines.deblur import to_bgr8
-
-            sharp8 = result.sharp if result.sharp.dtype == np.uint8 else to_bgr8(result.sharp)
-            blur8 = job.image if (job is not None and self.keep_blur_for_video) else None
-            self.saver.save(result.exposure_id, result.timestamps_ns, sharp8, blur8, epoch=result.epoch)
-        saved = clock()
-        ms = 1e-6
-        publish_ns = published - start
-        work = result.prepare_ns + result.postprocess_ns + publish_ns + (ingest_ns or 0)
-        self.latency.add({
-            "exposure_id": result.exposure_id,
-            "end_to_end_ms": None if sent_ns is None else (published - sent_ns) * ms,
-            "from_receive_ms": (published - result.received_ns) * ms,
-            "from_ready_ms": (published - result.ready_ns) * ms,
-            "queue_wait_ms": (result.started_ns - result.ready_ns) * ms,
-            "ingest_ms": None if ingest_ns is None else ingest_ns * ms,
-            "prepare_ms": result.prepare_ns * ms,
-            "inference_ms": result.inference_ns * ms,
-            "postprocess_ms": result.postprocess_ns * ms,
-            "publish_ms": publish_ns * ms,
-            "save_ms": (saved - published) * ms if self.saver is not None else None,
-            "non_inference_work_ms": work * ms,
-        })
-        with self._lock:
-            self.exposures_done += 1
-            self.out_of_domain_exposures += bool(result.out_of_domain)
-            self.delivered_ids.append(result.exposure_id)
-        self.done_event.set()
-
-    def close(self) -> None:
-        if self.saver is not None:
-            self.saver.close()
-
-
 class Pipeline:
     """Synchroniser -> bounded job queue, with the bookkeeping the sink needs (no sockets, no threads).
 
@@ -248,9 +114,9 @@ class Pipeline:
     def __init__(self, sync: Synchroniser, queue: JobQueue, clock_ns: Callable[[], int] = time.monotonic_ns,
                  record_capacity: int = 4096, recorder=None, declared_spike_shape: tuple[int, int] | None = None,
                  on_spike_geometry: Callable[[int, int], None] | None = None):
-        from spikereveal.bench.trace import NULL_RECORDER
+        from spikereveal.stream.trace import NULL_RECORDER
 
-        self.recorder = NULL_RECORDER if recorder is None else recorder  # bench.trace stamps (serve --trace)
+        self.recorder = NULL_RECORDER if recorder is None else recorder  # stream.trace stamps (serve --trace)
         self.sync = sync
         self.queue = queue
         self._clock_ns = clock_ns
@@ -331,7 +197,7 @@ class Pipeline:
         return len(jobs)
 
     def _trace_begin(self, job: ReadyJob, cut_ns: int) -> int:
-        from spikereveal.bench import trace
+        from spikereveal.stream import trace
 
         recorder = self.recorder
         slot = recorder.begin(job.exposure_id, job.start_ns + job.duration_ns)

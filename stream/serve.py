@@ -26,36 +26,21 @@ from typing import Callable
 
 from spikereveal.errors import ConfigError, SpikeRevealError
 from spikereveal.stream.config import EngineConfig, ServeConfig
-from spikereveal.stream.graph import LatencyLog, Pipeline, ResultSink
+from spikereveal.engines.inputs import input_shape_for
+from spikereveal.stream.graph import Pipeline
+from spikereveal.stream.jobs import InferenceThread, JobQueue
+from spikereveal.stream.sinks import FrameSaver, ResultSink
+from spikereveal.stream.stage import LazyProcessor
+from spikereveal.stream.stats import LatencyLog
 from spikereveal.stream.sync import Synchroniser
-from spikereveal.stream.worker import (
-    EngineLoadError,
-    ExposureProcessor,
-    FrameSaver,
-    InferenceThread,
-    JobQueue,
-    runner_shape_for,
-)
 
-__all__ = ["Server", "serve", "make_runner_factory", "LazyProcessor", "STOP_REASONS", "check_engine_source"]
+__all__ = ["Server", "serve", "STOP_REASONS", "check_engine_source"]
 
 logger = logging.getLogger(__name__)
 
 STOP_REASONS = ("stopped", "exit_after", "idle_timeout", "error")
 _MAX_BURST_MESSAGES = 64  # per socket per poll round, so one busy stream cannot starve the other
 _WORKER_START_TIMEOUT_S = 300.0
-
-
-def make_runner_factory(engine: EngineConfig, work_dir: str | os.PathLike) -> Callable:
-    """``shape -> unloaded Runner`` from an EngineConfig; ort/trt export the checkpoint into ``work_dir``."""
-    from spikereveal.engines.deblur import prepare_runner
-
-    choice = engine.choice()
-
-    def factory(shape):
-        return prepare_runner(choice, shape, work_dir)
-
-    return factory
 
 
 def check_engine_source(engine: EngineConfig) -> None:
@@ -90,67 +75,6 @@ def _onnx_io_names(path: Path) -> tuple[list[str], list[str]]:
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
-
-
-class LazyProcessor:
-    """An ExposureProcessor whose runner loads (and warms up) for a geometry: ``ensure(shape)`` up front,
-    ``preload(shape)`` in the background as soon as the geometry is known (the first spike block), else
-    for the first job; it is rebuilt if the geometry changes (a different sensor was plugged in).
-
-    A load failure is final (EngineLoadError, kept in ``load_error``): it is not retried per exposure."""
-
-    def __init__(self, runner_factory: Callable, calibration=None, output_pixel_format: str = "bgr8"):
-        self._factory = runner_factory
-        self.calibration = calibration
-        self.output_pixel_format = output_pixel_format
-        self.processor: ExposureProcessor | None = None
-        self.loads = 0
-        self.load_error: EngineLoadError | None = None
-        self._lock = threading.Lock()  # a job waits here while a preload runs
-
-    def ensure(self, shape) -> ExposureProcessor:
-        with self._lock:
-            if self.load_error is not None:
-                raise self.load_error
-            if self.processor is None or self.processor.shape != shape:
-                self.close()
-                try:
-                    runner = self._factory(shape).load()
-                    processor = ExposureProcessor(runner, self.calibration, self.output_pixel_format)
-                except Exception as exc:  # noqa: BLE001 (any backend failure ends the run, once, with its reason)
-                    self.load_error = EngineLoadError(
-                        f"the inference engine could not be loaded for {shape.width}x{shape.height}, K="
-                        f"{shape.batch}: {exc}")
-                    self.load_error.__cause__ = exc
-                    raise self.load_error from exc
-                self.loads += 1
-                logger.info("runner ready: %s", runner.describe())
-                self.processor = processor
-            return self.processor
-
-    def preload(self, shape, on_done: Callable[[EngineLoadError | None], None]) -> threading.Thread:
-        """Load and warm up for ``shape`` in a background thread; ``on_done(error or None)`` afterwards."""
-
-        def load():
-            try:
-                self.ensure(shape)
-            except EngineLoadError as exc:
-                on_done(exc)
-            else:
-                on_done(None)
-
-        thread = threading.Thread(target=load, name="engine-load", daemon=True)
-        thread.start()
-        return thread
-
-    def __call__(self, job):
-        shape = runner_shape_for(int(job.centers.shape[0]), job.spike_height, job.spike_width)
-        return self.ensure(shape).process(job)
-
-    def close(self) -> None:
-        if self.processor is not None:
-            self.processor.runner.close()
-            self.processor = None
 
 
 def _connectable(endpoint: str) -> str:
@@ -235,7 +159,7 @@ class Server:
                          cfg.worker.warmup_queue_capacity_jobs)
         if cfg.spike_shape is None:  # the engine loads once the geometry is known: exposures wait meanwhile
             queue.begin_warmup()
-        from spikereveal.bench.trace import create_recorder
+        from spikereveal.stream.trace import create_recorder
 
         recorder = create_recorder(cfg.trace is not None, k=cfg.sync.k)
         pipeline = Pipeline(sync, queue, self._clock_ns, recorder=recorder, declared_spike_shape=cfg.spike_shape,
@@ -278,7 +202,11 @@ class Server:
             sink = ResultSink(output.publish, saver, clock_ns=self._clock_ns,
                               latency=LatencyLog(), keep_blur_for_video=cfg.worker.write_video, recorder=recorder)
             self._sink = sink
-            factory = self._runner_factory or make_runner_factory(cfg.engine, work_dir)
+            factory = self._runner_factory
+            if factory is None:
+                from spikereveal.engines.choice import runner_factory
+
+                factory = runner_factory(cfg.engine.choice(), work_dir)
             k = cfg.sync.k
 
             def deliver(job, result):
@@ -288,7 +216,7 @@ class Server:
             if not cfg.scale_out.distributed:
                 processor = LazyProcessor(factory, calibration, cfg.worker.output_pixel_format)
                 if cfg.spike_shape is not None:
-                    processor.ensure(runner_shape_for(k, *cfg.spike_shape))  # load before streaming starts
+                    processor.ensure(input_shape_for(k, *cfg.spike_shape))  # load before streaming starts
                 self._processor = processor
                 thread = InferenceThread(queue, processor, deliver).start()
             else:
@@ -398,7 +326,7 @@ class Server:
         processor = self._processor
         if processor is None:  # worker processes load on their first job; the queue waits until a result
             return
-        shape = runner_shape_for(self.config.sync.k, height, width)
+        shape = input_shape_for(self.config.sync.k, height, width)
         current = processor.processor
         if current is not None and current.shape == shape:
             return
@@ -412,7 +340,7 @@ class Server:
         processor.preload(shape, done)
 
     def _save_trace(self, recorder, counters: dict) -> None:
-        from spikereveal.bench.environment import collect_environment
+        from spikereveal.environment import collect_environment
 
         cfg = self.config
         integers = {k: v for k, v in counters.items() if isinstance(v, int) and not isinstance(v, bool)}
@@ -428,7 +356,7 @@ class Server:
 
         from spikereveal.stream import transport
         from spikereveal.stream.collector import ResultCollector, start_local_workers
-        from spikereveal.stream.worker import decode_ready
+        from spikereveal.stream.wire import decode_ready
 
         cfg, scale = self.config, self.config.scale_out
         push = context.socket(zmq.PUSH)
@@ -468,7 +396,7 @@ class Server:
         if scale.workers > 0:
             if cfg.spike_shape is not None and cfg.engine.engine != "torch" and cfg.engine.onnx is None:
                 # export once here rather than once per worker
-                onnx_path = getattr(factory(runner_shape_for(cfg.sync.k, *cfg.spike_shape)), "onnx_path", None)
+                onnx_path = getattr(factory(input_shape_for(cfg.sync.k, *cfg.spike_shape)), "onnx_path", None)
                 if onnx_path is not None:
                     onnx_engine = EngineConfig(engine=cfg.engine.engine, precision=cfg.engine.precision,
                                                onnx=str(onnx_path), threads=cfg.engine.threads)
@@ -593,7 +521,7 @@ class Server:
         import zmq
 
         from spikereveal.stream.protocol import ProtocolError
-        from spikereveal.stream.worker import decode_heartbeat, decode_ready, decode_result
+        from spikereveal.stream.wire import decode_heartbeat, decode_ready, decode_result
 
         while True:
             try:
@@ -625,7 +553,7 @@ class Server:
     def _dispatch(self, queue: JobQueue, collector, push) -> None:
         import zmq
 
-        from spikereveal.stream.worker import encode_job
+        from spikereveal.stream.wire import encode_job
 
         while collector.has_slot and len(queue) and push.poll(0, zmq.POLLOUT):
             job = queue.get_nowait()

@@ -166,10 +166,7 @@ class ReadyJob:
     duration_ns: int
     image: np.ndarray
     packed: np.ndarray
-    first_index: int
-    centers: np.ndarray
-    timestamps_ns: np.ndarray
-    window: ExposureWindow
+    window: ExposureWindow  # the spike window and the K output times, computed once (on the spike clock)
     spike_height: int
     spike_width: int
     received_ns: int  # now_ns when the exposure message arrived
@@ -180,6 +177,19 @@ class ReadyJob:
     def key(self) -> tuple[int, int]:
         """``(epoch, exposure_id)``: what identifies the exposure across publisher restarts."""
         return (int(self.epoch), int(self.exposure_id))
+
+    @property
+    def first_index(self) -> int:
+        """The spike index of ``packed[0]`` (the window's first frame)."""
+        return int(self.window.window_first)
+
+    @property
+    def centers(self) -> np.ndarray:
+        return self.window.centers
+
+    @property
+    def timestamps_ns(self) -> np.ndarray:
+        return self.window.timestamps_ns
 
     @property
     def local_centers(self) -> np.ndarray:
@@ -823,9 +833,6 @@ class Synchroniser:
             duration_ns=message.duration_ns,
             image=message.image,
             packed=packed,
-            first_index=window.window_first,
-            centers=window.centers,
-            timestamps_ns=window.timestamps_ns,
             window=window,
             spike_height=ring.height,
             spike_width=ring.width,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from spikereveal.bench.trace import (
+from spikereveal.stream.trace import (
     EXPOSURE_RECEIVED,
     FIRST_OUTPUT_PUBLISHED,
     INFERENCE_END,

@@ -89,18 +89,18 @@ def exposure_inputs(shape, seed: int = 0, spike_rate: float = 0.25):
 
 
 def reference_sharp8(model, image: np.ndarray, spikes: np.ndarray) -> np.ndarray:
-    """The float reference of the deployed graph: ``to_bgr8(model.forward_exposure(image/255, spikes/SPIKE_LEVEL))``
+    """The float reference of the deployed graph: ``planar_to_bgr8(model.forward_exposure(image/255, spikes/SPIKE_LEVEL))``
     -> (K,H,W,3) uint8."""
     import torch
 
-    from spikereveal.engines.deblur import to_bgr8
+    from spikereveal.kernels.convert import planar_to_bgr8
     from spikereveal.kernels.extract import SPIKE_LEVEL
 
     blur = image.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
     levels = spikes.astype(np.float32) / np.float32(SPIKE_LEVEL)
     with torch.no_grad():
         sharp = model.forward_exposure(torch.from_numpy(np.ascontiguousarray(blur)), torch.from_numpy(levels))
-    return to_bgr8(sharp.numpy())
+    return planar_to_bgr8(sharp.numpy())
 
 
 def assert_within_lsb(actual: np.ndarray, expected: np.ndarray, max_lsb: int, max_fraction: float = 1.0) -> None:

@@ -126,7 +126,7 @@ def test_adapt_writes_every_output_and_a_before_after_report(adapted, nets):
     assert (training["config"]["reblur_timestamps"], training["config"]["reblur_rule"]) == (13, "trapezoid")
     _, bsn_meta = load_checkpoint(out / "bsn.pt", expected_kind="bsn")
     assert bsn_meta["training"]["config"]["init"] == str(nets["bsn"]) and bsn_meta["training"]["exposures"] == 4
-    from spikereveal.engines.export import read_onnx_metadata
+    from spikereveal.engines.onnx_metadata import read_onnx_metadata
 
     assert read_onnx_metadata(out / "ldn.onnx")["batch"] == "dynamic"
     assert "student re-blur PSNR" in result.stdout and "| before | after |" in result.stdout

@@ -236,7 +236,8 @@ def test_curve_everywhere_admits_only_allow_listed_peers(recording, tmp_path, ke
 def _forger(count):
     """A stranger on the result port (no keys: the ports are loopback) pushing white frames for ids 0..count-1."""
     def forge(jobs, results, stop):
-        from spikereveal.stream.worker import ExposureResult, encode_result
+        from spikereveal.stream.stage import ExposureResult
+        from spikereveal.stream.wire import encode_result
 
         context = zmq.Context()
         push = context.socket(zmq.PUSH)

@@ -7,13 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from spikereveal.bench.engines import (
-    bench_engines,
-    geometry_shape,
-    nearest_rank_percentile,
-    ratio,
-    summarise_window_times,
-)
+from spikereveal.bench.engines import bench_engines, geometry_shape, ratio, summarise_window_times
+from spikereveal.stream.stats import nearest_rank_percentile
 from spikereveal.engines.runners import InputShape
 from spikereveal.errors import ConfigError
 
@@ -44,7 +39,7 @@ def test_summary_of_window_times():
 def test_geometries():
     assert geometry_shape("gopro") == InputShape(7, 720, 1280)
     assert geometry_shape("rsb", k=3) == InputShape(3, 1000, 1600)
-    assert geometry_shape("64x96", k=2) == InputShape(2, 64, 96)
+    assert geometry_shape((64, 96), k=2) == InputShape(2, 64, 96)
     with pytest.raises(ConfigError):
         geometry_shape("vga")
 
@@ -53,7 +48,7 @@ def test_bench_json_layout_on_a_tiny_geometry(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("onnx")
     seen = []
-    results = bench_engines(runners=("ort", "torch", "trt"), geometries=("64x96",), repeats=3, warmup=1, k=2,
+    results = bench_engines(runners=("ort", "torch", "trt"), geometries=((64, 96),), repeats=3, warmup=1, k=2,
                             threads=1, precisions=("fp32", "int8"), work_dir=tmp_path, progress=seen.append)
     table = results["64x96"]
     assert set(table) == {"ort", "ort-int8", "torch"}  # torch is the fp32 reference only
@@ -74,7 +69,7 @@ def test_bench_json_layout_on_a_tiny_geometry(tmp_path):
 def test_bench_sequential_mode(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("onnx")
-    results = bench_engines(runners=("ort",), geometries=("32x48",), repeats=2, warmup=0, k=1, threads=1,
+    results = bench_engines(runners=("ort",), geometries=((32, 48),), repeats=2, warmup=0, k=1, threads=1,
                             work_dir=tmp_path, interleave=False)
     assert results["32x48"]["ort"]["repeats"] == 2 and results["environment"]["interleaved"] is False
 

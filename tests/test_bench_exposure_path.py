@@ -14,7 +14,7 @@ def test_timings_per_stage_with_warmup_excluded():
     calls = []
 
     def factory(runner):
-        from spikereveal.stream.worker import ExposureProcessor
+        from spikereveal.stream.stage import ExposureProcessor
 
         processor = ExposureProcessor(runner)
         process = processor.process
@@ -33,7 +33,7 @@ def test_timings_per_stage_with_warmup_excluded():
 
 
 def test_synthetic_job_fits_the_processor_and_passes_the_frame_through():
-    from spikereveal.stream.worker import ExposureProcessor
+    from spikereveal.stream.stage import ExposureProcessor
 
     runner = PassThroughRunner(SHAPE).load()
     job = synthetic_job(SHAPE)

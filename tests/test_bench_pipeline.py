@@ -13,7 +13,7 @@ pytest.importorskip("cv2")
 
 from spikereveal.bench.pipeline import PassThroughRunner, bench_pipeline  # noqa: E402
 from spikereveal.bench.report import validate_report  # noqa: E402
-from spikereveal.bench.trace import load_trace  # noqa: E402
+from spikereveal.stream.trace import load_trace  # noqa: E402
 from spikereveal.engines.runners import InputShape  # noqa: E402
 from spikereveal.errors import BenchmarkError, ConfigError  # noqa: E402
 

@@ -23,7 +23,7 @@ from bench_support import (
     synthetic_run,
 )
 
-from spikereveal.bench import environment as env_module
+from spikereveal import environment as env_module
 from spikereveal.bench.compare import (
     better_direction,
     compare_summaries,
@@ -34,8 +34,8 @@ from spikereveal.bench.compare import (
 )
 from spikereveal.bench.power import PowerLogger, parse_tegrastats_line, power_summary, total_rail
 from spikereveal.bench.report import SCHEMA_VERSION, SPANS, build_report, format_table, validate_report
-from spikereveal.bench.stats import latency_stats
-from spikereveal.bench.trace import (
+from spikereveal.stream.stats import latency_stats
+from spikereveal.stream.trace import (
     MISSING,
     NULL_RECORDER,
     STAGES,

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from spikereveal.bench.stats import (
+from spikereveal.stream.stats import (
     CV_WARNING_THRESHOLD,
     PERCENTILES,
     latency_stats,

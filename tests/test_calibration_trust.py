@@ -127,7 +127,7 @@ def test_a_file_written_before_the_uncertainty_existed_still_reads(tmp_path):
 
 # -- output frames on the spike clock ---------------------------------------------------------------------------
 def test_calibrated_output_frames_are_stamped_on_the_spike_clock(tmp_path):
-    from spikereveal.engines.deblur import calibrated_exposure_window
+    from spikereveal.stream.offline import calibrated_exposure_window
 
     offset_ns = int(round(3 * PERIOD_NS))
     rec = clock_recording(tmp_path / "rec", offset_ns, 0.0, exposures=3)

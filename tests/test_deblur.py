@@ -24,13 +24,10 @@ from engines_support import (  # noqa: E402
     reference_spike_windows,
     save_random_checkpoint,
 )
-from spikereveal.engines.deblur import (  # noqa: E402
-    FRAMES_HEADER,
-    DeblurConfig,
-    EngineChoice,
-    deblur,
-    to_bgr8,
-)
+from spikereveal.engines.choice import EngineChoice  # noqa: E402
+from spikereveal.kernels.convert import planar_to_bgr8  # noqa: E402
+from spikereveal.stream.offline import DeblurConfig, deblur  # noqa: E402
+from spikereveal.stream.sinks import FRAMES_HEADER  # noqa: E402
 from spikereveal.errors import ConfigError, RecordingError  # noqa: E402
 from spikereveal.recording import open_recording  # noqa: E402
 
@@ -114,7 +111,7 @@ def test_a_gain_outside_the_checkpoints_range_warns(recording, tmp_path, caplog,
     from spikereveal import cli
 
     far = _checkpoint_trained_for(tmp_path / "far.pt", [0.9, 1.1])  # 0.5 < 0.9 / 1.25
-    with caplog.at_level("WARNING", logger="spikereveal.engines.deblur"):
+    with caplog.at_level("WARNING", logger="spikereveal.stream.offline"):
         summary = deblur(recording, tmp_path / "far", EngineChoice(engine="torch", model=str(far)),
                          DeblurConfig(k=K, write_video=False))
     gain = summary["firing_gain"]
@@ -139,12 +136,13 @@ def test_a_gain_outside_the_checkpoints_range_warns(recording, tmp_path, caplog,
 
 def test_an_exports_declared_range_is_read_from_its_metadata(recording, tmp_path, caplog):
     from engines_support import random_ldn
-    from spikereveal.engines.export import ExportConfig, export_ldn, read_onnx_metadata
+    from spikereveal.engines.export import ExportConfig, export_ldn
+    from spikereveal.engines.onnx_metadata import read_onnx_metadata
 
-    onnx_path = export_ldn(random_ldn(9), tmp_path / "ldn.onnx", ExportConfig(batch=K, height=IMAGE_H, width=IMAGE_W),
+    onnx_path = export_ldn(random_ldn(9), tmp_path / "ldn.onnx", ExportConfig(k=K, height=IMAGE_H, width=IMAGE_W),
                            extra_metadata={"firing_gain_range": [2.0, 3.0]})
     assert read_onnx_metadata(onnx_path)["firing_gain_range"] == "[2.0, 3.0]"
-    with caplog.at_level("WARNING", logger="spikereveal.engines.deblur"):
+    with caplog.at_level("WARNING", logger="spikereveal.stream.offline"):
         summary = deblur(recording, tmp_path / "out", EngineChoice(engine="ort", onnx_path=str(onnx_path)),
                          DeblurConfig(k=K, write_video=False))
     assert summary["firing_gain"]["trained_range"] == [2.0, 3.0] and summary["firing_gain"]["out_of_domain"]
@@ -164,7 +162,7 @@ def test_frames_are_the_network_on_the_right_spike_windows(torch_result, recordi
         spikes = reference_spike_windows(packed, window.centers, window.window_first)
         blur = np.repeat(rec.read_exposure(index)[None], K, axis=0)
     with torch.no_grad():
-        expected = to_bgr8(model(torch.from_numpy(blur), torch.from_numpy(spikes)).numpy())
+        expected = planar_to_bgr8(model(torch.from_numpy(blur), torch.from_numpy(spikes)).numpy())
     for k in range(K):
         got = load_png(out, f"frames/{index:06d}_{k:02d}.png")
         assert np.abs(got.astype(int) - expected[k].astype(int)).max() <= 1  # float rounding at .5 only
@@ -243,7 +241,7 @@ def test_no_default_model_says_pass_model(recording, tmp_path, monkeypatch):
 
 def test_to_bgr8_clips_and_rounds():
     values = np.array([-0.5, 0.0, 0.5 / 255, 0.6 / 255, 1.0, 7.0], np.float32).reshape(1, 1, 1, 6)
-    image = to_bgr8(np.repeat(values, 3, axis=1))
+    image = planar_to_bgr8(np.repeat(values, 3, axis=1))
     assert image.shape == (1, 1, 6, 3) and image.dtype == np.uint8
     assert image[0, 0, :, 0].tolist() == [0, 0, 1, 1, 255, 255]
 
@@ -274,7 +272,7 @@ def test_rig_calibration_warps_rgb_onto_the_grid(checkpoint, tmp_path):
         image = image8.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
     model, _ = load_checkpoint(checkpoint, expected_kind="ldn")
     with torch.no_grad():
-        expected = to_bgr8(model(torch.from_numpy(np.repeat(image[None], K, 0)), torch.from_numpy(spikes)).numpy())
+        expected = planar_to_bgr8(model(torch.from_numpy(np.repeat(image[None], K, 0)), torch.from_numpy(spikes)).numpy())
     assert np.abs(load_png(out, "frames/000000_01.png").astype(int) - expected[1].astype(int)).max() <= 1
     with pytest.raises(ConfigError, match="calibrate"):  # --no-calibration: back to refusing the 2x RGB
         deblur(recording, tmp_path / "off", choice, DeblurConfig(k=K), use_calibration=False)

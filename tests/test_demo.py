@@ -14,7 +14,7 @@ cv2 = pytest.importorskip("cv2")
 
 from engines_support import save_random_checkpoint  # noqa: E402
 from spikereveal.errors import ConfigError  # noqa: E402
-from spikereveal.stream.demo import DEMO_FILE, DemoConfig, run_demo  # noqa: E402
+from spikereveal.demo import DEMO_FILE, DemoConfig, run_demo  # noqa: E402
 
 
 @pytest.mark.slow
@@ -40,7 +40,7 @@ def test_demo_writes_video_frames_and_latency(tmp_path):
     for name in ("end_to_end_ms", "non_inference_work_ms", "inference_ms"):
         assert latency[name]["count"] == exposures and latency[name]["p99_ms"] >= latency[name]["p50_ms"] > 0
     assert summary["seconds"]["total"] < 60
-    from spikereveal.bench.trace import load_trace
+    from spikereveal.stream.trace import load_trace
 
     trace = load_trace(out / summary["trace"])
     assert sorted(trace.exposure_id.tolist()) == list(range(exposures)) and set(trace.outputs.tolist()) == {3}

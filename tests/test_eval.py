@@ -350,7 +350,7 @@ def test_default_engine_is_torch_and_is_reported(torch_report, random_student):
 
 
 def test_ort_fp32_student_agrees_with_torch(recording, random_student, torch_report, tmp_path):
-    from spikereveal.engines.export import read_onnx_metadata
+    from spikereveal.engines.onnx_metadata import read_onnx_metadata
 
     report = _student_eval(recording, random_student, tmp_path, "--engine", "ort")
     student = report["methods"]["student"]
@@ -380,7 +380,7 @@ def test_ort_fp32_student_agrees_with_torch(recording, random_student, torch_rep
 
 
 def test_ort_fp16_student_runs_and_reports_its_precision(recording, random_student, torch_report, tmp_path):
-    from spikereveal.engines.export import read_onnx_metadata
+    from spikereveal.engines.onnx_metadata import read_onnx_metadata
 
     report = _student_eval(recording, random_student, tmp_path, "--engine", "ort", "--precision", "fp16")
     assert report["methods"]["student"]["precision"] == "fp16" and report["engine"]["precision"] == "fp16"
@@ -482,7 +482,7 @@ def test_calibration_moves_the_gt_times_onto_the_spike_clock(misaligned):
     """The student is asked for the spike frames at the ground-truth times shifted by the clock offset,
     with hot pixels filled."""
     from spikereveal.calibration import load_rig_calibration
-    from spikereveal.engines.deblur import calibrated_exposure_window
+    from spikereveal.stream.offline import calibrated_exposure_window
     from spikereveal.kernels import extract_ldn_input
     from spikereveal.kernels.timing import time_to_index
 

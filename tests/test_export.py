@@ -80,7 +80,7 @@ def exports(model, tmp_path_factory):
     directory = tmp_path_factory.mktemp("exports")
     paths = {}
     for precision in ("fp32", "fp16", "int8"):
-        config = ExportConfig(precision=precision, batch=K, height=IMAGE_H, width=IMAGE_W, calibration_windows=4)
+        config = ExportConfig(precision=precision, k=K, height=IMAGE_H, width=IMAGE_W, calibration_windows=4)
         calibration = random_windows(SHAPE, 6, seed=7) if precision == "int8" else None
         paths[precision] = export_ldn(model, directory / f"{precision}.onnx", config, source_sha256="ab" * 32,
                                       calibration=calibration)
@@ -99,7 +99,7 @@ def test_fp32_export_passes_checker_and_matches_torch(model, exports):
         expected = torch_reference(model, image, spikes)
         assert_not_flat(expected)
         assert_within_lsb(out, expected, FP32_MAX_LSB, FP32_MAX_FRACTION)
-        # and the deployed graph is the float network's output, clipped and rounded (engines.deblur.to_bgr8)
+        # and the deployed graph is the float network's output, clipped and rounded (kernels.convert.planar_to_bgr8)
         assert_within_lsb(out, reference_sharp8(model, image, spikes), FP32_MAX_LSB, FP32_MAX_FRACTION)
 
 
@@ -172,7 +172,7 @@ def test_dynamic_export_runs_other_shapes(model, tmp_path):
 def test_export_checkpoint_hashes_source_and_calibrates_on_recordings(tmp_path):
     checkpoint = save_random_checkpoint(tmp_path / "ldn.pt", seed=5)
     recording = make_recording(tmp_path / "rec", exposures=2)
-    config = ExportConfig(precision="int8", batch=K, height=IMAGE_H, width=IMAGE_W, calibration_windows=8)
+    config = ExportConfig(precision="int8", k=K, height=IMAGE_H, width=IMAGE_W, calibration_windows=8)
     path = export_checkpoint(checkpoint, tmp_path / "int8.onnx", config, calib_recordings=[recording])
     meta = read_onnx_metadata(path)
     assert meta["source_sha256"] == file_sha256(checkpoint)
@@ -183,13 +183,13 @@ def test_export_checkpoint_hashes_source_and_calibrates_on_recordings(tmp_path):
 def test_calibration_refuses_other_geometry(tmp_path):
     checkpoint = save_random_checkpoint(tmp_path / "ldn.pt")
     recording = make_recording(tmp_path / "rec", exposures=1)
-    config = ExportConfig(precision="int8", batch=K, height=IMAGE_H * 2, width=IMAGE_W, calibration_windows=2)
+    config = ExportConfig(precision="int8", k=K, height=IMAGE_H * 2, width=IMAGE_W, calibration_windows=2)
     with pytest.raises(ConfigError, match="geometry"):
         export_checkpoint(checkpoint, tmp_path / "x.onnx", config, calib_recordings=[recording])
 
 
 def test_config_errors(model, tmp_path):
-    with pytest.raises(ConfigError, match="--height"):
+    with pytest.raises(ConfigError, match="--image-height"):
         ExportConfig()
     with pytest.raises(ConfigError, match="not both"):
         ExportConfig(height=64, width=96, dynamic=True)
@@ -243,7 +243,7 @@ def test_calibration_reader_refuses_float_windows(model, tmp_path):
     # an export stops on them too, before quantizing anything
     with pytest.raises(ConfigError, match="must be uint8"):
         export_ldn(model, tmp_path / "x.onnx",
-                   ExportConfig(precision="int8", batch=1, height=8, width=8, calibration_windows=1),
+                   ExportConfig(precision="int8", k=1, height=8, width=8, calibration_windows=1),
                    calibration=[(float_image, float_spikes)])
 
 
@@ -325,7 +325,7 @@ def test_exported_graph_has_no_transposed_convs_unless_asked(model, exports, tmp
     assert "ConvTranspose" not in ops and "DepthToSpace" in ops
     assert read_onnx_metadata(exports["fp32"])["subpixel_decoder_layers"] == "2"
     kept = export_ldn(model, tmp_path / "deconv.onnx",
-                      ExportConfig(batch=K, height=IMAGE_H, width=IMAGE_W, subpixel_decoder=False))
+                      ExportConfig(k=K, height=IMAGE_H, width=IMAGE_W, subpixel_decoder=False))
     assert "ConvTranspose" in {node.op_type for node in onnx.load(str(kept)).graph.node}
     image, spikes = next(random_windows(SHAPE, 1, seed=22))
     expected = ort_run(exports["fp32"], image, spikes)

@@ -8,7 +8,7 @@ from spikereveal.kernels import bgr8_to_planar, planar_to_bgr8
 
 
 def reference_bgr8(images: np.ndarray) -> np.ndarray:
-    """The numpy twin: the expression engines.deblur.to_bgr8 used before the kernel, NaN mapped to 0 first
+    """The numpy twin: the expression the offline path used before the kernel, NaN mapped to 0 first
     (casting NaN to uint8 is undefined in numpy; the kernel defines it as 0)."""
     images = np.where(np.isnan(images), images.dtype.type(0), images)
     scaled = np.clip(images, 0.0, 1.0) * np.float32(255.0) + np.float32(0.5)

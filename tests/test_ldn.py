@@ -90,9 +90,9 @@ def test_forward_exposure_broadcasts_one_blurry_frame_over_k_windows():
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_exposure_graph_is_the_network_with_8_bit_edges(seed):
-    """ExposureLDN (the deployed graph) == to_bgr8(forward_exposure(image / 255, spikes)); the split head
+    """ExposureLDN (the deployed graph) == planar_to_bgr8(forward_exposure(image / 255, spikes)); the split head
     sums in another order, which can move a value across a rounding boundary: at most 1 LSB, rarely."""
-    from spikereveal.engines.deblur import to_bgr8
+    from spikereveal.kernels.convert import planar_to_bgr8
     from spikereveal.engines.ldn import ExposureLDN
     from spikereveal.kernels.extract import SPIKE_LEVEL
 
@@ -104,7 +104,7 @@ def test_exposure_graph_is_the_network_with_8_bit_edges(seed):
         reference = model.forward_exposure(image.permute(0, 3, 1, 2).float() / 255, spikes.float())
         deployed = ExposureLDN(model)(image, spikes * SPIKE_LEVEL)
     assert deployed.dtype == torch.uint8 and deployed.shape == (5, 16, 24, 3)
-    expected = to_bgr8(reference.numpy())
+    expected = planar_to_bgr8(reference.numpy())
     assert len(set(expected.ravel().tolist())) > 50  # not a saturated output
     difference = np.abs(deployed.numpy().astype(int) - expected.astype(int))
     assert difference.max() <= 1 and (difference > 0).mean() <= 1e-3

@@ -41,7 +41,7 @@ def onnx_paths(model, tmp_path_factory):
     from spikereveal.engines.export import ExportConfig, export_ldn
 
     directory = tmp_path_factory.mktemp("runner-onnx")
-    config = ExportConfig(batch=SHAPE.batch, height=SHAPE.height, width=SHAPE.width)
+    config = ExportConfig(k=SHAPE.k, height=SHAPE.height, width=SHAPE.width)
     return {"fp32": export_ldn(model, directory / "fp32.onnx", config)}
 
 
@@ -144,7 +144,7 @@ def test_infer_writes_into_out(name, model, onnx_paths):
 
 
 def test_torch_runner_is_the_float_reference_rounded(model, onnx_paths):
-    """The torch runner (ExposureLDN) is to_bgr8(LDN.forward_exposure) of the same inputs as floats; the blur
+    """The torch runner (ExposureLDN) is planar_to_bgr8(LDN.forward_exposure) of the same inputs as floats; the blur
     half of the head conv is summed apart, so a value on a rounding boundary may land 1 LSB off."""
     from engines_support import assert_not_flat, assert_within_lsb, reference_sharp8
 
@@ -241,7 +241,7 @@ def test_light_imports():
     import subprocess
     import sys
 
-    code = ("import sys, spikereveal.engines.runners, spikereveal.engines.deblur, spikereveal.engines.cache, "
+    code = ("import sys, spikereveal.engines.runners, spikereveal.engines.choice, spikereveal.engines.inputs, spikereveal.engines.cache, "
             "spikereveal.commands.export, spikereveal.commands.deblur, spikereveal.commands.build_engine, "
             "spikereveal.bench.engines; "
             "print(sorted(m for m in ('torch', 'onnxruntime', 'onnx', 'tensorrt') if m in sys.modules))")

@@ -21,7 +21,8 @@ zmq = pytest.importorskip("zmq")
 cv2 = pytest.importorskip("cv2")
 
 from engines_support import SPIKE_H, SPIKE_W, make_recording, psnr, save_random_checkpoint  # noqa: E402
-from spikereveal.engines.deblur import DeblurConfig, EngineChoice, deblur  # noqa: E402
+from spikereveal.engines.choice import EngineChoice  # noqa: E402
+from spikereveal.stream.offline import DeblurConfig, deblur  # noqa: E402
 from spikereveal.stream.config import load_serve_config  # noqa: E402
 from spikereveal.stream.graph import COUNTER_KEYS  # noqa: E402
 
@@ -416,8 +417,8 @@ def test_cli_serve_end_to_end_with_idle_timeout(recording, deblurred, tmp_path, 
 
 
 def test_remote_worker_over_tcp_matches_deblur(recording, deblurred, tmp_path):
+    from spikereveal.engines.choice import runner_factory
     from spikereveal.stream.config import EngineConfig
-    from spikereveal.stream.serve import make_runner_factory
     from spikereveal.stream.worker import run_worker
 
     deblur_out, _, onnx = deblurred
@@ -433,7 +434,7 @@ def test_remote_worker_over_tcp_matches_deblur(recording, deblurred, tmp_path):
                                                       "remote_workers": 1})
     stop = threading.Event()
     worker_out = {}
-    factory = make_runner_factory(EngineConfig(engine="ort", onnx=str(onnx), threads=1), tmp_path / "w")
+    factory = runner_factory(EngineConfig(engine="ort", onnx=str(onnx), threads=1).choice(), tmp_path / "w")
     worker = threading.Thread(target=lambda: worker_out.setdefault("stats", run_worker(
         jobs, results, factory, worker_id=3, spike_shape=(SPIKE_H, SPIKE_W), k=K, stop=stop)))
     worker.start()
@@ -570,7 +571,7 @@ def test_full_disk_under_save_is_counted_logged_once_and_serving_goes_on(recordi
 
 
 def test_frame_saver_counts_a_folder_it_cannot_write_and_goes_on(tmp_path, caplog):
-    from spikereveal.stream.worker import FrameSaver
+    from spikereveal.stream.sinks import FrameSaver
 
     saver = FrameSaver(tmp_path / "out")
     shutil.rmtree(tmp_path / "out" / "frames")
@@ -702,7 +703,7 @@ def test_a_silent_remote_worker_is_declared_lost_by_the_serve_loop(tmp_path):
     import logging
 
     from spikereveal.stream.serve import Server
-    from spikereveal.stream.worker import encode_ready
+    from spikereveal.stream.wire import encode_ready
 
     endpoints = _worker_endpoints()
     config = _serve_config(tmp_path, "unused.onnx", worker={"save_dir": None},

@@ -38,7 +38,8 @@ def test_shipped_onnx_is_the_export_of_the_shipped_checkpoint():
 
     from engines_support import assert_not_flat, assert_within_lsb, exposure_inputs, reference_sharp8
     from spikereveal.engines.cache import file_sha256
-    from spikereveal.engines.export import default_onnx_path, read_onnx_metadata
+    from spikereveal.engines.export import default_onnx_path
+    from spikereveal.engines.onnx_metadata import read_onnx_metadata
     from spikereveal.engines.runners import InputShape, RunnerOptions, create_runner
 
     onnx_path, checkpoint = default_onnx_path(), default_model_path()
@@ -52,7 +53,7 @@ def test_shipped_onnx_is_the_export_of_the_shipped_checkpoint():
     assert (meta["batch"], meta["height"], meta["width"]) == ("dynamic",) * 3  # runs every rig's geometry
 
     model, _ = load_checkpoint(checkpoint, expected_kind="ldn")
-    for shape, seed in ((InputShape(batch=3, height=64, width=96), 0), (InputShape(batch=2, height=96, width=64), 1)):
+    for shape, seed in ((InputShape(k=3, height=64, width=96), 0), (InputShape(k=2, height=96, width=64), 1)):
         image, spikes = exposure_inputs(shape, seed, spike_rate=0.2)
         expected = reference_sharp8(model, image, spikes)
         assert_not_flat(expected)

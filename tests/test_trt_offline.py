@@ -189,7 +189,7 @@ def test_cli_build_engine_without_tensorrt(tmp_path, monkeypatch, capsys):
     from spikereveal import cli
     from spikereveal.engines.export import ExportConfig, export_ldn
 
-    path = export_ldn(random_ldn(), tmp_path / "m.onnx", ExportConfig(batch=1, height=32, width=48))
+    path = export_ldn(random_ldn(), tmp_path / "m.onnx", ExportConfig(k=1, height=32, width=48))
     monkeypatch.setattr(cli, "COMMAND_MODULES", ("build_engine",))
     assert cli.main(["build-engine", str(path), "--out", str(tmp_path / "m.plan")]) == 2
     err = capsys.readouterr().err
@@ -204,7 +204,7 @@ def test_build_engine_shape_from_metadata():
     with pytest.raises(ConfigError, match="does not match"):
         shape_from_metadata(static, 3, None, None)
     dynamic = {"batch": "dynamic", "height": "dynamic", "width": "dynamic"}
-    with pytest.raises(ConfigError, match="--height"):
+    with pytest.raises(ConfigError, match="--image-height"):
         shape_from_metadata(dynamic, 7, None, 96)
     assert shape_from_metadata(dynamic, 7, 64, 96) == InputShape(7, 64, 96)
 
@@ -227,7 +227,7 @@ def test_trt_matches_onnx_runtime(tmp_path, precision, max_lsb, min_psnr_db):
 
     shape = InputShape(2, 64, 96)
     path = export_ldn(random_ldn(), tmp_path / f"{precision}.onnx",
-                      ExportConfig(precision=precision, batch=2, height=64, width=96))
+                      ExportConfig(precision=precision, k=2, height=64, width=96))
     image, spikes = exposure_inputs(shape, seed=0, spike_rate=0.3)
     options = RunnerOptions(cache_dir=str(tmp_path / "engines"))
     with create_runner("ort", shape, onnx_path=path, precision=precision) as reference:
@@ -389,7 +389,7 @@ class FakeCuda:
 def fake_trt(monkeypatch, tmp_path):
     import sys
 
-    import spikereveal.engines.export as export
+    import spikereveal.engines.onnx_metadata as onnx_metadata
     import spikereveal.engines.trt as trt_module
 
     def install(**settings):
@@ -398,7 +398,7 @@ def fake_trt(monkeypatch, tmp_path):
         monkeypatch.setattr(trt_module, "_TRT_LOGGERS", {})  # never leak a fake logger to a real TensorRT
         monkeypatch.setattr(trt_module, "cuda_unavailable_reason", lambda: None)
         monkeypatch.setattr(trt_module, "_CudaRuntime", FakeCuda)
-        monkeypatch.setattr(export, "read_onnx_metadata", lambda path: {"precision": "fp16"})
+        monkeypatch.setattr(onnx_metadata, "read_onnx_metadata", lambda path: {"precision": "fp16"})
         return fake
 
     onnx_path = tmp_path / "m.onnx"

@@ -18,16 +18,9 @@ from spikereveal.kernels.timing import exposure_window, output_timestamps
 from spikereveal.stream.collector import ResultCollector
 from spikereveal.stream.protocol import ProtocolError
 from spikereveal.stream.sync import ReadyJob
-from spikereveal.stream.worker import (
-    ExposureProcessor,
-    InferenceThread,
-    JobQueue,
-    ReusableOutputs,
-    decode_job,
-    decode_result,
-    encode_job,
-    encode_result,
-)
+from spikereveal.stream.jobs import InferenceThread, JobQueue
+from spikereveal.stream.stage import ExposureProcessor, ReusableOutputs
+from spikereveal.stream.wire import decode_job, decode_result, encode_job, encode_result
 
 SPIKE_H, SPIKE_W = 16, 24
 RATE_HZ = 1000.0
@@ -79,8 +72,7 @@ def make_job(exposure_id: int, seed: int = 0, start_frame: int = 15, duration_fr
     return ReadyJob(
         exposure_id=exposure_id, start_ns=start_ns, duration_ns=duration_ns,
         image=rng.integers(0, 256, (4 * SPIKE_H, 4 * SPIKE_W, 3), dtype=np.uint8),
-        packed=pack_frames(rng.random((frames, SPIKE_H, SPIKE_W)) < 0.3), first_index=window.window_first,
-        centers=window.centers, timestamps_ns=window.timestamps_ns, window=window, spike_height=SPIKE_H,
+        packed=pack_frames(rng.random((frames, SPIKE_H, SPIKE_W)) < 0.3), window=window, spike_height=SPIKE_H,
         spike_width=SPIKE_W, received_ns=1000 * exposure_id, ready_ns=1000 * exposure_id + 10,
     )
 
@@ -417,7 +409,7 @@ def test_saved_names_are_unique_per_epoch(tmp_path):
     """Issue 14.2: after a restart frame ids start again; nothing is overwritten and frames.csv matches."""
     import csv
 
-    from spikereveal.stream.worker import FrameSaver
+    from spikereveal.stream.sinks import FrameSaver
 
     saver = FrameSaver(tmp_path)
     sharp = np.zeros((K, 8, 8, 3), np.uint8)
@@ -487,7 +479,7 @@ def test_with_no_live_worker_left_every_unacknowledged_job_is_lost():
 
 
 def test_heartbeat_and_acknowledgement_round_trip():
-    from spikereveal.stream.worker import decode_heartbeat, encode_heartbeat, encode_ready
+    from spikereveal.stream.wire import decode_heartbeat, encode_heartbeat, encode_ready
 
     assert decode_heartbeat([bytes(p) for p in encode_heartbeat(5)]) == (5, None)
     assert decode_heartbeat([bytes(p) for p in encode_heartbeat(5, (2, 42))]) == (5, (2, 42))
@@ -497,7 +489,8 @@ def test_heartbeat_and_acknowledgement_round_trip():
 
 def test_a_worker_acknowledges_each_job_and_beats_while_inference_runs(tmp_path):
     zmq = pytest.importorskip("zmq")
-    from spikereveal.stream.worker import decode_heartbeat, decode_ready, run_worker
+    from spikereveal.stream.wire import decode_heartbeat, decode_ready
+    from spikereveal.stream.worker import run_worker
 
     context = zmq.Context()
     jobs, results = context.socket(zmq.PUSH), context.socket(zmq.PULL)
@@ -533,7 +526,7 @@ def test_a_worker_acknowledges_each_job_and_beats_while_inference_runs(tmp_path)
 
 # -- memory bounded in bytes (issue 14 item 9) -------------------------------------------------------------------
 def test_job_queue_is_bounded_in_bytes_and_counts_the_drops():
-    from spikereveal.stream.worker import job_nbytes
+    from spikereveal.stream.jobs import job_nbytes
 
     size = job_nbytes(make_job(0))
     for policy in ("drop_oldest", "drop_newest"):
@@ -550,7 +543,7 @@ def test_a_flood_of_large_exposures_keeps_the_pipeline_within_its_byte_bounds():
     from spikereveal.stream.graph import Pipeline
     from spikereveal.stream.protocol import RgbExposure, SpikeBlock, encode
     from spikereveal.stream.sync import Synchroniser, SyncConfig
-    from spikereveal.stream.worker import job_nbytes
+    from spikereveal.stream.jobs import job_nbytes
 
     rng = np.random.default_rng(3)
     image_bytes = 4 * SPIKE_H * 4 * SPIKE_W * 3

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spikereveal.engines.checkpoint import register_network
 from spikereveal.engines.ldn import config_from_dict
 from spikereveal.errors import ConfigError
 
@@ -159,3 +160,6 @@ class BSN(nn.Module):
         x = F.leaky_relu(self.nin_A(x), LEAKY_SLOPE)
         x = F.leaky_relu(self.nin_B(x), LEAKY_SLOPE)
         return self.nin_C(x)[:, :, :height, :width]
+
+
+register_network("bsn", BSNConfig, BSN)  # so engines.checkpoint can rebuild bsn checkpoints

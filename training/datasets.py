@@ -29,11 +29,11 @@ from torch.utils.data import Dataset
 from spikereveal.errors import ConfigError
 from spikereveal.kernels.timing import DEFAULT_K, DEFAULT_MARGIN_FRAMES, LDN_SPIKE_WINDOW, ExposureWindow
 from spikereveal.training.train_config import DEFAULT_LDN_TIMESTAMPS, DEFAULT_TFP_SHORT_WINDOW, distilled_positions
+from spikereveal.kernels.images import SPIKE_TO_IMAGE_SCALE
 
 log = logging.getLogger(__name__)
 
 #: Image grid / spike grid ratio that the SR and the LDN are built for.
-SPIKE_SCALE = 4
 GRAY_WEIGHTS_BGR = np.array([0.11, 0.59, 0.3], dtype=np.float32)
 
 #: ``teacher(exposure, centers) -> (M, 3, H, W) float32`` targets of the student at spike indices ``centers``.
@@ -120,15 +120,15 @@ def check_geometry(recording, path) -> tuple[int, int]:
     """Spike (h, w) of a recording whose RGB frames are exactly 4× its spike frames; else ConfigError."""
     spike, rgb = recording.meta.spike, recording.meta.rgb
     h, w = int(spike.height), int(spike.width)
-    if int(rgb.height) % SPIKE_SCALE or int(rgb.width) % SPIKE_SCALE:
+    if int(rgb.height) % SPIKE_TO_IMAGE_SCALE or int(rgb.width) % SPIKE_TO_IMAGE_SCALE:
         raise ConfigError(
             f"{path}: RGB frames are {rgb.height}x{rgb.width}; the networks need height and width divisible "
-            f"by {SPIKE_SCALE}. Crop or warp the recording onto the canonical grid (4x the spike grid) first"
+            f"by {SPIKE_TO_IMAGE_SCALE}. Crop or warp the recording onto the canonical grid (4x the spike grid) first"
         )
-    if (int(rgb.height), int(rgb.width)) != (SPIKE_SCALE * h, SPIKE_SCALE * w):
+    if (int(rgb.height), int(rgb.width)) != (SPIKE_TO_IMAGE_SCALE * h, SPIKE_TO_IMAGE_SCALE * w):
         raise ConfigError(
             f"{path}: RGB frames are {rgb.height}x{rgb.width} but the spike frames are {h}x{w}; training and "
-            f"evaluation need RGB = exactly {SPIKE_SCALE}x the spike grid ({SPIKE_SCALE * h}x{SPIKE_SCALE * w}). "
+            f"evaluation need RGB = exactly {SPIKE_TO_IMAGE_SCALE}x the spike grid ({SPIKE_TO_IMAGE_SCALE * h}x{SPIKE_TO_IMAGE_SCALE * w}). "
             f"Warp the RGB frames onto the canonical grid (spikereveal calibrate) first"
         )
     return h, w
@@ -299,7 +299,7 @@ class SRDataset(_CropDataset):
         rng = self._rng(index)
         i, _, y, x = self._pick(rng)
         flips = self._flips(rng)
-        c, s = self.crop, SPIKE_SCALE
+        c, s = self.crop, SPIKE_TO_IMAGE_SCALE
         spikes = self._tfp_long[i][y : y + c, x : x + c]
         target = self._gray[i][s * y : s * (y + c), s * x : s * (x + c)]
         return torch.from_numpy(_flip(spikes, *flips)[None]), torch.from_numpy(_flip(target, *flips)[None])
@@ -415,7 +415,7 @@ class LDNDataset(_CropDataset):
         rng = self._rng(index)
         i, _, y, x = self._pick(rng)
         flips = self._flips(rng)
-        c, s = self.crop, SPIKE_SCALE
+        c, s = self.crop, SPIKE_TO_IMAGE_SCALE
         image_rows, image_cols = slice(s * y, s * (y + c)), slice(s * x, s * (x + c))
         blurry = self._blurry[i][:, image_rows, image_cols].astype(np.float32)
         spikes = self._spikes[i][:, :, y : y + c, x : x + c]

@@ -17,13 +17,13 @@ that identical images stay JSON numbers.
 
 The student runs through one function, :func:`run_student`, on one exposure window: either the PyTorch
 model (:func:`torch_student`) or an inference runner (:func:`engine_student`: ONNX Runtime / TensorRT at
-fp32, fp16 or int8, the export made and cached by ``spikereveal.engines.deblur.prepare_runner``), so that
+fp32, fp16 or int8, the export made and cached by ``spikereveal.engines.choice.prepare_runner``), so that
 the exports' quality is measured by the same code as the PyTorch model's.
 
 Rig calibration (``calibration.json``, see ``spikereveal.calibration``) is applied like ``deblur`` applies
 it: the recording's own file when present, another with ``calibration_path``, none with
 ``use_calibration=False``. Applied, it moves the exposure and the ground-truth times onto the spike clock
-(the window is cut by ``spikereveal.engines.deblur.calibrated_exposure_window``, shared with deblur), warps
+(the window is cut by ``spikereveal.stream.offline.calibrated_exposure_window``, shared with deblur), warps
 the blurry frame onto the canonical grid (so an RGB camera that is not 4x the spike sensor can be scored),
 fills hot pixels in the student's spike frames and corrects the TFPs of SDM and teacher for dark current.
 """
@@ -42,6 +42,7 @@ import numpy as np
 
 from spikereveal.errors import ConfigError, RecordingError
 from spikereveal.kernels import reblur
+from spikereveal.kernels.images import SPIKE_TO_IMAGE_SCALE
 from spikereveal.kernels.sensor import (
     DEFAULT_GAIN_TOLERANCE,
     exposure_firing_gain,
@@ -177,14 +178,14 @@ def runner_student(runner) -> StudentFn:
     (``SPIKE_LEVEL`` per spike), and the 8-bit output frames come back as floats in [0, 1], as a user
     gets them from ``deblur`` and ``serve``.
     """
-    from spikereveal.engines.deblur import to_bgr8
+    from spikereveal.kernels.convert import planar_to_bgr8
     from spikereveal.kernels.extract import SPIKE_LEVEL
 
-    batch = int(runner.shape.batch)
+    batch = int(runner.shape.k)
 
     def student(blurry: np.ndarray, spikes: np.ndarray) -> np.ndarray:
         count = spikes.shape[0]
-        image = to_bgr8(blurry[None])  # (1, H, W, 3), rounded half up like the graph's own output
+        image = planar_to_bgr8(blurry[None])  # (1, H, W, 3), rounded half up like the graph's own output
         levels = np.rint(np.clip(spikes, 0.0, 1.0) * SPIKE_LEVEL).astype(np.uint8)
         frames = np.empty((count,) + blurry.shape, dtype=np.float32)
         for first in range(0, count, batch):
@@ -272,7 +273,7 @@ def network_grid(recordings: Sequence[str | os.PathLike], calibration_path: str 
         with open_recording(path, strict=False) as recording:
             calibration = load_rig_calibration(recording, calibration_path, use_calibration)
             h, w = _check_evaluable(recording, path, calibration)
-        grids.setdefault((4 * h, 4 * w), os.fspath(path))
+        grids.setdefault((SPIKE_TO_IMAGE_SCALE * h, SPIKE_TO_IMAGE_SCALE * w), os.fspath(path))
     if len(grids) != 1:
         raise ConfigError(
             "an ort/trt student runs one static geometry, but the recordings have image grids "
@@ -286,7 +287,7 @@ def network_grid(recordings: Sequence[str | os.PathLike], calibration_path: str 
 def engine_student(choice, recordings: Sequence[str | os.PathLike], batch: int,
                    export_dir: str | os.PathLike, calibration_path: str | os.PathLike | None = None,
                    use_calibration: bool = True) -> Iterator[tuple[StudentFn, dict[str, Any]]]:
-    """Load the runner of ``choice`` (a ``spikereveal.engines.deblur.EngineChoice``) for a fixed batch of
+    """Load the runner of ``choice`` (a ``spikereveal.engines.choice.EngineChoice``) for a fixed batch of
     ``batch`` windows on the recordings' grid and yield ``(student, engine block for the report)``.
 
     ort/trt without ``choice.onnx_path``: the checkpoint is exported once into ``<export_dir>/onnx/`` and
@@ -294,8 +295,9 @@ def engine_student(choice, recordings: Sequence[str | os.PathLike], batch: int,
     ``recordings`` themselves, which the engine block states. The runner is closed on exit.
     ``calibration_path``/``use_calibration``: as for :func:`evaluate` (they decide the grid check).
     """
-    from spikereveal.engines.deblur import prepare_runner
-    from spikereveal.engines.export import read_onnx_metadata, resolve_model_path
+    from spikereveal.engines.choice import prepare_runner
+    from spikereveal.engines.export import resolve_model_path
+    from spikereveal.engines.onnx_metadata import read_onnx_metadata
     from spikereveal.engines.runners import InputShape
 
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -411,7 +413,7 @@ def evaluate(
 
 def _evaluate_opened(opened, student, teacher, options: EvalOptions, progress, models, engine,
                      calibration_path=None, use_calibration: bool = True) -> dict:
-    from spikereveal.engines.deblur import calibrated_exposure_image, calibrated_exposure_window
+    from spikereveal.stream.offline import calibrated_exposure_image, calibrated_exposure_window
 
     methods = ["blurry", "sdm"] + (["teacher"] if teacher is not None else []) + (["student"] if student is not None else [])
     sdm = ds.sdm_teacher(options.tfp_window)

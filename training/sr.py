@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from spikereveal.engines.checkpoint import register_network
 from spikereveal.engines.ldn import config_from_dict
 from spikereveal.errors import ConfigError
 
@@ -80,3 +81,6 @@ class SR(nn.Module):
         mean = float(self.config.gray_mean)
         features = self.head(x - mean)
         return self.tail(self.body(features) + features) + mean
+
+
+register_network("sr", SRConfig, SR)  # so engines.checkpoint can rebuild sr checkpoints

@@ -29,11 +29,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from spikereveal.errors import ConfigError
+from spikereveal.training import bsn, sr
 from spikereveal.training import datasets as ds
 from spikereveal.training.losses import LdnLossWeights, bsn_loss, ldn_loss, sr_loss
 from spikereveal.training.train_config import KIND_DEFAULTS, KINDS, RunOptions, TrainConfig, distilled_positions
 
 log = logging.getLogger(__name__)
+
+#: importing the teacher networks registers their checkpoint kinds with engines.checkpoint
+TEACHER_NETWORKS = {"bsn": bsn.BSN, "sr": sr.SR}
 
 OPTIMIZER_SUFFIX = ".optim"
 
@@ -401,20 +405,6 @@ def _read_optimizer_state(checkpoint, saved: Mapping[str, Any]):
     return state["optimizer"]
 
 
-def training_summary(checkpoint_meta: Mapping[str, Any]) -> dict[str, Any]:
-    """Short description of a checkpoint's training record (for logs and reports)."""
-    training = checkpoint_meta.get("training") or {}
-    history = training.get("history") or []
-    last = history[-1] if history else {}
-    return {
-        "kind": checkpoint_meta.get("kind"),
-        "epochs_completed": training.get("epochs_completed"),
-        "finished": training.get("finished"),
-        "last_epoch_loss": last.get("loss"),
-        "elapsed_s": training.get("elapsed_s"),
-    }
-
-
 __all__ = [
     "KINDS",
     "KIND_DEFAULTS",
@@ -426,5 +416,4 @@ __all__ = [
     "optimizer_state_path",
     "resolve_device",
     "train",
-    "training_summary",
 ]

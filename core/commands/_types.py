@@ -5,6 +5,15 @@ from __future__ import annotations
 import argparse
 
 
+def add_k_argument(parser, what: str, *aliases: str, use_default: bool = True) -> None:
+    """``--k``: sharp frames per exposure, default ``DEFAULT_K`` (``use_default=False``: None, the config
+    file's value applies); ``aliases``: older spellings kept working (e.g. ``--batch``)."""
+    from spikereveal.kernels.timing import DEFAULT_K
+
+    parser.add_argument("--k", *aliases, dest="k", type=positive_int, default=DEFAULT_K if use_default else None,
+                        metavar="K", help=f"{what} (default {DEFAULT_K})")
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -26,12 +35,18 @@ def speed_factor(text: str) -> float:
     return value
 
 
+def parse_int_pair(text: str) -> tuple[int, int]:
+    """``"250x400"`` -> ``(250, 400)``: the one parser of ``AxB`` text (ValueError when it is not one)."""
+    first, second = (int(v) for v in text.lower().split("x"))
+    return first, second
+
+
 def int_pair(layout: str, example: str, minimum: int = 1):
     """An ``AxB`` argument type, e.g. ``int_pair("HxW", "250x400")``; both numbers must be >= ``minimum``."""
 
     def parse(text: str) -> tuple[int, int]:
         try:
-            first, second = (int(v) for v in text.lower().split("x"))
+            first, second = parse_int_pair(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {layout}, e.g. {example}, got {text!r}") from None
         if first < minimum or second < minimum:
@@ -39,6 +54,13 @@ def int_pair(layout: str, example: str, minimum: int = 1):
         return first, second
 
     return parse
+
+
+def preset_or_grid(text: str) -> str | tuple[int, int]:
+    """A simulator preset's name, or ``HxW`` of the network grid as an ``(height, width)`` pair."""
+    if "x" not in text.lower() or not text.lower().replace("x", "").isdigit():
+        return text
+    return int_pair("HxW", "64x96")(text)
 
 
 def output_problem(path, kind: str) -> str | None:

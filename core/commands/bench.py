@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from spikereveal.commands._types import output_dir, output_file, positive_int
+from spikereveal.commands._types import add_k_argument, output_dir, output_file, positive_int, preset_or_grid
 
 
 def emit(table: str, result: dict, json_path: Path | None) -> int:
@@ -48,10 +48,18 @@ def register_kernels(subparsers) -> None:
     parser.add_argument("--json", type=output_file, metavar="PATH", help="also write the results as JSON to PATH")
     parser.add_argument("--frames", type=positive_int, default=2048, help="spike frames to process (default 2048)")
     parser.add_argument("--repeats", type=positive_int, default=5, help="timed runs per kernel (default 5)")
-    parser.add_argument("--height", type=positive_int, default=250, help="spike sensor height (default 250)")
-    parser.add_argument("--width", type=positive_int, default=400, help="spike sensor width (default 400)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the spike data (default 0)")
+    _add_spike_data_arguments(parser)
     parser.set_defaults(func=run_kernels)
+
+
+def _add_spike_data_arguments(parser) -> None:
+    """The random spike data of ``bench kernels`` and ``bench transport``: the spike sensor's size (named apart
+    from the network image's ``--image-height/--image-width`` of export; ``--height/--width`` still work)."""
+    parser.add_argument("--sensor-height", "--height", dest="height", type=positive_int, default=250,
+                        help="spike sensor height (default 250)")
+    parser.add_argument("--sensor-width", "--width", dest="width", type=positive_int, default=400,
+                        help="spike sensor width (default 400)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the spike data (default 0)")
 
 
 def run_engines(args: argparse.Namespace) -> int:
@@ -75,14 +83,14 @@ def register_engines(subparsers) -> None:
         "output frames/s. Unavailable runners are listed, not run. Weights: --model or a seeded random LDN.",
     )
     parser.add_argument("--json", type=output_file, metavar="PATH", help="also write the results as JSON to PATH")
-    parser.add_argument("--geometry", nargs="+", default=["gopro", "rsb"], metavar="G",
+    parser.add_argument("--geometry", nargs="+", type=preset_or_grid, default=["gopro", "rsb"], metavar="G",
                         help="presets (gopro, rsb) or HxW, e.g. 64x96 (default: gopro rsb)")
     parser.add_argument("--runner", nargs="+", default=["ort", "torch", "trt"], choices=("ort", "torch", "trt"))
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "fp16", "int8"),
                         help="ort/trt export precisions (default fp32; torch is always fp32)")
     parser.add_argument("--repeats", type=positive_int, default=10, help="timed windows per runner (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed windows first (default 2)")
-    parser.add_argument("--k", type=positive_int, default=7, help="frames per exposure window (default 7)")
+    add_k_argument(parser, "frames per exposure window")
     parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: cores - 1)")
     parser.add_argument("--model", type=Path, default=None, help="LDN checkpoint (default: random seeded LDN)")
     parser.add_argument("--sequential", action="store_true",
@@ -92,7 +100,7 @@ def register_engines(subparsers) -> None:
 
 def run_report(args: argparse.Namespace) -> int:
     from spikereveal.bench.report import build_report, format_table
-    from spikereveal.bench.trace import load_trace
+    from spikereveal.stream.trace import load_trace
 
     trace = load_trace(args.trace)
     report = build_report(trace, warmup=args.warmup)
@@ -179,9 +187,7 @@ def register_transport(subparsers) -> None:
     parser.add_argument("--rate-hz", type=float, default=None, help="paced rate in frames/s (default 80000)")
     parser.add_argument("--paced-only", action="store_true", help="skip the unpaced run")
     parser.add_argument("--endpoint", choices=("ipc", "tcp"), default="ipc", help="loopback transport (default ipc)")
-    parser.add_argument("--height", type=positive_int, default=250, help="spike sensor height (default 250)")
-    parser.add_argument("--width", type=positive_int, default=400, help="spike sensor width (default 400)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the spike data (default 0)")
+    _add_spike_data_arguments(parser)
     parser.set_defaults(func=run_transport)
 
 
@@ -235,7 +241,7 @@ def register_pipeline(subparsers) -> None:
                         "measured inference time so exposures do not queue)")
     parser.add_argument("--warmup", type=int, default=None, metavar="N",
                         help="exclude the first N exposures (default min(10, exposures/5), at least 1)")
-    parser.add_argument("--k", type=positive_int, default=7, help="sharp frames per exposure (default 7)")
+    add_k_argument(parser, "sharp frames per exposure")
     parser.add_argument("--threads", type=positive_int, default=None, help="inference threads (default: cores - 1)")
     parser.add_argument("--trace-overhead", action="store_true",
                         help="also two unpaced runs, tracing off and on: the throughput cost of tracing")
@@ -290,9 +296,9 @@ def register_exposure_path(subparsers) -> None:
         "its input preparation (frame copy, spike window cut into the graph's uint8 inputs) and its "
         "post-processing, per exposure: the part of the non-inference cost that is not transport or queueing.",
     )
-    parser.add_argument("--geometry", default="rsb",
+    parser.add_argument("--geometry", type=preset_or_grid, default="rsb",
                         help="simulator preset (gopro, rsb) or HxW of the network grid (default rsb)")
-    parser.add_argument("--k", type=positive_int, default=7, help="frames per exposure (default 7)")
+    add_k_argument(parser, "frames per exposure")
     parser.add_argument("--repeats", type=positive_int, default=50, help="timed exposures (default 50)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed exposures first (default 3)")
     parser.add_argument("--output-pixel-format", choices=("bgr8", "bgr_f32"), default="bgr8",

@@ -23,31 +23,36 @@ def register(subparsers) -> None:
     parser.add_argument("--out", type=output_file, required=True, help="engine plan file to write")
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=None,
                         help="expected precision (default: the export's own, from its metadata)")
-    parser.add_argument("--batch", type=int, default=None, metavar="K", help="for dynamic exports: frames per window")
-    parser.add_argument("--height", type=int, default=None, help="for dynamic exports: image height")
-    parser.add_argument("--width", type=int, default=None, help="for dynamic exports: image width")
+    parser.add_argument("--k", "--batch", dest="k", type=int, default=None, metavar="K",
+                        help="for dynamic exports: frames per exposure window")
+    parser.add_argument("--image-height", "--height", dest="height", type=int, default=None,
+                        help="for dynamic exports: network image height")
+    parser.add_argument("--image-width", "--width", dest="width", type=int, default=None,
+                        help="for dynamic exports: network image width")
     parser.add_argument("--workspace-mib", type=int, default=1024, help="builder memory-pool limit (default 1024)")
     parser.add_argument("--cache-dir", type=output_dir, default=None, help="engine cache (default ~/.cache/spikereveal)")
     parser.add_argument("--device", type=int, default=None, help="CUDA device ordinal (default: current)")
     parser.set_defaults(func=run)
 
 
-def shape_from_metadata(meta: dict, batch, height, width):
+def shape_from_metadata(meta: dict, k, height, width):
     """The static shape to build: the export's own, or the given values for a dynamic export."""
     from spikereveal.engines.runners import InputShape
+
+    flags = {"batch": "--k", "height": "--image-height", "width": "--image-width"}  # metadata key -> flag
 
     def pick(key, given):
         stored = meta.get(key)
         if stored not in (None, "dynamic"):
             if given is not None and int(given) != int(stored):
-                raise ConfigError(f"the export is static with {key} {stored}; --{key} {given} does not match it")
+                raise ConfigError(f"the export is static with {key} {stored}; {flags[key]} {given} does not match it")
             return int(stored)
         if given is None:
-            raise ConfigError(f"the export has a dynamic {key}: pass --{key}")
+            raise ConfigError(f"the export has a dynamic {key}: pass {flags[key]}")
         return int(given)
 
     spike_frames = int(meta.get("spike_window", 21))
-    return InputShape(pick("batch", batch), pick("height", height), pick("width", width), spike_frames)
+    return InputShape(pick("batch", k), pick("height", height), pick("width", width), spike_frames)
 
 
 def run(args) -> int:
@@ -58,7 +63,7 @@ def run(args) -> int:
     precision = args.precision or meta.get("precision")
     if precision is None:
         raise ConfigError(f"{args.onnx} has no spikereveal precision metadata; pass --precision")
-    shape = shape_from_metadata(meta, args.batch, args.height, args.width)
+    shape = shape_from_metadata(meta, args.k, args.height, args.width)
     options = RunnerOptions(workspace_bytes=args.workspace_mib << 20,
                             cache_dir=str(args.cache_dir) if args.cache_dir else None, device=args.device)
     info = build_engine(args.onnx, args.out, shape, precision, options)

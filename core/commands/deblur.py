@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spikereveal.commands._types import output_dir
+from spikereveal.commands._types import add_k_argument, output_dir
 
 
 def register(subparsers) -> None:
@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     parser.add_argument("--onnx", type=Path, default=None, help="ort/trt: use this ONNX export (static, K x H x W)")
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
                         help="ort/trt export precision; int8 calibrates on this recording")
-    parser.add_argument("--k", type=int, default=7, help="sharp frames per exposure (default 7)")
+    add_k_argument(parser, "sharp frames per exposure")
     parser.add_argument("--threads", type=int, default=None, help="CPU inference threads (default: cores - 1)")
     parser.add_argument("--no-video", action="store_true", help="skip the MP4")
     parser.add_argument("--fps", type=float, default=10.0, help="video frame rate (default 10)")
@@ -41,7 +41,8 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from tqdm import tqdm
 
-    from spikereveal.engines.deblur import DeblurConfig, EngineChoice, deblur
+    from spikereveal.engines.choice import EngineChoice
+    from spikereveal.stream.offline import DeblurConfig, deblur
     from spikereveal.engines.runners import RunnerOptions
 
     options = RunnerOptions(threads=args.threads, cache_dir=str(args.engine_cache) if args.engine_cache else None)

@@ -34,7 +34,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from spikereveal.commands.serve import format_counters
-    from spikereveal.stream.demo import DEMO_FILE, DemoConfig, run_demo
+    from spikereveal.demo import DEMO_FILE, DemoConfig, run_demo
 
     config = DemoConfig(preset=args.preset, exposures=args.exposures, seed=args.seed, speed=args.speed,
                         engine=args.engine, model=args.model, threads=args.threads)

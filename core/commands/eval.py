@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from spikereveal.commands._types import output_dir, output_file
+from spikereveal.commands._types import add_k_argument, output_dir, output_file
 from spikereveal.errors import ConfigError, require
 
 def register(subparsers) -> None:
@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     parser.add_argument("--no-teacher", action="store_true", help="do not score the network teacher")
     parser.add_argument("--json", type=output_file, required=True, metavar="PATH", help="report to write")
     parser.add_argument("--plot", type=output_dir, metavar="DIR", help="write one PNG grid per exposure into DIR")
-    parser.add_argument("--k", type=int, default=7, help="student frames per exposure for the re-blur check (default 7)")
+    add_k_argument(parser, "student frames per exposure for the re-blur check")
     parser.add_argument("--device", default="cpu", help="torch device for the networks (default cpu)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch and the ort runner (default: cores - 1 for ort)")
     parser.add_argument("--engine", choices=("torch", "ort", "trt"), default="torch",
@@ -73,7 +73,7 @@ def _student(args, models: dict, stack):
 
 
 def _runner_student(args, models: dict, stack):
-    from spikereveal.engines.deblur import EngineChoice
+    from spikereveal.engines.choice import EngineChoice
     from spikereveal.engines.runners import RunnerOptions
     from spikereveal.training.evaluate import engine_student
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spikereveal.commands._types import output_file
+from spikereveal.commands._types import add_k_argument, output_file
 from spikereveal.errors import ConfigError
 
 PRECISION_CHOICES = ("fp32", "fp16", "int8")
@@ -31,9 +31,11 @@ def register(subparsers) -> None:
     parser.add_argument("--calib-windows", type=int, default=16, help="int8: windows used (default 16)")
     parser.add_argument("--calib-cache", type=output_file, default=None, metavar="NPZ",
                         help="int8: cache of the cut calibration windows (reused while recordings and settings match)")
-    parser.add_argument("--batch", type=int, default=7, metavar="K", help="frames per exposure window (default 7)")
-    parser.add_argument("--height", type=int, default=None, help="image height (4x the spike sensor)")
-    parser.add_argument("--width", type=int, default=None, help="image width (4x the spike sensor)")
+    add_k_argument(parser, "frames per exposure window", "--batch")
+    parser.add_argument("--image-height", "--height", dest="height", type=int, default=None,
+                        help="network image height, 4x the spike sensor (default: from --calib or the gopro grid)")
+    parser.add_argument("--image-width", "--width", dest="width", type=int, default=None,
+                        help="network image width, 4x the spike sensor")
     parser.add_argument("--dynamic", action="store_true", help="dynamic batch/height/width instead of static")
     parser.add_argument("--keep-deconv", action="store_true",
                         help="export transposed convolutions as ConvTranspose (default: the exact Conv + "
@@ -43,19 +45,20 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from spikereveal.engines.export import ExportConfig, export_checkpoint, read_onnx_metadata
+    from spikereveal.engines.export import ExportConfig, export_checkpoint
+    from spikereveal.engines.onnx_metadata import read_onnx_metadata
 
     if args.out.exists() and not args.force:
         raise ConfigError(f"{args.out} exists; pass --force to overwrite it")
     height, width = args.height, args.width
     if not args.dynamic and (height is None or width is None) and args.calib:
         height, width = _grid_of(args.calib[0])  # a static export defaults to the calibration geometry
-    config = ExportConfig(precision=args.precision, batch=args.batch, height=height, width=width,
+    config = ExportConfig(precision=args.precision, k=args.k, height=height, width=width,
                           dynamic=args.dynamic, calibration_windows=args.calib_windows,
                           subpixel_decoder=not args.keep_deconv)
     path = export_checkpoint(args.model, args.out, config, calib_recordings=args.calib, calib_cache=args.calib_cache)
     meta = read_onnx_metadata(path)
-    shape = "dynamic" if args.dynamic else f"K={config.batch}, {config.width}x{config.height}"
+    shape = "dynamic" if args.dynamic else f"K={config.k}, {config.width}x{config.height}"
     print(f"wrote {path}: {meta['precision']}, {shape}, checkpoint sha256 {meta['source_sha256'][:12]}"
           + (f", calibrated on {meta['calibration_windows']} windows" if "calibration_windows" in meta else ""))
     return 0

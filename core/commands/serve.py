@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from spikereveal.commands._types import int_pair, output_dir_text, output_file_text
+from spikereveal.commands._types import add_k_argument, int_pair, output_dir_text, output_file_text
 
 
 def add_engine_arguments(parser) -> None:
@@ -90,7 +90,7 @@ def register(subparsers) -> None:
                         help="distinct subscription topics the output may hold before it is re-bound (default 64)")
     parser.add_argument("--queue", type=int, default=None, metavar="JOBS",
                         help="exposures that may wait for inference before the oldest is dropped (default 2)")
-    parser.add_argument("--k", type=int, default=None, help="sharp frames per exposure (default 7)")
+    add_k_argument(parser, "sharp frames per exposure", use_default=False)
     parser.set_defaults(func=run)
 
 

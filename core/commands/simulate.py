@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from spikereveal.commands._types import int_pair, output_dir_text, positive_int
+from spikereveal.commands._types import add_k_argument, int_pair, output_dir_text, positive_int
 
 # listed here (not imported) to keep --help light; tests check them against spikereveal.sim
 PRESET_NAMES = ("gopro", "rsb", "tiny")  # spikereveal.sim.config.PRESETS
@@ -81,7 +81,7 @@ def register(subparsers) -> None:
                         help="motion family: camera (a moving camera, the default) or objects (a nearly static "
                              "camera and 2-5 fast objects cut from another image, occluding the background)")
     parser.add_argument("--sprites", type=int, default=0, help="independently moving sprites per exposure")
-    parser.add_argument("--k", type=int, help="ground-truth frames per exposure (default 7)")
+    add_k_argument(parser, "ground-truth frames per exposure", use_default=False)
     parser.add_argument("--exposure-frames", type=int, help="spike frames per exposure (preset default)")
     parser.add_argument("--gap-frames", type=int, help="spike frames between exposures (default 2x margin)")
     parser.add_argument("--motion-scale", type=_non_negative,

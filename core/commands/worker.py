@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from spikereveal.commands._types import int_pair, output_dir_text
+from spikereveal.commands._types import add_k_argument, int_pair, output_dir_text
 
 
 def register(subparsers) -> None:
@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     add_engine_arguments(parser)
     parser.add_argument("--spike-geometry", type=int_pair("HxW", "250x400"), default=None, metavar="HxW",
                         help="load the engine now for this sensor (default: on the first job)")
-    parser.add_argument("--k", type=int, default=7, help="frames per exposure for --spike-geometry (default 7)")
+    add_k_argument(parser, "frames per exposure for --spike-geometry")
     parser.add_argument("--calibration", default=None, metavar="PATH", help="the rig's calibration.json")
     parser.add_argument("--secret-key", metavar="FILE", default=None,
                         help="this worker's NAME.key_secret ('spikereveal keys generate'; its NAME.key must be in "
@@ -46,8 +46,7 @@ def run(args) -> int:
 
     from spikereveal.commands.serve import engine_overrides
     from spikereveal.stream.config import EngineConfig
-    from spikereveal.stream.serve import make_runner_factory
-    from spikereveal.stream.worker import run_worker
+    from spikereveal.stream.worker import worker_main
 
     from spikereveal.errors import ConfigError
     from spikereveal.stream.security import ClientKeys, is_loopback
@@ -63,19 +62,13 @@ def run(args) -> int:
             "no --secret-key/--server-key: a serve on another host admits only workers with keys, so this one "
             "will get no jobs ('spikereveal keys generate')")
     engine = EngineConfig(**{k: v for k, v in engine_overrides(args).items() if v is not None})
-    calibration = None
-    if args.calibration is not None:
-        from spikereveal.calibration.store import read_calibration
-
-        calibration = read_calibration(args.calibration)
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="spikereveal-worker-")
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         print(f"worker {args.id}: jobs from {args.jobs}, results to {args.results} (Ctrl-C stops)", flush=True)
-        stats = run_worker(args.jobs, args.results, make_runner_factory(engine, work_dir), worker_id=args.id,
-                           spike_shape=args.spike_geometry, k=args.k, calibration=calibration, stop=stop,
-                           keys=keys)
+        stats = worker_main(args.jobs, args.results, engine, worker_id=args.id, spike_shape=args.spike_geometry,
+                            k=args.k, calibration_path=args.calibration, work_dir=work_dir, stop=stop, keys=keys)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from typing import Sequence
 
 import numpy as np
@@ -144,3 +146,41 @@ def rate_hz(event_times_ns) -> float | None:
     if times.size < 2 or times[-1] <= times[0]:
         return None
     return (times.size - 1) / (float(times[-1] - times[0]) / 1e9)
+
+
+class LatencyLog:
+    """Per-exposure times (ms) of the newest ``capacity`` exposures, summarised with stream.stats conventions."""
+
+    FIELDS = ("end_to_end_ms", "from_receive_ms", "from_ready_ms", "queue_wait_ms", "ingest_ms", "prepare_ms",
+              "inference_ms", "postprocess_ms", "publish_ms", "save_ms", "non_inference_work_ms")
+
+    def __init__(self, capacity: int = 100_000):
+        self.rows: deque[dict] = deque(maxlen=capacity)
+        self._lock = threading.Lock()
+
+    def add(self, row: dict) -> None:
+        with self._lock:
+            self.rows.append(row)
+
+    def snapshot(self) -> list[dict]:
+        """A copy of the rows (newest ``capacity`` exposures), in the order they were added."""
+        with self._lock:
+            return [dict(row) for row in self.rows]
+
+    def summary(self) -> dict:
+        with self._lock:
+            rows = list(self.rows)
+        out = {}
+        for name in self.FIELDS:
+            values = [r[name] for r in rows if r.get(name) is not None]
+            out[name] = latency_stats(np.asarray(values, dtype=np.float64))
+        out["definitions"] = {
+            "end_to_end_ms": "rig send of the last message the window needed -> K frames published (same-host clocks)",
+            "from_receive_ms": "exposure message received -> K frames published",
+            "from_ready_ms": "spike window complete -> K frames published",
+            "non_inference_work_ms": "serve's work that is not the network (SPEC §8's non-inference target): "
+                                     "ingest (decode + sync of the completing message) + prepare (window cut, input "
+                                     "conversion) + postprocess (clip, uint8) + publish; excludes the queue wait, the "
+                                     "wait for spikes and saving",
+        }
+        return out

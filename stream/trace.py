@@ -7,7 +7,7 @@ dropped before that stage).
 
 Recorder use (the pipeline; ``serve --trace PATH``)::
 
-    recorder = create_recorder(trace_path is not None, k=7, rig_to_host_offset_ns=offset_or_none)
+    recorder = create_recorder(trace_path is not None, k=DEFAULT_K, rig_to_host_offset_ns=offset_or_none)
     slot = recorder.begin(job.exposure_id, job.start_ns + job.duration_ns)  # one thread (the job creator)
     recorder.mark(slot, EXPOSURE_RECEIVED, job.received_ns)       # any thread; t_ns from the caller's clock
     ...

@@ -11,7 +11,7 @@ from calibration_support import TRUE_HOMOGRAPHY, misaligned_recording
 from spikereveal.calibration import geometry as geo
 from spikereveal.calibration.fit import long_tfp
 from spikereveal.calibration import GeometryCalibration, RigCalibration, write_calibration
-from spikereveal.calibration.int8_data import ldn_calibration_windows
+from spikereveal.engines.int8_data import ldn_calibration_windows
 from spikereveal.calibration.photometric import PhotometricCalibration
 from spikereveal.engines.export import WindowCalibrationReader
 from spikereveal.engines.runners import InputShape
@@ -58,7 +58,7 @@ def test_cache_is_reused_and_invalidated(aligned, tmp_path, monkeypatch):
     cache = tmp_path / "windows.npz"
     first = list(ldn_calibration_windows([aligned], max_windows=2, cache_path=cache))
     assert cache.is_file()
-    import spikereveal.calibration.int8_data as int8_data
+    import spikereveal.engines.int8_data as int8_data
 
     def no_recut(*args, **kwargs):
         raise AssertionError("windows were cut again despite a valid cache")

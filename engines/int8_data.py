@@ -2,7 +2,7 @@
 
 Each item is ``{"image": (1, H, W, 3) uint8, "spikes": (K, 21, h, w) uint8}``: the exposure's RGB frame
 on the canonical grid and the 21 raw spike frames (as levels, see ``kernels.extract.SPIKE_LEVEL``) around
-each output time, exactly what the pipeline feeds the deployed graph (``engines.deblur.fill_exposure_inputs``),
+each output time, exactly what the pipeline feeds the deployed graph (``engines.inputs.fill_exposure_inputs``),
 with the recording's calibration applied (clock, geometry, hot pixels) unless told otherwise.
 
 Cutting is cached: the cache (npz) keeps the compact sources (the 8-bit RGB frames and the packed spike
@@ -23,6 +23,7 @@ import numpy as np
 
 from spikereveal.calibration.store import RigCalibration, load_rig_calibration
 from spikereveal.errors import ConfigError
+from spikereveal.kernels.images import SPIKE_TO_IMAGE_SCALE
 from spikereveal.kernels.timing import DEFAULT_K, DEFAULT_MARGIN_FRAMES, LDN_SPIKE_WINDOW, exposure_window
 
 logger = logging.getLogger(__name__)
@@ -67,17 +68,18 @@ class LdnCalibrationData:
         return len(self._rgb8)
 
     def window(self, i: int) -> dict[str, np.ndarray]:
-        from spikereveal.engines.deblur import fill_exposure_inputs
+        from spikereveal.engines.inputs import fill_exposure_inputs
 
         height, width = self.spike_shape
         calibration = self._calibrations[i]
-        if calibration is None and self._rgb8[i].shape[:2] != (4 * height, 4 * width):
+        grid = (SPIKE_TO_IMAGE_SCALE * height, SPIKE_TO_IMAGE_SCALE * width)
+        if calibration is None and self._rgb8[i].shape[:2] != grid:
             raise ConfigError(
                 f"{self.sources[i][0]}: the RGB frames are not on the canonical grid and no calibration is "
                 "applied; run 'spikereveal calibrate geometry' or allow the calibration"
             )
         centers = self._centers[i]
-        image = np.empty((1, 4 * height, 4 * width, 3), np.uint8)
+        image = np.empty((1, *grid, 3), np.uint8)
         spikes = np.empty((len(centers), self.spike_window, height, width), np.uint8)
         fill_exposure_inputs(image, spikes, self._rgb8[i], self._packed[i], (height, width), centers, 0, calibration)
         return {"image": image, "spikes": spikes}
