@@ -402,3 +402,24 @@ def test_native_handle_prefers_the_utility_and_passes_ints(monkeypatch):
     legacy = install(monkeypatch, FakeStack("12"))
     _, stream = legacy.runtime.cudaStreamCreateWithFlags(1)
     assert _native_handle(stream) == stream.address and not legacy.errors
+
+
+# -- bench engines -----------------------------------------------------------------------------------------
+def test_bench_engines_reports_copies_and_compute_apart_with_the_trtexec_line(monkeypatch, tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from spikereveal.bench.engines import bench_engines, format_table
+
+    stack = install(monkeypatch, FakeStack("13"))
+    monkeypatch.setenv("SPIKEREVEAL_CACHE", str(tmp_path / "cache"))
+    results = bench_engines(runners=("trt",), geometries=("16x24",), repeats=3, warmup=1, k=2, threads=1,
+                            work_dir=tmp_path)
+    entry = results["16x24"]["trt"]
+    assert entry["h2d_ms_p50"] == entry["compute_ms_p50"] == entry["d2h_ms_p50"] == 0.25
+    assert entry["transfers_included"] is True and entry["overlapped_frames_per_s"] > 0
+    assert entry["trtexec"].startswith("trtexec --loadEngine=") and "--shapes=image:1x16x24x3,spikes:2x21x4x6" in \
+        entry["trtexec"]
+    table = format_table(results)
+    assert "GPU p50: h2d 0.25 ms, compute 0.25 ms, d2h 0.25 ms (window times include the copies)" in table
+    assert "cross-check: trtexec" in table
+    assert_released(stack)
