@@ -5,7 +5,10 @@ of K frames (default 7) is one timed ``infer`` call on identical random inputs (
 binary spikes at ~20 % density; the network's cost does not depend on the values). Warm-up calls are
 excluded. Reported per window: median and p99 (nearest rank) in ms, and output frames per second
 (K / mean window time). Runner keys are the backend name, suffixed with the precision when not fp32
-(``ort-int8``). Weights: a checkpoint if given, else a seeded random LDN (timing only). int8 exports made
+(``ort-int8``). Runners with a GPU split (TensorRT) add, from CUDA events, the host->device copies, the
+compute and the device->host copy per window (``h2d_ms_p50`` ...; the window time includes the copies),
+the rate with two windows in flight (``overlapped_*``) and the equivalent ``trtexec`` line for a
+cross-check. Weights: a checkpoint if given, else a seeded random LDN (timing only). int8 exports made
 here are calibrated on the same random windows: their timings are real, their quality is not.
 """
 
@@ -69,8 +72,13 @@ def random_window(shape: InputShape, seed: int = 0) -> tuple[np.ndarray, np.ndar
     return image, spikes
 
 
-def time_runner(runner, image: np.ndarray, spikes: np.ndarray, repeats: int, warmup: int) -> list[float]:
-    """Seconds per ``infer`` call, after ``warmup`` untimed calls."""
+def time_runner(runner, image: np.ndarray, spikes: np.ndarray, repeats: int, warmup: int,
+                gpu_ms: list | None = None) -> list[float]:
+    """Seconds per ``infer`` call, after ``warmup`` untimed calls.
+
+    ``gpu_ms``: when given, the runner's per-call GPU split (``last_timings_ms`` of the TensorRT runner:
+    host->device copies, compute, device->host copy, from CUDA events) is appended to it per timed call.
+    """
     for _ in range(warmup):
         runner.infer(image, spikes)
     times = []
@@ -78,7 +86,51 @@ def time_runner(runner, image: np.ndarray, spikes: np.ndarray, repeats: int, war
         started = time.perf_counter()
         runner.infer(image, spikes)
         times.append(time.perf_counter() - started)
+        if gpu_ms is not None and getattr(runner, "last_timings_ms", None):
+            gpu_ms.append(dict(runner.last_timings_ms))
     return times
+
+
+GPU_PARTS = ("h2d", "compute", "d2h", "gpu_total")
+
+
+def summarise_gpu_times(samples: Sequence[dict]) -> dict:
+    """Median and nearest-rank p99 of each GPU part (``h2d_ms_p50`` ...); parts never measured are left out."""
+    summary = {}
+    for part in GPU_PARTS:
+        values = [sample[part] for sample in samples if sample.get(part) is not None]
+        if values:
+            summary[f"{part}_ms_p50"] = float(np.median(values))
+            summary[f"{part}_ms_p99"] = nearest_rank_percentile(values, 99)
+    return summary
+
+
+def time_overlapped(runner, image: np.ndarray, spikes: np.ndarray, repeats: int) -> dict:
+    """Windows back to back through ``submit``/``wait`` with two in flight (the copy of window n+1 overlaps
+    the compute of window n): mean ms per window and output frames/s over the whole run."""
+    tickets = []
+    started = time.perf_counter()
+    for _ in range(repeats):
+        if len(tickets) == 2:
+            runner.wait(tickets.pop(0))
+        tickets.append(runner.submit(image, spikes))
+    for ticket in tickets:
+        runner.wait(ticket)
+    mean_ms = (time.perf_counter() - started) * 1e3 / repeats
+    return {"overlapped_window_ms_mean": mean_ms, "overlapped_frames_per_s": runner.shape.batch / (mean_ms / 1e3)}
+
+
+def _gpu_block(runner, samples: Sequence[dict], image, spikes, repeats: int) -> dict:
+    """What a runner with a GPU split adds to its entry: the split, the overlapped rate, the trtexec line."""
+    if not samples:
+        return {}
+    block = summarise_gpu_times(samples)
+    block["transfers_included"] = True  # window_ms is host wall time around infer(): copies included
+    if hasattr(runner, "submit"):
+        block.update(time_overlapped(runner, image, spikes, repeats))
+    if hasattr(runner, "trtexec_command"):
+        block["trtexec"] = runner.trtexec_command()
+    return block
 
 
 def environment(threads: int) -> dict:
@@ -161,6 +213,8 @@ def bench_engines(runners: Sequence[str] = DEFAULT_RUNNERS, geometries: Sequence
 
             keys = [name if precision == "fp32" else f"{name}-{precision}" for name, precision in plan]
             times: dict[str, list[float]] = {key: [] for key in keys}
+            gpu: dict[str, list[dict]] = {key: [] for key in keys}
+            extra: dict[str, dict] = {key: {} for key in keys}
             if interleave:
                 loaded = []
                 try:
@@ -172,7 +226,9 @@ def bench_engines(runners: Sequence[str] = DEFAULT_RUNNERS, geometries: Sequence
                         time_runner(runner, image, spikes, 0, warmup)
                     for _ in range(repeats):
                         for key, runner in loaded:
-                            times[key] += time_runner(runner, image, spikes, 1, 0)
+                            times[key] += time_runner(runner, image, spikes, 1, 0, gpu[key])
+                    for key, runner in loaded:
+                        extra[key] = _gpu_block(runner, gpu[key], image, spikes, repeats)
                 finally:
                     for _, runner in loaded:
                         runner.close()
@@ -181,8 +237,9 @@ def bench_engines(runners: Sequence[str] = DEFAULT_RUNNERS, geometries: Sequence
                     if progress is not None:
                         progress(f"{geometry} {key}")
                     with make(name, precision) as runner:
-                        times[key] = time_runner(runner, image, spikes, repeats, warmup)
-            results[geometry] = {key: summarise_window_times(times[key], k) for key in keys}
+                        times[key] = time_runner(runner, image, spikes, repeats, warmup, gpu[key])
+                        extra[key] = _gpu_block(runner, gpu[key], image, spikes, repeats)
+            results[geometry] = {key: {**summarise_window_times(times[key], k), **extra[key]} for key in keys}
             logger.info("%s: %s", geometry, results[geometry])
     results["environment"] = environment(options.resolved_threads())
     results["environment"].update(skipped_runners=skipped, k=k, repeats=repeats, warmup=warmup,
@@ -219,6 +276,16 @@ def format_table(results: dict) -> str:
         for name, entry in table.items():
             lines.append(f"{geometry:<10} {name:<10} {entry['window_ms_p50']:>10.1f} {entry['window_ms_p99']:>10.1f} "
                          f"{entry['frames_per_s']:>9.2f}")
+            if "compute_ms_p50" in entry:
+                lines.append(f"{'':<10} {name:<10} GPU p50: h2d {entry['h2d_ms_p50']:.2f} ms, compute "
+                             f"{entry['compute_ms_p50']:.2f} ms, d2h {entry['d2h_ms_p50']:.2f} ms (window times "
+                             "include the copies)")
+            if "overlapped_window_ms_mean" in entry:
+                lines.append(f"{'':<10} {name:<10} two windows in flight (copy overlaps compute): "
+                             f"{entry['overlapped_window_ms_mean']:.1f} ms/window, "
+                             f"{entry['overlapped_frames_per_s']:.2f} frames/s")
+            if "trtexec" in entry:
+                lines.append(f"{'':<10} {name:<10} cross-check: {entry['trtexec']}")
         speedup = ratio(results, geometry, "ort", "torch")
         if speedup is not None:
             lines.append(f"{geometry:<10} ort is {speedup:.2f}x faster than torch per window (median)")

@@ -3,9 +3,18 @@
 Written to the API that TensorRT 10.3 (JetPack 6) and 11.x share: a strongly typed network (precision
 comes from the ONNX graph: an fp16 graph or Q/DQ nodes; TensorRT 11 has no FP16/INT8 builder flags), a
 memory-pool limit, a timing cache serialized beside the engines, one static optimisation profile, and
-name-based I/O with tensor addresses set once. Buffers and the stream come from cuda-python
-(``cuda.bindings.runtime``; older ``cuda.cudart``) or, where only it exists, PyCUDA. The engine's real
-layer tensor types are read with the engine inspector and checked against the requested precision.
+name-based I/O. The engine's real layer tensor types are read with the engine inspector and checked
+against the requested precision.
+
+CUDA comes from cuda-python's runtime bindings, 12.x and 13.x: ``cuda.bindings.runtime`` (cuda-bindings
+12.6.1+), else the legacy ``cuda.cudart`` module (12.x only; removed in 13.0). Handles are passed to
+TensorRT through ``cuda.bindings.utils.get_cuda_native_handle`` where it exists (``int(obj)`` is deprecated
+from cuda-bindings 12.9.1/13.0). Streams are non-blocking; pinned host buffers and double-buffered inputs
+and outputs let the copy of exposure n+1 overlap the inference of exposure n (TensorRT's input-consumed
+event orders the reuse of a slot's inputs); every CUDA resource and TensorRT object is released on
+``close()`` and when ``load()`` fails part way. Not yet run on hardware by this project: the runtime path
+is tested against a recording stand-in of TensorRT and CUDA (``tests/fake_trt.py``), and
+``spikereveal bench device-check`` is the first check to run on a GPU or Jetson.
 
 Nothing here imports TensorRT at module import; ``engine_precision_problems``, ``tensor_dtypes_from_inspector``
 and the cache key (``spikereveal.engines.cache``) are pure and tested without a GPU.
@@ -20,7 +29,7 @@ import logging
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -138,129 +147,201 @@ def _trt_logger(trt):
     return _TRT_LOGGERS[id(trt)]
 
 
+class CudaCallError(RunnerError):
+    """A CUDA runtime call failed while the runner was loading, running or closing."""
+
+
+#: where the CUDA runtime bindings live: cuda-bindings 12.6.1+ and 13.x, then the legacy module of cuda-python 12.x
+#: (``cuda.cudart``, removed in 13.0). PyCUDA is not used: JetPack images ship neither it nor cuda-python, and
+#: cuda-python is a binary wheel where PyCUDA compiles against the CUDA toolkit on install.
+CUDART_MODULES = ("cuda.bindings.runtime", "cuda.cudart")
+
+
+def _import_cudart():
+    """``(module, its name)`` of the CUDA runtime bindings; one MissingDependencyError when none imports."""
+    for name in CUDART_MODULES:
+        try:
+            return importlib.import_module(name), name
+        except Exception:  # ImportError, or a broken install raising something else
+            continue
+    raise MissingDependencyError("cuda-python", "the TensorRT engine's buffers and stream", "trt")
+
+
+def cuda_bindings_version() -> str | None:
+    """The installed cuda-bindings (or cuda-python 12.x) version, None when neither is there."""
+    from importlib import metadata
+
+    for distribution in ("cuda-bindings", "cuda-python"):
+        try:
+            return f"{distribution} {metadata.version(distribution)}"
+        except Exception:
+            continue
+    return None
+
+
+def _native_handle(obj) -> int:
+    """The address a CUDA object (stream, event, graph exec) wraps, as TensorRT's Python API wants it.
+
+    cuda-bindings 12.9.1+/13.x: ``cuda.bindings.utils.get_cuda_native_handle`` (``int(obj)`` is deprecated
+    there and subject to removal); older 12.x: ``int(obj)``. Plain ints (device pointers, the ``_v2``
+    bindings' handles) pass through. Not ``obj.getPtr()``: that is the address of the wrapper's storage,
+    a pointer to the handle, not the handle.
+    """
+    if obj is None:
+        return 0
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    try:
+        utils = importlib.import_module("cuda.bindings.utils")
+        getter = utils.get_cuda_native_handle
+    except Exception:
+        return int(obj)
+    return int(getter(obj))
+
+
 class _CudaRuntime:
-    """The few CUDA runtime calls the runner needs, over cuda-python or PyCUDA."""
+    """The CUDA runtime calls the runner needs, over cuda-python's runtime bindings (12.x and 13.x)."""
 
     def __init__(self):
-        self.backend = None
-        for module in ("cuda.bindings.runtime", "cuda.cudart"):
-            try:
-                self.cudart = importlib.import_module(module)
-                self.backend = "cuda-python"
-                break
-            except Exception:
-                continue
-        if self.backend is None:
-            try:
-                self.driver = importlib.import_module("pycuda.driver")
-                self.backend = "pycuda"
-            except Exception as exc:
-                raise MissingDependencyError("cuda-python", "the TensorRT engine's buffers and stream", "trt") from exc
+        self.rt, self.module = _import_cudart()
 
-    def _check(self, result, what: str):
+    def _check(self, result, what: str, error=CudaCallError):
         err, *values = result if isinstance(result, tuple) else (result,)
-        if int(err) != 0:
+        if err != self.rt.cudaError_t.cudaSuccess:
             name = getattr(err, "name", str(err))
-            raise GpuUnavailableError(f"CUDA {what} failed ({name}); check the NVIDIA driver and GPU")
+            hint = "; check the NVIDIA driver and GPU" if error is GpuUnavailableError else ""
+            raise error(f"CUDA {what} failed ({name}){hint}")
+        if not values:
+            return None
         return values[0] if len(values) == 1 else tuple(values)
 
+    # -- device ------------------------------------------------------------------------------------------
     def device_count(self) -> int:
-        if self.backend == "pycuda":
-            self.driver.init()
-            return self.driver.Device.count()
-        return int(self._check(self.cudart.cudaGetDeviceCount(), "cudaGetDeviceCount"))
+        return int(self._check(self.rt.cudaGetDeviceCount(), "cudaGetDeviceCount", GpuUnavailableError))
 
     def select(self, device: int | None) -> int:
-        if self.backend == "pycuda":
-            self.driver.init()
-            index = 0 if device is None else int(device)
-            self._context = self.driver.Device(index).retain_primary_context()
-            self._context.push()
-            return index
         if device is not None:
-            self._check(self.cudart.cudaSetDevice(int(device)), "cudaSetDevice")
-        return int(self._check(self.cudart.cudaGetDevice(), "cudaGetDevice"))
+            self._check(self.rt.cudaSetDevice(int(device)), "cudaSetDevice", GpuUnavailableError)
+        return int(self._check(self.rt.cudaGetDevice(), "cudaGetDevice", GpuUnavailableError))
 
     def device_identity(self, device: int) -> tuple[str, tuple[int, int]]:
-        if self.backend == "pycuda":
-            dev = self.driver.Device(device)
-            return dev.name(), dev.compute_capability()
-        props = self._check(self.cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+        props = self._check(self.rt.cudaGetDeviceProperties(device), "cudaGetDeviceProperties", GpuUnavailableError)
         name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
         return name.rstrip("\x00").strip(), (int(props.major), int(props.minor))
 
-    def stream(self):
-        if self.backend == "pycuda":
-            stream = self.driver.Stream()
-            return stream, stream.handle
-        stream = self._check(self.cudart.cudaStreamCreate(), "cudaStreamCreate")
-        return stream, int(stream)
+    # -- streams and events --------------------------------------------------------------------------------
+    def create_stream(self):
+        """A non-blocking stream: no implicit synchronisation with the legacy default stream."""
+        return self._check(self.rt.cudaStreamCreateWithFlags(self.rt.cudaStreamNonBlocking),
+                           "cudaStreamCreateWithFlags")
 
-    def device_buffer(self, nbytes: int):
-        if self.backend == "pycuda":
-            buffer = self.driver.mem_alloc(nbytes)
-            return buffer, int(buffer)
-        pointer = self._check(self.cudart.cudaMalloc(nbytes), "cudaMalloc")
-        return pointer, int(pointer)
-
-    def host_buffer(self, shape: tuple[int, ...], dtype=IO_DTYPE) -> tuple[Any, np.ndarray]:
-        """Pinned host memory as a numpy array of ``dtype``."""
-        if self.backend == "pycuda":
-            array = self.driver.pagelocked_empty(shape, dtype)
-            return array, array
-        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        pointer = int(self._check(self.cudart.cudaMallocHost(nbytes), "cudaMallocHost"))
-        raw = (ctypes.c_byte * nbytes).from_address(pointer)
-        return pointer, np.frombuffer(raw, dtype).reshape(shape)
-
-    def copy_async(self, dst: int, src: int, nbytes: int, to_device: bool, stream) -> None:
-        if self.backend == "pycuda":
-            if to_device:
-                self.driver.memcpy_htod_async(dst, src, stream)
-            else:
-                self.driver.memcpy_dtoh_async(dst, src, stream)
-            return
-        kind = (self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice if to_device
-                else self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost)
-        self._check(self.cudart.cudaMemcpyAsync(dst, src, nbytes, kind, stream), "cudaMemcpyAsync")
+    def destroy_stream(self, stream) -> None:
+        self._check(self.rt.cudaStreamDestroy(stream), "cudaStreamDestroy")
 
     def synchronize(self, stream) -> None:
-        if self.backend == "pycuda":
-            stream.synchronize()
-        else:
-            self._check(self.cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+        self._check(self.rt.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
 
-    def capture_graph(self, stream, work) -> Any:
-        """Record ``work()`` on ``stream`` into an instantiated CUDA graph (cuda-python only)."""
-        if self.backend != "cuda-python":
-            raise RunnerError("CUDA graphs need cuda-python (PyCUDA has no stream capture here)")
-        rt = self.cudart
-        self._check(rt.cudaStreamBeginCapture(stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal),
-                    "cudaStreamBeginCapture")
-        work()
-        graph = self._check(rt.cudaStreamEndCapture(stream), "cudaStreamEndCapture")
-        return self._check(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+    def create_event(self, timing: bool):
+        if timing:
+            return self._check(self.rt.cudaEventCreate(), "cudaEventCreate")
+        return self._check(self.rt.cudaEventCreateWithFlags(self.rt.cudaEventDisableTiming),
+                           "cudaEventCreateWithFlags")
 
-    def launch_graph(self, graph_exec, stream) -> None:
-        self._check(self.cudart.cudaGraphLaunch(graph_exec, stream), "cudaGraphLaunch")
+    def destroy_event(self, event) -> None:
+        self._check(self.rt.cudaEventDestroy(event), "cudaEventDestroy")
 
-    def free(self, device_buffers: Iterable, host_buffers: Iterable, stream) -> None:
-        if self.backend == "pycuda":
-            for buffer in device_buffers:
-                buffer.free()
-            if getattr(self, "_context", None) is not None:
-                self._context.pop()
-            return
-        for pointer in device_buffers:
-            self.cudart.cudaFree(pointer)
-        for pointer in host_buffers:
-            self.cudart.cudaFreeHost(pointer)
-        if stream is not None:
-            self.cudart.cudaStreamDestroy(stream)
+    def record(self, event, stream) -> None:
+        self._check(self.rt.cudaEventRecord(event, stream), "cudaEventRecord")
+
+    def wait_event(self, stream, event) -> None:
+        self._check(self.rt.cudaStreamWaitEvent(stream, event, 0), "cudaStreamWaitEvent")
+
+    def event_synchronize(self, event) -> None:
+        self._check(self.rt.cudaEventSynchronize(event), "cudaEventSynchronize")
+
+    def elapsed_ms(self, start, end) -> float:
+        return float(self._check(self.rt.cudaEventElapsedTime(start, end), "cudaEventElapsedTime"))
+
+    # -- memory ----------------------------------------------------------------------------------------------
+    def malloc(self, nbytes: int) -> int:
+        return int(self._check(self.rt.cudaMalloc(int(nbytes)), "cudaMalloc"))
+
+    def free(self, pointer: int) -> None:
+        self._check(self.rt.cudaFree(pointer), "cudaFree")
+
+    def malloc_host(self, nbytes: int) -> int:
+        """Page-locked host memory (the DMA engines copy it asynchronously; pageable memory is staged)."""
+        return int(self._check(self.rt.cudaMallocHost(int(nbytes)), "cudaMallocHost"))
+
+    def free_host(self, pointer: int) -> None:
+        self._check(self.rt.cudaFreeHost(pointer), "cudaFreeHost")
+
+    @staticmethod
+    def host_array(pointer: int, shape: tuple[int, ...], dtype=IO_DTYPE) -> np.ndarray:
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        raw = (ctypes.c_byte * nbytes).from_address(pointer)
+        return np.frombuffer(raw, dtype).reshape(shape)
+
+    def copy_async(self, dst: int, src: int, nbytes: int, to_device: bool, stream) -> None:
+        kind = (self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice if to_device
+                else self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost)
+        self._check(self.rt.cudaMemcpyAsync(dst, src, nbytes, kind, stream), "cudaMemcpyAsync")
+
+    # -- CUDA graphs ---------------------------------------------------------------------------------------
+    def begin_capture(self, stream) -> None:
+        # thread-local: other threads of the process (ingest, publish) may call CUDA meanwhile
+        mode = self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        self._check(self.rt.cudaStreamBeginCapture(stream, mode), "cudaStreamBeginCapture")
+
+    def end_capture(self, stream):
+        return self._check(self.rt.cudaStreamEndCapture(stream), "cudaStreamEndCapture")
+
+    def instantiate(self, graph):
+        return self._check(self.rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+
+    def launch(self, graph_exec, stream) -> None:
+        self._check(self.rt.cudaGraphLaunch(graph_exec, stream), "cudaGraphLaunch")
+
+    def destroy_graph(self, graph) -> None:
+        self._check(self.rt.cudaGraphDestroy(graph), "cudaGraphDestroy")
+
+    def destroy_graph_exec(self, graph_exec) -> None:
+        self._check(self.rt.cudaGraphExecDestroy(graph_exec), "cudaGraphExecDestroy")
+
+
+class ResourceLedger:
+    """Every resource a runner created, with how to release it; released newest first.
+
+    ``add`` right after each successful create, so a failure anywhere in ``load()`` releases exactly what
+    exists. ``release_all`` keeps going past a failing release and returns what failed.
+    """
+
+    def __init__(self):
+        self._items: list[tuple[str, Any, Any]] = []
+
+    def add(self, kind: str, handle, release):
+        self._items.append((kind, handle, release))
+        return handle
+
+    def release_all(self) -> list[str]:
+        problems = []
+        while self._items:
+            kind, handle, release = self._items.pop()
+            try:
+                release(handle)
+            except Exception as exc:  # keep releasing the rest
+                problems.append(f"{kind}: {type(exc).__name__}: {exc}")
+        return problems
+
+    def counts(self) -> Counter:
+        return Counter(kind for kind, _, _ in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 def cuda_unavailable_reason() -> str | None:
-    """None when a CUDA device is usable, else why not (no cuda-python/pycuda, no driver, no GPU)."""
+    """None when a CUDA device is usable, else why not (no cuda-python, no driver, no GPU)."""
     try:
         count = _CudaRuntime().device_count()
     except (MissingDependencyError, GpuUnavailableError) as exc:
@@ -374,7 +455,10 @@ def load_or_build_plan(onnx_path, shape: InputShape, precision: str, options: Ru
         logger.info("building TensorRT %s engine for %s (cached as %s)", precision, onnx_path, cache.plan_path(key))
         plan = build_serialized_engine(onnx_path, shape, workspace_bytes=options.workspace_bytes,
                                        timing_cache_path=cache.timing_cache_path(key))
-    runtime = trt.Runtime(_trt_logger(trt))
+    try:
+        runtime = trt.Runtime(_trt_logger(trt))
+    except Exception as exc:  # TensorRT raises plain RuntimeError/TypeError here (no driver, out of memory)
+        raise RunnerError(f"TensorRT could not create a runtime ({type(exc).__name__}: {exc})") from exc
     engine = runtime.deserialize_cuda_engine(plan)
     if engine is None:
         raise RunnerError("TensorRT could not deserialize the engine plan"
@@ -387,8 +471,57 @@ def load_or_build_plan(onnx_path, shape: InputShape, precision: str, options: Ru
 
 
 # -- runner ----------------------------------------------------------------------------------------------
+#: exposures in flight at once: inputs and outputs are double-buffered
+SLOTS = 2
+#: per slot, the events that time the copies and the compute (``cudaEventElapsedTime`` needs timing events)
+_TIMING_EVENTS = ("h2d_start", "h2d_done", "compute_start", "compute_done", "d2h_done")
+
+
+def trtexec_command(plan_path, shape: InputShape, cuda_graph: bool = False) -> str:
+    """The ``trtexec`` line that times the same plan at the same shapes, for a cross-check.
+
+    trtexec prints H2D, GPU compute and D2H separately; whether its "Latency" includes the copies depends
+    on its version and ``--noDataTransfers`` (TensorRT 11's trtexec leaves them out by default), so compare
+    its GPU compute with ``compute_ms`` here.
+    """
+    shapes = ",".join(f"{name}:{'x'.join(str(d) for d in dims)}" for name, dims in shape.as_dict().items())
+    parts = ["trtexec", f"--loadEngine={plan_path}", f"--shapes={shapes}"]
+    if cuda_graph:
+        parts.append("--useCudaGraph")
+    return " ".join(parts)
+
+
+class _Slot:
+    """One exposure in flight: device and pinned host buffers for every tensor, and its events."""
+
+    def __init__(self, index: int):
+        self.index = index
+        self.device: dict[str, int] = {}
+        self.host: dict[str, np.ndarray] = {}
+        self.events: dict[str, Any] = {}
+        self.consumed_handle = 0  # the input-consumed event as TensorRT takes it
+        self.graph_exec = None
+        self.ticket: int | None = None  # the exposure in flight here; None: free
+
+
 class TrtRunner(Runner):
-    """TensorRT on an NVIDIA GPU: pinned host buffers, one stream, addresses set once, optional CUDA graph."""
+    """TensorRT on an NVIDIA GPU: pinned double-buffered I/O, a copy and a compute stream, optional CUDA graphs.
+
+    Each of the :data:`SLOTS` slots has its own device and pinned host buffers and events. ``submit`` copies
+    an exposure into a free slot's pinned inputs and enqueues host->device copies on the copy stream, then
+    ``execute_async_v3`` and the device->host copy of the output on the compute stream; ``wait`` returns
+    its output. So the copy of exposure n+1 runs while exposure n computes. Before copying into a slot's
+    device inputs, the copy stream waits on that slot's input-consumed event, which TensorRT records
+    (``set_input_consumed_event``) as soon as the slot's previous exposure has read them. ``infer`` (the
+    Runner protocol) is submit + wait on slot 0. Both streams are non-blocking. Per exposure, CUDA events
+    time the copies and the compute separately (``last_timings_ms``).
+
+    With ``options.cuda_graph`` each slot's copies + execution run as one captured CUDA graph on the compute
+    stream (no copy/compute overlap, less launch overhead; only the GPU total is timed).
+
+    Every TensorRT object and CUDA resource is recorded in a :class:`ResourceLedger` as it is created and
+    released, newest first, on ``close()`` and when ``load()`` fails part way.
+    """
 
     name = "trt"
 
@@ -397,83 +530,264 @@ class TrtRunner(Runner):
         self.onnx_path = Path(onnx_path) if onnx_path is not None else None
         if self.onnx_path is None or not self.onnx_path.is_file():
             raise ConfigError(f"the TensorRT runner needs an existing ONNX export, got {onnx_path}")
-        self._cuda = None
-        self._graph = None
+        self._cuda: _CudaRuntime | None = None
+        self._ledger = ResourceLedger()
+        self._runtime = self._engine = self._context = None
+        self._compute_stream = self._copy_stream = None
+        self._compute_handle = 0
+        self._slots: list[_Slot] = []
+        self._next_ticket = 0
         self.info: dict = {}
+        #: the last finished exposure's GPU times in ms: h2d, compute, d2h, gpu_total (None where not measured)
+        self.last_timings_ms: dict[str, float | None] = {}
+        #: releases that failed at the last close (logged too); empty when all went well
+        self.release_problems: list[str] = []
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def load(self) -> "TrtRunner":
+        try:
+            return super().load()
+        except BaseException:
+            self.close()  # the warm-up failed after _load succeeded: release everything
+            raise
 
     def _load(self) -> None:
         _import_tensorrt()  # a missing package is reported before a missing GPU
         reason = cuda_unavailable_reason()
         if reason is not None:
             raise GpuUnavailableError(f"the TensorRT engine needs an NVIDIA GPU: {reason}")
-        cuda = self._cuda = _CudaRuntime()
-        cuda.select(self.options.device)
-        _, self.info, self._engine, self._runtime = load_or_build_plan(self.onnx_path, self.shape, self.precision,
-                                                                       self.options)
+        try:
+            self._create()
+        except BaseException:
+            self._release()
+            raise
+
+    def _keep(self, attribute: str, obj, kind: str) -> None:
+        """Hold a TensorRT object; releasing it drops the reference (TensorRT 10's Python API has no destroy)."""
+        setattr(self, attribute, obj)
+        self._ledger.add(kind, attribute, lambda name: setattr(self, name, None))
+
+    def _create(self) -> None:
         from spikereveal.engines.runners import read_export_metadata
 
+        cuda = self._cuda = _CudaRuntime()
+        ledger = self._ledger
+        cuda.select(self.options.device)
+        built = load_or_build_plan(self.onnx_path, self.shape, self.precision, self.options)
+        self.info = built[1]
+        self._keep("_runtime", built[3], "trt.Runtime")
+        self._keep("_engine", built[2], "trt.ICudaEngine")
+        del built  # no local reference may outlive a failed load (a traceback keeps the frame)
         self.firing_gain_range = onnx_gain_range(read_export_metadata(self.onnx_path))
-        self._context = self._engine.create_execution_context()
-        self._stream, self._stream_handle = cuda.stream()
+        context = self._engine.create_execution_context()
+        if context is None:
+            raise RunnerError("TensorRT could not create an execution context (out of GPU memory?)")
+        self._keep("_context", context, "trt.IExecutionContext")
+        del context
         shapes = {**self.shape.as_dict(), OUTPUT_NAME: self.shape.sharp}
-        self._device, self._host, self._host_arrays = {}, {}, {}
-        for name, dims in shapes.items():
-            nbytes = int(np.prod(dims)) * np.dtype(IO_DTYPE).itemsize
-            self._device[name] = cuda.device_buffer(nbytes)
-            self._host[name], self._host_arrays[name] = cuda.host_buffer(dims)
-            if name in INPUT_NAMES and tuple(self._engine.get_tensor_shape(name)) != tuple(dims):
-                self._context.set_input_shape(name, dims)
-            self._context.set_tensor_address(name, self._device[name][1])  # once: buffers never move
-        self.sharp = self._host_arrays[OUTPUT_NAME]
-        if self.options.cuda_graph:
-            self._enqueue()  # a first run outside capture lets TensorRT finish lazy setup
-            cuda.synchronize(self._stream)
-            self._graph = cuda.capture_graph(self._stream, self._enqueue)
-
-    def _enqueue(self) -> None:
-        cuda, stream = self._cuda, self._stream
         for name in INPUT_NAMES:
-            host = self._host_arrays[name]
-            cuda.copy_async(self._device[name][1], host.ctypes.data if cuda.backend != "pycuda" else host,
-                            host.nbytes, True, stream)
-        if not self._context.execute_async_v3(self._stream_handle):
-            raise RunnerError("TensorRT execute_async_v3 failed")
-        out = self._host_arrays[OUTPUT_NAME]
-        cuda.copy_async(out.ctypes.data if cuda.backend != "pycuda" else out, self._device[OUTPUT_NAME][1],
-                        out.nbytes, False, stream)
+            dims = shapes[name]
+            if tuple(self._engine.get_tensor_shape(name)) != tuple(dims):  # a dynamic engine
+                if not self._context.set_input_shape(name, dims):
+                    raise RunnerError(f"the TensorRT engine does not accept {name} of shape {dims}; rebuild it")
+        produced = tuple(self._context.get_tensor_shape(OUTPUT_NAME))
+        if produced != tuple(shapes[OUTPUT_NAME]):
+            raise RunnerError(f"the TensorRT engine gives {OUTPUT_NAME} of shape {produced}, expected "
+                              f"{shapes[OUTPUT_NAME]}; rebuild it from this export")
+        self._compute_stream = ledger.add("cudaStream", cuda.create_stream(), cuda.destroy_stream)
+        self._copy_stream = ledger.add("cudaStream", cuda.create_stream(), cuda.destroy_stream)
+        self._compute_handle = _native_handle(self._compute_stream)
+        for index in range(SLOTS):
+            slot = _Slot(index)
+            self._slots.append(slot)
+            for name, dims in shapes.items():
+                nbytes = int(np.prod(dims)) * np.dtype(IO_DTYPE).itemsize
+                slot.device[name] = ledger.add("cudaMalloc", cuda.malloc(nbytes), cuda.free)
+                pinned = ledger.add("cudaMallocHost", cuda.malloc_host(nbytes), cuda.free_host)
+                slot.host[name] = cuda.host_array(pinned, dims)
+            for event in _TIMING_EVENTS:
+                slot.events[event] = ledger.add("cudaEvent", cuda.create_event(timing=True), cuda.destroy_event)
+            slot.events["consumed"] = ledger.add("cudaEvent", cuda.create_event(timing=False), cuda.destroy_event)
+            slot.consumed_handle = _native_handle(slot.events["consumed"])
+        self.sharp = self._slots[0].host[OUTPUT_NAME]
+        if self.options.cuda_graph:
+            for slot in self._slots:
+                self._bind(slot)
+                self._enqueue_serial(slot)  # a first run outside capture lets TensorRT finish lazy setup
+                cuda.synchronize(self._compute_stream)
+                slot.graph_exec = self._capture(slot)
 
-    def _infer(self, image: np.ndarray, spikes: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    def _capture(self, slot: _Slot):
+        """The slot's copies + execution recorded on the compute stream into an instantiated CUDA graph."""
+        cuda, stream = self._cuda, self._compute_stream
+        cuda.begin_capture(stream)
+        try:
+            self._enqueue_serial(slot)
+        except BaseException:
+            try:  # leave capture mode; drop the partial graph
+                partial = cuda.end_capture(stream)
+                if partial is not None:
+                    cuda.destroy_graph(partial)
+            except Exception as exc:
+                logger.debug("ending a failed capture: %s", exc)
+            raise
+        graph = self._ledger.add("cudaGraph", cuda.end_capture(stream), cuda.destroy_graph)
+        return self._ledger.add("cudaGraphExec", cuda.instantiate(graph), cuda.destroy_graph_exec)
+
+    def _close(self) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        """Wait for work in flight, then release everything in the ledger, newest first."""
+        cuda = self._cuda
+        for stream in (self._copy_stream, self._compute_stream):
+            if stream is not None and cuda is not None:
+                try:
+                    cuda.synchronize(stream)
+                except Exception as exc:
+                    logger.warning("TensorRT runner: synchronising before release failed: %s", exc)
+        self.release_problems = self._ledger.release_all()
+        for problem in self.release_problems:
+            logger.warning("TensorRT runner: releasing %s failed", problem)
+        self._slots = []
+        self.sharp = None
+        self._compute_stream = self._copy_stream = None
+        self._compute_handle = 0
+        self._next_ticket = 0
+        self._cuda = None
+
+    # -- enqueue ---------------------------------------------------------------------------------------
+    def _bind(self, slot: _Slot) -> None:
+        for name, pointer in slot.device.items():
+            if not self._context.set_tensor_address(name, pointer):
+                raise RunnerError(f"TensorRT refused the address of {name!r}")
+
+    def _execute(self) -> None:
+        if not self._context.execute_async_v3(self._compute_handle):
+            raise RunnerError("TensorRT execute_async_v3 failed (see the TensorRT log)")
+
+    def _enqueue_serial(self, slot: _Slot) -> None:
+        """Copies in, execution, copy out, all on the compute stream (the graph's body)."""
+        cuda, stream = self._cuda, self._compute_stream
+        for name in INPUT_NAMES:
+            host = slot.host[name]
+            cuda.copy_async(slot.device[name], host.ctypes.data, host.nbytes, True, stream)
+        self._execute()
+        out = slot.host[OUTPUT_NAME]
+        cuda.copy_async(out.ctypes.data, slot.device[OUTPUT_NAME], out.nbytes, False, stream)
+
+    def _enqueue_overlapped(self, slot: _Slot) -> None:
+        """Copies in on the copy stream, execution and copy out on the compute stream, ordered by events."""
+        cuda, events = self._cuda, slot.events
+        copy, compute = self._copy_stream, self._compute_stream
+        cuda.wait_event(copy, events["consumed"])  # TensorRT has read this slot's inputs of the last exposure
+        cuda.record(events["h2d_start"], copy)
+        for name in INPUT_NAMES:
+            host = slot.host[name]
+            cuda.copy_async(slot.device[name], host.ctypes.data, host.nbytes, True, copy)
+        cuda.record(events["h2d_done"], copy)
+        cuda.wait_event(compute, events["h2d_done"])
+        self._bind(slot)
+        if not self._context.set_input_consumed_event(slot.consumed_handle):
+            raise RunnerError("TensorRT refused the input-consumed event")
+        cuda.record(events["compute_start"], compute)
+        self._execute()
+        cuda.record(events["compute_done"], compute)
+        out = slot.host[OUTPUT_NAME]
+        cuda.copy_async(out.ctypes.data, slot.device[OUTPUT_NAME], out.nbytes, False, compute)
+        cuda.record(events["d2h_done"], compute)
+
+    def _start(self, slot: _Slot, image: np.ndarray, spikes: np.ndarray) -> None:
         for name, array in (("image", image), ("spikes", spikes)):
-            host = self._host_arrays[name]
+            host = slot.host[name]
             if array is not host:
-                np.copyto(host, array)
-        if self._graph is not None:
-            self._cuda.launch_graph(self._graph, self._stream)
+                np.copyto(host, array)  # the slot is free: its last copy to the device has finished
+        if slot.graph_exec is not None:
+            cuda, events = self._cuda, slot.events
+            cuda.record(events["compute_start"], self._compute_stream)
+            cuda.launch(slot.graph_exec, self._compute_stream)
+            cuda.record(events["d2h_done"], self._compute_stream)
         else:
-            self._enqueue()
-        self._cuda.synchronize(self._stream)
+            self._enqueue_overlapped(slot)
+
+    def _finish(self, slot: _Slot, out: np.ndarray | None) -> np.ndarray:
+        cuda, events = self._cuda, slot.events
+        cuda.event_synchronize(events["d2h_done"])
+        if slot.graph_exec is not None:
+            self.last_timings_ms = {"h2d": None, "compute": None, "d2h": None,
+                                    "gpu_total": cuda.elapsed_ms(events["compute_start"], events["d2h_done"])}
+        else:
+            self.last_timings_ms = {
+                "h2d": cuda.elapsed_ms(events["h2d_start"], events["h2d_done"]),
+                "compute": cuda.elapsed_ms(events["compute_start"], events["compute_done"]),
+                "d2h": cuda.elapsed_ms(events["compute_done"], events["d2h_done"]),
+                "gpu_total": cuda.elapsed_ms(events["h2d_start"], events["d2h_done"]),
+            }
+        result = slot.host[OUTPUT_NAME]
         if out is None:
-            return self.sharp
-        np.copyto(out, self.sharp)  # the captured graph copies into the pinned buffer; hand out a copy
+            return result
+        np.copyto(out, result)
         return out
+
+    # -- inference -------------------------------------------------------------------------------------
+    def _infer(self, image: np.ndarray, spikes: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+        if any(slot.ticket is not None for slot in self._slots):
+            raise RunnerError("infer() while exposures from submit() are in flight: wait() for them first")
+        slot = self._slots[0]
+        self._start(slot, image, spikes)
+        return self._finish(slot, out)
+
+    def submit(self, image: np.ndarray, spikes: np.ndarray) -> int:
+        """Start one exposure without waiting for it; returns the ticket to ``wait`` for.
+
+        Up to :data:`SLOTS` exposures may be in flight; wait for them in the order they were submitted.
+        """
+        if not self.loaded:
+            raise RunnerError("trt runner: call load() before submit()")
+        image = self._check_input("image", image, self.shape.image)
+        spikes = self._check_input("spikes", spikes, self.shape.spikes)
+        ticket = self._next_ticket
+        slot = self._slots[ticket % SLOTS]
+        if slot.ticket is not None:
+            raise RunnerError(f"{SLOTS} exposures are in flight: wait() for exposure {slot.ticket} first")
+        self._start(slot, image, spikes)
+        slot.ticket = ticket
+        self._next_ticket += 1
+        return ticket
+
+    def wait(self, ticket: int, out: np.ndarray | None = None) -> np.ndarray:
+        """The output of ``submit``'s ``ticket``: its slot's pinned buffer (valid until that slot is used
+        again, :data:`SLOTS` submits later) or ``out`` filled with it."""
+        if not self.loaded or not self._slots:
+            raise RunnerError("trt runner: nothing is in flight (not loaded)")
+        slot = self._slots[ticket % SLOTS]
+        if slot.ticket != ticket:
+            raise RunnerError(f"exposure {ticket} is not in flight")
+        if out is not None and (not isinstance(out, np.ndarray) or out.shape != self.shape.sharp
+                                or out.dtype != IO_DTYPE or not out.flags.c_contiguous or not out.flags.writeable):
+            raise ConfigError(f"out must be a writeable C-contiguous uint8 array of shape {self.shape.sharp}")
+        try:
+            return self._finish(slot, out)
+        finally:
+            slot.ticket = None
 
     @property
     def inputs(self) -> dict[str, np.ndarray]:
-        """The pinned input buffers: fill them in place and pass them to ``infer`` to skip a host copy."""
-        return {name: self._host_arrays[name] for name in INPUT_NAMES}
+        """The pinned input buffers ``infer`` uses: fill them in place and pass them to skip a host copy."""
+        return {name: self._slots[0].host[name] for name in INPUT_NAMES}
+
+    def next_inputs(self) -> dict[str, np.ndarray]:
+        """The pinned input buffers the next ``submit`` uses (free only when its slot is not in flight)."""
+        slot = self._slots[self._next_ticket % SLOTS]
+        return {name: slot.host[name] for name in INPUT_NAMES}
+
+    def trtexec_command(self) -> str:
+        return trtexec_command(self.info.get("cache", "ENGINE.plan"), self.shape, self.options.cuda_graph)
 
     def describe(self) -> dict:
         info = super().describe()
-        info.update(onnx=str(self.onnx_path), engine=self.info, cuda_graph=self.options.cuda_graph)
+        info.update(onnx=str(self.onnx_path), engine=self.info, cuda_graph=self.options.cuda_graph,
+                    cuda_bindings=cuda_bindings_version(), cuda_module=self._cuda.module if self._cuda else None,
+                    slots=SLOTS, streams="copy + compute, non-blocking", transfers_included=True,
+                    trtexec=self.trtexec_command() if self.info else None)
         return info
-
-    def _close(self) -> None:
-        self._graph = None
-        self._context = None  # context, engine, runtime: released in this order
-        self._engine = None
-        self._runtime = None
-        if self._cuda is not None:
-            self._cuda.free([d[0] for d in self._device.values()],
-                            [h for h in self._host.values()] if self._cuda.backend != "pycuda" else [],
-                            self._stream if self._cuda.backend != "pycuda" else None)
-        self._device, self._host, self._host_arrays = {}, {}, {}

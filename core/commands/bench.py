@@ -1,5 +1,5 @@
 """``spikereveal bench``: benchmarks, one sub-verb each (kernels, engines, report, compare, transport, pipeline,
-exposure-path, soak, all).
+exposure-path, soak, all, device-check).
 
 A sub-verb is a function ``register_<name>(subparsers)`` listed in ``SUBVERBS``; it adds its parser and
 sets ``func``. Handlers import the benchmark code lazily, so ``spikereveal --help`` stays light.
@@ -363,8 +363,36 @@ def register_soak(subparsers) -> None:
     parser.set_defaults(func=run_soak)
 
 
+def run_device_check(args: argparse.Namespace) -> int:
+    from spikereveal.bench.device_check import DeviceCheckConfig, device_check, format_summary
+
+    def progress(status: str) -> None:
+        print(f"device-check: {status}", flush=True)
+
+    report = device_check(DeviceCheckConfig(out_dir=str(args.out), model=args.model), progress=progress)
+    print(format_summary(report))
+    print(f"wrote {report['files']['json']} and {report['files']['markdown']}")
+    return 1 if report["status"] == "failed" else 0
+
+
+def register_device_check(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "device-check",
+        help="one-shot check of the TensorRT path on a GPU/Jetson: engines, frames vs ONNX Runtime, timings",
+        description="On a machine with TensorRT and an NVIDIA GPU: build fp32/fp16/int8 engines of the student at "
+        "the gopro and rsb geometries, deblur a simulated recording with --engine trt against --engine ort (fp32 "
+        "frames agree to >= 45 dB; fp16/int8 lose <= 0.3 dB of PSNR against ground truth), time the engines (copies "
+        "and compute apart, with the trtexec line to cross-check) and the trt pipeline, each step within its own "
+        "time budget (under 8 minutes in all). Writes OUT/device_check.json and OUT/device_check.md; exit 1 when a "
+        "step or criterion failed. Without TensorRT or a GPU it says why and exits 0 at once.",
+    )
+    parser.add_argument("--out", type=output_dir, metavar="DIR", required=True, help="report and work folder")
+    parser.add_argument("--model", metavar="CKPT", default=None, help="LDN checkpoint (default: the shipped student)")
+    parser.set_defaults(func=run_device_check)
+
+
 SUBVERBS = (register_kernels, register_engines, register_report, register_compare, register_transport,
-            register_pipeline, register_exposure_path, register_soak, register_all)
+            register_pipeline, register_exposure_path, register_soak, register_all, register_device_check)
 
 
 def register(subparsers) -> None:
