@@ -73,7 +73,7 @@ def unavailable_reason() -> str | None:
 
 # -- the steps (each runs in a child process; arguments and results are JSON-able) -------------------------
 def step_environment(out_dir: str) -> dict:
-    from spikereveal.bench.environment import collect_environment
+    from spikereveal.environment import collect_environment
     from spikereveal.engines.trt import _CudaRuntime, _import_tensorrt, cuda_bindings_version
 
     trt = _import_tensorrt()
@@ -119,7 +119,7 @@ def step_export(out_dir: str, recordings: dict, precisions, model) -> dict:
     def export(item):
         geometry, precision = item
         shape = _shape(geometry)
-        config = ExportConfig(precision=precision, batch=shape.batch, height=shape.height, width=shape.width)
+        config = ExportConfig(precision=precision, k=shape.k, height=shape.height, width=shape.width)
         path = Path(out_dir) / "onnx" / f"ldn_{geometry}_{precision}.onnx"
         calib = [recordings[geometry]] if precision == "int8" else []
         return {"path": str(export_checkpoint(model, path, config, calib_recordings=calib))}
@@ -216,7 +216,8 @@ def judge(precision: str, comparison: dict) -> dict:
 
 
 def step_deblur(out_dir: str, recordings: dict, exports: dict, precisions) -> dict:
-    from spikereveal.engines.deblur import DeblurConfig, EngineChoice, deblur
+    from spikereveal.engines.choice import EngineChoice
+    from spikereveal.stream.offline import DeblurConfig, deblur
 
     config = DeblurConfig(k=K, write_video=False, overwrite=True)
     results = {}
@@ -271,7 +272,7 @@ def step_bench_engines(out_dir: str, exports: dict, repeats: int, warmup: int = 
                                options=RunnerOptions(warmup_runs=0)) as runner:
                 gpu: list = []
                 times = time_runner(runner, image, spikes, repeats, warmup, gpu)
-                results.setdefault(geometry, {})[name] = {**summarise_window_times(times, shape.batch),
+                results.setdefault(geometry, {})[name] = {**summarise_window_times(times, shape.k),
                                                           **_gpu_block(runner, gpu, image, spikes, repeats)}
         except Exception as exc:
             logger.error("%s failed: %s\n%s", key, exc, traceback.format_exc())

@@ -117,7 +117,7 @@ def time_overlapped(runner, image: np.ndarray, spikes: np.ndarray, repeats: int)
     for ticket in tickets:
         runner.wait(ticket)
     mean_ms = (time.perf_counter() - started) * 1e3 / repeats
-    return {"overlapped_window_ms_mean": mean_ms, "overlapped_frames_per_s": runner.shape.batch / (mean_ms / 1e3)}
+    return {"overlapped_window_ms_mean": mean_ms, "overlapped_frames_per_s": runner.shape.k / (mean_ms / 1e3)}
 
 
 def _gpu_block(runner, samples: Sequence[dict], image, spikes, repeats: int) -> dict:

@@ -124,6 +124,11 @@ class Runner(abc.ABC):
         self.firing_gain_range: tuple[float, float] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Beyond its importable packages, why this backend cannot run here (e.g. no GPU); None: it can."""
+        return None
+
     def load(self) -> "Runner":
         """Load the network and run ``options.warmup_runs`` inferences on zeros. Idempotent."""
         if self.loaded:
@@ -384,11 +389,7 @@ def runner_unavailable_reason(name: str) -> str | None:
             importlib.import_module(module)
         except Exception as exc:
             return f"{module} is not importable ({type(exc).__name__}: {exc}); pip install 'spikereveal[{extra}]'"
-    if name == "trt":
-        from spikereveal.engines.trt import cuda_unavailable_reason
-
-        return cuda_unavailable_reason()
-    return None
+    return runner_class(name).unavailable_reason()  # the backend module, imported through the registry
 
 
 def available_runners() -> list[str]:

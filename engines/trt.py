@@ -523,6 +523,10 @@ class TrtRunner(Runner):
     released, newest first, on ``close()`` and when ``load()`` fails part way.
     """
 
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        return cuda_unavailable_reason()
+
     name = "trt"
 
     def __init__(self, onnx_path, shape: InputShape, precision: str = "fp32", options: RunnerOptions | None = None):

@@ -543,12 +543,12 @@ class FakeStack:
 
 def install(monkeypatch, stack: FakeStack, metadata: dict | None = None) -> FakeStack:
     """Put ``stack``'s modules in ``sys.modules`` and make the ONNX metadata read succeed."""
-    import spikereveal.engines.export as export
+    import spikereveal.engines.onnx_metadata as onnx_metadata
     import spikereveal.engines.trt as trt_module
 
     for name, module in stack.modules().items():
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(trt_module, "_TRT_LOGGERS", {})  # never leak a fake logger to a real TensorRT
     meta = {"precision": "fp32", "firing_gain_range": "[0.5, 2.0]"} if metadata is None else metadata
-    monkeypatch.setattr(export, "read_onnx_metadata", lambda path: dict(meta))
+    monkeypatch.setattr(onnx_metadata, "read_onnx_metadata", lambda path: dict(meta))
     return stack

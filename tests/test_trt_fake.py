@@ -319,7 +319,8 @@ def test_profiles_and_input_shapes_of_the_shipped_geometries(geometry, dynamic, 
 
 def test_the_shipped_export_is_dynamic_so_the_runner_sets_its_shapes():
     pytest.importorskip("onnx")
-    from spikereveal.engines.export import default_onnx_path, read_onnx_metadata
+    from spikereveal.engines.export import default_onnx_path
+    from spikereveal.engines.onnx_metadata import read_onnx_metadata
 
     path = default_onnx_path()
     if path is None:
@@ -412,7 +413,7 @@ def test_bench_engines_reports_copies_and_compute_apart_with_the_trtexec_line(mo
 
     stack = install(monkeypatch, FakeStack("13"))
     monkeypatch.setenv("SPIKEREVEAL_CACHE", str(tmp_path / "cache"))
-    results = bench_engines(runners=("trt",), geometries=("16x24",), repeats=3, warmup=1, k=2, threads=1,
+    results = bench_engines(runners=("trt",), geometries=((16, 24),), repeats=3, warmup=1, k=2, threads=1,
                             work_dir=tmp_path)
     entry = results["16x24"]["trt"]
     assert entry["h2d_ms_p50"] == entry["compute_ms_p50"] == entry["d2h_ms_p50"] == 0.25
