@@ -17,11 +17,9 @@ from torch import nn
 
 from spikereveal.errors import ConfigError
 from spikereveal.kernels.extract import SPIKE_LEVEL
+from spikereveal.kernels.images import SPIKE_TO_IMAGE_SCALE  # the LDN's two stride-2 encoder stages
 from spikereveal.kernels.sensor import FIRING_GAIN_MAX, FIRING_GAIN_MIN, GRAY_WEIGHTS_BGR, MIN_GRAY_MEAN, SPIKE_NORMS
 from spikereveal.kernels.timing import LDN_SPIKE_WINDOW
-from spikereveal.kernels.images import SPIKE_TO_IMAGE_SCALE
-
-#: The image/spike resolution ratio the LDN is built for (two stride-2 encoder stages).
 
 
 @dataclass(frozen=True)
