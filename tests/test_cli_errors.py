@@ -7,19 +7,17 @@ created, -v after the verb, and the help texts of serve and calibrate.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from cli_support import assert_user_error, run_cli
-from training_support import simulate_tiny
 
 TRAIN_EXTRA = "pip install 'spikereveal[train]'"
 
 
 @pytest.fixture(scope="module")
-def recording(tmp_path_factory):
-    return simulate_tiny(tmp_path_factory.mktemp("rec") / "rec", seed=2, exposures=2)
+def recording(tiny_recording):
+    return tiny_recording(seed=2, exposures=2)
 
 
 @pytest.fixture(scope="module")
