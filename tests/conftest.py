@@ -5,15 +5,29 @@ reference implementation of every kernel). ``pythonpath = ["tests"]`` in pyproje
 the import path, so ``from training_support import ...`` works from any working directory and import mode.
 
 Markers (pyproject.toml): ``slow`` tests are deselected by default (``-m "not slow"`` in ``addopts``); run them
-with ``python -m pytest -m slow``. Modules that need torch (the ``train`` extra) skip themselves with
-``pytest.importorskip("torch", ...)`` before importing it.
+with ``python -m pytest -m slow``. Without torch (the ``train`` extra), modules that import it skip themselves
+with ``pytest.importorskip("torch", ...)`` before importing it, and tests marked ``requires_torch`` (torch-free
+test code that drives a verb needing torch, e.g. through the console script) are skipped here.
 """
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 from training_support import simulate_tiny
+
+TORCH_MISSING = importlib.util.find_spec("torch") is None
+
+
+def pytest_collection_modifyitems(config, items):
+    if not TORCH_MISSING:
+        return
+    skip = pytest.mark.skip(reason="needs torch: the [train] extra")
+    for item in items:
+        if item.get_closest_marker("requires_torch") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -31,6 +31,7 @@ def files(tmp_path_factory):
 
 
 # -- 5. only eval reads gt.csv -----------------------------------------------------------------------------------
+@pytest.mark.requires_torch  # eval needs torch to get as far as gt.csv
 def test_deblur_ignores_a_gt_csv_on_another_clock_and_eval_names_it(recording, tmp_path):
     import shutil
 
@@ -64,6 +65,7 @@ def test_verbs_needing_torch_say_which_extra_to_install(recording, tmp_path, arg
     assert f"spikereveal {argv[0]}: error:" in stderr
 
 
+@pytest.mark.requires_torch  # without torch these stop at the missing extra (see above), before the recording
 @pytest.mark.parametrize("argv", [
     ["eval", "--data", "{missing}", "--json", "{tmp}/e.json"],
     ["train", "bsn", "--data", "{missing}", "--out", "{tmp}/bsn.pt"],
