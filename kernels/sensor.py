@@ -72,7 +72,7 @@ def _channel_sums_kernel(image, step):
     s0 = s1 = s2 = 0.0
     count = 0
     for y in range(0, height, step):
-        r0 = r1 = r2 = 0
+        r0 = r1 = r2 = np.int64(0)  # int64 also without the JIT (a Python 0 + uint8 stays uint8 and wraps)
         for x in range(0, width, step):  # integer row sums for uint8: exact and vectorizable
             r0 += image[y, x, 0]
             r1 += image[y, x, 1]

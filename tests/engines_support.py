@@ -63,12 +63,12 @@ def make_recording(path: Path, exposures: int = 3, frames: int | None = None, se
 
 
 def reference_spike_windows(packed: np.ndarray, centers, first_index: int, window: int = 21) -> np.ndarray:
-    """Slow twin of the kernels' LDN input: the ``window`` frames centred at each centre, as float32."""
+    """The LDN input of packed SPIKE_H x SPIKE_W frames, cut by the slow twin (``twins.reference_ldn_input``):
+    the ``window`` frames centred at each centre, as float32."""
     from spikereveal.kernels.packing import unpack_frames
+    from twins import reference_ldn_input
 
-    frames = unpack_frames(packed, SPIKE_H, SPIKE_W).astype(np.float32)
-    half = window // 2
-    return np.stack([frames[c - half - first_index: c + half + 1 - first_index] for c in centers])
+    return reference_ldn_input(unpack_frames(packed, SPIKE_H, SPIKE_W), centers, window, first_index)
 
 
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
@@ -86,21 +86,6 @@ def exposure_inputs(shape, seed: int = 0, spike_rate: float = 0.25):
     image = rng.integers(0, 256, shape.image, dtype=np.uint8)
     spikes = np.where(rng.random(shape.spikes) < spike_rate, SPIKE_LEVEL, 0).astype(np.uint8)
     return image, spikes
-
-
-def reference_sharp8(model, image: np.ndarray, spikes: np.ndarray) -> np.ndarray:
-    """The float reference of the deployed graph: ``planar_to_bgr8(model.forward_exposure(image/255, spikes/SPIKE_LEVEL))``
-    -> (K,H,W,3) uint8."""
-    import torch
-
-    from spikereveal.kernels.convert import planar_to_bgr8
-    from spikereveal.kernels.extract import SPIKE_LEVEL
-
-    blur = image.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
-    levels = spikes.astype(np.float32) / np.float32(SPIKE_LEVEL)
-    with torch.no_grad():
-        sharp = model.forward_exposure(torch.from_numpy(np.ascontiguousarray(blur)), torch.from_numpy(levels))
-    return planar_to_bgr8(sharp.numpy())
 
 
 def assert_within_lsb(actual: np.ndarray, expected: np.ndarray, max_lsb: int, max_fraction: float = 1.0) -> None:

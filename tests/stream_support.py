@@ -1,7 +1,14 @@
-"""A tiny rig recording shared by the replay and driver tests (not collected as a test module)."""
+"""Shared by the stream tests (not a test module): a tiny rig recording (replay, driver, auth) and a fake
+runner with a known, cheap network (worker, auth)."""
+
+from __future__ import annotations
+
+import threading
 
 import numpy as np
 
+from spikereveal.engines.runners import Runner
+from spikereveal.kernels.extract import SPIKE_LEVEL
 from spikereveal.kernels.packing import pack_frames
 from spikereveal.kernels.timing import index_to_time
 from spikereveal.recording import RecordingWriter, RgbMeta, SpikeMeta, open_recording
@@ -25,3 +32,34 @@ def tiny_rig_recording(path, seed: int):
             image = rng.integers(0, 256, (4 * H, 4 * W, 3), dtype=np.uint8)
             writer.add_exposure(int(index_to_time(first, T0_NS, RATE_HZ)), EXPOSURE_FRAMES * PERIOD_NS, image)
     return open_recording(path, strict=False)
+
+
+class FakeRunner(Runner):
+    """sharp = image / 2 + mean spike level (nearest-upsampled), in uint8 like the deployed graph; ``gate``
+    (an Event) holds each inference."""
+
+    name = "fake"
+
+    def __init__(self, shape, gate: threading.Event | None = None):
+        super().__init__(shape, options=None)
+        self.gate = gate
+        self.started = threading.Semaphore(0)
+        self.calls = 0
+
+    def _load(self):
+        self.sharp = np.empty(self.shape.sharp, np.uint8)
+
+    def _infer(self, image, spikes, out):
+        if self.gate is not None and self.loaded and self.calls >= 0:
+            self.started.release()
+            assert self.gate.wait(30)
+        self.calls += 1
+        target = self.sharp if out is None else out
+        target[:] = fake_network(image, spikes.astype(np.float64) / SPIKE_LEVEL)
+        return target
+
+
+def fake_network(image: np.ndarray, spikes: np.ndarray) -> np.ndarray:
+    """(1,H,W,3) uint8 and (K,S,h,w) spike fractions -> (K,H,W,3) uint8."""
+    spike_mean = np.repeat(np.repeat(spikes.mean(axis=1), 4, axis=1), 4, axis=2)[..., None]
+    return np.clip(image.astype(np.float64) / 2 + 100 * spike_mean, 0, 255).astype(np.uint8)

@@ -1,36 +1,28 @@
-"""``spikereveal adapt``: hold-out split and recording views, the stages, the report, resuming, errors."""
+"""``spikereveal adapt``: the stages, the report, resuming, errors (the split, views and refusals that need no torch
+are in test_adapt_plan.py)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
-import torch
 
-from spikereveal.engines.checkpoint import load_checkpoint, save_checkpoint
-from spikereveal.engines.ldn import LDN
-from spikereveal.errors import ConfigError
-from spikereveal.recording import open_recording
-from spikereveal.training.adapt import (
-    STATE_FILE,
-    AdaptConfig,
-    adapt,
-    plan_epochs,
-    split_recordings,
-    write_view,
-)
-from spikereveal.engines.export import shipped_teacher_path
-from spikereveal.training.bsn import BSN, BSNConfig
-from spikereveal.training.sr import SR, SRConfig
-from cli_support import run_cli
-from training_support import TINY_BSN, TINY_SR, simulate_tiny, write_recording
+torch = pytest.importorskip("torch", reason="needs torch: the [train] extra")
+
+from spikereveal.engines.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from spikereveal.engines.ldn import LDN  # noqa: E402
+from spikereveal.errors import ConfigError  # noqa: E402
+from spikereveal.training.adapt import STATE_FILE, AdaptConfig, adapt, split_recordings  # noqa: E402
+from spikereveal.training.bsn import BSN, BSNConfig  # noqa: E402
+from spikereveal.training.sr import SR, SRConfig  # noqa: E402
+from cli_support import run_cli  # noqa: E402
+from training_support import TINY_BSN, TINY_SR, simulate_tiny, write_recording  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def recording(tmp_path_factory):
-    return simulate_tiny(tmp_path_factory.mktemp("adapt") / "rec", seed=3, exposures=5)
+def recording(tiny_recording):
+    return tiny_recording(seed=3, exposures=5)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +56,7 @@ def adapted(recording, nets, tmp_path_factory):
     return out, result
 
 
-# -- split and views -----------------------------------------------------------------------------------------------
+# -- split (needs torch: it counts usable exposures with training.datasets) ---------------------------------------
 def test_every_nth_usable_exposure_is_held_out_and_at_least_one(recording, tmp_path):
     split = split_recordings([str(recording)], 2)
     assert split.train == ((0, 2, 4),) and split.held_out == ((1, 3),)
@@ -77,31 +69,8 @@ def test_every_nth_usable_exposure_is_held_out_and_at_least_one(recording, tmp_p
                                            {"recording": str(other), "exposures": [0]}]
 
 
-def test_a_view_is_a_recording_with_only_its_exposures(recording, tmp_path):
-    view = write_view(recording, tmp_path / "view", [1, 3], ground_truth=True)
-    with open_recording(view) as opened, open_recording(recording) as source:
-        assert [e.index for e in opened.exposures] == [1, 3]
-        assert {f.exposure_index for f in opened.ground_truth} == {1, 3}
-        assert opened.spikes.frame_count == source.spikes.frame_count
-        assert (opened.read_exposure(3) == source.read_exposure(3)).all()
-    without_truth = write_view(recording, tmp_path / "train", [0], ground_truth=False)
-    with open_recording(without_truth) as opened:
-        assert not opened.has_ground_truth and [e.index for e in opened.exposures] == [0]
-    assert (Path(recording) / "exposures.csv").read_text().count("\n") == 6  # the source is untouched
-
-
-def test_epochs_are_planned_from_the_first_one():
-    assert plan_epochs(100.0, 20.0, 20.0, 30) == 5  # the first + 80 s / 20 s
-    assert plan_epochs(100.0, 20.0, 1.0, 30) == 30  # capped at the recipe's epochs
-    assert plan_epochs(100.0, 120.0, 20.0, 30) == 1  # over budget: the first only
-
-
-def test_shipped_starting_points_are_found():
-    assert shipped_teacher_path("bsn").name == "bsn_default.pt"
-    assert shipped_teacher_path("sr").name == "sr_default.pt"
-
-
 # -- a whole run ------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_adapt_writes_every_output_and_a_before_after_report(adapted, nets):
     out, result = adapted
     for name in ("bsn.pt", "sr.pt", "ldn.pt", "ldn.onnx", "report.json", "report.md", STATE_FILE):
@@ -133,6 +102,7 @@ def test_adapt_writes_every_output_and_a_before_after_report(adapted, nets):
     assert "student re-blur PSNR" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_rerunning_a_finished_run_skips_every_stage(adapted, recording, nets):
     out, _ = adapted
     stamps = {name: (out / name).stat().st_mtime_ns for name in ("bsn.pt", "sr.pt", "ldn.pt", "ldn.onnx")}
@@ -142,6 +112,7 @@ def test_rerunning_a_finished_run_skips_every_stage(adapted, recording, nets):
     assert {name: (out / name).stat().st_mtime_ns for name in stamps} == stamps
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_continues_where_it_stopped(recording, nets, tmp_path):
     config = AdaptConfig(data=(str(recording),), out=str(tmp_path / "run"), time_budget_min=30.0, threads=1,
                          model=str(nets["ldn"]), teacher_bsn=str(nets["bsn"]), teacher_sr=str(nets["sr"]),
@@ -166,6 +137,7 @@ def test_an_interrupted_run_continues_where_it_stopped(recording, nets, tmp_path
     assert result.report["budget"]["stages"]["ldn"]["epochs_completed"] == 2
 
 
+@pytest.mark.slow
 def test_epochs_are_sized_from_the_budget_and_a_budget_without_one_step_is_refused(recording, nets, tmp_path,
                                                                                    monkeypatch):
     import spikereveal.training.adapt as module
@@ -193,6 +165,7 @@ def test_epochs_are_sized_from_the_budget_and_a_budget_without_one_step_is_refus
     assert [h["lr"] for h in meta["training"]["history"]] == pytest.approx([1e-3, 0.5e-3])  # cosine over 2 epochs
 
 
+@pytest.mark.slow
 def test_force_starts_over_with_other_data(adapted, recording, nets, tmp_path):
     out = tmp_path / "run"
     other = simulate_tiny(tmp_path / "other", seed=5, exposures=3)
@@ -207,12 +180,6 @@ def test_force_starts_over_with_other_data(adapted, recording, nets, tmp_path):
 
 
 # -- bad input: exit code 2 and a message that says what to do -----------------------------------------------------
-def test_budget_too_small_is_refused(recording, nets, tmp_path):
-    result = _cli("adapt", "--data", str(recording), "--out", str(tmp_path / "o"), "--time-budget-min", "0.2")
-    assert result.returncode == 2 and "--time-budget-min 0.2 is too small" in result.stderr
-    assert not (tmp_path / "o").exists()
-
-
 def test_recordings_without_enough_usable_exposures_are_refused(tmp_path, nets):
     short_margins = write_recording(tmp_path / "short", exposures=2, margin=5)  # windows need 10 frames each side
     result = _cli(*_args(short_margins, nets, tmp_path / "a"))
@@ -223,6 +190,7 @@ def test_recordings_without_enough_usable_exposures_are_refused(tmp_path, nets):
     assert result.returncode == 2 and "only 1 usable exposure" in result.stderr and "at least 2" in result.stderr
 
 
+@pytest.mark.slow
 def test_out_must_be_a_directory_of_this_run(adapted, recording, nets, tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("x")
@@ -234,30 +202,3 @@ def test_out_must_be_a_directory_of_this_run(adapted, recording, nets, tmp_path)
     assert "--force" in result.stderr
 
 
-def test_missing_torch_names_the_extra(recording, tmp_path):
-    result = _cli("adapt", "--data", str(recording), "--out", str(tmp_path / "o"), block_torch=True)
-    assert result.returncode == 2 and "pip install 'spikereveal[train]'" in result.stderr
-
-
-@pytest.mark.parametrize("changes, message", [
-    ({"holdout_every": 1}, "--holdout-every"),
-    ({"teacher_bsn": "bsn.pt"}, "both --teacher-bsn and --teacher-sr"),
-    ({"data": ()}, "no recording"),
-    ({"autocast": "fp16"}, "unknown autocast"),
-    ({"stage_epochs": (1, 0, 1)}, "three positive integers"),
-])
-def test_invalid_configs(changes, message, recording):
-    values = {"data": (str(recording),), "out": "x", **changes}
-    with pytest.raises(ConfigError, match=message):
-        AdaptConfig(**values)
-
-
-def test_duplicate_recordings_are_refused(recording):
-    with pytest.raises(ConfigError, match="more than once"):
-        AdaptConfig(data=(str(recording), str(recording) + "/"), out="x")
-
-
-def test_help_needs_no_torch():
-    result = _cli("adapt", "--help", block_torch=True)
-    assert result.returncode == 0, result.stderr
-    assert "--time-budget-min" in result.stdout and "--holdout-every" in result.stdout

@@ -9,7 +9,6 @@ import stat
 import tempfile
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ cv2 = pytest.importorskip("cv2")
 
 from cli_support import assert_user_error, run_cli  # noqa: E402
 from stream_support import H, W, tiny_rig_recording  # noqa: E402
-from test_worker import FakeRunner  # noqa: E402
+from stream_support import FakeRunner  # noqa: E402
 from spikereveal.errors import ConfigError  # noqa: E402
 from spikereveal.stream import security  # noqa: E402
 from spikereveal.stream.config import load_serve_config  # noqa: E402

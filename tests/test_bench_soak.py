@@ -48,6 +48,7 @@ def test_soak_config_refuses_nonsense():
     assert stated_queue_bound_bytes() == 768 * 2**20
 
 
+@pytest.mark.slow
 def test_a_short_soak_publishes_only_offline_frames_and_its_counters_add_up(tmp_path):
     """Issue 14's soak, CI-sized: restarts into the other recording, killed (and replaced) workers, mutated
     messages; every published frame is compared with offline deblur."""

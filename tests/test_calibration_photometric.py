@@ -9,6 +9,7 @@ from spikereveal.calibration import CalibrationError, PhotometricCalibration, da
 from spikereveal.calibration.fit import calibrate_dark
 from spikereveal.errors import ConfigError
 from spikereveal.recording import open_recording
+from twins import reference_fill
 
 
 def _hot_truth_mask(path, shape):
@@ -67,22 +68,6 @@ def test_a_recording_that_is_not_dark_is_refused():
         dark_maps(rng.binomial(50, 0.007, (40, 64)), 50)
 
 
-def _reference_fill(values, hot):
-    """Slow twin: mean of the non-hot pixels in the smallest (3x3, 5x5, 7x7) window that has any."""
-    out = values.astype(np.float64).copy()
-    height, width = hot.shape
-    for r, c in zip(*np.nonzero(hot)):
-        for radius in (1, 2, 3):
-            window = (slice(max(r - radius, 0), r + radius + 1), slice(max(c - radius, 0), c + radius + 1))
-            good = ~hot[window]
-            if good.any():
-                out[..., r, c] = values[(...,) + window][..., good].mean(axis=-1)
-                break
-        else:
-            out[..., r, c] = 0
-    return out
-
-
 @pytest.mark.parametrize("shape", [(5, 7), (12, 16), (3, 3)])
 def test_fill_matches_reference_including_clusters_and_edges(shape):
     rng = np.random.default_rng(sum(shape))
@@ -90,7 +75,7 @@ def test_fill_matches_reference_including_clusters_and_edges(shape):
     hot[0, 0] = hot[-1, -1] = True  # corners
     values = rng.random((2,) + shape).astype(np.float32)
     maps = PhotometricCalibration(np.zeros(shape, np.float32), hot, 1000, 0.0, 0.01)
-    np.testing.assert_allclose(maps.fill_hot_pixels(values), _reference_fill(values, hot), rtol=1e-6)
+    np.testing.assert_allclose(maps.fill_hot_pixels(values), reference_fill(values, hot), rtol=1e-6)
     np.testing.assert_array_equal(maps.fill_hot_pixels(values)[..., ~hot], values[..., ~hot])
     none = PhotometricCalibration(np.zeros(shape, np.float32), np.zeros(shape, bool), 1000, 0.0, 0.01)
     np.testing.assert_array_equal(none.fill_hot_pixels(values), values)
@@ -102,7 +87,7 @@ def test_level_fill_is_the_float_fill_rounded_in_place(shape):
     hot = rng.random(shape) < 0.2
     maps = PhotometricCalibration(np.zeros(shape, np.float32), hot, 1000, 0.0, 0.01)
     levels = ((rng.random((3, 21) + shape) < 0.4) * 255).astype(np.uint8)
-    expected = np.rint(_reference_fill(levels.astype(np.float64), hot)).astype(np.uint8)
+    expected = np.rint(reference_fill(levels.astype(np.float64), hot)).astype(np.uint8)
     original = levels.copy()
     assert maps.fill_hot_pixel_levels(levels) is levels
     np.testing.assert_array_equal(levels, expected)

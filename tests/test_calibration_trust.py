@@ -11,7 +11,7 @@ from calibration_support import clock_recording
 from cli_support import assert_user_error, run_cli
 from spikereveal.calibration import CalibrationError, ClockCalibration, RigCalibration, read_calibration
 from spikereveal.calibration import clock as clock_math
-from spikereveal.calibration.fit import calibrate_clock, check_clock
+from spikereveal.calibration.fit import check_clock
 from spikereveal.kernels.timing import output_timestamps
 from spikereveal.recording import open_recording
 from spikereveal.sim import MotionConfig, preset, simulate_recording

@@ -6,10 +6,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from spikereveal import cli
-from spikereveal.engines.checkpoint import (
+torch = pytest.importorskip("torch", reason="needs torch: the [train] extra")
+
+from spikereveal import cli  # noqa: E402
+from spikereveal.engines.checkpoint import (  # noqa: E402
     CHECKPOINT_FORMAT,
     CheckpointError,
     import_official_ldn,
@@ -17,10 +18,10 @@ from spikereveal.engines.checkpoint import (
     read_official_ldn,
     save_checkpoint,
 )
-from spikereveal.engines.ldn import LDN, LDNConfig
-from spikereveal.errors import ConfigError
-from spikereveal.training.bsn import BSN, BSNConfig
-from spikereveal.training.sr import SR, SRConfig
+from spikereveal.engines.ldn import LDN, LDNConfig  # noqa: E402
+from spikereveal.errors import ConfigError  # noqa: E402
+from spikereveal.training.bsn import BSN, BSNConfig  # noqa: E402
+from spikereveal.training.sr import SR, SRConfig  # noqa: E402
 
 NETWORKS = {
     "ldn": (LDN, LDNConfig(spike_frames=5), lambda: (torch.rand(1, 3, 8, 12), torch.rand(1, 5, 2, 3))),

@@ -7,19 +7,17 @@ created, -v after the verb, and the help texts of serve and calibrate.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from cli_support import assert_user_error, run_cli
-from training_support import simulate_tiny
 
 TRAIN_EXTRA = "pip install 'spikereveal[train]'"
 
 
 @pytest.fixture(scope="module")
-def recording(tmp_path_factory):
-    return simulate_tiny(tmp_path_factory.mktemp("rec") / "rec", seed=2, exposures=2)
+def recording(tiny_recording):
+    return tiny_recording(seed=2, exposures=2)
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +31,7 @@ def files(tmp_path_factory):
 
 
 # -- 5. only eval reads gt.csv -----------------------------------------------------------------------------------
+@pytest.mark.requires_torch  # eval needs torch to get as far as gt.csv
 def test_deblur_ignores_a_gt_csv_on_another_clock_and_eval_names_it(recording, tmp_path):
     import shutil
 
@@ -66,6 +65,7 @@ def test_verbs_needing_torch_say_which_extra_to_install(recording, tmp_path, arg
     assert f"spikereveal {argv[0]}: error:" in stderr
 
 
+@pytest.mark.requires_torch  # without torch these stop at the missing extra (see above), before the recording
 @pytest.mark.parametrize("argv", [
     ["eval", "--data", "{missing}", "--json", "{tmp}/e.json"],
     ["train", "bsn", "--data", "{missing}", "--out", "{tmp}/bsn.pt"],

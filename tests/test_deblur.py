@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
+pytest.importorskip("torch", reason="needs torch: the [train] extra")
 pytest.importorskip("onnx")
 cv2 = pytest.importorskip("cv2")
 

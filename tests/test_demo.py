@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-pytest.importorskip("torch")
+pytest.importorskip("torch", reason="needs torch: the [train] extra")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("zmq")
 cv2 = pytest.importorskip("cv2")
@@ -65,6 +65,7 @@ def test_demo_config_is_validated(kwargs):
         DemoConfig(**kwargs)
 
 
+@pytest.mark.slow
 def test_cli_demo_shows_streaming_progress_and_lists_the_plots(tmp_path):
     pytest.importorskip("matplotlib")
     from cli_support import run_cli

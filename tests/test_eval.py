@@ -9,24 +9,25 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-import torch
 
-from spikereveal.engines.checkpoint import CheckpointError, save_checkpoint
-from spikereveal.engines.ldn import LDN
-from spikereveal.errors import ConfigError, RecordingError
-from spikereveal.recording import open_recording
-from spikereveal.training import datasets as ds
-from spikereveal.training import evaluate as ev
-from spikereveal.training.bsn import BSN, BSNConfig
-from spikereveal.training.sr import SR, SRConfig
-from training_support import TINY_GT_PER_EXPOSURE, simulate_tiny, write_recording
+torch = pytest.importorskip("torch", reason="needs torch: the [train] extra")
+
+from spikereveal.engines.checkpoint import CheckpointError, save_checkpoint  # noqa: E402
+from spikereveal.engines.ldn import LDN  # noqa: E402
+from spikereveal.errors import ConfigError, RecordingError  # noqa: E402
+from spikereveal.recording import open_recording  # noqa: E402
+from spikereveal.training import datasets as ds  # noqa: E402
+from spikereveal.training import evaluate as ev  # noqa: E402
+from spikereveal.training.bsn import BSN, BSNConfig  # noqa: E402
+from spikereveal.training.sr import SR, SRConfig  # noqa: E402
+from training_support import TINY_GT_PER_EXPOSURE, write_recording  # noqa: E402
 
 EXPOSURES = 2
 
 
 @pytest.fixture(scope="module")
-def recording(tmp_path_factory):
-    return simulate_tiny(tmp_path_factory.mktemp("eval") / "rec", seed=11, exposures=EXPOSURES)
+def recording(tiny_recording):
+    return tiny_recording(seed=11, exposures=EXPOSURES)
 
 
 @pytest.fixture(scope="module")

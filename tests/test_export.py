@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
+pytest.importorskip("torch", reason="needs torch: the [train] extra")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
@@ -23,7 +23,6 @@ from engines_support import (  # noqa: E402
     make_recording,
     psnr,
     random_ldn,
-    reference_sharp8,
     save_random_checkpoint,
 )
 from spikereveal.engines.cache import file_sha256  # noqa: E402
@@ -40,6 +39,7 @@ from spikereveal.engines.export import (  # noqa: E402
 from spikereveal.engines.ldn import ExposureLDN  # noqa: E402
 from spikereveal.engines.runners import InputShape  # noqa: E402
 from spikereveal.errors import ConfigError  # noqa: E402
+from twins import reference_sharp8  # noqa: E402
 
 K = 3
 SHAPE = InputShape(K, IMAGE_H, IMAGE_W)

@@ -7,15 +7,11 @@ from hypothesis import strategies as st
 
 from spikereveal.errors import ConfigError
 from spikereveal.kernels import MAX_WINDOW_FRAMES, SpikeAccumulator, pack_frames, window_count, window_counts
+from twins import reference_counts
 
 # (H, W): H*W/8 bytes per frame = 12500 (250x400: 1562 words + 4 tail bytes), 3 (tail only), 9, 15, 35,
 # 64 (whole words, no tail), 1, and a non-square one whose H*W is not a multiple of 64
 GEOMETRIES = [(250, 400), (3, 8), (8, 9), (5, 24), (7, 40), (16, 32), (1, 8), (13, 56)]
-
-
-def reference_counts(bits: np.ndarray, starts, stops) -> np.ndarray:
-    """The numpy twin: unpacked 0/1 frames (N, H, W) summed over each window."""
-    return np.stack([bits[a:b].sum(axis=0, dtype=np.int64) for a, b in zip(starts, stops)])
 
 
 def random_bits(rng, frames, height, width, density=0.3):

@@ -5,19 +5,7 @@ import pytest
 
 from spikereveal.errors import ConfigError
 from spikereveal.kernels import bgr8_to_planar, planar_to_bgr8
-
-
-def reference_bgr8(images: np.ndarray) -> np.ndarray:
-    """The numpy twin: the expression the offline path used before the kernel, NaN mapped to 0 first
-    (casting NaN to uint8 is undefined in numpy; the kernel defines it as 0)."""
-    images = np.where(np.isnan(images), images.dtype.type(0), images)
-    scaled = np.clip(images, 0.0, 1.0) * np.float32(255.0) + np.float32(0.5)
-    return scaled.transpose(0, 2, 3, 1).astype(np.uint8)
-
-
-def reference_planar(image: np.ndarray, copies: int) -> np.ndarray:
-    planar = image.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
-    return np.broadcast_to(planar, (copies, *planar.shape))
+from twins import reference_bgr8, reference_planar
 
 
 def random_images(seed, shape, dtype=np.float32):

@@ -6,14 +6,7 @@ import pytest
 from spikereveal.errors import ConfigError
 from spikereveal.kernels import LDN_SPIKE_WINDOW, extract_ldn_input, pack_frames
 from spikereveal.kernels.extract import SPIKE_LEVEL
-
-
-def reference_ldn_input(bits: np.ndarray, centers, window: int, first_index: int = 0) -> np.ndarray:
-    """The numpy twin: for each centre, the unpacked frames centre - window//2 .. centre + window//2."""
-    half = window // 2
-    return np.stack(
-        [bits[c - first_index - half : c - first_index + half + 1].astype(np.float32) for c in centers]
-    ).reshape(len(centers), window, *bits.shape[1:])
+from twins import reference_ldn_input
 
 
 def random_bits(seed, frames, height, width):

@@ -14,40 +14,11 @@ from spikereveal.kernels import (
     tfp_stack,
     upsample_nearest,
 )
+from twins import reference_sdm, reference_tfi, reference_upsample
 
 
 def random_bits(seed, frames, height, width, density=0.3):
     return (np.random.default_rng(seed).random((frames, height, width)) < density).astype(np.uint8)
-
-
-def reference_tfi(bits: np.ndarray, center: int) -> np.ndarray:
-    """Per pixel: 1 / (first spike after ``center`` - last spike at or before it), 0 without both."""
-    frames, height, width = bits.shape
-    image = np.zeros((height, width), dtype=np.float32)
-    for y in range(height):
-        for x in range(width):
-            before = np.flatnonzero(bits[: center + 1, y, x])
-            after = np.flatnonzero(bits[center + 1 :, y, x])
-            if before.size and after.size:
-                image[y, x] = 1.0 / (center + 1 + after[0] - before[-1])
-    return image
-
-
-def reference_upsample(image: np.ndarray, factor: int) -> np.ndarray:
-    height, width = image.shape[-2:]
-    result = np.empty(image.shape[:-2] + (height * factor, width * factor), dtype=image.dtype)
-    for y in range(height * factor):
-        for x in range(width * factor):
-            result[..., y, x] = image[..., y // factor, x // factor]
-    return result
-
-
-def reference_sdm(blur, short, long):
-    ratio = np.zeros(np.broadcast_shapes(short.shape, long.shape), dtype=np.float64)
-    nonzero = np.broadcast_to(long != 0, ratio.shape)
-    ratio[nonzero] = (short / np.where(long == 0, 1, long))[nonzero]
-    up = reference_upsample(ratio, 4)
-    return np.clip(blur.astype(np.float64) * up[..., None, :, :], 0, 1)
 
 
 @pytest.mark.parametrize("height,width", [(250, 400), (8, 9), (13, 56)])

@@ -9,7 +9,6 @@ import pytest
 from spikereveal.errors import ConfigError
 from spikereveal.kernels import pack_frames
 from spikereveal.kernels.sensor import (
-    GRAY_WEIGHTS_BGR,
     MIN_GRAY_MEAN,
     domain_check,
     exposure_firing_gain,
@@ -21,25 +20,12 @@ from spikereveal.kernels.sensor import (
     spike_count,
 )
 from spikereveal.kernels.timing import ExposureWindow
+from twins import reference_gray, reference_rate
 
 GEOMETRIES = [(250, 400), (3, 8), (8, 9), (5, 24), (16, 24), (1, 8), (13, 56)]
 
 
 # -- numpy twins ---------------------------------------------------------------------------------------------
-def reference_rate(bits: np.ndarray, first: int, stop: int, step: int) -> float:
-    """Unpacked 0/1 frames (N, H, W): mean over frames first, first + step, ... < stop."""
-    return float(bits[first:stop:step].mean())
-
-
-def reference_gray(image: np.ndarray, step: int = 1) -> float:
-    """uint8 (H, W, 3) BGR or float (3, H, W) BGR -> mean of 0.11 B + 0.59 G + 0.3 R in [0, 1]."""
-    if image.dtype == np.uint8:
-        pixels = image[::step, ::step].reshape(-1, 3).astype(np.float64) / 255.0
-    else:
-        pixels = image[:, ::step, ::step].reshape(3, -1).T.astype(np.float64)
-    return float((pixels @ np.asarray(GRAY_WEIGHTS_BGR)).mean())
-
-
 @pytest.mark.parametrize("height,width", GEOMETRIES)
 def test_spike_rate_matches_numpy_twin(height, width):
     rng = np.random.default_rng(height * 100 + width)

@@ -4,40 +4,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
-from spikereveal.engines.checkpoint import import_official_ldn, load_checkpoint
-from spikereveal.engines.ldn import LDN, LDNConfig, count_parameters
-from spikereveal.errors import ConfigError
+torch = pytest.importorskip("torch", reason="needs torch: the [train] extra")
+
+from spikereveal.engines.checkpoint import import_official_ldn, load_checkpoint  # noqa: E402
+from spikereveal.engines.ldn import LDN, LDNConfig, count_parameters  # noqa: E402
+from spikereveal.errors import ConfigError  # noqa: E402
+from twins import reference_ldn  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 OFFICIAL = SHARED / "reference" / "official_ldn_DeblurNet_100.pth"
 needs_official = pytest.mark.skipif(not OFFICIAL.is_file(), reason=f"needs the official weights at {OFFICIAL}")
-
-
-def reference_ldn(sd, blur, spikes):
-    """The official Deblur_Net forward written out with torch.nn.functional over a raw state dict."""
-
-    def conv(x, name, stride=1, padding=0):
-        return F.conv2d(x, sd[f"{name}.weight"], sd.get(f"{name}.bias"), stride, padding)
-
-    def deconv(x, name):
-        return F.conv_transpose2d(x, sd[f"{name}.weight"], sd[f"{name}.bias"], 2, 2, output_padding=1)
-
-    b = F.relu(conv(F.relu(conv(blur, "blur_enc.0", 2, 2)), "blur_enc2.0", 2, 2))
-    s = F.relu(conv(F.relu(conv(spikes, "spike_enc.0", 1, 1)), "spike_enc2.0", 1, 1))
-    x = torch.cat([b, s], 1)
-
-    def mlp(v):
-        return conv(F.relu(conv(v, "ca.fc.0")), "ca.fc.2")
-
-    x = torch.sigmoid(mlp(F.adaptive_avg_pool2d(x, 1)) + mlp(F.adaptive_max_pool2d(x, 1))) * x
-    x = torch.sigmoid(conv(torch.cat([x.mean(1, keepdim=True), x.max(1, keepdim=True)[0]], 1), "sa.conv1", 1, 3)) * x
-    for block in ("resBlock1", "resBlock2"):
-        x = x + conv(F.relu(conv(x, f"{block}.conv_block.0", 1, 1)), f"{block}.conv_block.3", 1, 1)
-    x = F.relu(deconv(F.relu(deconv(x, "decoder1.0")), "decoder2.0"))
-    return conv(torch.cat([blur, x], 1), "pred")
 
 
 def _inputs(n=2, height=16, width=24, frames=21, seed=0):

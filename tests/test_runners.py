@@ -146,7 +146,8 @@ def test_infer_writes_into_out(name, model, onnx_paths):
 def test_torch_runner_is_the_float_reference_rounded(model, onnx_paths):
     """The torch runner (ExposureLDN) is planar_to_bgr8(LDN.forward_exposure) of the same inputs as floats; the blur
     half of the head conv is summed apart, so a value on a rounding boundary may land 1 LSB off."""
-    from engines_support import assert_not_flat, assert_within_lsb, reference_sharp8
+    from engines_support import assert_not_flat, assert_within_lsb
+    from twins import reference_sharp8
 
     with make("torch", model, onnx_paths) as runner:
         for seed in range(3):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
+pytest.importorskip("torch", reason="needs torch: the [train] extra")
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 zmq = pytest.importorskip("zmq")

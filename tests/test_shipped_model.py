@@ -4,7 +4,7 @@ import importlib.resources
 
 import pytest
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason="needs torch: the [train] extra")
 
 from spikereveal.engines.checkpoint import load_checkpoint  # noqa: E402
 from spikereveal.engines.export import default_model_path  # noqa: E402
@@ -36,7 +36,8 @@ def test_shipped_onnx_is_the_export_of_the_shipped_checkpoint():
     """
     import numpy as np
 
-    from engines_support import assert_not_flat, assert_within_lsb, exposure_inputs, reference_sharp8
+    from engines_support import assert_not_flat, assert_within_lsb, exposure_inputs
+    from twins import reference_sharp8
     from spikereveal.engines.cache import file_sha256
     from spikereveal.engines.export import default_onnx_path
     from spikereveal.engines.onnx_metadata import read_onnx_metadata

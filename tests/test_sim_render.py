@@ -9,6 +9,7 @@ from spikereveal.sim.motion import sample_camera
 from spikereveal.sim.render import Grid, Shot, composite_premultiplied, render, spike_intensity
 from spikereveal.sim.rgb import blurry_frame, quantise
 from spikereveal.sim.scenes import linear_to_srgb, load_scene_images, srgb_to_linear
+from twins import reference_composite
 
 
 @pytest.mark.parametrize("height, width", [(1, 1), (5, 7), (16, 9), (0, 4)])
@@ -18,7 +19,7 @@ def test_composite_kernel_matches_numpy_twin(height, width):
     alpha = rng.random((height, width, 1), dtype=np.float32)
     alpha[::2] = 0.0  # fully transparent rows are skipped by the kernel
     layer = np.concatenate([rng.random((height, width, 3), dtype=np.float32) * alpha, alpha], axis=2)
-    expected = frame * (1.0 - alpha) + layer[:, :, :3]
+    expected = reference_composite(frame, layer)
     got = composite_premultiplied(frame.copy(), layer)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
 

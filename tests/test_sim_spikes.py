@@ -4,29 +4,10 @@ import numpy as np
 import pytest
 
 from spikereveal.errors import ConfigError
-from spikereveal.kernels import pack_frames, unpack_frames
+from spikereveal.kernels import unpack_frames
 from spikereveal.sim.config import SensorConfig
 from spikereveal.sim.spikes import fire_spikes, integrate_and_fire, new_sensor_state
-
-
-def reference_integrate_and_fire(intensity, accumulator, thresholds, gain, rate=None, uniforms=None,
-                                 electrons=0.0, normals=None):
-    """Slow numpy twin of the numba kernel: one frame at a time, same arithmetic."""
-    acc = accumulator.copy()
-    spikes = np.zeros(intensity.shape, dtype=bool)
-    for t in range(intensity.shape[0]):
-        charge = np.maximum(gain * intensity[t].astype(np.float64), 0.0)
-        if electrons > 0:
-            noisy = charge + np.sqrt(charge * thresholds * (1.0 / electrons)) * normals[t].astype(np.float64)
-            charge = np.where(charge > 0, np.maximum(noisy, 0.0), charge)
-        level = acc + charge
-        fired = level > thresholds
-        level = np.where(fired, np.minimum(level - thresholds, thresholds), level)
-        acc = level
-        if rate is not None:
-            fired = fired | (uniforms[t] < rate.astype(np.float32))
-        spikes[t] = fired
-    return pack_frames(spikes), acc
+from twins import reference_integrate_and_fire
 
 
 @pytest.mark.parametrize(

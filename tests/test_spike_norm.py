@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import torch
 
-from spikereveal.engines.checkpoint import load_checkpoint, save_checkpoint
-from spikereveal.engines.ldn import LDN, ExposureLDN, LDNConfig, firing_gain
-from spikereveal.errors import ConfigError
-from spikereveal.kernels.extract import SPIKE_LEVEL
-from spikereveal.kernels.sensor import FIRING_GAIN_MAX, FIRING_GAIN_MIN, SPIKE_NORMS
-from spikereveal.training import datasets as ds
-from tests.training_support import simulate_tiny
+torch = pytest.importorskip("torch", reason="needs torch: the [train] extra")
+
+from spikereveal.engines.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from spikereveal.engines.ldn import LDN, ExposureLDN, LDNConfig, firing_gain  # noqa: E402
+from spikereveal.errors import ConfigError  # noqa: E402
+from spikereveal.kernels.extract import SPIKE_LEVEL  # noqa: E402
+from spikereveal.kernels.sensor import FIRING_GAIN_MAX, FIRING_GAIN_MIN, SPIKE_NORMS  # noqa: E402
+from spikereveal.training import datasets as ds  # noqa: E402
 
 
 def _exposure(k=7, height=32, width=48, density=0.3, seed=0):
@@ -121,10 +120,3 @@ def test_training_switches_an_init_to_firing_gain_and_records_the_gain_range(rec
     assert len(meta["training"]["init"]["sha256"]) == 64
 
 
-def test_spike_norm_is_a_student_option_only():
-    from spikereveal.training.train import TrainConfig
-
-    with pytest.raises(ConfigError, match="spike_norm"):
-        TrainConfig("sr", spike_norm="firing-gain")
-    with pytest.raises(ConfigError, match="unknown spike_norm"):
-        TrainConfig("ldn", teacher="sdm", spike_norm="rates")

@@ -6,24 +6,11 @@ import pytest
 from spikereveal.errors import ConfigError, FormatError
 from spikereveal.kernels.packing import pack_frames, unpack_frames
 from spikereveal.spikefile import SpikeFile, SpikeFileWriter, read_dat, write_dat
+from twins import reference_dat_bytes
 
 LAYOUTS = [(flip, order) for flip in (False, True) for order in ("little", "big")]
 # (H, W): W a multiple of 8; W not a multiple of 8 (H*W still is); tall and thin; the rsb sensor
 GEOMETRIES = [(5, 8), (4, 6), (8, 3), (250, 400)]
-
-
-def reference_dat_bytes(frames, flip_rows, bit_order, row_bits=None, junk=None):
-    """The file layout written straight from SPEC §2, independent of spikereveal's packing helpers.
-
-    ``frames`` are (N, H, W) 0/1 top row first; USB rows are padded to ``row_bits`` with ``junk`` bits.
-    """
-    stored = frames[:, ::-1, :] if flip_rows else frames
-    if row_bits is not None:
-        n, height, width = frames.shape
-        padding = junk if junk is not None else np.zeros((n, height, row_bits - width), dtype=np.uint8)
-        stored = np.concatenate([stored, padding], axis=2)
-    flat = stored.reshape(stored.shape[0], -1).astype(np.uint8)
-    return np.packbits(flat, axis=1, bitorder=bit_order).tobytes()
 
 
 def random_frames(rng, n, height, width, density=0.3):

@@ -2,14 +2,16 @@
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
-from spikereveal.engines.ldn import count_parameters
-from spikereveal.errors import ConfigError
-from spikereveal.training.bsn import BSN, BSNConfig
-from spikereveal.training.sr import SR, SRConfig
-from spikereveal.training.teacher import teacher_frames
+torch = pytest.importorskip("torch", reason="needs torch: the [train] extra")
+from torch import nn  # noqa: E402
+
+from spikereveal.engines.ldn import count_parameters  # noqa: E402
+from spikereveal.errors import ConfigError  # noqa: E402
+from spikereveal.training.bsn import BSN, BSNConfig  # noqa: E402
+from spikereveal.training.sr import SR, SRConfig  # noqa: E402
+from spikereveal.training.teacher import teacher_frames  # noqa: E402
+from twins import reference_teacher  # noqa: E402
 
 TINY_BSN = BSNConfig(encoder_channels=6, decoder_channels=8)
 TINY_SR = SRConfig(residual_blocks=2, features=8)
@@ -138,16 +140,6 @@ class _Nearest4(nn.Module):
         return torch.repeat_interleave(torch.repeat_interleave(x, 4, 2), 4, 3) * self.gain
 
 
-def _reference_teacher(blur, short, long, bsn_factor, sr_gain):
-    """numpy twin: clip(B * SR(clip(BSN(short))) / SR(long)), every stage clipped, 0 where denominator is 0."""
-    up = lambda a: np.repeat(np.repeat(a, 4, -2), 4, -1)  # noqa: E731
-    numerator = np.clip(up(np.clip(short * bsn_factor, 0, 1)) * sr_gain, 0, 1)[:, None]
-    denominator = np.clip(up(long) * sr_gain, 0, 1)[None, None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(denominator == 0, 0.0, blur[None] / denominator)
-    return np.clip(ratio * numerator, 0, 1)
-
-
 @pytest.mark.parametrize("bsn_factor, sr_gain", [(1.0, 1.0), (3.0, 1.0), (1.0, 1.7)])
 def test_teacher_matches_numpy_reference(bsn_factor, sr_gain):
     rng = np.random.default_rng(0)
@@ -158,7 +150,7 @@ def test_teacher_matches_numpy_reference(bsn_factor, sr_gain):
     long[0, 0] = 0.0  # the reference rule: a zero denominator gives 0, not inf/nan
     out = teacher_frames(blur, short, long, _Scale(bsn_factor), _Nearest4(sr_gain))
     assert out.shape == (k, 3, 4 * h, 4 * w) and out.dtype == torch.float32
-    expected = _reference_teacher(blur, short, long, bsn_factor, sr_gain)
+    expected = reference_teacher(blur, short, long, bsn_factor, sr_gain)
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-6, atol=1e-6)
     assert torch.all(out[:, :, :4, :4] == 0)
 

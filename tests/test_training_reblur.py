@@ -6,38 +6,26 @@ import argparse
 
 import numpy as np
 import pytest
-import torch
 
-from spikereveal.engines.checkpoint import load_checkpoint
-from spikereveal.errors import ConfigError
-from spikereveal.training import datasets as ds
-from spikereveal.training import losses
-from spikereveal.training.train import TrainConfig, train
-from spikereveal.training.train_config import distilled_positions
-from training_support import TINY_EXPOSURE_FRAMES, simulate_tiny
+torch = pytest.importorskip("torch", reason="needs torch: the [train] extra")
+
+from spikereveal.engines.checkpoint import load_checkpoint  # noqa: E402
+from spikereveal.errors import ConfigError  # noqa: E402
+from spikereveal.training import datasets as ds  # noqa: E402
+from spikereveal.training import losses  # noqa: E402
+from spikereveal.training.train import TrainConfig, train  # noqa: E402
+from spikereveal.training.train_config import distilled_positions  # noqa: E402
+from training_support import TINY_EXPOSURE_FRAMES  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def recording(tmp_path_factory):
-    return simulate_tiny(tmp_path_factory.mktemp("reblur") / "rec", seed=4, exposures=2)
+def recording(tiny_recording):
+    return tiny_recording(seed=4, exposures=2)
 
 
 @pytest.fixture(scope="module")
 def exposures(recording):
     return ds.load_exposures([recording])
-
-
-@pytest.mark.parametrize("n, m, expected", [
-    (5, 5, [0, 1, 2, 3, 4]), (1, 1, [0]), (9, 5, [0, 2, 4, 6, 8]), (13, 5, [0, 3, 6, 9, 12]), (7, 2, [0, 6]),
-])
-def test_distilled_positions_pick_every_step_th_timestamp(n, m, expected):
-    assert distilled_positions(n, m) == expected
-
-
-@pytest.mark.parametrize("n, m", [(12, 5), (4, 5), (5, 1), (0, 0)])
-def test_distilled_positions_refuse_sets_that_do_not_nest(n, m):
-    with pytest.raises(ConfigError, match="--reblur-timestamps"):
-        distilled_positions(n, m)
 
 
 def test_nested_centers_are_the_distilled_centers_when_the_exposure_divides(exposures):
@@ -112,24 +100,6 @@ def test_dataset_runs_the_student_at_every_reblur_timestamp_and_the_teacher_at_t
         assert spikes.shape[0] == 13 and targets.shape[0] == 5
         assert torch.equal(blurry, plain_blurry) and torch.equal(targets, plain_targets) and gain == plain_gain
         assert torch.equal(spikes[fine.distilled], plain_spikes)  # same crop, same windows at the distilled times
-
-
-@pytest.mark.parametrize("changes, message", [
-    ({"kind": "ldn", "teacher": "sdm", "timestamps": 5, "reblur_timestamps": 12}, "--reblur-timestamps"),
-    ({"kind": "ldn", "teacher": "sdm", "reblur_timestamps": 3}, "--reblur-timestamps"),
-    ({"kind": "ldn", "teacher": "sdm", "reblur_rule": "simpson"}, "unknown reblur_rule"),
-    ({"kind": "sr", "reblur_timestamps": 9}, "only apply to training the ldn"),
-    ({"kind": "bsn", "reblur_rule": "trapezoid"}, "only apply to training the ldn"),
-])
-def test_invalid_reblur_arguments(changes, message):
-    with pytest.raises(ConfigError, match=message):
-        TrainConfig(**changes)
-
-
-def test_reblur_count_defaults_to_the_distilled_timestamps():
-    assert TrainConfig("ldn", teacher="sdm").with_defaults().reblur_count == 5
-    assert TrainConfig("ldn", teacher="sdm", timestamps=3).with_defaults().reblur_count == 3
-    assert TrainConfig("ldn", teacher="sdm", reblur_timestamps=9).with_defaults().reblur_count == 9
 
 
 def test_cli_trains_with_finer_reblur_timestamps_and_records_them(recording, tmp_path):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from engines_support import reference_spike_windows
-from spikereveal.engines.runners import InputShape, Runner
+from stream_support import FakeRunner, fake_network
+from spikereveal.engines.runners import InputShape
 from spikereveal.errors import ConfigError
 from spikereveal.kernels.extract import SPIKE_LEVEL
 from spikereveal.kernels.packing import pack_frames
@@ -25,37 +26,6 @@ from spikereveal.stream.wire import decode_job, decode_result, encode_job, encod
 SPIKE_H, SPIKE_W = 16, 24
 RATE_HZ = 1000.0
 K = 3
-
-
-class FakeRunner(Runner):
-    """sharp = image / 2 + mean spike level (nearest-upsampled), in uint8 like the deployed graph; ``gate``
-    (an Event) holds each inference."""
-
-    name = "fake"
-
-    def __init__(self, shape, gate: threading.Event | None = None):
-        super().__init__(shape, options=None)
-        self.gate = gate
-        self.started = threading.Semaphore(0)
-        self.calls = 0
-
-    def _load(self):
-        self.sharp = np.empty(self.shape.sharp, np.uint8)
-
-    def _infer(self, image, spikes, out):
-        if self.gate is not None and self.loaded and self.calls >= 0:
-            self.started.release()
-            assert self.gate.wait(30)
-        self.calls += 1
-        target = self.sharp if out is None else out
-        target[:] = fake_network(image, spikes.astype(np.float64) / SPIKE_LEVEL)
-        return target
-
-
-def fake_network(image: np.ndarray, spikes: np.ndarray) -> np.ndarray:
-    """(1,H,W,3) uint8 and (K,S,h,w) spike fractions -> (K,H,W,3) uint8."""
-    spike_mean = np.repeat(np.repeat(spikes.mean(axis=1), 4, axis=1), 4, axis=2)[..., None]
-    return np.clip(image.astype(np.float64) / 2 + 100 * spike_mean, 0, 255).astype(np.uint8)
 
 
 def reference_output(job: ReadyJob) -> np.ndarray:
