@@ -150,7 +150,6 @@ def test_a_slow_worker_does_not_hold_back_a_fast_one(tmp_path, capsys):
     assert fast >= 0.8 * (fast + slow)  # the fast worker does (nearly) everything
     assert fast >= 0.4 * replay_s / fast_s  # ... at (a good part of) its own rate: nothing holds it back
     assert done >= 0.9 * fast  # its results are published, not held behind the slow worker's
-    assert counters["reorder_skipped"] <= slow  # only the slow worker's exposures were skipped ahead of
     assert counters["worker_lost"] == 0 and counters["results_rejected"] == 0
     assert _accounted(counters) == counters["exposures_received"]
 
