@@ -16,9 +16,10 @@
                     "when_full": "drop_oldest", "output_pixel_format": "bgr8",
                     "save_dir": null, "png_compression": 1, "write_video": false, "video_fps": 10.0,
                     "drain_timeout_s": 30.0},
-     "scale_out":  {"workers": 0, "job_endpoint": null, "result_endpoint": null, "in_flight_per_worker_jobs": 2,
-                    "result_timeout_s": 30.0, "heartbeat_timeout_s": 10.0, "restart_workers": true,
-                    "worker_crash_loop_s": 10.0},
+     "scale_out":  {"workers": 0, "job_endpoint": null, "result_endpoint": null, "in_flight_per_worker_jobs": 1,
+                    "reorder_wait_s": 2.0, "reorder_max_results": 8, "lost_job_policy": "requeue_once",
+                    "requeue_max_age_s": 2.0, "result_timeout_s": 30.0, "heartbeat_timeout_s": 10.0,
+                    "restart_workers": true, "worker_crash_loop_s": 10.0},
      "publish":    {"send_hwm_messages": 1000, "max_subscriptions": 64},
      "security":   {"secret_key_file": null, "allow_keys_dir": null, "output_curve": false,
                     "rig_key_file": null},
@@ -30,7 +31,8 @@ Jetson with 8 GB shared between CPU and GPU (Orin NX/Nano 8 GB), where the model
 most of it: about 768 MiB of queued camera data in all -- the two SUB receive buffers 128 MiB each
 (``ingest.*_receive_buffer_bytes``), the spike ring 256 MiB (``sync.max_ring_bytes``), the waiting
 exposures' images 128 MiB (``sync.max_pending_bytes``) and the job queue 128 MiB (``worker.queue_max_bytes``),
-plus at most ``in_flight_per_worker_jobs`` jobs per worker. ZeroMQ counts its receive buffer in messages, so
+plus at most ``in_flight_per_worker_jobs`` jobs per worker and ``reorder_max_results`` finished exposures
+waiting to be published in order (K sharp frames each: 8 x 34 MB at ``rsb``, K = 7). ZeroMQ counts its receive buffer in messages, so
 each SUB socket refuses messages above ``*_max_message_bytes`` (ZMQ_MAXMSGSIZE: the publisher is
 disconnected, so set it to the rig's largest message) and gets a high-water mark of
 ``receive_buffer_bytes // max_message_bytes`` messages (at most ``receive_hwm_messages``). The defaults fit
@@ -67,11 +69,13 @@ __all__ = [
     "ServeConfig",
     "load_serve_config",
     "WHEN_FULL_POLICIES",
+    "LOST_JOB_POLICIES",
 ]
 
 CONFIG_FORMAT = "spikereveal-serve"
 CONFIG_VERSION = 1
 WHEN_FULL_POLICIES = ("drop_oldest", "drop_newest")
+LOST_JOB_POLICIES = ("requeue_once", "drop")
 OUTPUT_PIXEL_FORMATS = ("bgr8", "bgr_f32")
 
 
@@ -183,12 +187,23 @@ class WorkerConfig:
 @dataclass(frozen=True)
 class ScaleOutConfig:
     """Inference outside the serve process. ``workers`` 0: one inference thread in ``serve``; N > 0: N local
-    worker processes. ``job_endpoint``/``result_endpoint``: also bind PUSH/PULL there for remote
-    ``spikereveal worker`` s. At most ``in_flight_per_worker_jobs`` jobs per worker are out at a time
-    (the rest wait in the bounded queue); a job not back after ``result_timeout_s`` is counted lost.
+    worker processes. ``job_endpoint``/``result_endpoint``: also bind the job ROUTER and the result PULL there
+    for remote ``spikereveal worker`` s.
+
+    Dispatch is credit-based (``stream.dispatch``): each worker announces its credits (``spikereveal worker
+    --credits``, default 1; local workers get ``in_flight_per_worker_jobs``) and serve sends a job only to a
+    worker holding fewer than ``min(its credits, in_flight_per_worker_jobs)``; a result hands the credit back.
+    The rest wait in the bounded job queue. Results are published in exposure order, with a bounded wait: once
+    the oldest finished result has waited ``reorder_wait_s`` for an earlier exposure, or more than
+    ``reorder_max_results`` wait, the unfinished exposures before them are skipped (``reorder_skipped``; their
+    late results are discarded). A job not back ``result_timeout_s`` after it was sent is counted lost.
+
     Workers acknowledge each job they take and beat every second (``worker.HEARTBEAT_INTERVAL_S``): a local
-    worker whose process exits is lost at once, a worker silent for ``heartbeat_timeout_s`` is lost; either
-    way exactly its unfinished jobs count in ``worker_lost`` and the results behind them go out. With
+    worker whose process exits is lost at once, a worker silent for ``heartbeat_timeout_s`` is lost. Its
+    unfinished jobs then follow ``lost_job_policy``: ``requeue_once`` (default) sends each again, before any
+    new job and in its place in the publishing order, if it was first sent less than ``requeue_max_age_s``
+    ago and was not re-queued before (``jobs_requeued``), else drops it (``worker_lost``); ``drop`` drops them
+    all. What waited behind a dropped job goes out at once. With
     ``restart_workers`` a local worker whose process exits is replaced by a new one (a new worker id;
     ``workers_restarted``), unless it exited with code 2 (it reported a failure it would repeat, such as an
     engine that cannot load) or within ``worker_crash_loop_s`` of its start (a crash loop); then serve goes
@@ -197,10 +212,14 @@ class ScaleOutConfig:
     workers: int = 0
     job_endpoint: str | None = None
     result_endpoint: str | None = None
-    in_flight_per_worker_jobs: int = 2
+    in_flight_per_worker_jobs: int = 1  # the most jobs one worker holds at once (the cap on its credits)
+    reorder_wait_s: float = 2.0  # the longest a finished result waits for an earlier exposure before skip-ahead
+    reorder_max_results: int = 8  # the most finished results waiting for an earlier exposure
+    lost_job_policy: str = "requeue_once"  # or "drop": what happens to a lost worker's unfinished jobs
+    requeue_max_age_s: float = 2.0  # requeue_once: only jobs first sent less than this long ago
     result_timeout_s: float = 30.0
     heartbeat_timeout_s: float = 10.0  # > a few heartbeat intervals (1 s), or a busy network looks like a death
-    remote_workers: int = 0  # how many remote workers to plan in-flight slots for (they announce themselves)
+    remote_workers: int = 0  # no longer used (workers announce their credits); accepted so old configs load
     restart_workers: bool = True
     worker_crash_loop_s: float = 10.0  # a local worker that exits sooner after its start is not restarted
 
@@ -211,6 +230,15 @@ class ScaleOutConfig:
             raise ConfigError(f"scale_out.restart_workers must be true or false, got {self.restart_workers!r}")
         _positive_int("scale_out", "remote_workers", self.remote_workers, low=0)
         _positive_int("scale_out", "in_flight_per_worker_jobs", self.in_flight_per_worker_jobs)
+        if self.in_flight_per_worker_jobs > 0xFFFF:
+            raise ConfigError(f"scale_out.in_flight_per_worker_jobs must be at most 65535, got "
+                              f"{self.in_flight_per_worker_jobs}")
+        _positive_seconds("scale_out", "reorder_wait_s", self.reorder_wait_s)
+        _positive_int("scale_out", "reorder_max_results", self.reorder_max_results)
+        _positive_seconds("scale_out", "requeue_max_age_s", self.requeue_max_age_s)
+        if self.lost_job_policy not in LOST_JOB_POLICIES:
+            raise ConfigError(f"scale_out.lost_job_policy must be one of {', '.join(LOST_JOB_POLICIES)}, got "
+                              f"{self.lost_job_policy!r}")
         _positive_seconds("scale_out", "result_timeout_s", self.result_timeout_s)
         _positive_seconds("scale_out", "heartbeat_timeout_s", self.heartbeat_timeout_s)
         if (self.job_endpoint is None) != (self.result_endpoint is None):
@@ -328,7 +356,8 @@ class ServeConfig:
     def queued_bytes_bound(self) -> int:
         """The most camera data serve's queues may hold at once, in bytes (768 MiB by default): both SUB
         receive buffers, the spike ring, the waiting exposures' images and the job queue. Not in it: the
-        jobs out at workers (``in_flight_per_worker_jobs`` each) and the output's PUB buffers
+        jobs out at workers (``in_flight_per_worker_jobs`` each), the results waiting to be published in order
+        (``scale_out.reorder_max_results``) and the output's PUB buffers
         (``publish.send_hwm_messages`` sharp frames per slow viewer)."""
         ingest = self.ingest
         return (ingest.spike_receive_buffer_bytes + ingest.rgb_receive_buffer_bytes + self.sync.max_ring_bytes

@@ -2,14 +2,31 @@
 
     spike SUB ─┐                                       ┌─> inference thread ───────────────┐
                ├─> decode ─> Synchroniser ─> JobQueue ─┤                                   ├─> ResultSink
-    rgb SUB ───┘                                       └─> PUSH -> workers -> PULL ->       │    ├─> PUB (sharp)
-                                                           ResultCollector (re-orders) ────┘    └─> FrameSaver
+    rgb SUB ───┘                                       └─> ROUTER (by credit) -> workers -> │    ├─> PUB (sharp)
+                                                           PULL -> ResultCollector ────────┘    └─> FrameSaver
+                                                           (re-orders, bounded)
 
 Every queue is bounded, with a policy when full and a counter:
 
-=====================  ===============================================  =======================================
-``exposures_dropped`` in the counters is the sum of the four exposure drops (pending, job queue, job queue
-while the engine warms up, lost at a worker). ``peak_queued_bytes`` is the most camera data the ring, the
+=====================  ===============================================  =========================================
+queue                  bound                                            when full
+=====================  ===============================================  =========================================
+SUB receive buffers    ``ingest.*_receive_buffer_bytes`` per socket     ZeroMQ drops; counted as ``gaps``
+synchroniser ring      ``sync.max_ring_frames`` / ``max_ring_bytes``    oldest frames out (``spike_frames_dropped``)
+pending exposures      ``sync.max_pending_exposures`` / ``_bytes``      oldest dropped (``sync_exposures_dropped``)
+job queue              ``worker.queue_capacity_jobs`` / ``_max_bytes``  ``worker.when_full`` (``job_queue_dropped``;
+                                                                        ``warmup_dropped`` while the engine loads)
+jobs at workers        a worker's credits, at most                      jobs wait in the job queue (above); a lost
+                       ``scale_out.in_flight_per_worker_jobs`` each,    worker's jobs: ``lost_job_policy``
+                       ``dispatch.MAX_ROUTES`` workers                  (``jobs_requeued`` / ``worker_lost``)
+re-ordering buffer     ``scale_out.reorder_max_results`` results,       skip ahead of the unfinished exposures
+                       each waiting at most ``reorder_wait_s``          before them (``reorder_skipped``)
+PUB send buffer        ``publish.send_hwm_messages`` per viewer         message dropped (``output_dropped``)
+=====================  ===============================================  =========================================
+
+``exposures_dropped`` in the counters is the sum of the five exposure drops (pending, job queue, job queue
+while the engine warms up, lost at a worker, skipped ahead of by the re-ordering); ``jobs_requeued`` counts
+jobs sent again after their worker was lost (not an outcome: each ends in one of the others). ``peak_queued_bytes`` is the most camera data the ring, the
 pending exposures and the job queue held at once (sampled after every message), ``peak_rss_bytes`` the
 process's peak resident memory. :class:`Pipeline` holds the pure part (no sockets): it is fed camera messages with their arrival
 time and hands results to the sink; :mod:`spikereveal.stream.serve` owns the sockets and the loop.
@@ -48,6 +65,7 @@ COUNTER_KEYS = (
     "job_queue_dropped", "warmup_dropped", "worker_lost", "spike_frames_received", "spike_frames_dropped",
     "output_messages", "output_dropped", "frames_saved", "frames_save_failed", "out_of_domain_exposures",
     "spike_geometry_mismatches", "results_rejected", "subscriptions_refused", "output_resets",
+    "jobs_requeued", "reorder_skipped",
 )
 
 
@@ -216,7 +234,8 @@ class Pipeline:
 
     def counters(self, sink: ResultSink, failed: int = 0, abandoned: int = 0, worker_lost: int = 0,
                  frames_saved: int = 0, frames_save_failed: int = 0, results_rejected: int = 0,
-                 subscriptions_refused: int = 0, output_resets: int = 0) -> dict:
+                 subscriptions_refused: int = 0, output_resets: int = 0, jobs_requeued: int = 0,
+                 reorder_skipped: int = 0) -> dict:
         """The serve report: integer counters (COUNTER_KEYS) plus reasons and the latency summary."""
         c = self.sync.counters
         sync_dropped = c.exposures_dropped
@@ -226,7 +245,8 @@ class Pipeline:
             "exposures_received": c.exposures_received,
             "exposures_done": sink.exposures_done,
             "exposures_skipped": c.exposures_skipped,
-            "exposures_dropped": sync_dropped + self.queue.dropped + self.queue.warmup_dropped + worker_lost,
+            "exposures_dropped": (sync_dropped + self.queue.dropped + self.queue.warmup_dropped + worker_lost
+                                  + reorder_skipped),
             "exposures_failed": int(failed),
             "exposures_abandoned": int(abandoned),
             "exposures_pending_at_exit": self.sync.pending_count,
@@ -246,6 +266,8 @@ class Pipeline:
             "results_rejected": int(results_rejected),
             "subscriptions_refused": int(subscriptions_refused),
             "output_resets": int(output_resets),
+            "jobs_requeued": int(jobs_requeued),
+            "reorder_skipped": int(reorder_skipped),
         }
         assert set(out) == set(COUNTER_KEYS)  # internal invariant, not user input
         out["malformed_by_reason"] = dict(c.malformed_by_reason)

@@ -3,7 +3,9 @@
 * Two SUB sockets connect to the rig's spike and RGB publishers; a PUB (XPUB, counting its drops) binds
   the output endpoint for sharp frames. One poller waits on all of them: no busy spin.
 * Inference never runs in the receive loop: an inference thread (default) or worker processes
-  (``scale_out``) take jobs from the bounded queue, so receiving never stalls behind the network.
+  (``scale_out``) take jobs from the bounded queue, so receiving never stalls behind the network. Workers
+  get jobs by credit over a ROUTER (:mod:`spikereveal.stream.dispatch`) and push results to a PULL; the
+  :class:`~spikereveal.stream.collector.ResultCollector` re-orders them (bounded) before publishing.
 * The loop ends on ``stop`` (SIGINT/SIGTERM in the CLI), after ``exit_after_exposures`` published
   exposures, after ``idle_timeout_s`` without a camera message, or when inference fails. Shutdown
   policy: on an idle timeout (the stream ended) queued exposures are finished, for at most
@@ -112,6 +114,8 @@ class Server:
         self._queue: JobQueue | None = None
         self._processor: LazyProcessor | None = None
         self._output = None  # the GuardedPublisher of sharp frames
+        self._routes = None  # dispatch.WorkerRoutes: the worker connections on the job ROUTER and their credits
+        self._foreign_versions: set[int] = set()  # wire versions of other spikereveal versions seen (logged once)
 
     def latency_rows(self) -> list[dict]:
         """serve's per-exposure latency rows (``LatencyLog``: ms per part, with ``exposure_id``), in publish
@@ -220,8 +224,8 @@ class Server:
                 self._processor = processor
                 thread = InferenceThread(queue, processor, deliver).start()
             else:
-                push, pull, collector = self._start_workers(context, factory, calibration, work_dir, stop)
-                sockets += [push, pull]
+                router, pull, collector = self._start_workers(context, factory, calibration, work_dir, stop)
+                sockets += [router, pull]
             ingest = cfg.ingest
             spike_sub = transport.open_subscriber(context, cfg.spike_endpoint, receive_hwm=ingest.receive_hwm("spike"),
                                                   max_message_bytes=ingest.spike_max_message_bytes,
@@ -235,20 +239,21 @@ class Server:
                 poller.register(socket, zmq.POLLIN)
             if collector is not None:
                 poller.register(pull, zmq.POLLIN)
+                poller.register(router, zmq.POLLIN)  # workers' ready announcements (credits)
                 for process in self._local_workers.values():  # a worker's exit wakes the loop at once
                     poller.register(process.sentinel, zmq.POLLIN)
             logger.info("serving: spikes %s, rgb %s -> %s", cfg.spike_endpoint, cfg.rgb_endpoint,
                         self.output_endpoint)
             self.ready.set()
             reason = self._loop(stop, poller, (spike_sub, rgb_sub), output, pipeline, sink, thread,
-                                collector, push if collector else None, pull if collector else None, deliver)
+                                collector, router if collector else None, pull if collector else None, deliver)
             self.stop_reason = reason
             for socket in (spike_sub, rgb_sub):  # no more input
                 poller.unregister(socket)
             if reason != "idle_timeout":  # not drained: what waits is abandoned at once
                 abandoned = len(queue.clear())
             self.stopping.set()
-            abandoned += self._shutdown(reason, queue, thread, collector, push if collector else None,
+            abandoned += self._shutdown(reason, queue, thread, collector, router if collector else None,
                                         pull if collector else None, poller, deliver)
         except BaseException as exc:  # the stats are still written (below), then it is re-raised
             error = exc
@@ -281,6 +286,8 @@ class Server:
         output = self._output
         counters = pipeline.counters(sink or ResultSink(None), failed=failed, abandoned=abandoned,
                                      worker_lost=collector.lost if collector is not None else 0,
+                                     jobs_requeued=collector.requeued if collector is not None else 0,
+                                     reorder_skipped=collector.reorder_skipped if collector is not None else 0,
                                      frames_saved=saver.frames_written if saver is not None else 0,
                                      frames_save_failed=saver.frames_failed if saver is not None else 0,
                                      results_rejected=collector.rejected if collector is not None else 0,
@@ -351,19 +358,20 @@ class Server:
         logger.info("wrote the latency trace %s (spikereveal bench report %s)", cfg.trace, cfg.trace)
 
     def _start_workers(self, context, factory, calibration, work_dir: Path, stop: threading.Event):
-        """Bind PUSH (jobs) and PULL (results), start local workers, wait until they are ready."""
+        """Bind the job ROUTER and the result PULL, start local workers, wait until they announced themselves."""
         import zmq
 
         from spikereveal.stream import transport
         from spikereveal.stream.collector import ResultCollector, start_local_workers
-        from spikereveal.stream.wire import decode_ready
+        from spikereveal.stream.dispatch import WorkerRoutes
 
         cfg, scale = self.config, self.config.scale_out
-        push = context.socket(zmq.PUSH)
+        router = context.socket(zmq.ROUTER)
         pull = context.socket(zmq.PULL)
-        for socket in (push, pull):
+        for socket in (router, pull):
             socket.setsockopt(zmq.LINGER, 0)
-        push.setsockopt(zmq.SNDHWM, 1)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a worker that went away raises (the job is re-sent)
+        router.setsockopt(zmq.SNDHWM, scale.in_flight_per_worker_jobs + 4)  # per worker; credits keep it lower
         worker_keys = None
         try:
             if scale.job_endpoint is not None:
@@ -371,26 +379,34 @@ class Server:
                 if server_keys is not None:  # CURVE: only allow-listed workers get jobs or may answer
                     from spikereveal.stream.security import ClientKeys, apply_server
 
-                    apply_server(push, server_keys)
+                    apply_server(router, server_keys)
                     apply_server(pull, server_keys)
                     # local workers connect with serve's own pair (the authenticator admits it)
                     worker_keys = ClientKeys(server_keys.secret_key_file, server_keys.secret_key_file)
-                push.bind(scale.job_endpoint)
+                router.bind(scale.job_endpoint)
                 pull.bind(scale.result_endpoint)
             else:
                 short = tempfile.mkdtemp(prefix="sr-", dir="/tmp")  # ipc paths are limited to ~100 bytes
                 self._ipc_dir = short
-                push.bind(f"ipc://{short}/jobs")
+                router.bind(f"ipc://{short}/jobs")
                 pull.bind(f"ipc://{short}/results")
         except BaseException as exc:
-            push.close(linger=0)
+            router.close(linger=0)
             pull.close(linger=0)
             if not isinstance(exc, zmq.ZMQError):
                 raise
             raise ConfigError(f"cannot bind the worker endpoints: {exc}") from None
-        job_endpoint = _connectable(transport.bound_endpoint(push))
+        job_endpoint = _connectable(transport.bound_endpoint(router))
         result_endpoint = _connectable(transport.bound_endpoint(pull))
         logger.info("workers: jobs on %s, results on %s", job_endpoint, result_endpoint)
+        if scale.remote_workers:
+            logger.warning("scale_out.remote_workers (--remote-workers) is no longer used: workers announce their "
+                           "own credits and serve sends each as many jobs as it may hold; drop the setting")
+        collector = ResultCollector(
+            int(scale.result_timeout_s * 1e9), int(scale.heartbeat_timeout_s * 1e9),
+            reorder_wait_ns=int(scale.reorder_wait_s * 1e9), reorder_max_results=scale.reorder_max_results,
+            requeue_max_age_ns=None if scale.lost_job_policy == "drop" else int(scale.requeue_max_age_s * 1e9))
+        self._routes = routes = WorkerRoutes(scale.in_flight_per_worker_jobs)
         onnx_engine = cfg.engine
         processes = []
         if scale.workers > 0:
@@ -403,27 +419,27 @@ class Server:
             threads = max(1, (os.cpu_count() or 2) // scale.workers)
             arguments = (job_endpoint, result_endpoint, onnx_engine, cfg.spike_shape, cfg.sync.k, cfg.calibration,
                          cfg.worker.output_pixel_format, str(work_dir), threads)
+            credits = scale.in_flight_per_worker_jobs
             self._spawn_worker = lambda worker_id: start_local_workers(1, *arguments, keys=worker_keys,
-                                                                       first_id=worker_id)[0]
-            processes = start_local_workers(scale.workers, *arguments, keys=worker_keys)
+                                                                       first_id=worker_id, credits=credits)[0]
+            processes = start_local_workers(scale.workers, *arguments, keys=worker_keys, credits=credits)
             self._all_processes, self._next_worker_id = processes, scale.workers
-            ready, deadline = set(), time.monotonic() + _WORKER_START_TIMEOUT_S
-            while len(ready) < scale.workers and not stop.is_set():
+            local_ids, deadline = set(range(scale.workers)), time.monotonic() + _WORKER_START_TIMEOUT_S
+            while not stop.is_set():
+                ready = local_ids & {route.worker_id for route in routes.routes}
+                if len(ready) == scale.workers:
+                    break
                 if time.monotonic() > deadline or not any(p.is_alive() for p in processes):
                     raise SpikeRevealError(f"only {len(ready)} of {scale.workers} worker processes started; "
                                            "run with -v to see their errors")
-                if pull.poll(100):
-                    worker_id = decode_ready(pull.recv_multipart())
-                    if worker_id is not None:
-                        ready.add(worker_id)
-        slots = max(1, scale.workers + scale.remote_workers) * scale.in_flight_per_worker_jobs
-        collector = ResultCollector(slots, int(scale.result_timeout_s * 1e9), int(scale.heartbeat_timeout_s * 1e9))
+                if router.poll(100):
+                    self._receive_ready(router, collector)
         now = self._clock_ns()
         for worker_id, process in enumerate(processes):
             self._local_workers[worker_id] = process
             self._started_at[worker_id] = time.monotonic()
             collector.heard(worker_id, now)
-        return push, pull, collector
+        return router, pull, collector
 
     def _why_not_restart(self, exitcode, uptime_s: float) -> str | None:
         """None when an exited local worker is to be replaced, else why not."""
@@ -445,6 +461,7 @@ class Server:
         import zmq
 
         scale = self.config.scale_out
+        routes = self._routes
         for worker_id, process in list(self._local_workers.items()):
             if process.is_alive():
                 continue
@@ -455,7 +472,9 @@ class Server:
             collector.worker_lost(worker_id, f"its process exited with code {process.exitcode} after {uptime_s:.0f} s; "
                                              + ("it is replaced" if why_not is None else
                                                 f"it is not restarted ({why_not}), serve goes on with the others"),
-                                  exited=True)
+                                  self._clock_ns(), exited=True)
+            if routes is not None:
+                routes.forget_worker(worker_id)
             if why_not is None:
                 new_id = self._next_worker_id  # a new id: stale beats of the dead one must not count for it
                 self._next_worker_id += 1
@@ -466,11 +485,11 @@ class Server:
                 poller.register(replacement.sentinel, zmq.POLLIN)
                 collector.heard(new_id, self._clock_ns())
                 self.workers_restarted += 1
-            else:
-                collector.slots = max(1, collector.slots - scale.in_flight_per_worker_jobs)
         for worker_id in collector.silent_workers(self._clock_ns()):
             collector.worker_lost(worker_id, f"no heartbeat for {scale.heartbeat_timeout_s:g} s "
-                                             "(scale_out.heartbeat_timeout_s)")
+                                             "(scale_out.heartbeat_timeout_s)", self._clock_ns())
+            if routes is not None:
+                routes.forget_worker(worker_id)
         if scale.workers > 0 and not self._local_workers and scale.job_endpoint is None:
             self._fatal = (f"all {scale.workers} worker processes exited; their errors are logged above (run "
                            "with -v for more)")
@@ -479,7 +498,7 @@ class Server:
 
     # -- the loop ----------------------------------------------------------------------------------------
     def _loop(self, stop, poller, camera_sockets, output, pipeline: Pipeline, sink: ResultSink, thread,
-              collector, push, pull, deliver) -> str:
+              collector, router, pull, deliver) -> str:
         import zmq
 
         cfg, clock = self.config, self._clock_ns
@@ -500,6 +519,9 @@ class Server:
                 if socket is pull:
                     self._receive_results(pull, collector, deliver)
                     continue
+                if socket is router:
+                    self._receive_ready(router, collector)
+                    continue
                 if isinstance(socket, int):  # a local worker's process sentinel: handled below
                     continue
                 for _ in range(_MAX_BURST_MESSAGES):
@@ -513,25 +535,77 @@ class Server:
             if collector is not None:
                 if not self._check_workers(collector, poller):
                     return "error"
-                self._dispatch(pipeline.queue, collector, push)
+                self._dispatch(pipeline.queue, collector, router)
                 for job, result in collector.release(clock()):
                     deliver(job, result)
+
+    def _foreign_version(self, parts, port: str) -> bool:
+        """True when ``parts`` is a message of a spikereveal of another wire version (logged once per version)."""
+        from spikereveal.stream.wire import JOB_VERSION, wire_version
+
+        found = wire_version(parts)
+        if found is None or found[1] == JOB_VERSION:
+            return False
+        what, version = found
+        if version not in self._foreign_versions:
+            self._foreign_versions.add(version)
+            logger.error("a worker speaking wire version %d (a %s on the %s port) reached serve, which speaks "
+                         "version %d: it gets no jobs and its results are rejected; run the same spikereveal version "
+                         "on serve and every worker", version, what, port, JOB_VERSION)
+        return True
+
+    def _receive_ready(self, router, collector) -> None:
+        """Workers' ready announcements on the job ROUTER: register their connections and credits, welcome new
+        ones (serve's wire version: a worker of another version stops with that reason)."""
+        import zmq
+
+        from spikereveal.stream.wire import decode_ready, encode_welcome
+
+        routes = self._routes
+        while True:
+            try:
+                frames = router.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) < 2:
+                continue
+            identity, parts = frames[0], frames[1:]
+            ready = decode_ready(parts)
+            if ready is None:
+                if self._foreign_version(parts, "job"):
+                    try:  # tell it our version, so it stops with a clear error instead of waiting
+                        router.send_multipart([identity, *encode_welcome(0, 0)], flags=zmq.NOBLOCK)
+                    except zmq.ZMQError:
+                        pass
+                else:
+                    logger.debug("a message on the job port that is no worker announcement was ignored")
+                continue
+            if collector.is_gone(ready.worker_id):  # a stale announcement of a local worker that exited
+                continue
+            now = self._clock_ns()
+            route, new = routes.announce(identity, ready, now)
+            if route is None:
+                continue
+            collector.heard(ready.worker_id, now)
+            if new:
+                logger.info("worker %d (pid %d) connected: %d credit(s)", ready.worker_id, ready.pid, route.credits)
+                try:
+                    router.send_multipart([identity, *encode_welcome(ready.worker_id, route.credits)],
+                                          flags=zmq.NOBLOCK)
+                except zmq.ZMQError:  # gone again already
+                    routes.forget(identity)
 
     def _receive_results(self, pull, collector, deliver) -> None:
         import zmq
 
         from spikereveal.stream.protocol import ProtocolError
-        from spikereveal.stream.wire import decode_heartbeat, decode_ready, decode_result
+        from spikereveal.stream.wire import decode_heartbeat, decode_result, wire_version
 
         while True:
             try:
                 parts = pull.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            ready = decode_ready(parts)
-            if ready is not None:
-                collector.heard(ready, self._clock_ns())
-                continue
             beat = decode_heartbeat(parts)
             if beat is not None:
                 worker_id, key = beat
@@ -539,6 +613,10 @@ class Server:
                     collector.heard(worker_id, self._clock_ns())
                 else:
                     collector.taken(worker_id, key, self._clock_ns())
+                continue
+            if self._foreign_version(parts, "result"):
+                if wire_version(parts)[0] == "result":
+                    collector.reject("version")
                 continue
             try:
                 wire = decode_result(parts)
@@ -550,23 +628,40 @@ class Server:
             for job, result in collector.received(wire, self._clock_ns()):
                 deliver(job, result)
 
-    def _dispatch(self, queue: JobQueue, collector, push) -> None:
+    def _dispatch(self, queue: JobQueue, collector, router) -> None:
+        """Send waiting jobs to workers with a free credit: re-queued ones (in their dispatch order) first, then
+        the job queue's. A job whose worker went away is sent to the next one."""
         import zmq
 
         from spikereveal.stream.wire import encode_job
 
-        while collector.has_slot and len(queue) and push.poll(0, zmq.POLLOUT):
-            job = queue.get_nowait()
+        routes = self._routes
+        while True:
+            resend = collector.next_resend()
+            if resend is None and not len(queue):
+                return
+            route = routes.pick(collector.held)
+            if route is None:
+                return  # every worker holds its credits: jobs wait in the bounded queue
+            job = resend if resend is not None else queue.get_nowait()
             if job is None:
                 return
+            now = self._clock_ns()
+            if resend is None:
+                collector.dispatched(job, now, route.worker_id, route.identity)
+            else:
+                collector.resent(job.key, now, route.worker_id, route.identity)
             try:
-                push.send_multipart(encode_job(job), flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:  # the peer went away between poll and send: the job is lost, counted
-                queue.dropped += 1
-                return
-            collector.dispatched(job, self._clock_ns())
+                router.send_multipart([route.identity, *encode_job(job)], flags=zmq.NOBLOCK, copy=False)
+            except zmq.ZMQError as exc:  # EHOSTUNREACH: it disconnected; EAGAIN: its pipe is full
+                logger.info("worker %d's connection cannot take a job (%s): forgotten until it announces itself "
+                            "again; the job goes to the next worker", route.worker_id, exc)
+                routes.forget(route.identity)
+                collector.unsent(job.key)
+                continue
+            routes.sent(route.identity, now)
 
-    def _shutdown(self, reason: str, queue: JobQueue, thread, collector, push, pull, poller, deliver) -> int:
+    def _shutdown(self, reason: str, queue: JobQueue, thread, collector, router, pull, poller, deliver) -> int:
         """Drain or abandon queued work per the policy in the module doc; returns how many were abandoned."""
         drain_s = self.config.worker.drain_timeout_s if reason == "idle_timeout" else 0.0
         deadline = time.monotonic() + drain_s
@@ -580,7 +675,8 @@ class Server:
         while drain_s > 0 and (len(queue) or collector.in_flight) and time.monotonic() < deadline:
             if not self._check_workers(collector, poller):
                 break
-            self._dispatch(queue, collector, push)
+            self._receive_ready(router, collector)
+            self._dispatch(queue, collector, router)
             if pull.poll(50):
                 self._receive_results(pull, collector, deliver)
             for job, result in collector.release(self._clock_ns()):

@@ -1,8 +1,15 @@
-"""Jobs and results on the wire between serve and its worker processes (PUSH/PULL).
+"""Jobs and results on the wire between serve and its worker processes.
+
+Two sockets per worker. Jobs: serve's ROUTER <-> the worker's DEALER. A worker announces itself and its
+credits there (``encode_ready``: how many jobs it may hold at once); serve answers ``encode_welcome`` (its
+wire version, so a worker of another version stops with a clear error) and sends a job only to a worker with
+a free credit; a result hands the credit back. Results: the worker's PUSH -> serve's PULL, with the
+acknowledgements and heartbeats (``encode_heartbeat``).
 
 ``encode_job``/``decode_job`` and ``encode_result``/``decode_result`` carry self-contained jobs (a ReadyJob:
 image, spike window, geometry, times) and their results (an ExposureResult), validated like the camera
-protocol and never unpickled; ``encode_ready`` and ``encode_heartbeat`` are a worker's announcements.
+protocol and never unpickled. Every message's header starts with a 4-byte magic and the 2-byte wire version
+(:func:`wire_version`), so either side can tell a peer of another spikereveal version from garbage.
 """
 
 from __future__ import annotations
@@ -21,15 +28,19 @@ from spikereveal.stream.sync import ReadyJob
 JOB_MAGIC = b"SRJB"
 RESULT_MAGIC = b"SRRS"
 READY_MAGIC = b"SRWK"
-JOB_VERSION = 2  # 2: the job's epoch in the job header's last field and at the end of the result header
-JOB_TOPIC, RESULT_TOPIC, READY_TOPIC = b"job", b"res", b"ready"
+# 2: the job's epoch in the job header's last field and at the end of the result header
+# 3: credit-based dispatch: ready (with the worker's credits) goes to serve's job ROUTER, serve answers welcome
+JOB_VERSION = 3
+JOB_TOPIC, RESULT_TOPIC, READY_TOPIC, WELCOME_TOPIC = b"job", b"res", b"ready", b"welcome"
 # magic, version, k, exposure_id, start_ns, duration_ns, first_index, exposure_first, exposure_stop,
 # received_ns, ready_ns, spike_h, spike_w, frame_count, image_h, image_w, epoch
 _JOB = struct.Struct("<4sHHqqqqqqqqIIIIII")
 # magic, version, k, exposure_id, status, pixel_format, flags (RESULT_OUT_OF_DOMAIN), height, width, worker_id,
 # started_ns, prepare_ns, inference_ns, postprocess_ns, finished_ns, epoch
 _RESULT = struct.Struct("<4sHHqBBHIIIqqqqqI")
-_READY = struct.Struct("<4sHHII")  # magic, version, reserved, worker_id, pid
+_READY = struct.Struct("<4sHHII")  # magic, version, credits (jobs it may hold at once), worker_id, pid
+WELCOME_MAGIC = b"SRWL"
+_WELCOME = struct.Struct("<4sHHI")  # magic, version, credits serve grants (its cap applied), worker_id
 # magic, version, reserved, worker_id, pid, exposure_id (the job just taken; -1: a periodic liveness beat), epoch
 _BEAT = struct.Struct("<4sHHIIqI")
 BEAT_MAGIC, BEAT_TOPIC = b"SRHB", b"beat"
@@ -167,16 +178,76 @@ def decode_result(parts) -> WireResult:
                       started, prepare, inference, post, finished, bool(flags & RESULT_OUT_OF_DOMAIN), epoch)
 
 
-def encode_ready(worker_id: int) -> list:
-    return [READY_TOPIC, _READY.pack(READY_MAGIC, JOB_VERSION, 0, worker_id, os.getpid())]
+#: the most credits a worker may announce (the field's range; serve applies its own, lower, cap)
+MAX_CREDITS = 0xFFFF
 
 
-def decode_ready(parts) -> int | None:
-    """The worker id of a ready announcement, or None when ``parts`` is not one."""
+@dataclass(frozen=True)
+class Ready:
+    """A worker's announcement on the job socket: who it is and how many jobs it may hold at once."""
+
+    worker_id: int
+    credits: int
+    pid: int
+
+
+def encode_ready(worker_id: int, credits: int = 1) -> list:
+    """``[b"ready", header]``: sent by a worker to serve's job ROUTER when it is ready and again every heartbeat
+    interval while it is idle (so a restarted serve learns about it); idempotent."""
+    if not (1 <= int(credits) <= MAX_CREDITS):
+        from spikereveal.errors import ConfigError
+
+        raise ConfigError(f"a worker's credits (--credits) must be 1..{MAX_CREDITS}, got {credits!r}")
+    return [READY_TOPIC, _READY.pack(READY_MAGIC, JOB_VERSION, int(credits), worker_id, os.getpid())]
+
+
+def decode_ready(parts) -> Ready | None:
+    """The ready announcement in ``parts``, or None when it is not one of this wire version (see
+    :func:`wire_version` for the version of a peer's message)."""
     if len(parts) != 2 or bytes(_view(parts[0])) != READY_TOPIC or len(_view(parts[1])) != _READY.size:
         return None
-    magic, version, _, worker_id, _ = _READY.unpack(_view(parts[1]))
-    return worker_id if magic == READY_MAGIC and version == JOB_VERSION else None
+    magic, version, credits, worker_id, pid = _READY.unpack(_view(parts[1]))
+    if magic != READY_MAGIC or version != JOB_VERSION or credits < 1:
+        return None
+    return Ready(worker_id, credits, pid)
+
+
+def encode_welcome(worker_id: int, credits: int) -> list:
+    """serve's answer to a ready announcement: its wire version and the credits it grants (its cap applied)."""
+    return [WELCOME_TOPIC, _WELCOME.pack(WELCOME_MAGIC, JOB_VERSION, int(credits), int(worker_id))]
+
+
+def decode_welcome(parts) -> tuple[int, int] | None:
+    """``(wire version, credits granted)`` of serve's welcome, or None when ``parts`` is not a welcome. The
+    version is returned whatever it is: the worker compares it with its own."""
+    if len(parts) < 2 or bytes(_view(parts[0])) != WELCOME_TOPIC or len(_view(parts[1])) < 6:
+        return None
+    header = _view(parts[1])
+    if bytes(header[:4]) != WELCOME_MAGIC:
+        return None
+    version = struct.unpack_from("<H", header, 4)[0]
+    if version != JOB_VERSION or len(header) != _WELCOME.size:
+        return version, 0
+    _, _, credits, _ = _WELCOME.unpack(header)
+    return version, credits
+
+
+_MAGICS = {JOB_MAGIC: "job", RESULT_MAGIC: "result", READY_MAGIC: "ready", BEAT_MAGIC: "heartbeat",
+           WELCOME_MAGIC: "welcome"}
+
+
+def wire_version(parts) -> tuple[str, int] | None:
+    """``(what, version)`` of a serve/worker message of any wire version (its header's magic and version
+    field), or None when ``parts`` is not one at all. Lets serve tell an old worker from garbage."""
+    try:
+        if not isinstance(parts, (list, tuple)) or len(parts) < 2:
+            return None
+        header = _view(parts[1])
+        if len(header) < 6 or bytes(header[:4]) not in _MAGICS:
+            return None
+        return _MAGICS[bytes(header[:4])], struct.unpack_from("<H", header, 4)[0]
+    except (TypeError, ValueError):
+        return None
 
 
 def encode_heartbeat(worker_id: int, key: tuple[int, int] | None = None) -> list:

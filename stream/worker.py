@@ -1,8 +1,11 @@
-"""A worker process: pulls jobs from serve, runs them through the per-exposure stage, pushes results.
+"""A worker process: asks serve for jobs, runs them through the per-exposure stage, pushes results.
 
 :func:`run_worker` is the loop (``spikereveal worker`` and serve's local worker processes);
 :func:`worker_main` assembles a worker from an EngineConfig, a calibration file and a work folder (the one
-place both entry points build one). Every job taken is acknowledged at once and a heartbeat goes out
+place both entry points build one). The worker's DEALER announces it to serve's job ROUTER with its credits
+(how many jobs it may hold at once; serve sends no more, and each result hands one back), again every
+heartbeat interval while it is idle; serve's welcome carries serve's wire version, and a worker of another
+version stops with an error saying so. Every job taken is acknowledged at once and a heartbeat goes out
 every ``HEARTBEAT_INTERVAL_S``, so serve can tell a dead or silent worker and release exactly its jobs.
 """
 
@@ -11,16 +14,19 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable
 
 from spikereveal.engines.inputs import input_shape_for
 from spikereveal.errors import SpikeRevealError
-from spikereveal.stream.protocol import ProtocolError
+from spikereveal.stream.protocol import ProtocolError, Reason
 from spikereveal.stream.stage import EngineLoadError, load_processor
 from spikereveal.stream.wire import (
     HEARTBEAT_INTERVAL_S,
+    JOB_VERSION,
     decode_job,
+    decode_welcome,
     encode_heartbeat,
     encode_ready,
     encode_result,
@@ -78,39 +84,41 @@ def run_worker(job_endpoint: str, result_endpoint: str, runner_factory: Callable
                spike_shape: tuple[int, int] | None = None, k: int | None = None, calibration=None,
                output_pixel_format: str = "bgr8", stop: threading.Event | None = None,
                max_jobs: int | None = None, heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
-               keys=None) -> WorkerStats:
-    """Pull jobs from ``job_endpoint``, push results to ``result_endpoint`` until ``stop`` (or ``max_jobs``).
+               keys=None, credits: int = 1) -> WorkerStats:
+    """Take jobs from ``job_endpoint``, push results to ``result_endpoint`` until ``stop`` (or ``max_jobs``).
 
     ``keys``: a ``security.ClientKeys`` (the worker's key pair and serve's public key) for a serve whose
     job/result ports are CURVE servers; without them such a serve never hands this worker a job.
 
     ``runner_factory(shape) -> unloaded Runner``. With ``spike_shape`` and ``k`` the runner loads before the
-    first job and the worker announces itself ready; otherwise it loads on the first job's geometry (and
-    again if the geometry changes). Receive HWM 1: a worker holds at most one job beyond the one it runs,
-    so slow workers do not hoard work. Every job taken is acknowledged at once on the result socket, and a
-    heartbeat goes out every ``heartbeat_interval_s`` (its own thread), so serve can tell a dead or silent
-    worker and release exactly its jobs.
+    worker announces itself; otherwise it announces at once and loads on the first job's geometry (and again
+    if the geometry changes). ``credits``: how many jobs serve may send it at once (1: the one it runs; more
+    keep the next ones on hand, so no round trip passes between jobs, but a slow worker then holds more).
+    Every job taken is acknowledged at once on the result socket, and a heartbeat goes out every
+    ``heartbeat_interval_s`` (its own thread), so serve can tell a dead or silent worker and release exactly
+    its jobs. A welcome from a serve of another wire version raises ProtocolError (reason ``version``).
     """
     import zmq
 
     stop = stop or threading.Event()
+    ready_message = encode_ready(worker_id, credits)  # validates credits
     context = zmq.Context()
-    pull = context.socket(zmq.PULL)
+    dealer = context.socket(zmq.DEALER)
     push = context.socket(zmq.PUSH)
     stats = WorkerStats()
     runner = processor = None
     heartbeat = None
-    for socket in (pull, push):
+    for socket in (dealer, push):
         socket.setsockopt(zmq.LINGER, 0)
-    pull.setsockopt(zmq.RCVHWM, 1)
-    push.setsockopt(zmq.IMMEDIATE, 1)  # results only to a completed (authenticated) connection
+        socket.setsockopt(zmq.IMMEDIATE, 1)  # only to a completed (authenticated) connection
+    dealer.setsockopt(zmq.RCVHWM, credits + 4)  # serve sends at most `credits` jobs (and a welcome)
     try:
         if keys is not None:
             from spikereveal.stream.security import apply_client
 
-            apply_client(pull, keys)
+            apply_client(dealer, keys)
             apply_client(push, keys)
-        pull.connect(job_endpoint)
+        dealer.connect(job_endpoint)
         push.connect(result_endpoint)
         heartbeat = _Heartbeat(context, result_endpoint, worker_id, heartbeat_interval_s, keys)
 
@@ -130,28 +138,60 @@ def run_worker(job_endpoint: str, result_endpoint: str, runner_factory: Callable
                                    "running, and (with keys) is this worker's public key in serve's --allow-keys "
                                    "folder and --server-key serve's public key?", worker_id, result_endpoint)
 
+        welcome = {"welcomed": False, "announced": 0.0, "since": time.monotonic(), "warned": False}
+
+        def announce() -> None:
+            """Tell serve this worker is here and its credits (idempotent): until serve answers at every poll
+            round, then every heartbeat interval while idle (a restarted serve learns about it)."""
+            now = time.monotonic()
+            if welcome["welcomed"] and now - welcome["announced"] < heartbeat_interval_s:
+                return
+            welcome["announced"] = now
+            try:
+                dealer.send_multipart(ready_message, flags=zmq.NOBLOCK)
+            except zmq.Again:  # no completed connection yet
+                pass
+            if not welcome["welcomed"] and not welcome["warned"] and now - welcome["since"] > 5.0:
+                welcome["warned"] = True
+                logger.warning("worker %d: serve's job port %s has not answered this worker for 5 s: is serve "
+                               "running, is it the same spikereveal version (wire version %d; an older serve "
+                               "never answers), and (with keys) is this worker's public key in serve's "
+                               "--allow-keys folder and --server-key serve's public key?", worker_id, job_endpoint,
+                               JOB_VERSION)
+
         def load(shape):
             nonlocal runner, processor
             if runner is not None:
                 runner.close()
             processor = load_processor(runner_factory, shape, calibration, output_pixel_format)
             runner = processor.runner
-            send(encode_ready(worker_id))
             logger.info("worker %d ready: %s", worker_id, runner.describe())
 
         if spike_shape is not None and k is not None:
             load(input_shape_for(k, *spike_shape))
-        else:
-            send(encode_ready(worker_id))
         poller = zmq.Poller()
-        poller.register(pull, zmq.POLLIN)
+        poller.register(dealer, zmq.POLLIN)
         while not stop.is_set() and (max_jobs is None or stats.jobs + stats.failed < max_jobs):
+            announce()
             if not poller.poll(100):
                 continue
-            parts = pull.recv_multipart(copy=False)
+            parts = dealer.recv_multipart(copy=False)
+            answer = decode_welcome(parts)
+            if answer is not None:
+                version, granted = answer
+                if version != JOB_VERSION:
+                    raise ProtocolError(Reason.VERSION, f"serve at {job_endpoint} speaks wire version {version}, "
+                                                        f"this worker {JOB_VERSION}: run the same spikereveal "
+                                                        "version on serve and its workers")
+                if not welcome["welcomed"]:
+                    logger.info("worker %d: serve at %s took it, %d credit(s)", worker_id, job_endpoint, granted)
+                welcome["welcomed"] = True
+                continue
             try:
                 job = decode_job(parts)
             except ProtocolError as exc:
+                if exc.reason is Reason.VERSION:  # a serve of another version: stop with the reason
+                    raise
                 stats.malformed += 1
                 logger.warning("malformed job dropped: %s", exc)
                 continue
@@ -179,7 +219,7 @@ def run_worker(job_endpoint: str, result_endpoint: str, runner_factory: Callable
             heartbeat.close()
         if runner is not None:
             runner.close()
-        pull.close(linger=0)
+        dealer.close(linger=0)
         push.close(linger=0)
         context.term()
     return stats
@@ -188,7 +228,7 @@ def run_worker(job_endpoint: str, result_endpoint: str, runner_factory: Callable
 def worker_main(job_endpoint: str, result_endpoint: str, engine, worker_id: int = 0,
                 spike_shape: tuple[int, int] | None = None, k: int | None = None, calibration_path=None,
                 output_pixel_format: str = "bgr8", work_dir: str | os.PathLike = ".",
-                stop: threading.Event | None = None, keys=None) -> WorkerStats:
+                stop: threading.Event | None = None, keys=None, credits: int = 1) -> WorkerStats:
     """A worker assembled from an ``EngineConfig`` (``engine``), an optional rig calibration file and a work
     folder for its ONNX exports, then :func:`run_worker` until ``stop``."""
     from spikereveal.engines.choice import runner_factory
@@ -200,4 +240,4 @@ def worker_main(job_endpoint: str, result_endpoint: str, engine, worker_id: int 
         calibration = read_calibration(calibration_path)
     return run_worker(job_endpoint, result_endpoint, runner_factory(engine.choice(), work_dir),
                       worker_id=worker_id, spike_shape=spike_shape, k=k, calibration=calibration,
-                      output_pixel_format=output_pixel_format, stop=stop, keys=keys)
+                      output_pixel_format=output_pixel_format, stop=stop, keys=keys, credits=credits)

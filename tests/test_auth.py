@@ -264,15 +264,20 @@ def test_forged_results_are_counted_and_never_published(recording, tmp_path):
 
 
 def _black_hole(jobs, results, stop):
-    """Takes jobs and never answers."""
+    """Asks for jobs (one credit, announced once), takes them and never answers."""
+    from spikereveal.stream.wire import decode_job, encode_ready
+
     context = zmq.Context()
-    pull = context.socket(zmq.PULL)
-    pull.connect(jobs)
+    dealer = context.socket(zmq.DEALER)
+    dealer.connect(jobs)
+    dealer.send_multipart(encode_ready(5))
     while not stop.is_set():
-        if pull.poll(20):
-            pull.recv_multipart()
-            _black_hole.taken += 1
-    pull.close(linger=0)
+        if dealer.poll(20):
+            parts = dealer.recv_multipart()
+            if parts[0] == b"job":
+                decode_job(parts)
+                _black_hole.taken += 1
+    dealer.close(linger=0)
     context.term()
 
 

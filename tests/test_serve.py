@@ -629,16 +629,16 @@ def test_an_exited_local_worker_is_lost_at_once_and_serve_stops_when_none_is_lef
     poller = zmq.Poller()
     for process in processes.values():
         poller.register(process.sentinel, zmq.POLLIN)
-    collector = ResultCollector(slots=4, result_timeout_ns=30 * 10**9)  # the 30 s timeout must not be needed
+    collector = ResultCollector(result_timeout_ns=30 * 10**9)  # the 30 s timeout must not be needed
     for worker in (0, 1):
         collector.heard(worker, 0)
-        collector.dispatched(make_job(worker), 0)
+        collector.dispatched(make_job(worker), 0, worker, b"w%d" % worker)
         collector.taken(worker, (0, worker), 0)
     try:
         processes[0].die(-9)
         assert [socket for socket, _ in poller.poll(0)] == [processes[0].sentinel]  # the loop wakes at once
         assert server._check_workers(collector, poller)
-        assert collector.lost == 1 and collector.lost_workers == [0] and collector.slots == 2
+        assert collector.lost == 1 and collector.lost_workers == [0] and collector.held(b"w0") == 0
         assert poller.poll(0) == []  # its sentinel is no longer watched
         processes[1].die(1)
         assert not server._check_workers(collector, poller)
@@ -675,22 +675,22 @@ def test_an_exited_local_worker_is_replaced_unless_it_failed_for_good_or_crash_l
     poller = zmq.Poller()
     for process in processes.values():
         poller.register(process.sentinel, zmq.POLLIN)
-    collector = ResultCollector(slots=4, result_timeout_ns=30 * 10**9)
+    collector = ResultCollector(result_timeout_ns=30 * 10**9)
     for worker in (0, 1):
         collector.heard(worker, 0)
-        collector.dispatched(make_job(worker), 0)
+        collector.dispatched(make_job(worker), 0, worker, b"w%d" % worker)
         collector.taken(worker, (0, worker), 0)
     try:
         processes[0].die(-9)  # killed after a minute of work: replaced
         assert server._check_workers(collector, poller)
         assert [w for w, _ in spawned] == [2] and server.workers_restarted == 1
-        assert collector.lost == 1 and collector.slots == 4 and 2 in collector.last_heard
+        assert collector.lost == 1 and 2 in collector.last_heard
         assert sorted(server._local_workers) == [1, 2]
         collector.heard(0, 1)  # a late beat of the dead worker does not revive it
         assert 0 not in collector.last_heard
         spawned[0][1].die(-9)  # the successor dies within worker_crash_loop_s: a crash loop, not restarted
         assert server._check_workers(collector, poller)
-        assert len(spawned) == 1 and collector.slots == 2 and sorted(server._local_workers) == [1]
+        assert len(spawned) == 1 and sorted(server._local_workers) == [1]
         processes[1].die(2)  # exit code 2: it reported an error it would repeat
         assert not server._check_workers(collector, poller) and len(spawned) == 1
     finally:
@@ -703,7 +703,7 @@ def test_a_silent_remote_worker_is_declared_lost_by_the_serve_loop(tmp_path):
     import logging
 
     from spikereveal.stream.serve import Server
-    from spikereveal.stream.wire import encode_ready
+    from spikereveal.stream.wire import JOB_VERSION, decode_welcome, encode_ready
 
     endpoints = _worker_endpoints()
     config = _serve_config(tmp_path, "unused.onnx", worker={"save_dir": None},
@@ -722,16 +722,17 @@ def test_a_silent_remote_worker_is_declared_lost_by_the_serve_loop(tmp_path):
     thread = threading.Thread(target=lambda: out.setdefault("counters", server.run(stop)))
     thread.start()
     context = zmq.Context()
-    results = context.socket(zmq.PUSH)
+    jobs = context.socket(zmq.DEALER)
     try:
         assert server.ready.wait(30)
-        results.connect(endpoints["result_endpoint"])
-        results.send_multipart(encode_ready(9))  # then silence
+        jobs.connect(endpoints["job_endpoint"])
+        jobs.send_multipart(encode_ready(9))  # then silence
+        assert jobs.poll(10_000) and decode_welcome(jobs.recv_multipart()) == (JOB_VERSION, 1)
         assert lost.wait(10)
     finally:
         stop.set()
         thread.join(30)
-        results.close(linger=0)
+        jobs.close(linger=0)
         context.term()
         logging.getLogger("spikereveal.stream.collector").removeHandler(handler)
     assert out["counters"]["stop_reason"] == "stopped"

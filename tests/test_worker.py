@@ -266,28 +266,29 @@ def test_malformed_jobs_raise_protocol_errors(mutate):
 
 
 # -- the collector ------------------------------------------------------------------------------------------------
-def _wire(exposure_id, ok=True):
+def _wire(exposure_id, ok=True, worker_id=0):
     processor = ExposureProcessor(loaded_runner())
     if not ok:
-        return decode_result(encode_result(None, 0, exposure_id, K))
-    return decode_result([bytes(p) for p in encode_result(processor.process(make_job(exposure_id)), 0)])
+        return decode_result(encode_result(None, worker_id, exposure_id, K))
+    return decode_result([bytes(p) for p in encode_result(processor.process(make_job(exposure_id)), worker_id)])
 
 
 def test_collector_releases_results_in_dispatch_order():
-    collector = ResultCollector(slots=3, result_timeout_ns=10**9)
+    collector = ResultCollector(result_timeout_ns=10**9)
     jobs = [make_job(i) for i in range(3)]
     for job in jobs:
         collector.dispatched(job, 0)
-    assert not collector.has_slot
+    assert collector.in_flight == 3
     assert collector.received(_wire(2), 10) == []
     assert collector.received(_wire(1), 20) == []
+    assert collector.waiting_results == 2
     released = collector.received(_wire(0), 30)
     assert [result.exposure_id for _, result in released] == [0, 1, 2]
-    assert collector.in_flight == 0 and collector.has_slot
+    assert collector.in_flight == 0 and collector.waiting_results == 0
 
 
 def test_collector_counts_a_lost_job_after_the_timeout_and_moves_on():
-    collector = ResultCollector(slots=4, result_timeout_ns=1000)
+    collector = ResultCollector(result_timeout_ns=1000)
     for i in range(3):
         collector.dispatched(make_job(i), 0)
     assert collector.received(_wire(1), 10) == []
@@ -339,7 +340,7 @@ def test_the_out_of_domain_flag_crosses_the_wire_and_the_collector():
     assert wire.ok and wire.out_of_domain
     calm = decode_result([bytes(p) for p in encode_result(ExposureProcessor(loaded_runner()).process(job), 1)])
     assert calm.ok and not calm.out_of_domain
-    collector = ResultCollector(slots=2, result_timeout_ns=10**9)
+    collector = ResultCollector(result_timeout_ns=10**9)
     collector.dispatched(job, 0)
     ((_, result),) = collector.received(wire, 10)
     assert result.out_of_domain
@@ -364,7 +365,7 @@ def test_collector_keeps_the_same_exposure_id_of_two_epochs_apart():
 
     processor = ExposureProcessor(loaded_runner())
     old, new = make_job(0), replace(make_job(0, seed=7), epoch=1)
-    collector = ResultCollector(slots=4, result_timeout_ns=10**9)
+    collector = ResultCollector(result_timeout_ns=10**9)
     collector.dispatched(old, 0)
     collector.dispatched(new, 1)
     new_wire = decode_result([bytes(p) for p in encode_result(processor.process(new), 0)])
@@ -396,56 +397,132 @@ def test_saved_names_are_unique_per_epoch(tmp_path):
 
 # -- lost workers (issue 14 item 6) ----------------------------------------------------------------------------------
 def test_collector_releases_exactly_a_lost_workers_jobs_at_once():
-    collector = ResultCollector(slots=4, result_timeout_ns=10**12)  # the timeout never fires here
-    for i in range(4):
-        collector.dispatched(make_job(i), 0)
+    collector = ResultCollector(result_timeout_ns=10**12)  # the timeout never fires here; policy "drop"
     for worker, exposure in ((0, 0), (1, 1), (0, 2), (1, 3)):
-        collector.taken(worker, (0, exposure), 1)
-    assert collector.received(_wire(1), 2) == []  # held in order behind exposure 0 (worker 0)
-    assert collector.received(_wire(3), 3) == []
-    assert collector.worker_lost(0, "its process exited", exited=True) == 2  # exposures 0 and 2, not 1 or 3
+        collector.dispatched(make_job(exposure), 0, worker, b"w%d" % worker)
+    collector.taken(0, (0, 0), 1)  # acknowledged or not (2 is not), the worker of each job is known at dispatch
+    assert collector.held(b"w0") == collector.held(b"w1") == 2
+    assert collector.received(_wire(1, worker_id=1), 2) == []  # held in order behind exposure 0 (worker 0)
+    assert collector.received(_wire(3, worker_id=1), 3) == [] and collector.held(b"w1") == 0  # credits back
+    assert collector.worker_lost(0, "its process exited", 4, exited=True) == 2  # exposures 0 and 2, not 1 or 3
     assert [r.exposure_id for _, r in collector.release(4)] == [1, 3]
-    assert collector.lost == 2 and collector.in_flight == 0 and collector.lost_workers == [0]
+    assert collector.lost == 2 and collector.requeued == 0 and collector.in_flight == 0
+    assert collector.lost_workers == [0] and collector.held(b"w0") == 0
     collector.heard(0, 5)  # a stale beat from the exited worker does not bring it back
-    assert 0 not in collector.last_heard
+    assert 0 not in collector.last_heard and collector.is_gone(0)
 
 
 def test_collector_declares_a_silent_worker_lost_after_the_heartbeat_timeout():
-    collector = ResultCollector(slots=4, result_timeout_ns=10**12, heartbeat_timeout_ns=1000)
+    collector = ResultCollector(result_timeout_ns=10**12, heartbeat_timeout_ns=1000)
     collector.heard(0, 0)
     collector.heard(1, 0)
-    collector.dispatched(make_job(0), 10)
+    collector.dispatched(make_job(0), 10, 1, b"w1")
     collector.taken(1, (0, 0), 10)
     collector.heard(0, 900)
     assert collector.silent_workers(1009) == []
     assert collector.silent_workers(1010) == [1]  # heard at 10 (its acknowledgement); worker 0 beat at 900
-    collector.worker_lost(1, "silent")
+    collector.worker_lost(1, "silent", 1010)
     assert collector.lost == 1 and collector.release(1010) == []
     collector.heard(1, 2000)  # a remote worker may come back
     assert 1 in collector.last_heard and collector.lost_workers == []
 
 
-def test_unacknowledged_jobs_in_a_lost_workers_pipe_are_released_once_live_workers_moved_past_them():
-    collector = ResultCollector(slots=8, result_timeout_ns=10**12)
-    collector.heard(0, 0)
-    collector.heard(1, 0)
-    for i in range(3):
-        collector.dispatched(make_job(i), 0)
-    collector.taken(0, (0, 0), 1)  # 1 sat in worker 0's pipe and was never taken: worker 0 died
-    assert collector.worker_lost(0, "exited", exited=True) == 1  # exposure 0; 1 may still be in worker 1's pipe
-    assert collector.in_flight == 2
-    collector.taken(1, (0, 2), 2)  # worker 1 (the only live one) took a later job: pipes are FIFO, 1 was not in its
-    assert collector.lost == 2 and collector.in_flight == 1
-    assert [r.exposure_id for _, r in collector.received(_wire(2), 3)] == [2]
+# -- credits, the lost-job policy and the bounded re-ordering (issue 17) ---------------------------------------------
+def test_a_lost_workers_fresh_jobs_are_requeued_once_in_their_place_and_stale_ones_dropped():
+    """Policy requeue_once (max age 100 ns here): exposure 0 (first sent at 0, lost at 50) is fresh and is
+    sent again before anything new, keeping its place in the publishing order; exposure 1 (sent at 0, lost
+    the second time at 60) is not re-queued twice; a job older than the max age is dropped."""
+    collector = ResultCollector(result_timeout_ns=10**12, requeue_max_age_ns=100)
+    collector.dispatched(make_job(0), 0, 0, b"a")
+    collector.dispatched(make_job(1), 0, 1, b"b")
+    collector.dispatched(make_job(2), 0, 1, b"b")
+    assert collector.received(_wire(2, worker_id=1), 10) == []  # waits behind 0 and 1
+    assert collector.worker_lost(0, "exited", 50, exited=True) == 0
+    assert collector.requeued == 1 and collector.in_flight == 3 and collector.held(b"a") == 0
+    assert collector.next_resend().exposure_id == 0  # serve sends it before any job of the queue
+    collector.resent((0, 0), 55, 1, b"b")
+    assert collector.next_resend() is None and collector.held(b"b") == 2
+    assert collector.worker_lost(1, "silent", 60) == 1  # exposure 0 (re-queued before): dropped
+    assert collector.requeued == 2 and collector.lost == 1  # exposure 1 (fresh): re-queued
+    assert collector.next_resend().exposure_id == 1
+    collector.resent((0, 1), 61, 2, b"c")
+    released = collector.received(_wire(1, worker_id=2), 70)  # 0 dropped, 1 answered, 2 waited: out in order
+    assert [r.exposure_id for _, r in released] == [1, 2] and collector.in_flight == 0
+
+    stale = ResultCollector(result_timeout_ns=10**12, requeue_max_age_ns=100)
+    stale.dispatched(make_job(0), 0, 0, b"a")
+    assert stale.worker_lost(0, "exited", 100, exited=True) == 1 and stale.requeued == 0
+    dropping = ResultCollector(result_timeout_ns=10**12)  # lost_job_policy "drop"
+    dropping.dispatched(make_job(0), 0, 0, b"a")
+    assert dropping.worker_lost(0, "exited", 1, exited=True) == 1 and dropping.requeued == 0
 
 
-def test_with_no_live_worker_left_every_unacknowledged_job_is_lost():
-    collector = ResultCollector(slots=4, result_timeout_ns=10**12)
-    collector.heard(0, 0)
-    for i in range(3):
-        collector.dispatched(make_job(i), 0)
-    collector.taken(0, (0, 0), 1)
-    assert collector.worker_lost(0, "exited", exited=True) == 3 and collector.in_flight == 0
+def test_a_job_whose_send_failed_is_sent_to_the_next_worker_first_without_counting():
+    collector = ResultCollector(result_timeout_ns=10**12, requeue_max_age_ns=100)
+    collector.dispatched(make_job(0), 0, 0, b"a")
+    collector.unsent((0, 0))  # the connection was gone: ROUTER_MANDATORY said so
+    assert collector.held(b"a") == 0 and collector.next_resend().exposure_id == 0
+    assert collector.requeued == 0 and collector.lost == 0
+
+
+def test_results_wait_for_an_earlier_exposure_at_most_the_reorder_wait_then_serve_skips_ahead():
+    """A slow worker holds exposure 0 while a fast one finishes 1 and 2: they wait, then go out without 0
+    (reorder_skipped); 0 keeps its worker's credit until its late result comes, which is discarded."""
+    collector = ResultCollector(result_timeout_ns=10**12, reorder_wait_ns=1000)
+    collector.dispatched(make_job(0), 0, 0, b"slow")
+    collector.dispatched(make_job(1), 1, 1, b"fast")
+    assert collector.received(_wire(1, worker_id=1), 100) == []
+    collector.dispatched(make_job(2), 101, 1, b"fast")
+    assert collector.received(_wire(2, worker_id=1), 600) == [] and collector.held(b"fast") == 0
+    assert collector.release(1099) == []  # result 1 has waited 999 ns
+    assert [r.exposure_id for _, r in collector.release(1100)] == [1, 2]
+    assert collector.reorder_skipped == 1 and collector.in_flight == 0
+    assert collector.held(b"slow") == 1  # still computing the skipped exposure: no second job for it
+    assert collector.received(_wire(0), 5000) == [] and collector.held(b"slow") == 0
+    assert collector.rejected == 0 and collector.unexpected == 0  # a late result, not a bad one
+
+
+def test_more_waiting_results_than_the_reorder_bound_skip_ahead_at_once():
+    collector = ResultCollector(result_timeout_ns=10**12, reorder_wait_ns=10**12, reorder_max_results=2)
+    collector.dispatched(make_job(0), 0, 0, b"slow")
+    for i in (1, 2, 3):
+        collector.dispatched(make_job(i), i, 1, b"fast")
+    assert collector.received(_wire(1, worker_id=1), 10) == [] and collector.received(_wire(2, worker_id=1), 11) == []
+    released = collector.received(_wire(3, worker_id=1), 12)  # a third waiting result: over the bound
+    assert [r.exposure_id for _, r in released] == [1, 2, 3] and collector.reorder_skipped == 1
+
+
+def test_a_requeued_job_answered_by_its_first_worker_after_all_is_published_once():
+    collector = ResultCollector(result_timeout_ns=10**12, requeue_max_age_ns=10**9)
+    collector.dispatched(make_job(0), 0, 0, b"a")
+    collector.worker_lost(0, "silent", 1)
+    collector.resent((0, 0), 2, 1, b"b")
+    assert [r.exposure_id for _, r in collector.received(_wire(0), 3)] == [0]  # worker 0's answer, sent before
+    assert collector.held(b"b") == 1  # worker 1 still computes its copy
+    assert collector.received(_wire(0), 4) == [] and collector.held(b"b") == 0 and collector.rejected == 0
+
+
+def test_worker_routes_give_credits_to_the_longest_idle_connection_and_cap_them():
+    from spikereveal.stream.dispatch import WorkerRoutes
+    from spikereveal.stream.wire import Ready
+
+    routes = WorkerRoutes(max_credits=2, max_routes=3)
+    assert routes.announce(b"a", Ready(0, 5, 100), 0)[0].credits == 2  # capped by serve
+    assert routes.announce(b"b", Ready(1, 1, 101), 0)[1] is True
+    assert routes.announce(b"b", Ready(1, 1, 101), 1)[1] is False  # a repeat announcement: same route
+    held = {b"a": 0, b"b": 0}
+    picked = []
+    for now in range(3):
+        route = routes.pick(lambda identity: held[identity])
+        held[route.identity] += 1
+        routes.sent(route.identity, now)
+        picked.append(route.identity)
+    assert picked == [b"a", b"b", b"a"]  # the longest idle first
+    assert routes.pick(lambda identity: held[identity]) is None  # a: 2 of 2, b: 1 of 1
+    assert routes.announce(b"a2", Ready(0, 1, 100), 5)[1] and b"a" not in routes  # same process reconnected
+    assert routes.announce(b"c", Ready(2, 1, 102), 5)[0] is not None
+    assert routes.announce(b"d", Ready(3, 1, 103), 5) == (None, False) and routes.refused == 1  # the bound
+    assert routes.forget_worker(2) == 1 and len(routes) == 2
 
 
 def test_heartbeat_and_acknowledgement_round_trip():
@@ -457,34 +534,58 @@ def test_heartbeat_and_acknowledgement_round_trip():
     assert decode_heartbeat(encode_result(None, 1, 9, K)) is None
 
 
-def test_a_worker_acknowledges_each_job_and_beats_while_inference_runs(tmp_path):
-    zmq = pytest.importorskip("zmq")
-    from spikereveal.stream.wire import decode_heartbeat, decode_ready
+def _worker_thread(tmp_path, runner_factory, errors=None, **kwargs):
     from spikereveal.stream.worker import run_worker
 
+    def main():
+        try:
+            run_worker(f"ipc://{tmp_path}/j", f"ipc://{tmp_path}/r", runner_factory, **kwargs)
+        except Exception as exc:  # noqa: BLE001 handed to the test
+            if errors is None:
+                raise
+            errors.append(exc)
+
+    thread = threading.Thread(target=main)
+    thread.start()
+    return thread
+
+
+def test_a_worker_announces_its_credits_acknowledges_each_job_and_beats_while_inference_runs(tmp_path):
+    zmq = pytest.importorskip("zmq")
+    from spikereveal.stream.wire import decode_heartbeat, decode_ready, encode_welcome
+
     context = zmq.Context()
-    jobs, results = context.socket(zmq.PUSH), context.socket(zmq.PULL)
+    jobs, results = context.socket(zmq.ROUTER), context.socket(zmq.PULL)
     jobs.bind(f"ipc://{tmp_path}/j")
     results.bind(f"ipc://{tmp_path}/r")
     gate, stop = threading.Event(), threading.Event()
     runner = FakeRunner(InputShape(K, 4 * SPIKE_H, 4 * SPIKE_W), gate)
     runner.options = runner.options.__class__(warmup_runs=0)
-    thread = threading.Thread(target=run_worker, args=(f"ipc://{tmp_path}/j", f"ipc://{tmp_path}/r", lambda s: runner),
-                              kwargs={"worker_id": 3, "stop": stop, "heartbeat_interval_s": 0.02})
-    thread.start()
+    thread = _worker_thread(tmp_path, lambda s: runner, worker_id=3, stop=stop, heartbeat_interval_s=0.02, credits=2)
     try:
-        assert results.poll(10_000) and decode_ready(results.recv_multipart()) == 3
-        jobs.send_multipart(encode_job(make_job(8)))
+        assert jobs.poll(10_000)
+        identity, *parts = jobs.recv_multipart()
+        ready = decode_ready(parts)
+        assert (ready.worker_id, ready.credits) == (3, 2)
+        jobs.send_multipart([identity, *encode_welcome(3, 2)])
+        jobs.send_multipart([identity, *encode_job(make_job(8))])
         seen = []
-        while (3, None) not in seen[1:] and results.poll(10_000):  # a beat after the ack: inference is stuck
+        while results.poll(10_000):  # until a beat after the ack: inference is stuck, the beats go on
             seen.append(decode_heartbeat(results.recv_multipart()))
-        assert (3, (0, 8)) in seen and seen.index((3, (0, 8))) < len(seen) - 1
+            if (3, (0, 8)) in seen and seen[-1] == (3, None):
+                break
+        assert (3, (0, 8)) in seen and seen[-1] == (3, None)
         gate.set()
         while results.poll(10_000):
             parts = results.recv_multipart()
             if decode_heartbeat(parts) is None:
                 assert decode_result(parts).exposure_id == 8
                 break
+        announced = 0  # idle again: it announces itself every heartbeat interval (a restarted serve learns of it)
+        while announced < 2 and jobs.poll(10_000):
+            again = jobs.recv_multipart()
+            assert again[0] == identity and decode_ready(again[1:]) == ready
+            announced += 1
     finally:
         gate.set()
         stop.set()
@@ -492,6 +593,52 @@ def test_a_worker_acknowledges_each_job_and_beats_while_inference_runs(tmp_path)
         jobs.close(linger=0)
         results.close(linger=0)
         context.term()
+
+
+def test_a_worker_stops_with_a_clear_error_when_serve_speaks_another_wire_version(tmp_path):
+    import struct
+
+    zmq = pytest.importorskip("zmq")
+    from spikereveal.stream.wire import JOB_VERSION, WELCOME_MAGIC
+
+    context = zmq.Context()
+    jobs, results = context.socket(zmq.ROUTER), context.socket(zmq.PULL)
+    jobs.bind(f"ipc://{tmp_path}/j")
+    results.bind(f"ipc://{tmp_path}/r")
+    errors, stop = [], threading.Event()
+    thread = _worker_thread(tmp_path, lambda s: loaded_runner(), errors, worker_id=1, stop=stop)
+    try:
+        assert jobs.poll(10_000)
+        identity = jobs.recv_multipart()[0]
+        newer = struct.pack("<4sHHII", WELCOME_MAGIC, JOB_VERSION + 1, 1, 1, 0)  # a future, longer header
+        jobs.send_multipart([identity, b"welcome", newer])
+        thread.join(30)
+        assert not thread.is_alive()
+    finally:
+        stop.set()
+        thread.join(30)
+        jobs.close(linger=0)
+        results.close(linger=0)
+        context.term()
+    assert len(errors) == 1 and isinstance(errors[0], ProtocolError)
+    assert f"wire version {JOB_VERSION + 1}" in str(errors[0]) and "same spikereveal version" in str(errors[0])
+
+
+def test_wire_messages_say_their_version_and_credits_are_validated():
+    from spikereveal.stream.wire import (
+        JOB_VERSION, decode_ready, decode_welcome, encode_heartbeat, encode_ready, encode_welcome, wire_version)
+
+    assert wire_version(encode_ready(2, 3)) == ("ready", JOB_VERSION)
+    assert wire_version(encode_heartbeat(2)) == ("heartbeat", JOB_VERSION)
+    assert wire_version(encode_job(make_job(0))) == ("job", JOB_VERSION)
+    assert wire_version([b"res", b"SRRS\x02\x00rest"]) == ("result", 2)  # an older worker's result
+    assert wire_version([b"x", b"garbage"]) is None and wire_version([b"x"]) is None
+    old_ready = [b"ready", bytes(encode_ready(2)[1])[:4] + b"\x02\x00" + bytes(encode_ready(2)[1])[6:]]
+    assert decode_ready(old_ready) is None and wire_version(old_ready) == ("ready", 2)
+    assert decode_welcome(encode_welcome(2, 1)) == (JOB_VERSION, 1)
+    for bad in (0, 70000):
+        with pytest.raises(ConfigError, match="--credits"):
+            encode_ready(1, bad)
 
 
 # -- memory bounded in bytes (issue 14 item 9) -------------------------------------------------------------------
@@ -632,7 +779,7 @@ def test_results_that_do_not_match_their_job_are_rejected_and_the_job_waits_for_
     }
     for reason, wire in forged.items():
         assert result_matches(job, wire) == reason
-    collector = ResultCollector(slots=2, result_timeout_ns=10**9)
+    collector = ResultCollector(result_timeout_ns=10**9)
     collector.dispatched(job, 0)
     for wire in (*forged.values(), _wire(7)):  # the exposure_id one and exposure 7 answer no job in flight
         assert collector.received(wire, 5) == []

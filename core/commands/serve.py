@@ -65,10 +65,17 @@ def register(subparsers) -> None:
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="run inference in N local worker processes (default: one thread in serve)")
     parser.add_argument("--job-endpoint", default=None, metavar="E",
-                        help="also bind PUSH here for remote 'spikereveal worker' s (with --result-endpoint)")
+                        help="also bind the job port here for remote 'spikereveal worker' s (with --result-endpoint);"
+                             " each worker gets jobs only while it has a free credit")
     parser.add_argument("--result-endpoint", default=None, metavar="E", help="bind PULL here for remote results")
     parser.add_argument("--remote-workers", type=int, default=None, metavar="N",
-                        help="how many remote workers to keep jobs in flight for (default 0; at least one slot)")
+                        help="no longer used: workers announce their own credits (accepted for old scripts)")
+    parser.add_argument("--reorder-wait", type=float, default=None, metavar="S",
+                        help="with workers: the longest a finished exposure waits for an earlier one before serve "
+                             "skips ahead of it (counted in reorder_skipped; default 2)")
+    parser.add_argument("--lost-job-policy", choices=("requeue_once", "drop"), default=None,
+                        help="with workers: a lost worker's unfinished jobs are sent again once if fresh "
+                             "(requeue_once, the default; jobs_requeued) or dropped (worker_lost)")
     parser.add_argument("--result-timeout", type=float, default=None, metavar="S",
                         help="with workers: a job whose result is not back after S seconds is counted lost "
                              "(default 30)")
@@ -110,7 +117,8 @@ def config_from_args(args):
         sync={"k": args.k},
         scale_out={"workers": args.workers, "job_endpoint": args.job_endpoint,
                    "result_endpoint": args.result_endpoint, "remote_workers": args.remote_workers,
-                   "result_timeout_s": args.result_timeout, "heartbeat_timeout_s": args.heartbeat_timeout},
+                   "result_timeout_s": args.result_timeout, "heartbeat_timeout_s": args.heartbeat_timeout,
+                   "reorder_wait_s": args.reorder_wait, "lost_job_policy": args.lost_job_policy},
         publish={"max_subscriptions": args.max_subscriptions},
         security={"secret_key_file": args.secret_key, "allow_keys_dir": args.allow_keys,
                   "output_curve": args.curve_output, "rig_key_file": args.rig_key},

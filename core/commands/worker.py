@@ -1,4 +1,4 @@
-"""``spikereveal worker``: a remote inference worker for ``serve`` (PULL jobs, PUSH results)."""
+"""``spikereveal worker``: a remote inference worker for ``serve`` (jobs by credit, PUSH results)."""
 
 from __future__ import annotations
 
@@ -14,15 +14,20 @@ def register(subparsers) -> None:
         description=(
             "Scale-out for 'serve': connect to the job and result endpoints that 'serve --job-endpoint E1 "
             "--result-endpoint E2' binds, run every exposure window it receives (jobs are self-contained) and "
-            "send the K sharp frames back; serve re-orders results by exposure. Use it when one machine's "
-            "inference is slower than the exposure rate. Runs until Ctrl-C / SIGTERM."
+            "send the K sharp frames back; serve re-orders results by exposure. The worker asks for as many jobs "
+            "as its --credits, so a slow worker never holds work a faster one could do. Use it when one "
+            "machine's inference is slower than the exposure rate. Runs until Ctrl-C / SIGTERM."
         ),
     )
     parser.add_argument("--connect", "--jobs", dest="jobs", required=True, metavar="E1",
                         help="serve's job endpoint, e.g. tcp://serve-host:5560")
     parser.add_argument("--results", required=True, metavar="E2",
                         help="serve's result endpoint, e.g. tcp://serve-host:5561")
-    parser.add_argument("--id", type=int, default=0, help="worker id shown in serve's logs (default 0)")
+    parser.add_argument("--id", type=int, default=0,
+                        help="worker id shown in serve's logs; give each worker its own (default 0)")
+    parser.add_argument("--credits", type=int, default=1, metavar="N",
+                        help="jobs serve may send this worker at once (default 1: the one it runs; 2 keeps the "
+                             "next one on hand; serve caps it at its scale_out.in_flight_per_worker_jobs)")
     add_engine_arguments(parser)
     parser.add_argument("--spike-geometry", type=int_pair("HxW", "250x400"), default=None, metavar="HxW",
                         help="load the engine now for this sensor (default: on the first job)")
@@ -68,7 +73,8 @@ def run(args) -> int:
     try:
         print(f"worker {args.id}: jobs from {args.jobs}, results to {args.results} (Ctrl-C stops)", flush=True)
         stats = worker_main(args.jobs, args.results, engine, worker_id=args.id, spike_shape=args.spike_geometry,
-                            k=args.k, calibration_path=args.calibration, work_dir=work_dir, stop=stop, keys=keys)
+                            k=args.k, calibration_path=args.calibration, work_dir=work_dir, stop=stop, keys=keys,
+                            credits=args.credits)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
