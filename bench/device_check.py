@@ -181,7 +181,7 @@ def compare_outputs(reference_dir: Path, other_dir: Path, recording: Path | None
     the ground truth (same frames): ``{"vs_reference_db", "reference_vs_gt_db", "vs_gt_db", "frames"}``."""
     import numpy as np
 
-    from spikereveal.training.evaluate import psnr
+    from spikereveal.kernels.metrics import psnr
 
     reference, other = _frames(Path(reference_dir)), _frames(Path(other_dir))
     common = sorted(set(reference) & set(other))

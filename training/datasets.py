@@ -16,10 +16,12 @@ as float16 (half the memory; ~5e-4 error at 1.0, below an 8-bit image's quantisa
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, ContextManager, Sequence
 
 import numpy as np
@@ -333,34 +335,101 @@ def network_teacher(bsn, sr, tfp_window: int = DEFAULT_TFP_SHORT_WINDOW, chunk_s
     return teacher
 
 
-def cached_teacher(teacher: TeacherFn, cache_dir: str | os.PathLike, teacher_key: str) -> TeacherFn:
+SHARED_CACHE_HINT = ("every process writes its share of the teacher targets there and reads the others', so "
+                     "it must be a folder that every process sees (a shared filesystem across machines); pass "
+                     "such a folder with --cache-dir")
+
+
+def cached_teacher(teacher: TeacherFn, cache_dir: str | os.PathLike, teacher_key: str) -> "TeacherCache":
     """``teacher`` with its targets kept on disk (float16 ``.npy``, one file per exposure and timestamps).
 
     ``teacher_key`` names the teacher (e.g. ``sdm-w9`` or the checkpoints' hashes); the file name also
     hashes the recording's path, its ``spikes.dat`` size and time, the exposure index and the spike
     indices, so a changed recording or teacher never reuses stale targets.
     """
-    import hashlib
-    from pathlib import Path
+    return TeacherCache(teacher, cache_dir, teacher_key)
 
-    folder = Path(cache_dir)
-    folder.mkdir(parents=True, exist_ok=True)
 
-    def cached(exposure: ExposureData, centers: np.ndarray) -> np.ndarray:
+class TeacherCache:
+    """A teacher whose targets live in ``cache_dir`` (see :func:`cached_teacher`).
+
+    Calling it reads an exposure's file, or computes and writes it. For several processes sharing one
+    folder (``training.distributed``): :meth:`fill` computes only the files of one shard (each file belongs
+    to exactly one shard, so no two processes write the same file; a file appears complete or not at all,
+    written under a process-unique temporary name and renamed), and :meth:`reader` then reads the union and
+    never computes.
+    """
+
+    def __init__(self, teacher: TeacherFn, cache_dir: str | os.PathLike, teacher_key: str):
+        self.teacher = teacher
+        self.folder = Path(cache_dir)
+        self.teacher_key = str(teacher_key)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def path(self, exposure: ExposureData, centers: np.ndarray) -> Path:
         spikes = Path(exposure.recording) / "spikes.dat"
         stat = spikes.stat() if spikes.exists() else None
-        identity = [teacher_key, str(Path(exposure.recording).resolve()), exposure.exposure_index,
+        identity = [self.teacher_key, str(Path(exposure.recording).resolve()), exposure.exposure_index,
                     [int(c) for c in centers], None if stat is None else (stat.st_size, stat.st_mtime_ns)]
-        path = folder / f"teacher-{hashlib.sha256(repr(identity).encode()).hexdigest()[:32]}.npy"
-        if path.is_file():
-            return np.load(path).astype(np.float32)
-        targets = np.clip(np.asarray(teacher(exposure, centers), dtype=np.float32), 0.0, 1.0)
-        partial = path.with_name(path.name + ".partial.npy")
+        return self.folder / f"teacher-{hashlib.sha256(repr(identity).encode()).hexdigest()[:32]}.npy"
+
+    def _compute(self, exposure: ExposureData, centers: np.ndarray, path) -> np.ndarray:
+        targets = np.clip(np.asarray(self.teacher(exposure, centers), dtype=np.float32), 0.0, 1.0)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial.npy")
         np.save(partial, targets.astype(np.float16))
         os.replace(partial, path)
         return targets
 
-    return cached
+    def __call__(self, exposure: ExposureData, centers: np.ndarray) -> np.ndarray:
+        path = self.path(exposure, centers)
+        if path.is_file():
+            return np.load(path).astype(np.float32)
+        return self._compute(exposure, centers, path)
+
+    def fill(self, work: Sequence[tuple[ExposureData, np.ndarray]], rank: int = 0, world_size: int = 1,
+             progress: LoadProgress | None = None) -> int:
+        """Write the missing files of this ``rank``'s shard of ``work`` ((exposure, centers) pairs); returns
+        how many it computed. Files are sharded, not exposures: an exposure listed twice is one file."""
+        from spikereveal.training.distributed import shard
+
+        unique: dict = {}
+        for exposure, centers in work:
+            unique.setdefault(self.path(exposure, centers), (exposure, centers))
+        files = list(unique.items())
+        mine = [files[i] for i in shard(len(files), rank, world_size)]
+        computed = 0
+        for done, (path, (exposure, centers)) in enumerate(mine, start=1):
+            if not path.is_file():
+                self._compute(exposure, centers, path)
+                computed += 1
+            if progress is not None:
+                progress(done, len(mine), "teacher targets")
+        return computed
+
+    def missing(self, work: Sequence[tuple[ExposureData, np.ndarray]]) -> list[Path]:
+        """The files of ``work`` that are not (yet) in the cache."""
+        return [path for path in (self.path(exposure, centers) for exposure, centers in work) if not path.is_file()]
+
+    def reader(self) -> TeacherFn:
+        """The cached targets, read only: a missing file is a ConfigError (it is never computed here)."""
+
+        def read(exposure: ExposureData, centers: np.ndarray) -> np.ndarray:
+            path = self.path(exposure, centers)
+            if not path.is_file():
+                raise ConfigError(
+                    f"teacher targets of {exposure.recording} exposure {exposure.exposure_index} are missing from "
+                    f"{self.folder}: {SHARED_CACHE_HINT}"
+                )
+            return np.load(path).astype(np.float32)
+
+        return read
+
+
+def teacher_centers(window: ExposureWindow, timestamps: int, reblur_timestamps: int | None = None) -> np.ndarray:
+    """The spike indices of the teacher's targets in one exposure: the ``timestamps`` (M) distilled ones
+    among the ``reblur_timestamps`` (N, default M) evenly spread over it."""
+    reblur = int(timestamps) if reblur_timestamps is None else int(reblur_timestamps)
+    return evenly_spread_centers(window, reblur)[distilled_positions(reblur, int(timestamps))]
 
 
 class LDNDataset(_CropDataset):
@@ -397,7 +466,7 @@ class LDNDataset(_CropDataset):
         for done, exposure in enumerate(self.exposures, start=1):
             centers = evenly_spread_centers(exposure.window, self.reblur_timestamps)
             self._spikes.append(exposure.ldn_inputs(centers).astype(np.uint8))
-            targets = np.asarray(teacher(exposure, centers[self.distilled]), dtype=np.float32)
+            targets = np.asarray(teacher(exposure, centers[self.distilled]), dtype=np.float32)  # = teacher_centers
             expected = (self.timestamps,) + exposure.blurry.shape
             if targets.shape != expected:
                 raise ConfigError(f"the teacher returned targets of shape {targets.shape}, expected {expected}")

@@ -43,6 +43,7 @@ import numpy as np
 from spikereveal.errors import ConfigError, RecordingError
 from spikereveal.kernels import reblur
 from spikereveal.kernels.images import SPIKE_TO_IMAGE_SCALE
+from spikereveal.kernels.metrics import DATA_RANGE, PSNR_CAP_DB, psnr
 from spikereveal.kernels.sensor import (
     DEFAULT_GAIN_TOLERANCE,
     exposure_firing_gain,
@@ -58,8 +59,6 @@ METHODS = ("blurry", "sdm", "teacher", "student")
 CHANNELS = ("b", "g", "r")  # planar BGR, as every image here
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
-DATA_RANGE = 1.0
-PSNR_CAP_DB = 100.0
 PLOT_COLUMNS = ("blurry", "sdm", "teacher", "student", "gt")
 PLOT_TILE_WIDTH = 320
 PLOT_MAX_ROWS = 7
@@ -72,14 +71,6 @@ EvalProgress = Callable[[int, int], None]
 
 
 # -- metrics -----------------------------------------------------------------------------------------------
-def psnr(reference: np.ndarray, image: np.ndarray) -> float:
-    """PSNR in dB of ``image`` against ``reference`` (float, data range 1), capped at 100 dB."""
-    mse = float(np.mean((np.asarray(reference, np.float64) - np.asarray(image, np.float64)) ** 2))
-    if mse <= 10.0 ** (-PSNR_CAP_DB / 10.0):
-        return PSNR_CAP_DB
-    return float(10.0 * np.log10(DATA_RANGE**2 / mse))
-
-
 def channel_mean_error(reference: np.ndarray, image: np.ndarray) -> np.ndarray:
     """(3,) float64: mean of ``image - reference`` per channel of two (3, H, W) BGR images in [0, 1]
     (positive: the image is brighter in that channel; a colour cast shows as channels that differ)."""
@@ -142,9 +133,9 @@ def ssim(reference: np.ndarray, image: np.ndarray) -> float:
 
 
 def ssim_implementation() -> str:
-    try:
-        import skimage.metrics  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("skimage") is None:
         return "spikereveal.training.evaluate.ssim_numpy"
     return "skimage.metrics.structural_similarity"
 

@@ -11,6 +11,11 @@ Files written for ``out = model.pt``:
   to ship or to pass to ``eval``/``export``.
 - ``model.pt.optim``: the optimizer's moments, next to it, so that ``--resume model.pt`` continues the
   very same run (the shipped checkpoint stays small). Without it a resume starts fresh Adam moments.
+
+Under torchrun (``RunOptions.distributed``) the same loop runs data-parallel: see ``training.distributed``
+for what is split (each global batch, the teacher targets) and what rank 0 alone does (checkpoints,
+progress). ``batch_size`` is the global batch, so a run gives the same optimiser steps on any number of
+processes and resumes on any number that divides the batch.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from spikereveal.errors import ConfigError
-from spikereveal.training import bsn, sr
+from spikereveal.training import bsn, distributed, sr
 from spikereveal.training import datasets as ds
 from spikereveal.training.losses import LdnLossWeights, bsn_loss, ldn_loss, sr_loss
 from spikereveal.training.train_config import KIND_DEFAULTS, KINDS, RunOptions, TrainConfig, distilled_positions
@@ -70,6 +75,9 @@ class TrainResult:
     stopped_early: str | None
     history: tuple[Mapping[str, Any], ...]
     elapsed_s: float
+    rank: int = 0  # this process's rank (0: the one that wrote the checkpoint and reported progress)
+    world_size: int = 1
+    teacher_targets_s: float | None = None  # LDN: loaded exposures -> targets of every exposure ready (slowest rank)
 
 
 def cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:
@@ -130,17 +138,42 @@ def _teacher_fn(config: TrainConfig, device: torch.device, cache_dir: str | None
     return teacher if cache_dir is None else ds.cached_teacher(teacher, cache_dir, key)
 
 
-def _dataset(config: TrainConfig, exposures, device, prepare: Callable[[int, int, str], None],
-             cache_dir: str | None = None):
+def _dataset(config: TrainConfig, exposures, group: distributed.LocalGroup, prepare: Callable[[int, int, str], None],
+             cache_dir: str | None = None) -> tuple[Any, int]:
+    """The dataset of ``config.kind``, and (LDN) how many exposures' teacher targets this process computed."""
     common = dict(crop=config.crop, samples_per_epoch=config.samples_per_epoch, seed=config.seed, augment=config.augment)
     if config.kind == "bsn":
-        return ds.BSNDataset(exposures, tfp_window=config.tfp_window, **common)
+        return ds.BSNDataset(exposures, tfp_window=config.tfp_window, **common), 0
     if config.kind == "sr":
-        return ds.SRDataset(exposures, **common)
-    return ds.LDNDataset(
-        exposures, _teacher_fn(config, device, cache_dir), timestamps=config.timestamps, progress=prepare,
-        reblur_timestamps=config.reblur_count, **common
-    )
+        return ds.SRDataset(exposures, **common), 0
+    teacher, computed = _teacher_targets(config, exposures, group, prepare, cache_dir)
+    dataset = ds.LDNDataset(exposures, teacher, timestamps=config.timestamps, progress=prepare,
+                            reblur_timestamps=config.reblur_count, **common)
+    return dataset, computed
+
+
+def _teacher_targets(config: TrainConfig, exposures, group: distributed.LocalGroup,
+                     prepare: Callable[[int, int, str], None], cache_dir: str | None) -> tuple[ds.TeacherFn, int]:
+    """The teacher the LDN dataset reads, and how many exposures' targets this process computes for it.
+
+    With a cache folder, each process computes and writes its shard of the cache files, all wait for each
+    other, then every process reads the union (one process: the whole set). Without one (one process
+    only), the dataset calls the teacher for every exposure itself.
+    """
+    teacher = _teacher_fn(config, group.device, cache_dir)
+    if cache_dir is None:
+        return teacher, len(exposures)
+    work = [(exposure, ds.teacher_centers(exposure.window, config.timestamps, config.reblur_count))
+            for exposure in exposures]
+    computed = teacher.fill(work, group.place.rank, group.world_size,
+                            progress=lambda done, total, what: prepare(done, total, "computing " + what))
+    group.barrier()  # every shard written: the union is complete where every rank sees the same folder
+    missing = teacher.missing(work)
+    missing_anywhere = int(group.sum([len(missing)])[0])
+    if missing_anywhere:  # every rank stops here, none waits for the others at the next collective
+        raise ConfigError(f"{missing_anywhere} teacher-target file(s) missing from {cache_dir} after every process "
+                          f"computed its share ({len(missing)} on rank {group.place.rank}): {ds.SHARED_CACHE_HINT}")
+    return teacher.reader(), computed
 
 
 def batch_loss(kind: str, model, batch, device, weights: LdnLossWeights,
@@ -201,16 +234,30 @@ def train(
     sets a field explicitly (e.g. more ``epochs``), its weights, progress and optimizer state continue.
     ``network_config``: the network's config (dataclass or dict) for a fresh run; default the paper's.
     ``init`` (in ``config``): start from that checkpoint's weights (fine-tuning; same kind of network).
+    ``options.distributed``: this process is one rank of a torchrun launch (``training.distributed``);
+    every rank calls ``train`` with the same arguments, rank 0 writes ``out`` and calls ``progress``.
     """
+    if options.threads is not None:
+        torch.set_num_threads(options.threads)
+    if options.distributed:
+        group = distributed.join(options.device)
+    else:
+        group = distributed.LocalGroup(resolve_device(options.device))
+    try:
+        return _train(group, data, out, config, resume, network_config, options, progress)
+    finally:
+        group.close()
+
+
+def _train(group: distributed.LocalGroup, data, out, config: TrainConfig, resume, network_config,
+           options: RunOptions, progress: ProgressFn | None) -> TrainResult:
     from spikereveal.engines.checkpoint import load_checkpoint, save_checkpoint, sha256_of
 
     started = time.monotonic()
     init_provenance = None
     kind = config.kind
-    device = resolve_device(options.device)
-    if options.threads is not None:
-        torch.set_num_threads(options.threads)
-    emit = progress or (lambda event: None)
+    device = group.device
+    emit = progress if progress is not None and group.is_main else (lambda event: None)
 
     history: list[dict[str, Any]] = []
     epochs_completed = step_in_epoch = 0
@@ -247,7 +294,13 @@ def train(
         if kind == "ldn" and config.spike_norm is not None and model.config.spike_norm != config.spike_norm:
             model = _with_network_config(model, spike_norm=config.spike_norm)
     config = config.with_defaults()
+    if config.batch_size % group.world_size:
+        raise ConfigError(
+            f"the batch of {config.batch_size} crops per step is split over {group.world_size} processes: use a "
+            f"--batch-size that is a multiple of {group.world_size} (it stays the crops per optimiser step)"
+        )
     model.to(device).train()
+    net = group.wrap(model)  # DistributedDataParallel under torchrun, the model itself in one process
 
     prepare = lambda done, total, what: emit(  # noqa: E731
         TrainProgress("prepare", kind, epochs_completed, config.epochs, done, total, message=what)
@@ -256,7 +309,20 @@ def train(
     exposures = ds.load_exposures(data, k=config.timestamps, margin_frames=margin, progress=prepare)
     if config.samples_per_epoch is None:
         config = replace(config, samples_per_epoch=config.crops_per_exposure * len(exposures))
-    dataset = _dataset(config, exposures, device, prepare, options.cache_dir)
+    cache_dir = options.cache_dir
+    if kind == "ldn" and cache_dir is None and group.world_size > 1:  # the ranks share targets through files
+        cache_dir = os.fspath(out) + ".teacher-cache"
+        log.info("teacher targets shared through %s (pass --cache-dir to choose the folder)", cache_dir)
+    targets_started, targets_cpu_started = time.monotonic(), time.process_time()
+    dataset, computed = _dataset(config, exposures, group, prepare, cache_dir)
+    teacher_targets = None
+    if kind == "ldn":
+        seconds = group.gather(time.monotonic() - targets_started)  # each rank: its shard, the wait, the reads
+        cpu_seconds = group.gather(time.process_time() - targets_cpu_started)  # this process's CPU time, all threads
+        teacher_targets = {"seconds": max(seconds), "seconds_per_rank": [round(t, 3) for t in seconds],
+                           "cpu_seconds_per_rank": [round(t, 3) for t in cpu_seconds],
+                           "computed_per_rank": [int(n) for n in group.gather(computed)],
+                           "cache_dir": cache_dir}
     steps_per_epoch = math.ceil(len(dataset) / config.batch_size)
 
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -281,7 +347,9 @@ def train(
             "exposures": len(exposures),
             "schedule": "Adam, cosine learning rate stepped per epoch",
             "device": str(device),
-            "threads": torch.get_num_threads(),
+            "threads": torch.get_num_threads(),  # per process
+            "world_size": group.world_size,
+            "backend": group.backend,
             "init": init_provenance,  # the checkpoint fine-tuned from (its hash and its own provenance), or None
         }
         if kind == "ldn":  # the sensors it saw: the out-of-domain alarm of eval/deblur/serve (kernels.sensor)
@@ -290,6 +358,7 @@ def train(
                 seen = [min(seen[0], init_provenance["firing_gain_range"][0]),
                         max(seen[1], init_provenance["firing_gain_range"][1])]
             training["firing_gain_range"] = [round(g, 4) for g in seen]
+            training["teacher_targets"] = teacher_targets
         save_checkpoint(out, kind, model, model.config, training=training, source=f"spikereveal train {kind}")
         torch.save(
             {"optimizer": optimizer.state_dict(), "epochs_completed": epochs_completed, "step_in_epoch": step_in_epoch},
@@ -303,40 +372,41 @@ def train(
         while epochs_completed < config.epochs and stopped_early is None:
             epoch = epochs_completed
             lr = cosine_lr(config.lr, epoch, config.epochs)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            for param_group in optimizer.param_groups:
+                param_group["lr"] = lr
             dataset.set_epoch(epoch)
-            first_item = step_in_epoch * config.batch_size
-            loader = DataLoader(
-                torch.utils.data.Subset(dataset, range(first_item, len(dataset))),
-                batch_size=config.batch_size,
-                shuffle=False,
-                num_workers=options.num_workers,
-            )
+            # this process's share of every global batch left in the epoch (all of it in one process)
+            plan = distributed.rank_batches(step_in_epoch * config.batch_size, len(dataset), config.batch_size,
+                                            group.place.rank, group.world_size)
+            loader = DataLoader(dataset, batch_sampler=[indices for indices, _ in plan], num_workers=options.num_workers)
             sums: dict[str, float] = {}
             counted = 0
             epoch_started = time.monotonic()
-            for batch in loader:
-                loss, parts = batch_loss(kind, model, batch, device, weights, config.autocast, config.reblur_gradient)
-                if not torch.isfinite(loss):
+            for batch, (_, weight) in zip(loader, plan):
+                loss, parts = batch_loss(kind, net, batch, device, weights, config.autocast, config.reblur_gradient)
+                names = sorted(parts)
+                share = weight / group.world_size  # the whole batch's mean = the sum of the shares
+                totals = group.sum([float(loss.detach()) * share] + [parts[name] * share for name in names])
+                if not math.isfinite(totals[0]):
                     raise ConfigError(
-                        f"the {kind} loss became {float(loss)} at epoch {epoch + 1}, step {step_in_epoch + 1}; "
+                        f"the {kind} loss became {totals[0]} at epoch {epoch + 1}, step {step_in_epoch + 1}; "
                         f"lower the learning rate (--lr)"
                     )
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss if weight == 1.0 else loss * weight).backward()  # DDP averages the ranks' gradients
                 optimizer.step()
                 step_in_epoch += 1
                 counted += 1
-                for name, value in {"loss": float(loss.detach()), **parts}.items():
+                for name, value in {"loss": totals[0], **dict(zip(names, totals[1:]))}.items():
                     sums[name] = sums.get(name, 0.0) + value
                 running = {name: value / counted for name, value in sums.items()}
                 elapsed = elapsed_before + time.monotonic() - started
                 emit(TrainProgress("step", kind, epoch, config.epochs, step_in_epoch, steps_per_epoch, running, lr, elapsed))
-                if interrupted.is_set() and step_in_epoch < steps_per_epoch:
+                stop_interrupted, stop_time = _stop_requests(group, interrupted, limit_s, started)
+                if stop_interrupted and step_in_epoch < steps_per_epoch:
                     stopped_early = "interrupted"
                     break
-                if limit_s is not None and time.monotonic() - started >= limit_s and step_in_epoch < steps_per_epoch:
+                if stop_time and step_in_epoch < steps_per_epoch:
                     stopped_early = "time limit"
                     break
             running = {name: value / max(counted, 1) for name, value in sums.items()}
@@ -344,19 +414,22 @@ def train(
                 history.append({"epoch": epoch + 1, "lr": lr, "seconds": time.monotonic() - epoch_started, **running})
                 epochs_completed += 1
                 step_in_epoch = 0
-                if interrupted.is_set() and epochs_completed < config.epochs:
+                stop_interrupted, stop_time = _stop_requests(group, interrupted, limit_s, started)
+                if stop_interrupted and epochs_completed < config.epochs:
                     stopped_early = "interrupted"
-                elif limit_s is not None and time.monotonic() - started >= limit_s and epochs_completed < config.epochs:
+                elif stop_time and epochs_completed < config.epochs:
                     stopped_early = "time limit"
-            save(stopped_early)
+            if group.is_main:
+                save(stopped_early)
             emit(TrainProgress("epoch", kind, epoch, config.epochs, step_in_epoch or steps_per_epoch, steps_per_epoch,
                                running, lr, elapsed_before + time.monotonic() - started))
     finally:
         restore_interrupt()
+    if group.is_main and epochs_completed >= config.epochs and not Path(out).is_file():
+        save(None)  # resumed a finished run: still leave a checkpoint at ``out``
+    group.barrier()  # every rank returns once the checkpoint is written
     if stopped_early == "interrupted":  # the checkpoint holds every finished step: --resume continues from it
         raise KeyboardInterrupt
-    if epochs_completed >= config.epochs and not Path(out).is_file():
-        save(None)  # resumed a finished run: still leave a checkpoint at ``out``
     model.eval()
     return TrainResult(
         checkpoint=Path(out),
@@ -366,7 +439,18 @@ def train(
         stopped_early=stopped_early,
         history=tuple(history),
         elapsed_s=elapsed_before + time.monotonic() - started,
+        rank=group.place.rank,
+        world_size=group.world_size,
+        teacher_targets_s=None if teacher_targets is None else teacher_targets["seconds"],
     )
+
+
+def _stop_requests(group: distributed.LocalGroup, interrupted: threading.Event, limit_s: float | None,
+                   started: float) -> tuple[bool, bool]:
+    """(Ctrl-C seen, time limit reached) on any rank: every rank stops after the same step."""
+    out_of_time = limit_s is not None and time.monotonic() - started >= limit_s
+    seen = group.sum([interrupted.is_set(), out_of_time])
+    return seen[0] > 0, seen[1] > 0
 
 
 def _defer_interrupt(flag: threading.Event) -> Callable[[], None]:

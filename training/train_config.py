@@ -184,13 +184,18 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How to run (not part of what is trained): device string, CPU threads, wall-clock limit."""
+    """How to run (not part of what is trained): device string, CPU threads, wall-clock limit.
+
+    ``distributed``: this process is one rank of a torchrun launch (``training.distributed``): ``device``
+    "cpu" (gloo) or "cuda" (nccl, each rank on ``cuda:LOCAL_RANK``), ``threads`` per process.
+    """
 
     device: str = "cpu"
     threads: int | None = None
     time_limit_min: float | None = None
     num_workers: int = 0
     cache_dir: str | None = None  # LDN: keep the teacher's targets on disk between runs
+    distributed: bool = False
 
     def __post_init__(self):
         if self.threads is not None and (isinstance(self.threads, bool) or self.threads < 1):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from spikereveal.errors import ConfigError, require
@@ -45,6 +46,11 @@ def _add_common(parser: argparse.ArgumentParser, kind: str) -> None:
                         help="stop after M minutes (checkpoint saved; --resume continues)")
     parser.add_argument("--workers", type=int, default=0, help="data loader worker processes (default 0)")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists (fresh runs)")
+    parser.add_argument("--distributed", action="store_true",
+                        help="data-parallel training, one process per rank: start with torchrun --nproc-per-node N "
+                             "-m spikereveal train ... (implied when torchrun starts more than one process); "
+                             "gloo on cpu, nccl with --device cuda (each rank on cuda:LOCAL_RANK); --batch-size "
+                             "stays the crops per step, split over the processes")
     parser.add_argument("--autocast", choices=AUTOCAST_CHOICES,
                         help="precision of the forward passes: off (float32, default) or bf16 (mixed precision; "
                              "2-3x faster on CPUs with AVX512-BF16/AMX, weights stay float32)")
@@ -129,13 +135,19 @@ def run(args) -> int:
     from tqdm import tqdm
 
     require("torch", f"spikereveal train {args.kind} (training)", "train")
+    from spikereveal.training.distributed import RankPlace, launched_by_torchrun
     from spikereveal.training.train import RunOptions, train
 
+    distributed = args.distributed or launched_by_torchrun()
+    main_rank = not distributed or RankPlace.from_environment().is_main
+    if not main_rank:  # rank 0 reports; the others only say what goes wrong
+        logging.getLogger().setLevel(logging.ERROR)
+    # every rank checks before the ranks meet (train joins the group), so none sees rank 0's new checkpoint
     if args.resume is None and args.out.exists() and not args.force:
         raise ConfigError(f"{args.out} exists; pass --force to overwrite it, or --resume {args.out} to continue it")
     config = _config(args)
     options = RunOptions(device=args.device, threads=args.threads, time_limit_min=args.time_limit_min,
-                         num_workers=args.workers,
+                         num_workers=args.workers, distributed=distributed,
                          cache_dir=None if getattr(args, "cache_dir", None) is None else str(args.cache_dir))
     progress, close_all = train_progress_bars(tqdm)
 
@@ -143,13 +155,19 @@ def run(args) -> int:
         result = train(args.data, args.out, config, resume=args.resume, options=options, progress=progress)
     finally:
         close_all()
+    if result.rank != 0:
+        return 0
     last = result.history[-1] if result.history else {}
     state = "finished" if result.finished else f"stopped early ({result.stopped_early})"
     loss = f", last epoch loss {last['loss']:.5g}" if "loss" in last else ""
     print(f"wrote {result.checkpoint}: {args.kind}, {result.epochs_completed} epoch(s) {state}{loss}, "
           f"{result.elapsed_s / 60:.1f} min")
+    if result.teacher_targets_s is not None:
+        print(f"teacher targets ready in {result.teacher_targets_s:.2f} s on {result.world_size} process(es)")
     if not result.finished:
         data = " ".join(str(path) for path in args.data)
-        print(f"continue with: spikereveal train {args.kind} --data {data} --out {result.checkpoint} "
+        launcher = "spikereveal" if result.world_size == 1 else \
+            f"torchrun --nproc-per-node {result.world_size} -m spikereveal"  # (or any count dividing the batch)
+        print(f"continue with: {launcher} train {args.kind} --data {data} --out {result.checkpoint} "
               f"--resume {result.checkpoint}")
     return 0
