@@ -383,12 +383,14 @@ def _random_checkpoint(directory: Path, seed: int) -> Path:
 
 def _run_once(recording_path: Path, *, engine: str, model: str | None, threads: int | None, k: int,
               exposures: int, speed: float | None, block_frames: int, pass_through: bool, trace_path: str | None,
-              progress) -> tuple:
+              progress, triton: dict | None = None) -> tuple:
     from spikereveal.stream.loopback import run_loopback
     from spikereveal.engines.choice import runner_factory
     from spikereveal.stream.config import EngineConfig
 
     engine_config = {"engine": engine, "model": model, "threads": threads}
+    if engine == "triton":  # the server holds the model: {"triton_url": ..., "triton_model": ...}
+        engine_config = {"engine": engine, "threads": threads, **(triton or {})}
     with tempfile.TemporaryDirectory(prefix="spikereveal-bench-pipeline-") as work_dir:
         if pass_through:
             factory = lambda shape: PassThroughRunner(shape)  # noqa: E731
@@ -436,13 +438,20 @@ def bench_pipeline(preset: str = "rsb", engine: str = "ort", model=None, exposur
                    speed: float | None = None, warmup: int | None = None, k: int = DEFAULT_K,
                    threads: int | None = None, trace_path=None, progress: Callable[[str], None] | None = None, *,
                    recording=None, random_weights: bool = False, pass_through: bool = False,
-                   trace_overhead: bool = False, plot_dir=None, block_frames: int = 16, seed: int = 0) -> dict:
+                   trace_overhead: bool = False, plot_dir=None, block_frames: int = 16, seed: int = 0,
+                   triton_url: str | None = None, triton_model: str | None = None) -> dict:
     """Run the loopback pipeline once (traced) and return the report dict (see the module docstring).
 
     ``exposures``/``warmup`` default to :func:`default_exposures` and min(10, exposures // 5) (at least 1);
     ``speed`` (x real time) defaults to 1 with ``pass_through``, else to the automatic pace. ``recording``:
     replay this recording instead of simulating ``preset``. ``trace_path``: keep the trace file there.
     ``plot_dir``: also write the latency plots (``bench.plots.write_plots``) there.
+
+    ``engine="triton"``: serve's runner sends each exposure to Triton at ``triton_url`` (model
+    ``triton_model``), or, without a URL, to a loopback Triton started here (``engines.triton_local``: the
+    bundled server running the same ONNX export through ONNX Runtime at the same thread count); the same
+    recording is then also run with ``ort`` and ``triton_hop`` reports the difference per exposure (the cost
+    of the hop: serialisation, gRPC, Triton's queue and the Python backend).
     """
     from spikereveal.environment import collect_environment
     from spikereveal.bench.report import build_report, effective_warmup
@@ -450,8 +459,12 @@ def bench_pipeline(preset: str = "rsb", engine: str = "ort", model=None, exposur
 
     if preset not in PRESETS and recording is None:
         raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
-    if engine not in ("ort", "torch", "trt"):
-        raise ConfigError(f"engine must be ort, torch or trt, got {engine!r}")
+    if engine not in ("ort", "torch", "trt", "triton"):
+        raise ConfigError(f"engine must be ort, torch, trt or triton, got {engine!r}")
+    if engine == "triton" and pass_through:
+        raise ConfigError("--pass-through runs no network: leave out --engine triton")
+    if engine != "triton" and (triton_url is not None or triton_model is not None):
+        raise ConfigError("--triton-url/--triton-model are for --engine triton")
     if pass_through and (model is not None or random_weights):
         raise ConfigError("--pass-through runs no network: leave out --model and --random-weights")
     if model is not None and random_weights:
@@ -489,9 +502,29 @@ def bench_pipeline(preset: str = "rsb", engine: str = "ort", model=None, exposur
             exposures = _recording_exposures(recording_path, asked_exposures, asked_warmup)
             warmup = max(1, min(10, exposures // 5)) if asked_warmup is None else warmup
         trace_file = Path(trace_path) if trace_path is not None else tmp / "latency_trace.npz"
-        run, monitor, describe = _run_once(
-            recording_path, engine=engine, model=model_path, threads=threads, k=k, exposures=exposures, speed=speed,
-            block_frames=block_frames, pass_through=pass_through, trace_path=str(trace_file), progress=say)
+        triton, hop = None, None
+        if engine == "triton":
+            triton, server = _triton_target(triton_url, triton_model, model_path, recording_path, k, threads, tmp, say)
+            try:
+                run, monitor, describe = _run_once(
+                    recording_path, engine=engine, model=None, threads=threads, k=k, exposures=exposures,
+                    speed=speed, block_frames=block_frames, pass_through=False, trace_path=str(trace_file),
+                    progress=say, triton=triton)
+            finally:
+                if server is not None:
+                    server.close()
+            say("the same recording with --engine ort, for the Triton hop")
+            ort_run, _, ort_describe = _run_once(
+                recording_path, engine="ort", model=model_path, threads=threads, k=k, exposures=exposures,
+                speed=speed, block_frames=block_frames, pass_through=False, trace_path=str(tmp / "ort_trace.npz"),
+                progress=say)
+            hop = _triton_hop(run.counters, ort_run.counters, describe, ort_describe,
+                              loopback=triton_url is None)
+        else:
+            run, monitor, describe = _run_once(
+                recording_path, engine=engine, model=model_path, threads=threads, k=k, exposures=exposures,
+                speed=speed, block_frames=block_frames, pass_through=pass_through, trace_path=str(trace_file),
+                progress=say)
         if not trace_file.exists():
             raise SpikeRevealError(f"serve wrote no trace to {trace_file}; its counters: {run.counters}")
         trace = load_trace(trace_file)
@@ -530,6 +563,8 @@ def bench_pipeline(preset: str = "rsb", engine: str = "ort", model=None, exposur
             "replay": run.replay_stats.as_dict(),
             "seconds": run.finished_s - run.engine_ready_s,
         }
+        if hop is not None:
+            report["triton_hop"] = hop
         if plot_dir is not None:
             from spikereveal.bench.plots import write_plots
 
@@ -537,11 +572,65 @@ def bench_pipeline(preset: str = "rsb", engine: str = "ort", model=None, exposur
         if trace_path is not None:
             report["trace"] = str(trace_file)
         if trace_overhead:
+            if engine == "triton":
+                raise ConfigError("--trace-overhead is not measured with --engine triton; run it with ort")
             report["trace_overhead"] = _trace_overhead(
                 recording_path, engine=engine, model=model_path, threads=threads, k=k, exposures=exposures,
                 block_frames=block_frames, pass_through=pass_through, warmup=warmup, tmp=tmp, progress=say,
                 exposure_period_ms=report["pipeline"]["exposure_period_ms"], speed=run.speed)
     return report
+
+
+def _triton_target(url, model_name, checkpoint, recording_path: Path, k: int, threads, tmp: Path, say):
+    """``({"triton_url", "triton_model"}, loopback server or None)``: the given server, or a loopback Triton
+    (the bundled server) over a repository of ``checkpoint`` exported for the recording's geometry."""
+    from spikereveal.engines.triton_repo import DEFAULT_TRITON_MODEL
+
+    model_name = model_name or DEFAULT_TRITON_MODEL
+    if url is not None:
+        return {"triton_url": url, "triton_model": model_name}, None
+    from spikereveal.engines.export import ExportConfig, export_checkpoint
+    from spikereveal.engines.runners import RunnerOptions
+    from spikereveal.engines.triton_local import LocalTritonServer, loopback_repository
+    from spikereveal.engines.triton_repo import TritonRepoConfig, write_triton_repository
+    from spikereveal.recording import open_recording
+
+    with open_recording(recording_path, strict=False) as opened:
+        height, width = opened.meta.spike.canonical_shape
+    say("starting a loopback Triton (the bundled tritonserver, ONNX Runtime in its Python backend)")
+    onnx = export_checkpoint(checkpoint, tmp / "triton_export.onnx", ExportConfig(k=k, height=height, width=width))
+    repo = tmp / "triton_repo"
+    write_triton_repository(onnx, repo, TritonRepoConfig(model=model_name, gpus=()))
+    server = LocalTritonServer(loopback_repository(repo, tmp / "triton_loopback",
+                                                   threads=RunnerOptions(threads=threads).resolved_threads()))
+    try:
+        server.start()
+    except BaseException:
+        server.close()
+        raise
+    return {"triton_url": server.url, "triton_model": model_name}, server
+
+
+def _triton_hop(triton_counters: dict, ort_counters: dict, triton_runner: dict, ort_runner: dict,
+                loopback: bool) -> dict:
+    """Per-exposure inference and end-to-end latency with Triton and with ort, and the difference (ms)."""
+    def stats(counters, name):
+        block = (counters.get("latency") or {}).get(name) or {}
+        return {key: block.get(key) for key in ("count", "p50_ms", "p99_ms", "mean_ms") if key in block}
+
+    hop = {"loopback": loopback, "triton_runner_stats": triton_runner.get("stats"),
+           "exposures_failed": {"triton": triton_counters.get("exposures_failed"),
+                                "ort": ort_counters.get("exposures_failed")}}
+    for name in ("inference_ms", "end_to_end_ms"):
+        triton, ort = stats(triton_counters, name), stats(ort_counters, name)
+        extra = {key: (triton[key] - ort[key]) for key in ("p50_ms", "p99_ms", "mean_ms")
+                 if triton.get(key) is not None and ort.get(key) is not None}
+        hop[name[:-3]] = {"triton": triton, "ort": ort, "triton_minus_ort": extra}
+    hop["note"] = ("per exposure, same recording, model and thread count; the loopback server runs the same ONNX "
+                   "through ONNX Runtime in Triton's Python backend, so the difference is the hop: serialisation, "
+                   "gRPC, Triton's scheduler and the backend" if loopback else
+                   "per exposure, same recording; the Triton server runs its own backend and hardware")
+    return hop
 
 
 def _trace_overhead(recording_path, *, engine, model, threads, k, exposures, block_frames, pass_through, warmup,
