@@ -41,7 +41,7 @@ from spikereveal.bench.exposure_path import PASS_THROUGH, PassThroughRunner
 from spikereveal.errors import BenchmarkError, ConfigError, SpikeRevealError
 from spikereveal.kernels.timing import DEFAULT_K
 
-__all__ = ["bench_pipeline", "PassThroughRunner", "default_exposures", "AGREEMENT_TARGET", "TRACE_COST_TARGET"]
+__all__ = ["bench_pipeline", "format_triton_hop", "PassThroughRunner", "default_exposures", "AGREEMENT_TARGET", "TRACE_COST_TARGET"]
 
 logger = logging.getLogger(__name__)
 
@@ -504,12 +504,17 @@ def bench_pipeline(preset: str = "rsb", engine: str = "ort", model=None, exposur
         trace_file = Path(trace_path) if trace_path is not None else tmp / "latency_trace.npz"
         triton, hop = None, None
         if engine == "triton":
-            triton, server = _triton_target(triton_url, triton_model, model_path, recording_path, k, threads, tmp, say)
+            triton, onnx, server = _triton_target(triton_url, triton_model, model_path, recording_path, k, threads,
+                                                  tmp, say)
             try:
                 run, monitor, describe = _run_once(
                     recording_path, engine=engine, model=None, threads=threads, k=k, exposures=exposures,
                     speed=speed, block_frames=block_frames, pass_through=False, trace_path=str(trace_file),
                     progress=say, triton=triton)
+                say(f"the Triton hop alone: one window through ort and triton, alternately, {HOP_PROBE_REPEATS} times")
+                shape = describe.get("shape") or {}
+                _, height, width, _ = shape.get("image", (1, 0, 0, 3))
+                paired = _paired_hop(triton, onnx, k, int(height), int(width), threads)
             finally:
                 if server is not None:
                     server.close()
@@ -520,6 +525,7 @@ def bench_pipeline(preset: str = "rsb", engine: str = "ort", model=None, exposur
                 progress=say)
             hop = _triton_hop(run.counters, ort_run.counters, describe, ort_describe,
                               loopback=triton_url is None)
+            hop["paired"] = paired
         else:
             run, monitor, describe = _run_once(
                 recording_path, engine=engine, model=model_path, threads=threads, k=k, exposures=exposures,
@@ -582,23 +588,24 @@ def bench_pipeline(preset: str = "rsb", engine: str = "ort", model=None, exposur
 
 
 def _triton_target(url, model_name, checkpoint, recording_path: Path, k: int, threads, tmp: Path, say):
-    """``({"triton_url", "triton_model"}, loopback server or None)``: the given server, or a loopback Triton
-    (the bundled server) over a repository of ``checkpoint`` exported for the recording's geometry."""
-    from spikereveal.engines.triton_repo import DEFAULT_TRITON_MODEL
-
-    model_name = model_name or DEFAULT_TRITON_MODEL
-    if url is not None:
-        return {"triton_url": url, "triton_model": model_name}, None
+    """``({"triton_url", "triton_model"}, ONNX export of ``checkpoint`` for the recording's geometry, loopback
+    server or None)``: the given server, or a loopback Triton (the bundled server) over a repository of that
+    export."""
     from spikereveal.engines.export import ExportConfig, export_checkpoint
     from spikereveal.engines.runners import RunnerOptions
-    from spikereveal.engines.triton_local import LocalTritonServer, loopback_repository
-    from spikereveal.engines.triton_repo import TritonRepoConfig, write_triton_repository
+    from spikereveal.engines.triton_repo import DEFAULT_TRITON_MODEL
     from spikereveal.recording import open_recording
 
+    model_name = model_name or DEFAULT_TRITON_MODEL
     with open_recording(recording_path, strict=False) as opened:
         height, width = opened.meta.spike.canonical_shape
-    say("starting a loopback Triton (the bundled tritonserver, ONNX Runtime in its Python backend)")
     onnx = export_checkpoint(checkpoint, tmp / "triton_export.onnx", ExportConfig(k=k, height=height, width=width))
+    if url is not None:
+        return {"triton_url": url, "triton_model": model_name}, onnx, None
+    from spikereveal.engines.triton_local import LocalTritonServer, loopback_repository
+    from spikereveal.engines.triton_repo import TritonRepoConfig, write_triton_repository
+
+    say("starting a loopback Triton (the bundled tritonserver, ONNX Runtime in its Python backend)")
     repo = tmp / "triton_repo"
     write_triton_repository(onnx, repo, TritonRepoConfig(model=model_name, gpus=()))
     server = LocalTritonServer(loopback_repository(repo, tmp / "triton_loopback",
@@ -608,7 +615,46 @@ def _triton_target(url, model_name, checkpoint, recording_path: Path, k: int, th
     except BaseException:
         server.close()
         raise
-    return {"triton_url": server.url, "triton_model": model_name}, server
+    return {"triton_url": server.url, "triton_model": model_name}, onnx, server
+
+
+HOP_PROBE_REPEATS = 15
+
+
+def _paired_hop(triton: dict, onnx, k: int, height: int, width: int, threads, repeats: int = HOP_PROBE_REPEATS) -> dict:
+    """The Triton hop per exposure without the pipeline around it: the same random window through a local
+    ``ort`` runner and the ``triton`` runner, alternately (which goes first alternates too), ``repeats``
+    times; per-pair differences, so a busy machine shifts both sides alike. Also whether the frames agree."""
+    from spikereveal.engines.runners import InputShape, RunnerOptions, TritonOptions, create_runner
+    from spikereveal.kernels.extract import SPIKE_LEVEL
+
+    shape = InputShape(k, height, width)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, shape.image, dtype=np.uint8)
+    spikes = (rng.random(shape.spikes) < 0.2).astype(np.uint8) * np.uint8(SPIKE_LEVEL)
+    options = RunnerOptions(threads=threads, warmup_runs=2)
+    triton_options = TritonOptions(url=triton["triton_url"], model=triton["triton_model"])
+    times = {"ort": [], "triton": []}
+    with create_runner("ort", shape, onnx_path=onnx, options=options) as ort, \
+            create_runner("triton", shape, options=RunnerOptions(threads=threads, warmup_runs=2,
+                                                                 triton=triton_options)) as remote:
+        identical = bool(np.array_equal(ort.infer(image, spikes), remote.infer(image, spikes)))
+        for index in range(repeats):
+            for name in (("ort", "triton") if index % 2 == 0 else ("triton", "ort")):
+                runner = ort if name == "ort" else remote
+                started = time.perf_counter()
+                runner.infer(image, spikes)
+                times[name].append((time.perf_counter() - started) * 1e3)
+    ort_ms, triton_ms = np.array(times["ort"]), np.array(times["triton"])
+    hop = triton_ms - ort_ms
+
+    def summary(values):
+        return {"p50_ms": float(np.percentile(values, 50, method="inverted_cdf")),
+                "p90_ms": float(np.percentile(values, 90, method="inverted_cdf")),
+                "mean_ms": float(values.mean()), "min_ms": float(values.min())}
+
+    return {"repeats": repeats, "shape": {"k": k, "height": height, "width": width}, "ort": summary(ort_ms),
+            "triton": summary(triton_ms), "triton_minus_ort": summary(hop), "identical_frames": identical}
 
 
 def _triton_hop(triton_counters: dict, ort_counters: dict, triton_runner: dict, ort_runner: dict,
@@ -626,10 +672,12 @@ def _triton_hop(triton_counters: dict, ort_counters: dict, triton_runner: dict, 
         extra = {key: (triton[key] - ort[key]) for key in ("p50_ms", "p99_ms", "mean_ms")
                  if triton.get(key) is not None and ort.get(key) is not None}
         hop[name[:-3]] = {"triton": triton, "ort": ort, "triton_minus_ort": extra}
-    hop["note"] = ("per exposure, same recording, model and thread count; the loopback server runs the same ONNX "
-                   "through ONNX Runtime in Triton's Python backend, so the difference is the hop: serialisation, "
-                   "gRPC, Triton's scheduler and the backend" if loopback else
-                   "per exposure, same recording; the Triton server runs its own backend and hardware")
+    hop["note"] = ("inference/end_to_end: two pipeline runs one after the other (a busy machine can tilt them); "
+                   "paired: one window through both runners alternately, per-pair differences (the figure to "
+                   "quote). " + ("The loopback server runs the same ONNX through ONNX Runtime in Triton's Python "
+                   "backend at the same thread count, so the difference is the hop: serialisation, gRPC, Triton's "
+                   "scheduler and the Python backend's copies" if loopback else
+                   "The Triton server runs its own backend and hardware"))
     return hop
 
 
@@ -712,3 +760,26 @@ def format_independent(report: dict) -> str:
                      f"{overhead['target_cost_fraction']:.0%}")
     return "\n".join(lines)
 
+
+
+def format_triton_hop(hop: dict) -> str:
+    """The ``triton_hop`` block as text lines."""
+    def ms(block, key):
+        value = (block or {}).get(key)
+        return "n/a" if value is None else f"{value:.1f}"
+
+    lines = []
+    paired = hop.get("paired")
+    if paired:
+        lines.append(f"triton hop, paired ({paired['repeats']} windows, each through ort and triton): triton - ort "
+                     f"p50 {ms(paired['triton_minus_ort'], 'p50_ms')} ms, p90 {ms(paired['triton_minus_ort'], 'p90_ms')} "
+                     f"ms (ort p50 {ms(paired['ort'], 'p50_ms')} ms, triton p50 {ms(paired['triton'], 'p50_ms')} ms); "
+                     f"frames identical: {paired['identical_frames']}")
+    for name in ("inference", "end_to_end"):
+        block = hop.get(name) or {}
+        lines.append(f"triton hop, pipeline {name}: triton p50 {ms(block.get('triton'), 'p50_ms')} / p99 "
+                     f"{ms(block.get('triton'), 'p99_ms')} ms; ort p50 {ms(block.get('ort'), 'p50_ms')} / p99 "
+                     f"{ms(block.get('ort'), 'p99_ms')} ms")
+    stats = hop.get("triton_runner_stats") or {}
+    lines.append("triton runner: " + ", ".join(f"{k}={v}" for k, v in stats.items()))
+    return "\n".join(lines)

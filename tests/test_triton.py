@@ -137,6 +137,7 @@ def server(loopback):
 
 
 def _options(url, **kwargs):
+    kwargs.setdefault("request_timeout_s", 30.0)  # a shared CI machine can stall a request for seconds
     return RunnerOptions(threads=1, triton=TritonOptions(url=url, **kwargs))
 
 
@@ -186,11 +187,11 @@ def test_cli_deblur_engine_triton_is_identical_to_ort(server, recording, deblurr
 
 
 def test_serve_engine_triton_is_identical_to_deblur_ort(server, recording, deblurred, tmp_path):
-    from test_serve import _endpoints, replay_into_serve
+    from test_serve import replay_into_serve
 
     from spikereveal.stream.config import load_serve_config
 
-    spike, rgb, output = _endpoints()
+    spike, rgb, output = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
     config = load_serve_config(
         None, spike_endpoint=spike, rgb_endpoint=rgb, output_endpoint=output, spike_height=SPIKE_H,
         spike_width=SPIKE_W, idle_timeout_s=1.0, sync={"k": K},
@@ -198,6 +199,8 @@ def test_serve_engine_triton_is_identical_to_deblur_ort(server, recording, deblu
         worker={"save_dir": str(tmp_path / "serve"), "queue_capacity_jobs": 8})
     counters, _ = replay_into_serve(recording, config, speed=5.0)
     assert counters["exposures_done"] == EXPOSURES and counters["exposures_failed"] == 0
+    assert counters["engine"] == "triton"
+    assert counters["engine_stats"]["ok"] == EXPOSURES + 1 and counters["engine_stats"]["failed"] == 0  # + warm-up
     expected, got = _frames(deblurred[0]), _frames(tmp_path / "serve")
     assert sorted(got) == sorted(expected)
     for name in expected:
@@ -228,3 +231,16 @@ def test_a_restarted_server_costs_the_exposures_in_between_and_nothing_else(loop
     finally:
         runner.close()
         first.close()
+
+
+def test_serve_prints_the_engines_failures():
+    from spikereveal.commands.serve import format_counters
+    from spikereveal.stream.graph import COUNTER_KEYS
+
+    counters = {key: 0 for key in COUNTER_KEYS}
+    counters.update(engine="triton", exposures_failed=2,
+                    engine_stats={"requests": 9, "ok": 7, "retries": 4, "timeouts": 0, "unavailable": 6,
+                                  "rejected": 0, "failed": 2})
+    assert "triton engine: requests=9, ok=7, retries=4" in format_counters(counters)
+    counters["engine_stats"] = {"requests": 9, "ok": 9, "retries": 0, "failed": 0}
+    assert "triton engine" not in format_counters(counters)

@@ -192,7 +192,7 @@ def register_transport(subparsers) -> None:
 
 
 def run_pipeline(args: argparse.Namespace) -> int:
-    from spikereveal.bench.pipeline import bench_pipeline, format_independent
+    from spikereveal.bench.pipeline import bench_pipeline, format_independent, format_triton_hop
     from spikereveal.bench.report import format_table
 
     def progress(status: str) -> None:
@@ -207,11 +207,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     text = format_table(report) + "\n" + format_independent(report)
     hop = report.get("triton_hop")
     if hop is not None:
-        for name in ("inference", "end_to_end"):
-            block = hop[name]
-            text += (f"\ntriton hop, {name}: p50 {block['triton'].get('p50_ms', float('nan')):.1f} ms vs ort "
-                     f"{block['ort'].get('p50_ms', float('nan')):.1f} ms (+{block['triton_minus_ort'].get('p50_ms', float('nan')):.1f}), "
-                     f"p99 {block['triton'].get('p99_ms', float('nan')):.1f} vs {block['ort'].get('p99_ms', float('nan')):.1f} ms")
+        text += "\n" + format_triton_hop(hop)
     emit(text, report, args.json)
     for path in (report.get("plots") or {}).values():
         print(f"wrote {path}")

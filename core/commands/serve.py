@@ -156,6 +156,9 @@ def format_counters(counters: dict) -> str:
     if counters.get("out_of_domain_exposures"):
         lines.append(f"out_of_domain_exposures={counters['out_of_domain_exposures']}: firing gain outside the "
                      "model's trained range (quality may drop; see the warning above)")
+    engine_stats = counters.get("engine_stats") or {}
+    if any(engine_stats.get(key) for key in ("retries", "timeouts", "unavailable", "rejected", "failed")):
+        lines.append(f"{counters.get('engine')} engine: " + ", ".join(f"{k}={v}" for k, v in engine_stats.items()))
     latency = counters.get("latency", {})
     for name in ("end_to_end_ms", "inference_ms", "non_inference_work_ms"):
         stats = latency.get(name) or {}
