@@ -288,7 +288,13 @@ class TritonRunner(Runner):
             self._slots.release()
 
     def _take(self, result, target: np.ndarray) -> np.ndarray:
-        sharp = result.as_numpy(OUTPUT_NAME)
+        try:
+            sharp = result.as_numpy(OUTPUT_NAME)
+        except Exception as exc:  # noqa: BLE001 (tritonclient reshapes the raw bytes: a short answer raises)
+            self._count("bad_responses")
+            self._count("failed")
+            raise TritonInferenceError(f"Triton answered an unreadable {OUTPUT_NAME!r} ({exc}), expected uint8 "
+                                       f"{self.shape.sharp}; frame refused") from exc
         if sharp is None or sharp.dtype != IO_DTYPE or sharp.shape != self.shape.sharp:
             self._count("bad_responses")
             self._count("failed")

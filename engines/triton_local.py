@@ -97,6 +97,13 @@ def loopback_unavailable_reason() -> str | None:
     if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
         return ("this Python is not built with --enable-shared: the Python backend's stub needs "
                 f"libpython{_python_version()}.so")
+    import numpy
+
+    if int(numpy.__version__.split(".")[0]) >= 2:
+        # measured: with numpy 2 the bundled stub answers every request with an empty tensor (nvidia-pytriton
+        # pins numpy<2 for it)
+        return (f"the bundled Python backend needs numpy < 2 (nvidia-pytriton's pin), this is numpy {numpy.__version__}; "
+                "pip install 'nvidia-pytriton' after the other packages (it downgrades numpy)")
     if importlib.util.find_spec("tritonclient") is None:
         return "tritonclient is not installed: pip install 'spikereveal[triton]'"
     return None
