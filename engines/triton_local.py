@@ -26,6 +26,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+import weakref
 from pathlib import Path
 
 from spikereveal.errors import ConfigError, SpikeRevealError
@@ -142,6 +143,14 @@ def loopback_repository(repo_dir, out_dir, threads: int = 1) -> Path:
     return out_dir
 
 
+def _kill_group(pid: int) -> None:
+    """SIGKILL the server's process group (the server and its Python-backend stubs), if still there."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -197,6 +206,8 @@ class LocalTritonServer:
         self._log = open(self.log_path, "ab")
         self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                          start_new_session=True)
+        # never left behind: a server whose owner is not closed (interrupted run, lost object) dies with it
+        self._finalizer = weakref.finalize(self, _kill_group, self._process.pid)
         self._wait_ready()
         return self
 
@@ -229,13 +240,16 @@ class LocalTritonServer:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(self.stop_timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)  # its own session: the server and its stubs
-                process.wait()
+        if process is not None:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+                try:
+                    process.wait(self.stop_timeout_s)
+                except subprocess.TimeoutExpired:
+                    logger.warning("tritonserver did not stop within %g s of SIGINT; killing it", self.stop_timeout_s)
+            _kill_group(process.pid)  # its own session: the server and any stub still alive
+            process.wait()
+            self._finalizer.detach()
         if getattr(self, "_log", None) is not None:
             self._log.close()
             self._log = None
