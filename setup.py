@@ -31,11 +31,19 @@ setup(
         "train": ["torch>=2.2", "onnx>=1.15"],
         # TensorRT runner (GPU / Jetson); on JetPack use the system TensorRT instead
         "trt": ["tensorrt>=10.3", "cuda-python>=12"],
+        # --engine triton: the rig's client of a Triton Inference Server (gRPC)
+        "triton": ["tritonclient[grpc]>=2.41"],
+        # a loopback Triton for the tests and 'bench pipeline --engine triton': nvidia-pytriton only ships the
+        # tritonserver binary with its Python backend here (nothing imports pytriton); it pins numpy<2
+        "triton-server": ["tritonclient[grpc]>=2.41", "nvidia-pytriton>=0.5"],
         # the simulator's default scenes are the images that ship with scikit-image
         "sim": ["scikit-image>=0.22"],
         # PNG plots of latency, quality and sample frames
         "plot": ["matplotlib>=3.7"],
-        "dev": ["pytest>=7", "hypothesis>=6", "onnx>=1.15", "scikit-image>=0.22", "matplotlib>=3.7"],
+        # not nvidia-pytriton: its numpy<2 pin would move the whole test environment to numpy 1.x and
+        # opencv 4.11 (two tests fail there); .ci/run installs it after the main run for the Triton tests
+        "dev": ["pytest>=7", "hypothesis>=6", "onnx>=1.15", "scikit-image>=0.22", "matplotlib>=3.7",
+                "tritonclient[grpc]>=2.41"],
     },
     entry_points={"console_scripts": ["spikereveal=spikereveal.cli:main"]},
 )

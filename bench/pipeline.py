@@ -41,7 +41,7 @@ from spikereveal.bench.exposure_path import PASS_THROUGH, PassThroughRunner
 from spikereveal.errors import BenchmarkError, ConfigError, SpikeRevealError
 from spikereveal.kernels.timing import DEFAULT_K
 
-__all__ = ["bench_pipeline", "PassThroughRunner", "default_exposures", "AGREEMENT_TARGET", "TRACE_COST_TARGET"]
+__all__ = ["bench_pipeline", "format_triton_hop", "PassThroughRunner", "default_exposures", "AGREEMENT_TARGET", "TRACE_COST_TARGET"]
 
 logger = logging.getLogger(__name__)
 
@@ -383,12 +383,14 @@ def _random_checkpoint(directory: Path, seed: int) -> Path:
 
 def _run_once(recording_path: Path, *, engine: str, model: str | None, threads: int | None, k: int,
               exposures: int, speed: float | None, block_frames: int, pass_through: bool, trace_path: str | None,
-              progress) -> tuple:
+              progress, triton: dict | None = None) -> tuple:
     from spikereveal.stream.loopback import run_loopback
     from spikereveal.engines.choice import runner_factory
     from spikereveal.stream.config import EngineConfig
 
     engine_config = {"engine": engine, "model": model, "threads": threads}
+    if engine == "triton":  # the server holds the model: {"triton_url": ..., "triton_model": ...}
+        engine_config = {"engine": engine, "threads": threads, **(triton or {})}
     with tempfile.TemporaryDirectory(prefix="spikereveal-bench-pipeline-") as work_dir:
         if pass_through:
             factory = lambda shape: PassThroughRunner(shape)  # noqa: E731
@@ -436,13 +438,20 @@ def bench_pipeline(preset: str = "rsb", engine: str = "ort", model=None, exposur
                    speed: float | None = None, warmup: int | None = None, k: int = DEFAULT_K,
                    threads: int | None = None, trace_path=None, progress: Callable[[str], None] | None = None, *,
                    recording=None, random_weights: bool = False, pass_through: bool = False,
-                   trace_overhead: bool = False, plot_dir=None, block_frames: int = 16, seed: int = 0) -> dict:
+                   trace_overhead: bool = False, plot_dir=None, block_frames: int = 16, seed: int = 0,
+                   triton_url: str | None = None, triton_model: str | None = None) -> dict:
     """Run the loopback pipeline once (traced) and return the report dict (see the module docstring).
 
     ``exposures``/``warmup`` default to :func:`default_exposures` and min(10, exposures // 5) (at least 1);
     ``speed`` (x real time) defaults to 1 with ``pass_through``, else to the automatic pace. ``recording``:
     replay this recording instead of simulating ``preset``. ``trace_path``: keep the trace file there.
     ``plot_dir``: also write the latency plots (``bench.plots.write_plots``) there.
+
+    ``engine="triton"``: serve's runner sends each exposure to Triton at ``triton_url`` (model
+    ``triton_model``), or, without a URL, to a loopback Triton started here (``engines.triton_local``: the
+    bundled server running the same ONNX export through ONNX Runtime at the same thread count); the same
+    recording is then also run with ``ort`` and ``triton_hop`` reports the difference per exposure (the cost
+    of the hop: serialisation, gRPC, Triton's queue and the Python backend).
     """
     from spikereveal.environment import collect_environment
     from spikereveal.bench.report import build_report, effective_warmup
@@ -450,8 +459,12 @@ def bench_pipeline(preset: str = "rsb", engine: str = "ort", model=None, exposur
 
     if preset not in PRESETS and recording is None:
         raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
-    if engine not in ("ort", "torch", "trt"):
-        raise ConfigError(f"engine must be ort, torch or trt, got {engine!r}")
+    if engine not in ("ort", "torch", "trt", "triton"):
+        raise ConfigError(f"engine must be ort, torch, trt or triton, got {engine!r}")
+    if engine == "triton" and pass_through:
+        raise ConfigError("--pass-through runs no network: leave out --engine triton")
+    if engine != "triton" and (triton_url is not None or triton_model is not None):
+        raise ConfigError("--triton-url/--triton-model are for --engine triton")
     if pass_through and (model is not None or random_weights):
         raise ConfigError("--pass-through runs no network: leave out --model and --random-weights")
     if model is not None and random_weights:
@@ -489,9 +502,35 @@ def bench_pipeline(preset: str = "rsb", engine: str = "ort", model=None, exposur
             exposures = _recording_exposures(recording_path, asked_exposures, asked_warmup)
             warmup = max(1, min(10, exposures // 5)) if asked_warmup is None else warmup
         trace_file = Path(trace_path) if trace_path is not None else tmp / "latency_trace.npz"
-        run, monitor, describe = _run_once(
-            recording_path, engine=engine, model=model_path, threads=threads, k=k, exposures=exposures, speed=speed,
-            block_frames=block_frames, pass_through=pass_through, trace_path=str(trace_file), progress=say)
+        triton, hop = None, None
+        if engine == "triton":
+            triton, onnx, server = _triton_target(triton_url, triton_model, model_path, recording_path, k, threads,
+                                                  tmp, say)
+            try:
+                run, monitor, describe = _run_once(
+                    recording_path, engine=engine, model=None, threads=threads, k=k, exposures=exposures,
+                    speed=speed, block_frames=block_frames, pass_through=False, trace_path=str(trace_file),
+                    progress=say, triton=triton)
+                say(f"the Triton hop alone: one window through ort and triton, alternately, {HOP_PROBE_REPEATS} times")
+                shape = describe.get("shape") or {}
+                _, height, width, _ = shape.get("image", (1, 0, 0, 3))
+                paired = _paired_hop(triton, onnx, k, int(height), int(width), threads)
+            finally:
+                if server is not None:
+                    server.close()
+            say("the same recording with --engine ort, for the Triton hop")
+            ort_run, _, ort_describe = _run_once(
+                recording_path, engine="ort", model=model_path, threads=threads, k=k, exposures=exposures,
+                speed=speed, block_frames=block_frames, pass_through=False, trace_path=str(tmp / "ort_trace.npz"),
+                progress=say)
+            hop = _triton_hop(run.counters, ort_run.counters, describe, ort_describe,
+                              loopback=triton_url is None)
+            hop["paired"] = paired
+        else:
+            run, monitor, describe = _run_once(
+                recording_path, engine=engine, model=model_path, threads=threads, k=k, exposures=exposures,
+                speed=speed, block_frames=block_frames, pass_through=pass_through, trace_path=str(trace_file),
+                progress=say)
         if not trace_file.exists():
             raise SpikeRevealError(f"serve wrote no trace to {trace_file}; its counters: {run.counters}")
         trace = load_trace(trace_file)
@@ -530,6 +569,8 @@ def bench_pipeline(preset: str = "rsb", engine: str = "ort", model=None, exposur
             "replay": run.replay_stats.as_dict(),
             "seconds": run.finished_s - run.engine_ready_s,
         }
+        if hop is not None:
+            report["triton_hop"] = hop
         if plot_dir is not None:
             from spikereveal.bench.plots import write_plots
 
@@ -537,11 +578,107 @@ def bench_pipeline(preset: str = "rsb", engine: str = "ort", model=None, exposur
         if trace_path is not None:
             report["trace"] = str(trace_file)
         if trace_overhead:
+            if engine == "triton":
+                raise ConfigError("--trace-overhead is not measured with --engine triton; run it with ort")
             report["trace_overhead"] = _trace_overhead(
                 recording_path, engine=engine, model=model_path, threads=threads, k=k, exposures=exposures,
                 block_frames=block_frames, pass_through=pass_through, warmup=warmup, tmp=tmp, progress=say,
                 exposure_period_ms=report["pipeline"]["exposure_period_ms"], speed=run.speed)
     return report
+
+
+def _triton_target(url, model_name, checkpoint, recording_path: Path, k: int, threads, tmp: Path, say):
+    """``({"triton_url", "triton_model"}, ONNX export of ``checkpoint`` for the recording's geometry, loopback
+    server or None)``: the given server, or a loopback Triton (the bundled server) over a repository of that
+    export."""
+    from spikereveal.engines.export import ExportConfig, export_checkpoint
+    from spikereveal.engines.runners import RunnerOptions
+    from spikereveal.engines.triton_repo import DEFAULT_TRITON_MODEL
+    from spikereveal.recording import open_recording
+
+    model_name = model_name or DEFAULT_TRITON_MODEL
+    with open_recording(recording_path, strict=False) as opened:
+        height, width = opened.meta.spike.canonical_shape
+    onnx = export_checkpoint(checkpoint, tmp / "triton_export.onnx", ExportConfig(k=k, height=height, width=width))
+    if url is not None:
+        return {"triton_url": url, "triton_model": model_name}, onnx, None
+    from spikereveal.engines.triton_local import LocalTritonServer, loopback_repository
+    from spikereveal.engines.triton_repo import TritonRepoConfig, write_triton_repository
+
+    say("starting a loopback Triton (the bundled tritonserver, ONNX Runtime in its Python backend)")
+    repo = tmp / "triton_repo"
+    write_triton_repository(onnx, repo, TritonRepoConfig(model=model_name, gpus=()))
+    server = LocalTritonServer(loopback_repository(repo, tmp / "triton_loopback",
+                                                   threads=RunnerOptions(threads=threads).resolved_threads()))
+    try:
+        server.start()
+    except BaseException:
+        server.close()
+        raise
+    return {"triton_url": server.url, "triton_model": model_name}, onnx, server
+
+
+HOP_PROBE_REPEATS = 15
+
+
+def _paired_hop(triton: dict, onnx, k: int, height: int, width: int, threads, repeats: int = HOP_PROBE_REPEATS) -> dict:
+    """The Triton hop per exposure without the pipeline around it: the same random window through a local
+    ``ort`` runner and the ``triton`` runner, alternately (which goes first alternates too), ``repeats``
+    times; per-pair differences, so a busy machine shifts both sides alike. Also whether the frames agree."""
+    from spikereveal.engines.runners import InputShape, RunnerOptions, TritonOptions, create_runner
+    from spikereveal.kernels.extract import SPIKE_LEVEL
+
+    shape = InputShape(k, height, width)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, shape.image, dtype=np.uint8)
+    spikes = (rng.random(shape.spikes) < 0.2).astype(np.uint8) * np.uint8(SPIKE_LEVEL)
+    options = RunnerOptions(threads=threads, warmup_runs=2)
+    triton_options = TritonOptions(url=triton["triton_url"], model=triton["triton_model"])
+    times = {"ort": [], "triton": []}
+    with create_runner("ort", shape, onnx_path=onnx, options=options) as ort, \
+            create_runner("triton", shape, options=RunnerOptions(threads=threads, warmup_runs=2,
+                                                                 triton=triton_options)) as remote:
+        identical = bool(np.array_equal(ort.infer(image, spikes), remote.infer(image, spikes)))
+        for index in range(repeats):
+            for name in (("ort", "triton") if index % 2 == 0 else ("triton", "ort")):
+                runner = ort if name == "ort" else remote
+                started = time.perf_counter()
+                runner.infer(image, spikes)
+                times[name].append((time.perf_counter() - started) * 1e3)
+    ort_ms, triton_ms = np.array(times["ort"]), np.array(times["triton"])
+    hop = triton_ms - ort_ms
+
+    def summary(values):
+        return {"p50_ms": float(np.percentile(values, 50, method="inverted_cdf")),
+                "p90_ms": float(np.percentile(values, 90, method="inverted_cdf")),
+                "mean_ms": float(values.mean()), "min_ms": float(values.min())}
+
+    return {"repeats": repeats, "shape": {"k": k, "height": height, "width": width}, "ort": summary(ort_ms),
+            "triton": summary(triton_ms), "triton_minus_ort": summary(hop), "identical_frames": identical}
+
+
+def _triton_hop(triton_counters: dict, ort_counters: dict, triton_runner: dict, ort_runner: dict,
+                loopback: bool) -> dict:
+    """Per-exposure inference and end-to-end latency with Triton and with ort, and the difference (ms)."""
+    def stats(counters, name):
+        block = (counters.get("latency") or {}).get(name) or {}
+        return {key: block.get(key) for key in ("count", "p50_ms", "p99_ms", "mean_ms") if key in block}
+
+    hop = {"loopback": loopback, "triton_runner_stats": triton_runner.get("stats"),
+           "exposures_failed": {"triton": triton_counters.get("exposures_failed"),
+                                "ort": ort_counters.get("exposures_failed")}}
+    for name in ("inference_ms", "end_to_end_ms"):
+        triton, ort = stats(triton_counters, name), stats(ort_counters, name)
+        extra = {key: (triton[key] - ort[key]) for key in ("p50_ms", "p99_ms", "mean_ms")
+                 if triton.get(key) is not None and ort.get(key) is not None}
+        hop[name[:-3]] = {"triton": triton, "ort": ort, "triton_minus_ort": extra}
+    hop["note"] = ("inference/end_to_end: two pipeline runs one after the other (a busy machine can tilt them); "
+                   "paired: one window through both runners alternately, per-pair differences (the figure to "
+                   "quote). " + ("The loopback server runs the same ONNX through ONNX Runtime in Triton's Python "
+                   "backend at the same thread count, so the difference is the hop: serialisation, gRPC, Triton's "
+                   "scheduler and the Python backend's copies" if loopback else
+                   "The Triton server runs its own backend and hardware"))
+    return hop
 
 
 def _trace_overhead(recording_path, *, engine, model, threads, k, exposures, block_frames, pass_through, warmup,
@@ -623,3 +760,26 @@ def format_independent(report: dict) -> str:
                      f"{overhead['target_cost_fraction']:.0%}")
     return "\n".join(lines)
 
+
+
+def format_triton_hop(hop: dict) -> str:
+    """The ``triton_hop`` block as text lines."""
+    def ms(block, key):
+        value = (block or {}).get(key)
+        return "n/a" if value is None else f"{value:.1f}"
+
+    lines = []
+    paired = hop.get("paired")
+    if paired:
+        lines.append(f"triton hop, paired ({paired['repeats']} windows, each through ort and triton): triton - ort "
+                     f"p50 {ms(paired['triton_minus_ort'], 'p50_ms')} ms, p90 {ms(paired['triton_minus_ort'], 'p90_ms')} "
+                     f"ms (ort p50 {ms(paired['ort'], 'p50_ms')} ms, triton p50 {ms(paired['triton'], 'p50_ms')} ms); "
+                     f"frames identical: {paired['identical_frames']}")
+    for name in ("inference", "end_to_end"):
+        block = hop.get(name) or {}
+        lines.append(f"triton hop, pipeline {name}: triton p50 {ms(block.get('triton'), 'p50_ms')} / p99 "
+                     f"{ms(block.get('triton'), 'p99_ms')} ms; ort p50 {ms(block.get('ort'), 'p50_ms')} / p99 "
+                     f"{ms(block.get('ort'), 'p99_ms')} ms")
+    stats = hop.get("triton_runner_stats") or {}
+    lines.append("triton runner: " + ", ".join(f"{k}={v}" for k, v in stats.items()))
+    return "\n".join(lines)

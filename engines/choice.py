@@ -38,6 +38,14 @@ class EngineChoice:
         check_precision_name(self.precision)
         if self.engine == "torch" and self.onnx_path is not None:
             raise ConfigError("--onnx is for the ort and trt engines; the torch engine runs the checkpoint")
+        if self.engine == "triton":
+            if self.model is not None or self.onnx_path is not None:
+                raise ConfigError("the triton engine runs the model its server holds; --model/--onnx are for local "
+                                  "engines (put a model on the server with 'spikereveal export --triton-repo DIR')")
+            if self.options.triton is None:
+                raise ConfigError("the triton engine needs --triton-url HOST:PORT (the server's gRPC port)")
+        elif self.options.triton is not None:
+            raise ConfigError(f"--triton-url/--triton-model are for --engine triton, not {self.engine}")
 
 
 def _cached_export(choice: EngineChoice, shape: InputShape, out_dir: Path, calib_recordings: Sequence) -> Path:
@@ -71,6 +79,8 @@ def prepare_runner(choice: EngineChoice, shape: InputShape, out_dir: str | os.Pa
     ``calib_recordings`` (one path or several): what an int8 export calibrates on; the cached file is keyed
     by them, so a different calibration set gets its own export.
     """
+    if choice.engine == "triton":  # the model is on the server: nothing to export here
+        return create_runner("triton", shape, precision=choice.precision, options=choice.options)
     if choice.engine == "torch":
         from spikereveal.engines.export import resolve_model_path
 

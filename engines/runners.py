@@ -81,6 +81,37 @@ class InputShape:
 
 
 @dataclass(frozen=True)
+class TritonOptions:
+    """Where the ``triton`` engine sends exposures and how it copes with a slow or absent server
+    (``engines.triton``). ``url``: the server's gRPC ``HOST:PORT``; ``model``: the model name in its repository."""
+
+    url: str
+    model: str = "spikereveal_ldn"  # engines.triton_repo.DEFAULT_TRITON_MODEL
+    request_timeout_s: float = 5.0  # deadline of one attempt
+    retries: int = 2  # further attempts after a timeout or an unreachable server (not after a rejection)
+    backoff_s: float = 0.05  # first wait before a retry; doubles up to max_backoff_s
+    max_backoff_s: float = 1.0
+    connect_timeout_s: float = 30.0  # load(): how long to wait for the server and the model to be ready
+    max_in_flight: int = 2  # outstanding requests per runner
+
+    def __post_init__(self):
+        if not isinstance(self.url, str) or not self.url.strip():
+            raise ConfigError("the triton engine needs --triton-url HOST:PORT (the server's gRPC port, 8001 by default)")
+        if "://" in self.url:
+            raise ConfigError(f"--triton-url takes HOST:PORT for gRPC, without a scheme; got {self.url!r}")
+        if not isinstance(self.model, str) or not self.model:
+            raise ConfigError("--triton-model must be a model name of the Triton repository")
+        for name in ("request_timeout_s", "backoff_s", "max_backoff_s", "connect_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
+                raise ConfigError(f"triton {name} must be a finite number of seconds > 0, got {value!r}")
+        for name, low in (("retries", 0), ("max_in_flight", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"triton {name} must be an integer >= {low}, got {value!r}")
+
+
+@dataclass(frozen=True)
 class RunnerOptions:
     """Backend-independent runner settings. ``threads=None``: all cores but one (leave room for ingest)."""
 
@@ -90,6 +121,7 @@ class RunnerOptions:
     workspace_bytes: int = 1 << 30  # TensorRT builder memory-pool limit
     cuda_graph: bool = False  # TensorRT: replay copies + execution as one CUDA graph
     device: int | None = None  # CUDA device ordinal; None: the current device
+    triton: TritonOptions | None = None  # the triton engine's server, model and retry policy
 
     def __post_init__(self):
         if self.threads is not None and (isinstance(self.threads, bool) or self.threads < 1):
@@ -355,6 +387,7 @@ RUNNERS: dict[str, str] = {
     "ort": "spikereveal.engines.runners:OrtRunner",
     "torch": "spikereveal.engines.runners:TorchRunner",
     "trt": "spikereveal.engines.trt:TrtRunner",
+    "triton": "spikereveal.engines.triton:TritonRunner",
 }
 
 #: what each backend needs installed: (module, pip extra)
@@ -362,6 +395,7 @@ RUNNER_DEPENDENCIES: dict[str, tuple[tuple[str, str], ...]] = {
     "ort": (("onnxruntime", "dev"),),
     "torch": (("torch", "train"),),
     "trt": (("tensorrt", "trt"),),
+    "triton": (("tritonclient.grpc", "triton"),),
 }
 
 
@@ -398,8 +432,11 @@ def available_runners() -> list[str]:
 
 def create_runner(name: str, shape: InputShape, *, onnx_path=None, model=None, precision: str = "fp32",
                   options: RunnerOptions | None = None) -> Runner:
-    """Make (not load) a runner: ``ort``/``trt`` take ``onnx_path``, ``torch`` takes ``model``."""
+    """Make (not load) a runner: ``ort``/``trt`` take ``onnx_path``, ``torch`` takes ``model``, ``triton``
+    neither (the server holds the model; ``options.triton`` says where)."""
     cls = runner_class(name)
+    if name == "triton":
+        return cls(shape, precision, options)
     if name == "torch":
         return cls(model, shape, precision, options)
     return cls(onnx_path, shape, precision, options)

@@ -11,7 +11,8 @@
      "sync":       {"k": 7, "margin_frames": 10, "rgb_to_spike_offset_ns": 0, "exposure_timeout_ns": 1000000000,
                     "max_pending_exposures": 16, "max_pending_bytes": 134217728, "max_ring_frames": 4096,
                     "max_ring_bytes": 268435456, ...},
-     "engine":     {"engine": "ort", "precision": "fp32", "model": null, "onnx": null, "threads": null},
+     "engine":     {"engine": "ort", "precision": "fp32", "model": null, "onnx": null, "threads": null,
+                    "triton_url": null, "triton_model": "spikereveal_ldn"},
      "worker":     {"queue_capacity_jobs": 2, "queue_max_bytes": 134217728, "warmup_queue_capacity_jobs": 16,
                     "when_full": "drop_oldest", "output_pixel_format": "bgr8",
                     "save_dir": null, "png_compression": 1, "write_video": false, "video_fps": 10.0,
@@ -122,13 +123,16 @@ class IngestConfig:
 @dataclass(frozen=True)
 class EngineConfig:
     """Which runner does inference: ``ort``/``trt`` from ``onnx`` (or an export of ``model``), ``torch`` from
-    ``model``; ``model`` None means the shipped default checkpoint."""
+    ``model``; ``model`` None means the shipped default checkpoint. ``triton``: the model ``triton_model`` of
+    the Triton server at ``triton_url`` (gRPC ``HOST:PORT``), see ``spikereveal.engines.triton``."""
 
     engine: str = "ort"
     precision: str = "fp32"
     model: str | None = None
     onnx: str | None = None
     threads: int | None = None  # inference threads; None: all cores but one
+    triton_url: str | None = None
+    triton_model: str = "spikereveal_ldn"
 
     def __post_init__(self):
         from spikereveal.engines.runners import RUNNERS
@@ -142,8 +146,13 @@ class EngineConfig:
         """The engines module's EngineChoice for this config."""
         from spikereveal.engines.choice import EngineChoice
 
+        from spikereveal.engines.runners import TritonOptions
+
+        triton = None
+        if self.engine == "triton" or self.triton_url is not None:
+            triton = TritonOptions(url=self.triton_url or "", model=self.triton_model)
         return EngineChoice(engine=self.engine, precision=self.precision, model=self.model, onnx_path=self.onnx,
-                            options=RunnerOptions(threads=self.threads))
+                            options=RunnerOptions(threads=self.threads, triton=triton))
 
 
 @dataclass(frozen=True)

@@ -299,6 +299,8 @@ class Server:
         counters["workers"] = cfg.scale_out.workers
         counters["workers_restarted"] = self.workers_restarted
         counters["engine"] = cfg.engine.engine
+        if self._processor is not None and self._processor.runner_stats is not None:
+            counters["engine_stats"] = self._processor.runner_stats  # e.g. triton: retries, timeouts, rejected
         if saver is not None:
             counters["save_failed_by_kind"] = dict(saver.failure_kinds)
         self.counters = counters

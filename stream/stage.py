@@ -241,6 +241,8 @@ class LazyProcessor:
         self.processor: ExposureProcessor | None = None
         self.loads = 0
         self.load_error: EngineLoadError | None = None
+        # the last runner's own counters (``Runner.stats`` where a backend keeps them, e.g. triton's retries)
+        self.runner_stats: dict | None = None
         self._lock = threading.Lock()  # a job waits here while a preload runs
 
     def ensure(self, shape) -> ExposureProcessor:
@@ -283,5 +285,7 @@ class LazyProcessor:
 
     def close(self) -> None:
         if self.processor is not None:
+            stats = getattr(self.processor.runner, "stats", None)
+            self.runner_stats = dict(stats) if isinstance(stats, dict) else self.runner_stats
             self.processor.runner.close()
             self.processor = None

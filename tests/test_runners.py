@@ -45,10 +45,30 @@ def onnx_paths(model, tmp_path_factory):
     return {"fp32": export_ldn(model, directory / "fp32.onnx", config)}
 
 
-def make(name, model, onnx_paths, **options):
+@pytest.fixture(scope="module")
+def triton_url(onnx_paths, tmp_path_factory):
+    """A loopback Triton (the bundled tritonserver) serving the fp32 export, as ``export --triton-repo``
+    writes it: the triton runner's contract is checked against a real server."""
+    from spikereveal.engines.triton_local import LocalTritonServer, loopback_repository, loopback_unavailable_reason
+    from spikereveal.engines.triton_repo import TritonRepoConfig, write_triton_repository
+
+    reason = loopback_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"triton runner: no loopback Triton here: {reason}")
+    root = tmp_path_factory.mktemp("triton")
+    write_triton_repository(onnx_paths["fp32"], root / "repo", TritonRepoConfig(gpus=()))
+    with LocalTritonServer(loopback_repository(root / "repo", root / "loopback", threads=1)) as server:
+        yield server.url
+
+
+def make(name, model, onnx_paths, request=None, **options):
     reason = runner_unavailable_reason(name)
     if reason is not None:
         pytest.skip(f"{name} runner unavailable here: {reason}")
+    if name == "triton":
+        from spikereveal.engines.runners import TritonOptions
+
+        options["triton"] = TritonOptions(url=request.getfixturevalue("triton_url"))
     return create_runner(name, SHAPE, model=model, onnx_path=onnx_paths["fp32"],
                          options=RunnerOptions(threads=1, **options))
 
@@ -60,10 +80,10 @@ def window(seed=0):
 
 
 @pytest.mark.parametrize("name", sorted(RUNNERS))
-def test_runner_contract(name, model, onnx_paths):
+def test_runner_contract(name, model, onnx_paths, request):
     from engines_support import assert_not_flat
 
-    runner = make(name, model, onnx_paths)
+    runner = make(name, model, onnx_paths, request)
     assert isinstance(runner, Runner) and runner.name == name and runner.precision == "fp32"
     image, spikes = window()
     with pytest.raises(RunnerError, match="load"):
@@ -92,11 +112,11 @@ def test_runner_contract(name, model, onnx_paths):
 
 
 @pytest.mark.parametrize("name", sorted(RUNNERS))
-def test_infer_refuses_float_inputs(name, model, onnx_paths):
+def test_infer_refuses_float_inputs(name, model, onnx_paths, request):
     """The deployed graph takes uint8 only: a float image or 0/1 float spikes (the old interface) is an error,
     never a silent conversion (0/1 float spikes cast to uint8 would read as almost no spike at all)."""
     image, spikes = window()
-    with make(name, model, onnx_paths) as runner:
+    with make(name, model, onnx_paths, request) as runner:
         with pytest.raises(ConfigError, match=r"image must be uint8.*got float32"):
             runner.infer(image.astype(np.float32) / 255, spikes)
         with pytest.raises(ConfigError, match=r"spikes must be uint8.*255 = one spike.*got float32"):
@@ -108,9 +128,9 @@ def test_infer_refuses_float_inputs(name, model, onnx_paths):
 
 
 @pytest.mark.parametrize("name", sorted(RUNNERS))
-def test_infer_writes_into_out(name, model, onnx_paths):
+def test_infer_writes_into_out(name, model, onnx_paths, request):
     first_inputs, second_inputs = window(seed=5), window(seed=6)
-    with make(name, model, onnx_paths) as runner:
+    with make(name, model, onnx_paths, request) as runner:
         expected_first = runner.infer(*first_inputs).copy()
         expected_second = runner.infer(*second_inputs).copy()
         assert not np.array_equal(expected_first, expected_second)
@@ -173,6 +193,15 @@ def test_ort_matches_torch(model, onnx_paths):
             assert_within_lsb(ort_runner.infer(image, spikes), expected, max_lsb=1, max_fraction=1e-3)
 
 
+def test_triton_matches_ort_exactly(model, onnx_paths, request):
+    """The same ONNX behind Triton (loopback: ONNX Runtime in its Python backend, the ort runner's session
+    options): the hop must not change a single value."""
+    with make("ort", model, onnx_paths) as ort_runner, make("triton", model, onnx_paths, request) as triton_runner:
+        for seed in (4, 7):
+            image, spikes = window(seed=seed)
+            np.testing.assert_array_equal(triton_runner.infer(image, spikes), ort_runner.infer(image, spikes))
+
+
 def test_ort_refuses_a_float_interface_export(model, tmp_path):
     """An export of the old float interface (inputs blur/spikes) is refused with 're-export', not run."""
     torch = pytest.importorskip("torch")
@@ -203,7 +232,7 @@ def test_ort_runner_wrong_shape_for_static_export(onnx_paths):
 
 
 def test_registry_and_errors(tmp_path):
-    assert set(RUNNERS) == {"ort", "torch", "trt"}
+    assert set(RUNNERS) == {"ort", "torch", "trt", "triton"}
     assert runner_class("ort").name == "ort"
     with pytest.raises(ConfigError, match="unknown engine"):
         runner_class("tflite")

@@ -5,6 +5,33 @@ from __future__ import annotations
 import argparse
 
 
+#: the --engine names of every verb: the keys of ``spikereveal.engines.runners.RUNNERS`` (a test keeps them equal;
+#: spelled out so that building the parser imports no engine code)
+ENGINE_CHOICES = ("ort", "torch", "trt", "triton")
+
+
+def add_triton_arguments(parser) -> None:
+    """``--triton-url``/``--triton-model``: where ``--engine triton`` sends each exposure."""
+    parser.add_argument("--triton-url", metavar="HOST:PORT", default=None,
+                        help="--engine triton: the Triton server's gRPC address, e.g. triton.lab:8001")
+    parser.add_argument("--triton-model", metavar="NAME", default=None,
+                        help="--engine triton: the model name in the server's repository (default spikereveal_ldn)")
+
+
+def triton_options(args):
+    """The TritonOptions of ``--triton-url``/``--triton-model`` (None when no URL is given)."""
+    if getattr(args, "triton_url", None) is None:
+        if getattr(args, "triton_model", None) is not None:
+            from spikereveal.errors import ConfigError
+
+            raise ConfigError("--triton-model needs --triton-url HOST:PORT")
+        return None
+    from spikereveal.engines.runners import TritonOptions
+
+    kwargs = {"model": args.triton_model} if args.triton_model else {}
+    return TritonOptions(url=args.triton_url, **kwargs)
+
+
 def add_k_argument(parser, what: str, *aliases: str, use_default: bool = True) -> None:
     """``--k``: sharp frames per exposure, default ``DEFAULT_K`` (``use_default=False``: None, the config
     file's value applies); ``aliases``: older spellings kept working (e.g. ``--batch``)."""

@@ -192,7 +192,7 @@ def register_transport(subparsers) -> None:
 
 
 def run_pipeline(args: argparse.Namespace) -> int:
-    from spikereveal.bench.pipeline import bench_pipeline, format_independent
+    from spikereveal.bench.pipeline import bench_pipeline, format_independent, format_triton_hop
     from spikereveal.bench.report import format_table
 
     def progress(status: str) -> None:
@@ -202,15 +202,20 @@ def run_pipeline(args: argparse.Namespace) -> int:
         preset=args.preset, engine=args.engine, model=args.model, exposures=args.exposures, speed=args.speed,
         warmup=args.warmup, k=args.k, threads=args.threads, trace_path=args.trace, progress=progress,
         recording=args.recording, random_weights=args.random_weights, pass_through=args.pass_through,
-        trace_overhead=args.trace_overhead, plot_dir=args.plot, seed=args.seed)
-    emit(format_table(report) + "\n" + format_independent(report), report, args.json)
+        trace_overhead=args.trace_overhead, plot_dir=args.plot, seed=args.seed, triton_url=args.triton_url,
+        triton_model=args.triton_model)
+    text = format_table(report) + "\n" + format_independent(report)
+    hop = report.get("triton_hop")
+    if hop is not None:
+        text += "\n" + format_triton_hop(hop)
+    emit(text, report, args.json)
     for path in (report.get("plots") or {}).values():
         print(f"wrote {path}")
     return 0
 
 
 def register_pipeline(subparsers) -> None:
-    from spikereveal.commands._types import speed_factor
+    from spikereveal.commands._types import ENGINE_CHOICES, add_triton_arguments, speed_factor
 
     parser = subparsers.add_parser(
         "pipeline",
@@ -226,8 +231,10 @@ def register_pipeline(subparsers) -> None:
     parser.add_argument("--preset", choices=("rsb", "gopro", "tiny"), default="rsb",
                         help="simulator preset (default rsb: 250x400 spikes, 1600x1000 RGB)")
     parser.add_argument("--recording", type=Path, metavar="REC", help="replay this recording instead of simulating")
-    parser.add_argument("--engine", choices=("ort", "torch", "trt"), default="ort",
-                        help="inference engine (default ort)")
+    parser.add_argument("--engine", choices=ENGINE_CHOICES, default="ort",
+                        help="inference engine (default ort); triton: also runs ort and reports the Triton hop, on "
+                             "a loopback Triton unless --triton-url is given")
+    add_triton_arguments(parser)
     weights = parser.add_mutually_exclusive_group()
     weights.add_argument("--model", metavar="CKPT", default=None, help="LDN checkpoint (default: the shipped model)")
     weights.add_argument("--random-weights", action="store_true",

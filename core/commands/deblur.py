@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spikereveal.commands._types import add_k_argument, output_dir
+from spikereveal.commands._types import ENGINE_CHOICES, add_k_argument, add_triton_arguments, output_dir, triton_options
 
 
 def register(subparsers) -> None:
@@ -20,7 +20,8 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--recording", type=Path, required=True, help="recording directory")
     parser.add_argument("--out", type=output_dir, required=True, help="output directory")
-    parser.add_argument("--engine", choices=("ort", "torch", "trt"), default="ort", help="default: ort (CPU)")
+    parser.add_argument("--engine", choices=ENGINE_CHOICES, default="ort",
+                        help="default: ort (CPU); triton: a Triton server (--triton-url)")
     parser.add_argument("--model", type=Path, default=None,
                         help="LDN checkpoint (default: the shipped spikereveal/models/ldn_default.pt)")
     parser.add_argument("--onnx", type=Path, default=None, help="ort/trt: use this ONNX export (static, K x H x W)")
@@ -31,6 +32,7 @@ def register(subparsers) -> None:
     parser.add_argument("--no-video", action="store_true", help="skip the MP4")
     parser.add_argument("--fps", type=float, default=10.0, help="video frame rate (default 10)")
     parser.add_argument("--engine-cache", type=output_dir, default=None, help="trt: engine cache directory")
+    add_triton_arguments(parser)
     parser.add_argument("--calibration", type=Path, default=None,
                         help="rig calibration to apply (default: the recording's calibration.json, if any)")
     parser.add_argument("--no-calibration", action="store_true", help="apply no rig calibration")
@@ -45,7 +47,8 @@ def run(args) -> int:
     from spikereveal.stream.offline import DeblurConfig, deblur
     from spikereveal.engines.runners import RunnerOptions
 
-    options = RunnerOptions(threads=args.threads, cache_dir=str(args.engine_cache) if args.engine_cache else None)
+    options = RunnerOptions(threads=args.threads, cache_dir=str(args.engine_cache) if args.engine_cache else None,
+                            triton=triton_options(args))
     choice = EngineChoice(engine=args.engine, precision=args.precision,
                           model=str(args.model) if args.model else None,
                           onnx_path=str(args.onnx) if args.onnx else None, options=options)

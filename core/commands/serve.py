@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from spikereveal.commands._types import add_k_argument, int_pair, output_dir_text, output_file_text
+from spikereveal.commands._types import (
+    ENGINE_CHOICES,
+    add_k_argument,
+    add_triton_arguments,
+    int_pair,
+    output_dir_text,
+    output_file_text,
+)
 
 
 def add_engine_arguments(parser) -> None:
-    """--engine/--precision/--model/--onnx/--threads (shared by serve, worker and demo)."""
-    parser.add_argument("--engine", choices=("ort", "torch", "trt"), default=None,
-                        help="inference engine (default ort)")
+    """--engine/--precision/--model/--onnx/--threads/--triton-url/--triton-model (shared by serve and worker)."""
+    parser.add_argument("--engine", choices=ENGINE_CHOICES, default=None,
+                        help="inference engine (default ort; triton: a Triton server, --triton-url)")
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=None,
                         help="export precision for ort/trt (default fp32)")
     source = parser.add_mutually_exclusive_group()
@@ -17,11 +24,12 @@ def add_engine_arguments(parser) -> None:
     source.add_argument("--onnx", metavar="PATH", default=None, help="ort/trt: an exported ONNX file to run")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="inference threads (default: all cores but one)")
+    add_triton_arguments(parser)
 
 
 def engine_overrides(args) -> dict:
     return {"engine": args.engine, "precision": args.precision, "model": args.model, "onnx": args.onnx,
-            "threads": args.threads}
+            "threads": args.threads, "triton_url": args.triton_url, "triton_model": args.triton_model}
 
 
 def register(subparsers) -> None:
@@ -156,6 +164,9 @@ def format_counters(counters: dict) -> str:
     if counters.get("out_of_domain_exposures"):
         lines.append(f"out_of_domain_exposures={counters['out_of_domain_exposures']}: firing gain outside the "
                      "model's trained range (quality may drop; see the warning above)")
+    engine_stats = counters.get("engine_stats") or {}
+    if any(engine_stats.get(key) for key in ("retries", "timeouts", "unavailable", "rejected", "failed")):
+        lines.append(f"{counters.get('engine')} engine: " + ", ".join(f"{k}={v}" for k, v in engine_stats.items()))
     latency = counters.get("latency", {})
     for name in ("end_to_end_ms", "inference_ms", "non_inference_work_ms"):
         stats = latency.get(name) or {}
