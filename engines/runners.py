@@ -169,8 +169,12 @@ class Runner(abc.ABC):
         self.loaded = True
         image = np.zeros(self.shape.image, IO_DTYPE)
         spikes = np.zeros(self.shape.spikes, IO_DTYPE)
-        for _ in range(self.options.warmup_runs):
-            self.infer(image, spikes)
+        try:
+            for _ in range(self.options.warmup_runs):
+                self.infer(image, spikes)
+        except BaseException:
+            self.close()  # a failed warm-up leaves nothing loaded behind (sessions, engines, buffers)
+            raise
         return self
 
     def close(self) -> None:

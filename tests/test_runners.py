@@ -277,3 +277,29 @@ def test_light_imports():
             "print(sorted(m for m in ('torch', 'onnxruntime', 'onnx', 'tensorrt') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_failed_warm_up_closes_what_load_opened():
+    """Runner.load: when a warm-up inference fails, the backend is closed again (nothing left loaded) and the
+    error reaches the caller."""
+
+    class FailingWarmUp(Runner):
+        name = "failing"
+
+        def __init__(self):
+            super().__init__(InputShape(1, 8, 8), options=RunnerOptions(warmup_runs=2))
+            self.opened = self.closed = 0
+
+        def _load(self):
+            self.opened += 1
+
+        def _infer(self, image, spikes, out):
+            raise RuntimeError("warm-up failed")
+
+        def _close(self):
+            self.closed += 1
+
+    runner = FailingWarmUp()
+    with pytest.raises(RuntimeError, match="warm-up failed"):
+        runner.load()
+    assert (runner.opened, runner.closed, runner.loaded) == (1, 1, False)
