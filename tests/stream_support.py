@@ -63,3 +63,36 @@ def fake_network(image: np.ndarray, spikes: np.ndarray) -> np.ndarray:
     """(1,H,W,3) uint8 and (K,S,h,w) spike fractions -> (K,H,W,3) uint8."""
     spike_mean = np.repeat(np.repeat(spikes.mean(axis=1), 4, axis=1), 4, axis=2)[..., None]
     return np.clip(image.astype(np.float64) / 2 + 100 * spike_mean, 0, 255).astype(np.uint8)
+
+
+class ServerThread:
+    """``serve`` running in a thread for a test: ``start()`` waits until it is ready (its errors surfaced),
+    ``join()`` waits for its end and returns its counters."""
+
+    def __init__(self, config):
+        from spikereveal.stream.serve import Server
+
+        self.server = Server(config)
+        self.counters = None
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run, name="test-serve")
+
+    def _run(self) -> None:
+        try:
+            self.counters = self.server.run()
+        except BaseException as exc:  # surfaced by start()/join()
+            self.errors.append(exc)
+            self.server.ready.set()
+
+    def start(self, timeout_s: float = 120.0) -> "ServerThread":
+        self.thread.start()
+        assert self.server.ready.wait(timeout_s), "serve did not get ready"
+        assert not self.errors, self.errors
+        return self
+
+    def join(self, timeout_s: float = 120.0):
+        self.thread.join(timeout_s)
+        assert not self.thread.is_alive(), "serve did not stop"
+        assert not self.errors, self.errors
+        return self.counters
+

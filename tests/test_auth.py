@@ -17,8 +17,7 @@ zmq = pytest.importorskip("zmq")
 cv2 = pytest.importorskip("cv2")
 
 from cli_support import assert_user_error, run_cli  # noqa: E402
-from stream_support import H, W, tiny_rig_recording  # noqa: E402
-from stream_support import FakeRunner  # noqa: E402
+from stream_support import H, W, FakeRunner, ServerThread, tiny_rig_recording  # noqa: E402
 from spikereveal.errors import ConfigError  # noqa: E402
 from spikereveal.stream import security  # noqa: E402
 from spikereveal.stream.config import load_serve_config  # noqa: E402
@@ -71,7 +70,6 @@ def run_pipeline(recording, tmp_path, security_section=None, workers=(), rogues=
     each), ``rogues`` (callables(jobs, results, stop) run in threads), and a replay of ``recording``."""
     from spikereveal.recording import open_recording
     from spikereveal.stream.replay import LiveReplay, ReplayConfig
-    from spikereveal.stream.serve import Server
     from spikereveal.stream.worker import run_worker
 
     folder = tempfile.mkdtemp(prefix="sr-", dir="/tmp")
@@ -85,19 +83,8 @@ def run_pipeline(recording, tmp_path, security_section=None, workers=(), rogues=
             scale_out={"job_endpoint": jobs, "result_endpoint": results, "remote_workers": max(1, len(workers)),
                        "result_timeout_s": result_timeout_s},
             security=security_section or {})
-        server = Server(config)
-        out, errors, stop = {}, [], threading.Event()
-
-        def run_server():
-            try:
-                out["counters"] = server.run()
-            except BaseException as exc:  # surfaced below
-                errors.append(exc)
-                server.ready.set()
-
-        threads = [threading.Thread(target=run_server)]
-        threads[0].start()
-        assert server.ready.wait(60) and not errors, errors
+        serving = ServerThread(config).start(60)
+        server, stop = serving.server, threading.Event()
         worker_stats = [None] * len(workers)
 
         def run_one(index, worker_keys):
@@ -117,12 +104,13 @@ def run_pipeline(recording, tmp_path, security_section=None, workers=(), rogues=
         with open_recording(recording, strict=False) as rec:
             with LiveReplay(rec, config.spike_endpoint, config.rgb_endpoint, replay_config) as replay:
                 replay.run()
-        threads[0].join(60)
-        stop.set()
-        for thread in helpers:
-            thread.join(30)
-        assert not threads[0].is_alive() and not errors, errors
-        return out["counters"], worker_stats
+        try:
+            counters = serving.join(60)
+        finally:
+            stop.set()
+            for thread in helpers:
+                thread.join(30)
+        return counters, worker_stats
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -21,6 +21,7 @@ zmq = pytest.importorskip("zmq")
 cv2 = pytest.importorskip("cv2")
 
 from engines_support import SPIKE_H, SPIKE_W, make_recording, psnr, save_random_checkpoint  # noqa: E402
+from stream_support import ServerThread  # noqa: E402
 from spikereveal.engines.choice import EngineChoice  # noqa: E402
 from spikereveal.stream.offline import DeblurConfig, deblur  # noqa: E402
 from spikereveal.stream.config import load_serve_config  # noqa: E402
@@ -85,33 +86,16 @@ def replay_into_serve(recording_path, config, speed=1.0, block=8, on_ready=None)
     """Run serve (thread) and replay (this thread) on loopback; returns serve's counters and replay stats."""
     from spikereveal.recording import open_recording
     from spikereveal.stream.replay import LiveReplay, ReplayConfig
-    from spikereveal.stream.serve import Server
 
-    server = Server(config)
-    result, errors = {}, []
-
-    def run_server():
-        try:
-            result["counters"] = server.run()
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-            server.ready.set()
-
-    thread = threading.Thread(target=run_server)
-    thread.start()
-    assert server.ready.wait(120)
-    assert not errors, errors
+    serving = ServerThread(config).start()
     if on_ready is not None:
-        on_ready(server)
+        on_ready(serving.server)
     replay_config = ReplayConfig(speed=speed, block_frames=block, wait_for_subscribers=True, start_delay_s=0,
                                  subscriber_timeout_s=20, drain_s=0.2, heartbeat_interval_s=0.02)
     with open_recording(recording_path, strict=False) as rec:
         with LiveReplay(rec, config.spike_endpoint, config.rgb_endpoint, replay_config) as replay:
             stats = replay.run()
-    thread.join(120)
-    assert not thread.is_alive()
-    assert not errors, errors
-    return result["counters"], stats
+    return serving.join(), stats
 
 
 def _rows(out):
