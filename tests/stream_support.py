@@ -96,3 +96,17 @@ class ServerThread:
         assert not self.errors, self.errors
         return self.counters
 
+
+def free_tcp_endpoints(count: int) -> list[str]:
+    """``count`` loopback tcp endpoints on ports that were free a moment ago (bound, then released)."""
+    import zmq
+
+    context = zmq.Context()
+    ports = []
+    for _ in range(count):
+        probe = context.socket(zmq.PULL)
+        ports.append(probe.bind_to_random_port("tcp://127.0.0.1"))
+        probe.close(linger=0)
+    context.term()
+    return [f"tcp://127.0.0.1:{port}" for port in ports]
+

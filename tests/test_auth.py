@@ -17,7 +17,7 @@ zmq = pytest.importorskip("zmq")
 cv2 = pytest.importorskip("cv2")
 
 from cli_support import assert_user_error, run_cli  # noqa: E402
-from stream_support import H, W, FakeRunner, ServerThread, tiny_rig_recording  # noqa: E402
+from stream_support import H, W, FakeRunner, ServerThread, free_tcp_endpoints, tiny_rig_recording  # noqa: E402
 from spikereveal.errors import ConfigError  # noqa: E402
 from spikereveal.stream import security  # noqa: E402
 from spikereveal.stream.config import load_serve_config  # noqa: E402
@@ -47,17 +47,6 @@ def keys(tmp_path_factory):
     return {"root": root, **{name: {"public": str(p), "secret": str(s)} for name, (p, s) in pairs.items()}}
 
 
-def _free_tcp_endpoints(count):
-    context = zmq.Context()
-    ports = []
-    for _ in range(count):
-        probe = context.socket(zmq.PULL)
-        ports.append(probe.bind_to_random_port("tcp://127.0.0.1"))
-        probe.close(linger=0)
-    context.term()
-    return [f"tcp://127.0.0.1:{port}" for port in ports]
-
-
 def _fake_factory(shape):
     runner = FakeRunner(shape)
     runner.options = runner.options.__class__(warmup_runs=0)
@@ -74,7 +63,7 @@ def run_pipeline(recording, tmp_path, security_section=None, workers=(), rogues=
 
     folder = tempfile.mkdtemp(prefix="sr-", dir="/tmp")
     try:
-        jobs, results = _free_tcp_endpoints(2)
+        jobs, results = free_tcp_endpoints(2)
         config = load_serve_config(
             None, spike_endpoint=f"ipc://{folder}/s", rgb_endpoint=f"ipc://{folder}/r",
             output_endpoint=f"ipc://{folder}/o", spike_height=H, spike_width=W, idle_timeout_s=1.0,

@@ -15,7 +15,7 @@ import pytest
 
 zmq = pytest.importorskip("zmq")
 
-from stream_support import H, W, tiny_rig_recording  # noqa: E402
+from stream_support import H, W, free_tcp_endpoints, tiny_rig_recording  # noqa: E402
 from spikereveal.engines.runners import Runner, RunnerOptions  # noqa: E402
 from spikereveal.kernels.packing import pack_frames  # noqa: E402
 from spikereveal.recording import RecordingWriter, RgbMeta, SpikeMeta  # noqa: E402
@@ -57,17 +57,6 @@ def many_exposures(path, exposures: int, spacing_frames: int = 10, duration_fram
     return path
 
 
-def _free_tcp_endpoints(count):
-    context = zmq.Context()
-    ports = []
-    for _ in range(count):
-        probe = context.socket(zmq.PULL)
-        ports.append(probe.bind_to_random_port("tcp://127.0.0.1"))
-        probe.close(linger=0)
-    context.term()
-    return [f"tcp://127.0.0.1:{port}" for port in ports]
-
-
 def run_serve(recording, workers, scale_out=None, speed=1.0, rogues=(), worker_section=None):
     """serve (a thread) with its job/result ports on loopback tcp, ``workers`` (worker id -> runner factory) as
     'spikereveal worker' threads, ``rogues`` (callables(jobs, results, stop)) in threads, then a replay of
@@ -79,7 +68,7 @@ def run_serve(recording, workers, scale_out=None, speed=1.0, rogues=(), worker_s
 
     folder = tempfile.mkdtemp(prefix="sr-", dir="/tmp")
     try:
-        jobs, results = _free_tcp_endpoints(2)
+        jobs, results = free_tcp_endpoints(2)
         config = load_serve_config(
             None, spike_endpoint=f"ipc://{folder}/s", rgb_endpoint=f"ipc://{folder}/r",
             output_endpoint=f"ipc://{folder}/o", spike_height=H, spike_width=W, idle_timeout_s=1.0, sync={"k": K},

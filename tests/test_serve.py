@@ -21,7 +21,7 @@ zmq = pytest.importorskip("zmq")
 cv2 = pytest.importorskip("cv2")
 
 from engines_support import SPIKE_H, SPIKE_W, make_recording, psnr, save_random_checkpoint  # noqa: E402
-from stream_support import ServerThread  # noqa: E402
+from stream_support import ServerThread, free_tcp_endpoints  # noqa: E402
 from spikereveal.engines.choice import EngineChoice  # noqa: E402
 from spikereveal.stream.offline import DeblurConfig, deblur  # noqa: E402
 from spikereveal.stream.config import load_serve_config  # noqa: E402
@@ -406,14 +406,7 @@ def test_remote_worker_over_tcp_matches_deblur(recording, deblurred, tmp_path):
     from spikereveal.stream.worker import run_worker
 
     deblur_out, _, onnx = deblurred
-    context = zmq.Context()
-    ports = []
-    for _ in range(2):  # free ports, released again for serve to bind
-        probe = context.socket(zmq.PULL)
-        ports.append(probe.bind_to_random_port("tcp://127.0.0.1"))
-        probe.close(linger=0)
-    context.term()
-    jobs, results = (f"tcp://127.0.0.1:{port}" for port in ports)
+    jobs, results = free_tcp_endpoints(2)  # free ports, released again for serve to bind
     config = _serve_config(tmp_path, onnx, scale_out={"job_endpoint": jobs, "result_endpoint": results,
                                                       "remote_workers": 1})
     stop = threading.Event()
