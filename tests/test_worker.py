@@ -788,3 +788,18 @@ def test_results_that_do_not_match_their_job_are_rejected_and_the_job_waits_for_
     ((_, result),) = collector.received(real, 10)  # the real one is still accepted
     assert np.array_equal(result.sharp, real.sharp)
     assert collector.received(real, 20) == [] and collector.rejected == 6
+
+
+def test_a_remote_worker_default_id_is_clear_of_local_workers_and_differs_between_processes():
+    """``spikereveal worker`` without --id draws its id from host and process: >= 2**16 (serve's local
+    workers are 0, 1, ...) and < 2**31 (the wire's field), different for two processes on one host."""
+    import subprocess
+    import sys
+
+    from spikereveal.commands.worker import default_worker_id
+
+    code = "from spikereveal.commands.worker import default_worker_id; print(default_worker_id())"
+    ids = {int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+           for _ in range(3)} | {default_worker_id()}
+    assert len(ids) == 4
+    assert all(1 << 16 <= worker_id < 1 << 31 for worker_id in ids)

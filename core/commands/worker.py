@@ -23,8 +23,9 @@ def register(subparsers) -> None:
                         help="serve's job endpoint, e.g. tcp://serve-host:5560")
     parser.add_argument("--results", required=True, metavar="E2",
                         help="serve's result endpoint, e.g. tcp://serve-host:5561")
-    parser.add_argument("--id", type=int, default=0,
-                        help="worker id shown in serve's logs; give each worker its own (default 0)")
+    parser.add_argument("--id", type=int, default=None,
+                        help="worker id shown in serve's logs and used for its liveness; each worker needs its own "
+                             "(default: one drawn from this host and process, clear of serve's local workers 0, 1, ...)")
     parser.add_argument("--credits", type=int, default=1, metavar="N",
                         help="jobs serve may send this worker at once (default 1: the one it runs; 2 keeps the "
                              "next one on hand; serve caps it at its scale_out.in_flight_per_worker_jobs)")
@@ -42,6 +43,17 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def default_worker_id() -> int:
+    """A worker id for this process: from the host name and the process id, at or above 2**16 (serve numbers
+    its local workers from 0), below 2**31 (the wire's field)."""
+    import os
+    import socket
+    import zlib
+
+    key = f"{socket.gethostname()}:{os.getpid()}".encode()
+    return (1 << 16) + zlib.crc32(key) % ((1 << 31) - (1 << 16))
+
+
 def run(args) -> int:
     import logging
     import shutil
@@ -56,6 +68,8 @@ def run(args) -> int:
     from spikereveal.errors import ConfigError
     from spikereveal.stream.security import ClientKeys, is_loopback
 
+    if args.id is None:
+        args.id = default_worker_id()
     keys = None
     if (args.secret_key is None) != (args.server_key is None):
         raise ConfigError("--secret-key (this worker's .key_secret) and --server-key (serve's public .key) go "
