@@ -69,7 +69,7 @@ def run_engines(args: argparse.Namespace) -> int:
         print(f"timing {status} ...", flush=True)
 
     result = bench_engines(runners=args.runner, geometries=args.geometry, repeats=args.repeats, warmup=args.warmup,
-                           k=args.k, threads=args.threads, precisions=args.precision, model_path=args.model,
+                           k=args.k, threads=args.threads, precisions=args.precision, models=args.model or (),
                            progress=progress, interleave=not args.sequential)
     return emit(format_table(result), result, args.json)
 
@@ -92,7 +92,9 @@ def register_engines(subparsers) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed windows first (default 2)")
     add_k_argument(parser, "frames per exposure window")
     parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: cores - 1)")
-    parser.add_argument("--model", type=Path, default=None, help="LDN checkpoint (default: random seeded LDN)")
+    parser.add_argument("--model", nargs="+", default=None, metavar="M",
+                        help="LDN checkpoints or shipped model names (default, lite), timed side by side with their "
+                             "MACs and parameters counted from the ONNX graph (default: a random seeded LDN)")
     parser.add_argument("--sequential", action="store_true",
                         help="time runners one after the other (less memory) instead of round-robin")
     parser.set_defaults(func=run_engines)
