@@ -179,7 +179,7 @@ def model_label(model_path) -> str:
     from spikereveal.engines.export import SHIPPED_MODELS
 
     text = os.fspath(model_path)
-    return text if text in SHIPPED_MODELS and not Path(text).exists() else Path(text).stem
+    return text if text in SHIPPED_MODELS and not Path(text).is_file() else Path(text).stem
 
 
 def count_model_cost(model, shape: InputShape, directory: Path) -> dict:

@@ -131,9 +131,9 @@ def shipped_onnx_for(checkpoint: str | os.PathLike) -> Path | None:
 
 
 def _named_model(model: str | os.PathLike) -> str | None:
-    """The shipped model's name when ``model`` is one and no file of that name exists here."""
+    """The shipped model's name when ``model`` is one and no file of that name exists here (a folder does not count)."""
     text = os.fspath(model)
-    return text if text in SHIPPED_MODELS and not Path(text).exists() else None
+    return text if text in SHIPPED_MODELS and not Path(text).is_file() else None
 
 
 def resolve_model_path(model: str | os.PathLike | None) -> Path:

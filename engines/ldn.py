@@ -170,13 +170,23 @@ LITE_TRUNK_BLOCKS = 2
 class LDN(nn.Module):
     """Lightweight Deblurring Network. ``forward(blur (N,3,H,W), spikes (N,S,H/4,W/4)) -> (N,3,H,W)``.
 
-    Variant "paper" (default): the released network, layer for layer. Variant "lite": the same blur and spike
-    encoders and the same channel/spatial attention (same names and shapes, so a paper checkpoint warm-starts
-    them), then a trunk of two :class:`LightResidualBlock` (depthwise-separable) at H/4 instead of two plain
-    3x3 blocks, and a pixel-shuffle decoder (3x3 conv + DepthToSpace, 8 channels at H/2 and at H) instead of
-    the two 5x5 transposed convolutions (32 and 16 channels). The trunk and decoder are ~90 % of the paper
-    network's multiply-adds at any geometry (the blurry frame's encoder runs once per exposure in the deployed
-    graph); ``spikereveal bench engines`` counts both from their ONNX graphs.
+    Variant "paper" (default): the released network, layer for layer. Variant "lite" (issue 18): the same blur
+    and spike encoders and the same channel/spatial attention (same names and shapes, so a paper checkpoint
+    warm-starts them), then
+
+    - trunk: two :class:`LightResidualBlock` (depthwise 3x3 + pointwise 1x1, twice) at H/4 instead of two
+      plain 3x3 residual blocks (8.5 of the paper's 15.0 GMAC per 720p frame);
+    - ``up1``: depthwise 3x3 + 1x1 to 4 x 8 channels + DepthToSpace: 8 channels at H/2 (the paper: a 5x5
+      transposed convolution to 32 channels, 2.9 GMAC); ``refine``: 3x3 conv 8 -> 8 at H/2;
+    - head: ``to_rgb`` (3x3 conv 8 -> 3 x 4 + DepthToSpace) gives the three colour channels at H directly, plus
+      ``blur_skip``, a 1x1 conv of B (the paper: a second 5x5 transposed convolution to 16 channels at H, 2.9
+      GMAC, then a 1x1 conv over those and B).
+
+    No transposed convolution (ONNX Runtime's slowest CPU kernel here) and no feature map wider than 3 channels
+    at full resolution (DepthToSpace of a wide map at H was 16 % of an early candidate's time). A fresh lite
+    network is the identity on B (zero ``to_rgb``, identity ``blur_skip``). At the gopro geometry (K = 7, the
+    blurry frame encoded once per exposure) it costs 2.15 GMAC per frame against the paper's 15.03 and has
+    45,730 parameters against 234,158, both counted from the ONNX graphs (``bench.graph_cost``).
     """
 
     def __init__(self, config: LDNConfig | None = None):

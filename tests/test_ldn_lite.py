@@ -261,6 +261,9 @@ def test_model_names_resolve_to_shipped_models(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="'missing' is not installed"):
         export.resolve_model_path("missing")
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "lite").mkdir()  # a folder of that name (e.g. a training run's) does not hide the shipped model
+    if export.shipped_model_path("lite") is not None:
+        assert export.resolve_model_path("lite") == export.shipped_model_path("lite")
     (tmp_path / "default").write_bytes(b"x")  # an existing file of that name is taken as a path
     assert export.resolve_model_path("default").resolve() == (tmp_path / "default").resolve()
     with pytest.raises(ConfigError, match="default, lite"):
@@ -286,3 +289,38 @@ def test_bench_engines_reports_macs_and_params_per_model(tmp_path):
     text = format_table(results)
     assert "lite/ort" in text and "faster per window (median) than paper/ort" in text
     assert "x fewer MACs per frame" in text
+
+
+def test_shipped_lite_student_is_installed_and_its_onnx_is_its_export():
+    """core/models/ldn_lite.pt (a trained lite student) and ldn_lite.onnx, its fp32 export with dynamic shapes.
+    When stale: ``spikereveal export --model core/models/ldn_lite.pt --out core/models/ldn_lite.onnx --dynamic --force``"""
+    from spikereveal.engines.cache import file_sha256
+    from spikereveal.engines.export import resolve_model_path, shipped_onnx_for
+    from spikereveal.engines.onnx_metadata import read_onnx_metadata
+
+    checkpoint = resolve_model_path("lite")
+    model, meta = load_checkpoint(checkpoint, expected_kind="ldn")
+    assert model.config.variant == "lite" and count_parameters(model) == 45_730
+    training = meta["training"]
+    assert training["finished"] and training["config"]["teacher"] == "ldn" and training["init"]["warm_start"]
+    onnx_path = shipped_onnx_for(checkpoint)
+    assert onnx_path is not None and onnx_path.name == "ldn_lite.onnx"
+    onnx_meta = read_onnx_metadata(onnx_path)
+    assert onnx_meta["source_sha256"] == file_sha256(checkpoint) and onnx_meta["precision"] == "fp32"
+    assert (onnx_meta["batch"], onnx_meta["height"], onnx_meta["width"]) == ("dynamic",) * 3
+    shape = InputShape(k=3, height=64, width=96)
+    image, spikes = exposure_inputs(shape, 0, spike_rate=0.2)
+    expected = reference_sharp8(model, image, spikes)
+    assert_not_flat(expected)
+    with create_runner("ort", shape, onnx_path=onnx_path, options=RunnerOptions(threads=1)) as runner:
+        assert_within_lsb(runner.infer(image, spikes), expected, max_lsb=1, max_fraction=1e-3)
+
+
+def test_ort_choice_of_a_shipped_model_runs_its_shipped_export(tmp_path):
+    from spikereveal.engines.choice import EngineChoice, prepare_runner
+    from spikereveal.engines.export import shipped_onnx_for, resolve_model_path
+
+    shape = InputShape(k=2, height=32, width=48)
+    runner = prepare_runner(EngineChoice(engine="ort", model="lite"), shape, tmp_path)
+    assert str(runner.onnx_path) == str(shipped_onnx_for(resolve_model_path("lite")))
+    assert not (tmp_path / "onnx").exists()  # nothing exported

@@ -23,7 +23,7 @@ def register(subparsers) -> None:
                     "sha256) and passes the ONNX checker.",
     )
     parser.add_argument("--model", type=Path, default=None,
-                        help="LDN checkpoint (default: the shipped spikereveal/models/ldn_default.pt)")
+                        help="LDN checkpoint, or a shipped model's name: default, lite (default: default)")
     parser.add_argument("--out", type=output_file, required=True, help="ONNX file to write")
     parser.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32")
     parser.add_argument("--calib", type=Path, nargs="+", default=[], metavar="REC",
