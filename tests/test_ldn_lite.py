@@ -324,3 +324,43 @@ def test_ort_choice_of_a_shipped_model_runs_its_shipped_export(tmp_path):
     runner = prepare_runner(EngineChoice(engine="ort", model="lite"), shape, tmp_path)
     assert str(runner.onnx_path) == str(shipped_onnx_for(resolve_model_path("lite")))
     assert not (tmp_path / "onnx").exists()  # nothing exported
+
+
+def test_tradeoff_points_and_plot_from_reports(tmp_path):
+    import json
+
+    from spikereveal.bench.tradeoff import format_points, parse_eval_spec, tradeoff_points
+
+    engines = {"gopro": {"default/ort": {"window_ms_p50": 700.0, "macs_per_frame": 15e9},
+                         "lite/ort": {"window_ms_p50": 140.0, "macs_per_frame": 2e9}},
+               "environment": {"k": 7}}
+    (tmp_path / "e.json").write_text(json.dumps(engines))
+    for name, psnr in (("d1", 23.0), ("d2", 25.0), ("l1", 22.5)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"methods": {"student": {"psnr": psnr, "ssim": 0.7}}}))
+    evals = dict([parse_eval_spec(f"default={tmp_path / 'd1.json'},{tmp_path / 'd2.json'}"),
+                  parse_eval_spec(f"lite={tmp_path / 'l1.json'}")])
+    points = tradeoff_points(tmp_path / "e.json", evals)
+    assert [(p.model, p.ms_per_frame, p.psnr, p.families) for p in points] == [
+        ("default", 100.0, 24.0, 2), ("lite", 20.0, 22.5, 1)]
+    assert "lite" in format_points(points)
+    with pytest.raises(ConfigError, match="no official/ort entry"):
+        tradeoff_points(tmp_path / "e.json", {"official": [tmp_path / "d1.json"], "lite": [tmp_path / "l1.json"]})
+    with pytest.raises(ConfigError, match="NAME=REPORT"):
+        parse_eval_spec("lite")
+    pytest.importorskip("matplotlib")
+    from spikereveal.bench.plots import plot_speed_quality
+
+    assert plot_speed_quality(points, tmp_path / "t.png").stat().st_size > 1000
+
+
+def test_train_cli_maps_the_lite_options():
+    import argparse
+
+    from spikereveal.commands import train as train_command
+
+    parser = argparse.ArgumentParser()
+    train_command.register(parser.add_subparsers())
+    args = parser.parse_args(["train", "ldn", "--data", "rec", "--out", "x.pt", "--teacher-ldn", "default",
+                              "--init", "default", "--variant", "lite"])
+    config = train_command._config(args)
+    assert (config.teacher, config.teacher_ldn, config.variant, config.init) == ("ldn", "default", "lite", "default")
