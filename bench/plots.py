@@ -170,3 +170,21 @@ def write_plots(trace: Trace, directory, *, warmup: int = 0,
                                   max_exposures=max_timeline_exposures),
         "throughput": plot_throughput(trace, directory / "throughput.png", warmup=warmup),
     }
+
+
+def plot_speed_quality(points, path, title: str = "Speed vs quality (unseen test families)") -> Path:
+    """PSNR against ms per output frame (log scale), one labelled marker per model (``bench.tradeoff`` points)."""
+    figure = _new_figure(7, 4.5)
+    axes = figure.add_subplot()
+    for point in points:
+        axes.scatter([point.ms_per_frame], [point.psnr], s=60)
+        macs = "" if point.macs_per_frame is None else f", {point.macs_per_frame / 1e9:.2f} GMAC"
+        axes.annotate(f"{point.model} ({point.psnr:.2f} dB / {point.ssim:.3f}{macs})",
+                      (point.ms_per_frame, point.psnr), textcoords="offset points", xytext=(6, 6), fontsize=8)
+    if points:
+        axes.set_xscale("log")
+    axes.set_xlabel("ms per output frame (bench engines, median window / K)")
+    axes.set_ylabel("PSNR (dB), mean over test families")
+    axes.set_title(title)
+    axes.grid(True, which="both", alpha=0.3)
+    return _save(figure, path)

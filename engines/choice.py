@@ -30,7 +30,7 @@ class EngineChoice:
 
     engine: str = "ort"
     precision: str = "fp32"
-    model: str | None = None  # LDN checkpoint; None: the shipped default
+    model: str | None = None  # LDN checkpoint or a shipped model's name ("default", "lite"); None: the shipped default
     onnx_path: str | None = None  # ort/trt: use this export instead of exporting the checkpoint
     options: RunnerOptions = field(default_factory=RunnerOptions)
 
@@ -89,10 +89,11 @@ def prepare_runner(choice: EngineChoice, shape: InputShape, out_dir: str | os.Pa
     if isinstance(calib_recordings, (str, os.PathLike)):
         calib_recordings = [calib_recordings]
     onnx_path = choice.onnx_path
-    if onnx_path is None and choice.model is None and choice.engine == "ort" and choice.precision == "fp32":
-        from spikereveal.engines.export import default_onnx_path
+    if onnx_path is None and choice.engine == "ort" and choice.precision == "fp32":
+        from spikereveal.engines.export import default_onnx_path, resolve_model_path, shipped_onnx_for
 
-        onnx_path = default_onnx_path()  # the shipped export: the default model runs without torch
+        # a shipped student (the default, or one named with --model lite) runs its shipped export: no torch needed
+        onnx_path = default_onnx_path() if choice.model is None else shipped_onnx_for(resolve_model_path(choice.model))
     if onnx_path is None:
         onnx_path = _cached_export(choice, shape, Path(out_dir), calib_recordings)
     return create_runner(choice.engine, shape, onnx_path=onnx_path, precision=choice.precision,

@@ -44,6 +44,11 @@ DEFAULT_OPSET = 17
 _TRACE_SHAPE = (1, 64, 96)
 DEFAULT_MODEL_RESOURCE = "models/ldn_default.pt"
 DEFAULT_ONNX_RESOURCE = "models/ldn_default.onnx"
+#: the shipped students by the name ``--model NAME`` takes: checkpoint and its fp32 export (dynamic shapes)
+SHIPPED_MODELS = {
+    "default": (DEFAULT_MODEL_RESOURCE, DEFAULT_ONNX_RESOURCE),
+    "lite": ("models/ldn_lite.pt", "models/ldn_lite.onnx"),
+}
 #: the shipped teacher nets (package data beside the default student)
 SHIPPED_TEACHER_RESOURCES = {"bsn": "models/bsn_default.pt", "sr": "models/sr_default.pt"}
 
@@ -107,12 +112,47 @@ def shipped_teacher_path(kind: str) -> Path | None:
     return _package_file(SHIPPED_TEACHER_RESOURCES[kind])
 
 
+def shipped_model_path(name: str) -> Path | None:
+    """The shipped student ``name`` (a key of ``SHIPPED_MODELS``), if installed."""
+    return _package_file(SHIPPED_MODELS[name][0])
+
+
+def shipped_onnx_for(checkpoint: str | os.PathLike) -> Path | None:
+    """The shipped fp32 export (dynamic shapes) of ``checkpoint`` when it is a shipped student, else None."""
+    try:
+        resolved = Path(checkpoint).resolve()
+    except OSError:
+        return None
+    for model_resource, onnx_resource in SHIPPED_MODELS.values():
+        shipped = _package_file(model_resource)
+        if shipped is not None and shipped.resolve() == resolved:
+            return _package_file(onnx_resource)
+    return None
+
+
+def _named_model(model: str | os.PathLike) -> str | None:
+    """The shipped model's name when ``model`` is one and no file of that name exists here (a folder does not count)."""
+    text = os.fspath(model)
+    return text if text in SHIPPED_MODELS and not Path(text).is_file() else None
+
+
 def resolve_model_path(model: str | os.PathLike | None) -> Path:
-    """``model`` if given (must exist), else the shipped default; ConfigError saying what to pass."""
+    """``model``: a checkpoint path (must exist), a shipped model's name (``SHIPPED_MODELS``: "default", "lite";
+    an existing file of that very name wins), or None for the shipped default. ConfigError saying what to pass."""
+    name = None if model is None else _named_model(model)
+    if name is not None:
+        path = shipped_model_path(name)
+        if path is None:
+            raise ConfigError(
+                f"the shipped model {name!r} is not installed (spikereveal/{SHIPPED_MODELS[name][0]}); pass an LDN "
+                f"checkpoint with --model CKPT, or one of the installed names: "
+                f"{', '.join(n for n in SHIPPED_MODELS if shipped_model_path(n) is not None) or 'none'}")
+        return path
     if model is not None:
         path = Path(model)
         if not path.is_file():
-            raise ConfigError(f"model checkpoint {path} does not exist; pass an LDN checkpoint with --model")
+            raise ConfigError(f"model checkpoint {path} does not exist; pass an LDN checkpoint with --model, or a "
+                              f"shipped model's name ({', '.join(SHIPPED_MODELS)})")
         return path
     path = default_model_path()
     if path is None:

@@ -22,23 +22,38 @@ from spikereveal.kernels.sensor import FIRING_GAIN_MAX, FIRING_GAIN_MIN, GRAY_WE
 from spikereveal.kernels.timing import LDN_SPIKE_WINDOW
 
 
+#: The student's architectures (``LDNConfig.variant``): "paper", the released S-SDM network layer for layer
+#: (SPEC §3), and "lite", the sequence student of issue 18 (:class:`LDN` documents both). Both are kind "ldn"
+#: checkpoints with the same deployed interface (``ExposureLDN``).
+LDN_VARIANTS = ("paper", "lite")
+DEFAULT_VARIANT = "paper"
+
+
 @dataclass(frozen=True)
 class LDNConfig:
     """Network configuration stored in checkpoints. The paper's network uses 21 spike frames and raw
     spikes (``spike_norm`` "none"); ``"firing-gain"`` makes the student read rates relative to the exposure's
-    own firing gain."""
+    own firing gain. ``variant`` picks the architecture (``LDN_VARIANTS``)."""
 
     spike_frames: int = LDN_SPIKE_WINDOW
     spike_norm: str = "none"
+    variant: str = DEFAULT_VARIANT
 
     def __post_init__(self):
         if isinstance(self.spike_frames, bool) or not isinstance(self.spike_frames, int) or self.spike_frames < 1:
             raise ConfigError(f"LDN spike_frames must be a positive integer, got {self.spike_frames!r}")
         if self.spike_norm not in SPIKE_NORMS:
             raise ConfigError(f"LDN spike_norm must be one of {SPIKE_NORMS}, got {self.spike_norm!r}")
+        if self.variant not in LDN_VARIANTS:
+            raise ConfigError(f"LDN variant must be one of {LDN_VARIANTS}, got {self.variant!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The config as stored in checkpoints and ONNX metadata; the paper variant leaves ``variant`` out, so
+        its files read exactly as before (and by versions that predate the field)."""
+        values = asdict(self)
+        if values["variant"] == DEFAULT_VARIANT:
+            del values["variant"]
+        return values
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "LDNConfig":
@@ -91,6 +106,30 @@ class SpatialAttention(nn.Module):
         return torch.sigmoid(self.conv1(pooled))
 
 
+class LightResidualBlock(nn.Module):
+    """The lite trunk's block: (depthwise 3x3 -> pointwise 1x1) -> ReLU -> (depthwise 3x3 -> pointwise 1x1),
+    plus the input; no normalisation. A ninth of a plain 3x3 block's multiply-adds at 64 channels."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv_block = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1, groups=channels),
+            nn.Conv2d(channels, channels, 1),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1, groups=channels),
+            nn.Conv2d(channels, channels, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv_block(x)
+
+
+def _shuffle_up(in_channels: int, out_channels: int) -> nn.Sequential:
+    """x2 upsampling: depthwise 3x3, pointwise 1x1 to ``4 * out_channels``, pixel shuffle (DepthToSpace), ReLU."""
+    return nn.Sequential(nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels),
+                         nn.Conv2d(in_channels, 4 * out_channels, 1), nn.PixelShuffle(2), nn.ReLU())
+
+
 class ResidualBlock(nn.Module):
     """conv3x3 -> ReLU -> conv3x3, plus the input; no normalisation."""
 
@@ -123,8 +162,32 @@ def _exporting() -> bool:
     return bool(torch.jit.is_tracing() or torch.compiler.is_exporting() or torch.compiler.is_compiling())
 
 
+#: channels of the lite decoder at H/2 (the paper's: 32 at H/2, then 16 at H; the lite has none at H)
+LITE_HALF_CHANNELS = 8
+LITE_TRUNK_BLOCKS = 2
+
+
 class LDN(nn.Module):
-    """Lightweight Deblurring Network. ``forward(blur (N,3,H,W), spikes (N,S,H/4,W/4)) -> (N,3,H,W)``."""
+    """Lightweight Deblurring Network. ``forward(blur (N,3,H,W), spikes (N,S,H/4,W/4)) -> (N,3,H,W)``.
+
+    Variant "paper" (default): the released network, layer for layer. Variant "lite" (issue 18): the same blur
+    and spike encoders and the same channel/spatial attention (same names and shapes, so a paper checkpoint
+    warm-starts them), then
+
+    - trunk: two :class:`LightResidualBlock` (depthwise 3x3 + pointwise 1x1, twice) at H/4 instead of two
+      plain 3x3 residual blocks (8.5 of the paper's 15.0 GMAC per 720p frame);
+    - ``up1``: depthwise 3x3 + 1x1 to 4 x 8 channels + DepthToSpace: 8 channels at H/2 (the paper: a 5x5
+      transposed convolution to 32 channels, 2.9 GMAC); ``refine``: 3x3 conv 8 -> 8 at H/2;
+    - head: ``to_rgb`` (3x3 conv 8 -> 3 x 4 + DepthToSpace) gives the three colour channels at H directly, plus
+      ``blur_skip``, a 1x1 conv of B (the paper: a second 5x5 transposed convolution to 16 channels at H, 2.9
+      GMAC, then a 1x1 conv over those and B).
+
+    No transposed convolution (ONNX Runtime's slowest CPU kernel here) and no feature map wider than 3 channels
+    at full resolution (DepthToSpace of a wide map at H was 16 % of an early candidate's time). A fresh lite
+    network is the identity on B (zero ``to_rgb``, identity ``blur_skip``). At the gopro geometry (K = 7, the
+    blurry frame encoded once per exposure) it costs 2.15 GMAC per frame against the paper's 15.03 and has
+    45,730 parameters against 234,158, both counted from the ONNX graphs (``bench.graph_cost``).
+    """
 
     def __init__(self, config: LDNConfig | None = None):
         super().__init__()
@@ -134,6 +197,21 @@ class LDN(nn.Module):
         self.blur_enc2 = _conv_relu(16, 32, 5, 2, 2)
         self.spike_enc = _conv_relu(spike_frames, 16, 3, 1, 1)
         self.spike_enc2 = _conv_relu(16, 32, 3, 1, 1)
+        if self.config.variant == "lite":
+            self.trunk = nn.Sequential(*(LightResidualBlock(64) for _ in range(LITE_TRUNK_BLOCKS)))
+            self.ca = ChannelAttention(64, 4)
+            self.sa = SpatialAttention(7)
+            self.up1 = _shuffle_up(64, LITE_HALF_CHANNELS)
+            self.refine = _conv_relu(LITE_HALF_CHANNELS, LITE_HALF_CHANNELS, 3, 1, 1)
+            # the head: 3 colour channels at each of the 2x2 sub-pixels of the H/2 grid, plus a 1x1 skip of B
+            self.to_rgb = nn.Sequential(nn.Conv2d(LITE_HALF_CHANNELS, 3 * 4, 3, padding=1), nn.PixelShuffle(2))
+            self.blur_skip = nn.Conv2d(3, 3, kernel_size=1)
+            with torch.no_grad():  # a fresh lite network starts as the identity on B (zero residual, Fixup-style)
+                self.blur_skip.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+                self.blur_skip.bias.zero_()
+                self.to_rgb[0].weight.zero_()
+                self.to_rgb[0].bias.zero_()
+            return
         self.resBlock1 = ResidualBlock(64)
         self.resBlock2 = ResidualBlock(64)
         self.ca = ChannelAttention(64, 4)
@@ -165,7 +243,9 @@ class LDN(nn.Module):
         if not _exporting():
             self.check_inputs(blur, spikes)
         spikes = self.normalise_spikes(blur, spikes.to(blur.dtype), gain)
-        fused = self.fuse_and_decode(self.blur_enc2(self.blur_enc(blur)), self.spike_enc2(self.spike_enc(spikes)))
+        fused = self.fuse_and_decode(self.encode_blur(blur), self.encode_spikes(spikes))
+        if self.config.variant == "lite":
+            return self.blur_skip(blur) + fused
         # The official head concatenates the blurry image FIRST, then the 16 decoded channels.
         return self.pred(torch.cat([blur, fused], dim=1))
 
@@ -179,11 +259,22 @@ class LDN(nn.Module):
         gain = gain.clamp(FIRING_GAIN_MIN, FIRING_GAIN_MAX).reshape(-1, 1, 1, 1) if gain.ndim else gain
         return spikes * (1.0 / gain).to(spikes.dtype)
 
+    def encode_blur(self, blur: torch.Tensor) -> torch.Tensor:
+        """The blurry frame's encoder: (N, 3, H, W) -> (N, 32, H/4, W/4)."""
+        return self.blur_enc2(self.blur_enc(blur))
+
+    def encode_spikes(self, spikes: torch.Tensor) -> torch.Tensor:
+        """The spike windows' encoder (spikes already normalised): (N, S, H/4, W/4) -> (N, 32, H/4, W/4)."""
+        return self.spike_enc2(self.spike_enc(spikes))
+
     def fuse_and_decode(self, blur_features: torch.Tensor, spike_features: torch.Tensor) -> torch.Tensor:
-        """Everything between the two encoders and the head: (N, 32, H/4, W/4) x 2 -> (N, 16, H, W)."""
+        """Everything between the two encoders and the head: (N, 32, H/4, W/4) x 2 -> (N, 16, H, W) (paper: the
+        features the head mixes with B) or (N, 3, H, W) (lite: the sharp frame less the head's skip of B)."""
         fused = torch.cat([blur_features, spike_features], dim=1)
         fused = self.ca(fused) * fused
         fused = self.sa(fused) * fused
+        if self.config.variant == "lite":
+            return self.to_rgb(self.refine(self.up1(self.trunk(fused))))
         fused = self.resBlock2(self.resBlock1(fused))
         return self.decoder2(self.decoder1(fused))
 
@@ -225,11 +316,14 @@ class ExposureLDN(nn.Module):
         blur = image.permute(0, 3, 1, 2).float() / 255.0  # (1, 3, H, W)
         spikes = spikes.float() / float(SPIKE_LEVEL)
         spikes = ldn.normalise_spikes(blur, spikes, None)  # one gain for the exposure: its K windows, its frame
-        blur_features = ldn.blur_enc2(ldn.blur_enc(blur))
+        blur_features = ldn.encode_blur(blur)
         blur_features = blur_features.expand(spikes.shape[0], -1, -1, -1)
-        decoded = ldn.fuse_and_decode(blur_features, ldn.spike_enc2(ldn.spike_enc(spikes)))
-        weight = ldn.pred.weight  # (3, 3 + 16, 1, 1): the blurry image's channels come first
-        sharp = F.conv2d(blur, weight[:, :3]) + F.conv2d(decoded, weight[:, 3:], ldn.pred.bias)
+        decoded = ldn.fuse_and_decode(blur_features, ldn.encode_spikes(spikes))
+        if ldn.config.variant == "lite":  # its head: a 1x1 skip of the blurry frame (once) plus the decoded frames
+            sharp = ldn.blur_skip(blur) + decoded
+        else:
+            weight = ldn.pred.weight  # (3, 3 + 16, 1, 1): the blurry image's channels come first
+            sharp = F.conv2d(blur, weight[:, :3]) + F.conv2d(decoded, weight[:, 3:], ldn.pred.bias)
         return (sharp.clamp(0.0, 1.0) * 255.0 + 0.5).floor().to(torch.uint8).permute(0, 2, 3, 1)
 
 

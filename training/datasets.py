@@ -335,6 +335,31 @@ def network_teacher(bsn, sr, tfp_window: int = DEFAULT_TFP_SHORT_WINDOW, chunk_s
     return teacher
 
 
+def student_teacher(onnx_path: str | os.PathLike, threads: int | None = None) -> TeacherFn:
+    """A trained student as the teacher: its deployed graph (an fp32 ONNX export with dynamic shapes, run by
+    ONNX Runtime: ~3x faster than PyTorch eager on a CPU) on the full frame, one exposure at a time (its own
+    firing gain), 8-bit output; targets ``clip(LDN(B, spikes(t_m)), 0, 1)`` as the deployed student gives them.
+    Used to distil a smaller student (the lite variant) from the shipped one."""
+    from spikereveal.engines.runners import InputShape, RunnerOptions, create_runner
+    from spikereveal.kernels.extract import SPIKE_LEVEL
+
+    runners: dict = {}
+
+    def teacher(exposure: ExposureData, centers: np.ndarray) -> np.ndarray:
+        height, width = exposure.blurry.shape[1:]
+        shape = InputShape(len(centers), height, width)
+        if shape not in runners:
+            runners[shape] = create_runner("ort", shape, onnx_path=onnx_path,
+                                           options=RunnerOptions(threads=threads, warmup_runs=0)).load()
+        # the blurry frame came from an 8-bit PNG: back to its exact uint8 values, (1, H, W, 3) BGR
+        image = np.rint(np.clip(exposure.blurry, 0.0, 1.0) * 255.0).astype(np.uint8).transpose(1, 2, 0)[None]
+        spikes = exposure.ldn_inputs(centers).astype(np.uint8) * np.uint8(SPIKE_LEVEL)
+        sharp = runners[shape].infer(np.ascontiguousarray(image), np.ascontiguousarray(spikes))  # (K, H, W, 3)
+        return sharp.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+
+    return teacher
+
+
 SHARED_CACHE_HINT = ("every process writes its share of the teacher targets there and reads the others', so "
                      "it must be a folder that every process sees (a shared filesystem across machines); pass "
                      "such a folder with --cache-dir")

@@ -117,6 +117,16 @@ def _with_network_config(model, **changes):
     return rebuilt
 
 
+def warm_start(model, source) -> list[str]:
+    """Copy into ``model`` every tensor of ``source`` with the same name and shape (e.g. a paper LDN's encoders
+    and attention into a lite LDN); returns the copied names. The rest of ``model`` keeps its fresh weights."""
+    target = model.state_dict()
+    copied = [name for name, tensor in source.state_dict().items()
+              if name in target and tuple(target[name].shape) == tuple(tensor.shape)]
+    model.load_state_dict({**target, **{name: source.state_dict()[name] for name in copied}})
+    return copied
+
+
 def autocast_context(device: torch.device, autocast: str):
     """The forward-pass precision context for ``autocast`` ("off" or "bf16", see ``AUTOCAST_CHOICES``)."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast == "bf16")
@@ -125,6 +135,8 @@ def autocast_context(device: torch.device, autocast: str):
 def _teacher_fn(config: TrainConfig, device: torch.device, cache_dir: str | None) -> ds.TeacherFn:
     if config.teacher == "sdm":
         teacher, key = ds.sdm_teacher(config.tfp_window), f"sdm-w{config.tfp_window}"
+    elif config.teacher == "ldn":
+        teacher, key = _student_teacher(config.teacher_ldn, cache_dir)
     else:
         from spikereveal.engines.checkpoint import load_checkpoint, sha256_of
 
@@ -136,6 +148,25 @@ def _teacher_fn(config: TrainConfig, device: torch.device, cache_dir: str | None
         if config.teacher_autocast != "off":
             key += f"-{config.teacher_autocast}"
     return teacher if cache_dir is None else ds.cached_teacher(teacher, cache_dir, key)
+
+
+def _student_teacher(model: str, cache_dir: str | None) -> tuple[ds.TeacherFn, str]:
+    """The student ``model`` (a checkpoint or a shipped model's name) as a teacher, through its fp32 ONNX export
+    (the shipped one for a shipped student; else exported once, with dynamic shapes, beside the cache)."""
+    import tempfile
+
+    from spikereveal.engines.checkpoint import sha256_of
+    from spikereveal.engines.export import ExportConfig, export_checkpoint, resolve_model_path, shipped_onnx_for
+
+    path = resolve_model_path(model)
+    sha = sha256_of(path)
+    onnx_path = shipped_onnx_for(path)
+    if onnx_path is None:
+        folder = Path(cache_dir) if cache_dir is not None else Path(tempfile.mkdtemp(prefix="spikereveal-teacher-"))
+        onnx_path = folder / f"teacher-ldn-{sha[:16]}.onnx"
+        if not onnx_path.is_file():
+            export_checkpoint(path, onnx_path, ExportConfig(dynamic=True))
+    return ds.student_teacher(onnx_path, threads=torch.get_num_threads()), f"ldn-{sha}-ort8"
 
 
 def _dataset(config: TrainConfig, exposures, group: distributed.LocalGroup, prepare: Callable[[int, int, str], None],
@@ -281,15 +312,29 @@ def _train(group: distributed.LocalGroup, data, out, config: TrainConfig, resume
     else:
         config = config.with_defaults()
         if config.init is not None:
-            model, init_meta = load_checkpoint(config.init, expected_kind=kind)
-            init_provenance = {"path": os.fspath(config.init), "sha256": sha256_of(config.init),
+            init_path = config.init
+            if kind == "ldn":
+                from spikereveal.engines.export import resolve_model_path
+
+                init_path = resolve_model_path(config.init)  # a shipped model's name ("default") or a path
+            model, init_meta = load_checkpoint(init_path, expected_kind=kind)
+            init_provenance = {"path": os.fspath(init_path), "sha256": sha256_of(init_path),
                                "source": init_meta.get("source", ""),
                                "init": (init_meta.get("training") or {}).get("init"),
                                "firing_gain_range": (init_meta.get("training") or {}).get("firing_gain_range")}
+            if kind == "ldn" and config.variant is not None and model.config.variant != config.variant:
+                torch.manual_seed(config.seed)
+                source = model
+                model = _new_model(kind, replace(source.config, variant=config.variant))
+                init_provenance["warm_start"] = warm_start(model, source)
+                init_provenance["variant"] = source.config.variant
+                log.info("warm start of the %s LDN from the %s one: %d tensors copied", config.variant,
+                         source.config.variant, len(init_provenance["warm_start"]))
         else:
             torch.manual_seed(config.seed)
-            if kind == "ldn" and config.spike_norm is not None and network_config is None:
-                network_config = {"spike_norm": config.spike_norm}
+            if kind == "ldn" and network_config is None:
+                network_config = {name: getattr(config, name) for name in ("spike_norm", "variant")
+                                  if getattr(config, name) is not None}
             model = _new_model(kind, network_config)
         if kind == "ldn" and config.spike_norm is not None and model.config.spike_norm != config.spike_norm:
             model = _with_network_config(model, spike_norm=config.spike_norm)

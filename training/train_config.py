@@ -9,12 +9,17 @@ from typing import Any, Mapping
 from spikereveal.errors import ConfigError
 from spikereveal.kernels.sensor import SPIKE_NORMS  # torch-free: how the student reads its spikes
 
+#: the student's architectures (``engines.ldn.LDN_VARIANTS``; repeated here so the CLI needs no torch)
+LDN_VARIANTS = ("paper", "lite")
+
 #: TFP_short window of the reference implementation (frames); M timestamps per exposure in the LDN loss.
 DEFAULT_TFP_SHORT_WINDOW = 9
 DEFAULT_LDN_TIMESTAMPS = 5
 
 KINDS = ("bsn", "sr", "ldn")
-TEACHERS = ("nets", "sdm")
+#: "nets": the BSN+SR cascade; "sdm": the plain SDM; "ldn": a trained student (e.g. the shipped default), whose
+#: clipped frames are the targets (distilling a smaller student from a larger one, issue 18)
+TEACHERS = ("nets", "sdm", "ldn")
 #: Mixed precision of the forward passes: "off" (float32) or "bf16" (torch.autocast to bfloat16; weights,
 #: optimizer and losses stay float32). bf16 pays off on CPUs with AVX512-BF16/AMX and on recent GPUs.
 AUTOCAST_CHOICES = ("off", "bf16")
@@ -44,6 +49,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "teacher": "sdm",
     "teacher_bsn": None,
     "teacher_sr": None,
+    "teacher_ldn": None,
     "init": None,
     "autocast": "off",
     "teacher_autocast": "off",
@@ -52,6 +58,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "reblur_rule": "mean",
     "reblur_gradient": "all",
     "spike_norm": None,  # None: the paper's raw spikes for a fresh student, the --init checkpoint's own otherwise
+    "variant": None,  # None: the paper's network for a fresh student, the --init checkpoint's own otherwise
 }
 
 
@@ -82,6 +89,9 @@ class TrainConfig:
     set containing the M distilled ones; ``reblur_rule``: how they are averaged (``REBLUR_RULES``);
     ``reblur_gradient``: which frames the re-blur term back-propagates through (``REBLUR_GRADIENTS``).
     ``autocast``: precision of the trained network's forward pass (see ``AUTOCAST_CHOICES``).
+    ``teacher`` "ldn" distils from the student checkpoint ``teacher_ldn``. ``variant`` (LDN): the architecture
+    (``LDN_VARIANTS``); with an ``init`` of another variant, the tensors whose names and shapes match are
+    copied (a warm start) and the rest start fresh.
     """
 
     kind: str
@@ -100,6 +110,7 @@ class TrainConfig:
     teacher: str | None = None
     teacher_bsn: str | None = None
     teacher_sr: str | None = None
+    teacher_ldn: str | None = None
     init: str | None = None
     autocast: str | None = None
     teacher_autocast: str | None = None
@@ -108,6 +119,7 @@ class TrainConfig:
     reblur_rule: str | None = None
     reblur_gradient: str | None = None
     spike_norm: str | None = None
+    variant: str | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -135,6 +147,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value not in choices:
                 raise ConfigError(f"unknown {name} {value!r}; use one of {list(choices)}")
+        if self.variant is not None and self.variant not in LDN_VARIANTS:
+            raise ConfigError(f"unknown LDN variant {self.variant!r}; use one of {list(LDN_VARIANTS)}")
         if self.spike_norm is not None and self.spike_norm not in SPIKE_NORMS:
             raise ConfigError(f"unknown spike_norm {self.spike_norm!r}; use one of {list(SPIKE_NORMS)}")
         if self.reblur_timestamps is not None:
@@ -143,12 +157,15 @@ class TrainConfig:
             raise ConfigError(
                 "the network teacher needs both --teacher-bsn CKPT and --teacher-sr CKPT (or use --teacher sdm)"
             )
+        if self.teacher == "ldn" and self.kind == "ldn" and not self.teacher_ldn:
+            raise ConfigError("the student teacher (--teacher ldn) needs --teacher-ldn CKPT (a trained LDN checkpoint, "
+                              "or 'default' for the shipped student)")
         if self.kind != "ldn":
-            extra = [n for n in ("teacher_bsn", "teacher_sr", "reblur_timestamps", "spike_norm")
+            extra = [n for n in ("teacher_bsn", "teacher_sr", "teacher_ldn", "reblur_timestamps", "spike_norm", "variant")
                      if getattr(self, n) is not None]
             extra += [name for name in ("reblur_rule", "reblur_gradient")
                       if getattr(self, name) not in (None, COMMON_DEFAULTS[name])]
-            if self.teacher == "nets":
+            if self.teacher in ("nets", "ldn"):
                 extra.append("teacher")
             if extra:
                 raise ConfigError(f"{', '.join(extra)} only apply to training the ldn student, not {self.kind}")
@@ -163,6 +180,8 @@ class TrainConfig:
         values = {**COMMON_DEFAULTS, **KIND_DEFAULTS[self.kind]}
         if self.kind == "ldn" and self.teacher is None and self.teacher_bsn and self.teacher_sr:
             values["teacher"] = "nets"
+        if self.kind == "ldn" and self.teacher is None and self.teacher_ldn:
+            values["teacher"] = "ldn"
         updates = {name: value for name, value in values.items() if getattr(self, name) is None}
         return replace(self, **updates)
 

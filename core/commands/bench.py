@@ -69,7 +69,7 @@ def run_engines(args: argparse.Namespace) -> int:
         print(f"timing {status} ...", flush=True)
 
     result = bench_engines(runners=args.runner, geometries=args.geometry, repeats=args.repeats, warmup=args.warmup,
-                           k=args.k, threads=args.threads, precisions=args.precision, model_path=args.model,
+                           k=args.k, threads=args.threads, precisions=args.precision, models=args.model or (),
                            progress=progress, interleave=not args.sequential)
     return emit(format_table(result), result, args.json)
 
@@ -92,7 +92,9 @@ def register_engines(subparsers) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed windows first (default 2)")
     add_k_argument(parser, "frames per exposure window")
     parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: cores - 1)")
-    parser.add_argument("--model", type=Path, default=None, help="LDN checkpoint (default: random seeded LDN)")
+    parser.add_argument("--model", nargs="+", default=None, metavar="M",
+                        help="LDN checkpoints or shipped model names (default, lite), timed side by side with their "
+                             "MACs and parameters counted from the ONNX graph (default: a random seeded LDN)")
     parser.add_argument("--sequential", action="store_true",
                         help="time runners one after the other (less memory) instead of round-robin")
     parser.set_defaults(func=run_engines)
@@ -236,7 +238,7 @@ def register_pipeline(subparsers) -> None:
                              "a loopback Triton unless --triton-url is given")
     add_triton_arguments(parser)
     weights = parser.add_mutually_exclusive_group()
-    weights.add_argument("--model", metavar="CKPT", default=None, help="LDN checkpoint (default: the shipped model)")
+    weights.add_argument("--model", metavar="CKPT", default=None, help="LDN checkpoint or a shipped model's name: default, lite (default: default)")
     weights.add_argument("--random-weights", action="store_true",
                          help="a seeded random LDN (same inference cost, meaningless images; said in the report)")
     weights.add_argument("--pass-through", action="store_true",
@@ -365,7 +367,7 @@ def register_soak(subparsers) -> None:
     parser.add_argument("--rss-bound-mib", type=_positive_seconds, default=None,
                         help="serve's peak resident memory bound (default: its memory once serving plus the byte "
                              "bound of its queues stated in stream/config.py, 768 MiB by default)")
-    parser.add_argument("--model", metavar="CKPT", default=None, help="LDN checkpoint (default: the shipped model)")
+    parser.add_argument("--model", metavar="CKPT", default=None, help="LDN checkpoint or a shipped model's name: default, lite (default: default)")
     parser.add_argument("--seed", type=int, default=0, help="simulation and mutation seed (default 0)")
     parser.set_defaults(func=run_soak)
 
@@ -394,12 +396,45 @@ def register_device_check(subparsers) -> None:
         "step or criterion failed. Without TensorRT or a GPU it says why and exits 0 at once.",
     )
     parser.add_argument("--out", type=output_dir, metavar="DIR", required=True, help="report and work folder")
-    parser.add_argument("--model", metavar="CKPT", default=None, help="LDN checkpoint (default: the shipped student)")
+    parser.add_argument("--model", metavar="CKPT", default=None, help="LDN checkpoint or a shipped model's name: default, lite (default: default)")
     parser.set_defaults(func=run_device_check)
 
 
+def run_tradeoff(args: argparse.Namespace) -> int:
+    from spikereveal.bench.tradeoff import format_points, parse_eval_spec, tradeoff_points
+
+    evals = dict(parse_eval_spec(text) for text in args.eval)
+    points = tradeoff_points(args.engines, evals, geometry=args.geometry, runner=args.runner)
+    result = {"geometry": args.geometry, "runner": args.runner, "engines": str(args.engines),
+              "points": [point.to_dict() for point in points]}
+    emit(format_points(points), result, args.json)
+    if args.plot is not None:
+        from spikereveal.bench.plots import plot_speed_quality
+
+        print(f"wrote {plot_speed_quality(points, args.plot)}")
+    return 0
+
+
+def register_tradeoff(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "tradeoff",
+        help="speed vs quality per model, from a bench engines report and eval reports (PNG with --plot)",
+        description="Per model: ms per output frame and MACs per frame from one 'bench engines --model A B ...' "
+                    "report, PSNR/SSIM averaged over 'eval' reports (one per test family). Measures nothing itself.",
+    )
+    parser.add_argument("--engines", type=Path, required=True, metavar="JSON", help="bench engines --json report")
+    parser.add_argument("--eval", nargs="+", required=True, metavar="NAME=JSON[,JSON...]",
+                        help="a model's eval reports, e.g. lite=th2.json,th4.json (NAME as in the engines report)")
+    parser.add_argument("--geometry", default="gopro", help="geometry key of the engines report (default gopro)")
+    parser.add_argument("--runner", default="ort", help="runner key, e.g. ort or ort-int8 (default ort)")
+    parser.add_argument("--json", type=output_file, metavar="PATH", help="also write the points as JSON")
+    parser.add_argument("--plot", type=output_file, metavar="PNG", help="write the speed-vs-quality plot (matplotlib)")
+    parser.set_defaults(func=run_tradeoff)
+
+
 SUBVERBS = (register_kernels, register_engines, register_report, register_compare, register_transport,
-            register_pipeline, register_exposure_path, register_soak, register_all, register_device_check)
+            register_pipeline, register_exposure_path, register_soak, register_all, register_device_check,
+            register_tradeoff)
 
 
 def register(subparsers) -> None:

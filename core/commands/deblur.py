@@ -23,7 +23,7 @@ def register(subparsers) -> None:
     parser.add_argument("--engine", choices=ENGINE_CHOICES, default="ort",
                         help="default: ort (CPU); triton: a Triton server (--triton-url)")
     parser.add_argument("--model", type=Path, default=None,
-                        help="LDN checkpoint (default: the shipped spikereveal/models/ldn_default.pt)")
+                        help="LDN checkpoint, or a shipped model's name: default, lite (default: default)")
     parser.add_argument("--onnx", type=Path, default=None, help="ort/trt: use this ONNX export (static, K x H x W)")
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
                         help="ort/trt export precision; int8 calibrates on this recording")

@@ -21,7 +21,7 @@ def register(subparsers) -> None:
     parser.add_argument("--exposures", type=int, default=6, metavar="N", help="exposures to simulate (default 6)")
     parser.add_argument("--engine", choices=("ort", "torch", "trt"), default="ort",
                         help="inference engine (default ort)")
-    parser.add_argument("--model", metavar="CKPT", default=None, help="LDN checkpoint (default: the shipped model)")
+    parser.add_argument("--model", metavar="CKPT", default=None, help="LDN checkpoint or a shipped model's name: default, lite (default: default)")
     parser.add_argument("--preset", choices=PRESET_NAMES, default="gopro",
                         help=f"simulator preset (default gopro: about 30 s on 2 CPU cores). {PRESET_HELP}")
     parser.add_argument("--speed", type=speed_factor, default=1.0, metavar="X", help="replay speed, x real time (default 1)")

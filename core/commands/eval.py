@@ -19,7 +19,7 @@ def register(subparsers) -> None:
     parser.add_argument("--data", nargs="+", type=Path, required=True, metavar="REC",
                         help="recording directories with gt.csv")
     parser.add_argument("--model", type=Path, metavar="CKPT",
-                        help="student LDN checkpoint (default: the shipped model)")
+                        help="student LDN checkpoint, or a shipped model's name: default, lite (default: default)")
     parser.add_argument("--no-student", action="store_true", help="score only blurry, SDM and teacher")
     parser.add_argument("--teacher-bsn", type=Path, metavar="CKPT", help="teacher BSN checkpoint (default: shipped)")
     parser.add_argument("--teacher-sr", type=Path, metavar="CKPT", help="teacher SR checkpoint (default: shipped)")
@@ -56,12 +56,10 @@ def _student(args, models: dict, stack):
         raise ConfigError("the torch engine runs the checkpoint at fp32; use --engine ort (or trt) for --precision "
                           f"{args.precision} or --onnx")
     from spikereveal.engines.checkpoint import declared_gain_range, load_checkpoint
-    from spikereveal.engines.export import default_model_path
+    from spikereveal.engines.export import resolve_model_path
     from spikereveal.training.evaluate import torch_student
 
-    path = args.model if args.model is not None else default_model_path()
-    if path is None:
-        raise ConfigError("no student model: pass --model CKPT (no shipped default is installed), or --no-student")
+    path = resolve_model_path(args.model)  # a checkpoint, a shipped model's name, or the shipped default
     model, meta = load_checkpoint(path, expected_kind="ldn")
     models["student"] = str(path)
     if meta.get("source"):

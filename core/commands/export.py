@@ -23,7 +23,7 @@ def register(subparsers) -> None:
                     "sha256) and passes the ONNX checker.",
     )
     parser.add_argument("--model", type=Path, default=None,
-                        help="LDN checkpoint (default: the shipped spikereveal/models/ldn_default.pt)")
+                        help="LDN checkpoint, or a shipped model's name: default, lite (default: default)")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--out", type=output_file, help="ONNX file to write")
     target.add_argument("--triton-repo", type=Path, default=None, metavar="DIR",

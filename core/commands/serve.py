@@ -20,7 +20,8 @@ def add_engine_arguments(parser) -> None:
                         help="export precision for ort/trt (default fp32)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", metavar="CKPT", default=None,
-                        help="LDN checkpoint (default: the shipped model); exported to ONNX for ort/trt")
+                        help="LDN checkpoint or a shipped model's name (default, lite; default: default); a checkpoint is "
+                             "exported to ONNX for ort/trt, a shipped model runs its shipped export")
     source.add_argument("--onnx", metavar="PATH", default=None, help="ort/trt: an exported ONNX file to run")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="inference threads (default: all cores but one)")

@@ -9,7 +9,8 @@ from pathlib import Path
 from spikereveal.errors import ConfigError, require
 from spikereveal.commands._progress import train_progress_bars
 from spikereveal.commands._types import output_dir, output_file, positive_int
-from spikereveal.training.train_config import AUTOCAST_CHOICES, REBLUR_GRADIENTS, REBLUR_RULES, SPIKE_NORMS  # torch-free
+from spikereveal.training.train_config import (  # torch-free
+    AUTOCAST_CHOICES, LDN_VARIANTS, REBLUR_GRADIENTS, REBLUR_RULES, SPIKE_NORMS, TEACHERS)
 
 _HELP = {
     "bsn": "the teacher's blind-spot denoiser: MSE(TFP_short, BSN(TFP_short))",
@@ -70,10 +71,19 @@ def register(subparsers) -> None:
         child = sub.add_parser(kind, help=_HELP[kind], description=f"Train {_HELP[kind]}.")
         _add_common(child, kind)
         if kind == "ldn":
-            child.add_argument("--teacher", choices=("nets", "sdm"),
-                               help="teacher: the BSN+SR cascade (default when both nets are given) or plain SDM")
+            child.add_argument("--teacher", choices=TEACHERS,
+                               help="teacher: the BSN+SR cascade (default when both nets are given), plain SDM, or "
+                                    "a trained student (ldn, with --teacher-ldn: distil a smaller variant from it)")
             child.add_argument("--teacher-bsn", type=Path, metavar="CKPT", help="trained BSN checkpoint")
             child.add_argument("--teacher-sr", type=Path, metavar="CKPT", help="trained SR checkpoint")
+            child.add_argument("--teacher-ldn", metavar="CKPT",
+                               help="trained student checkpoint whose clipped frames are the targets (--teacher "
+                                    "ldn), or a shipped model's name: default, lite")
+            child.add_argument("--variant", choices=LDN_VARIANTS,
+                               help="the student's architecture: paper (the released network) or lite (~7x fewer "
+                                    "multiply-adds per frame); with --init of the other variant, its matching "
+                                    "tensors (encoders, attention) are copied and the rest starts fresh "
+                                    "(default: the --init model's, else paper)")
             child.add_argument("--cache-dir", type=output_dir, metavar="DIR",
                                help="keep the teacher's targets in DIR and reuse them in later runs (resume, "
                                     "other hyper-parameters): the network teacher is the expensive part")
@@ -114,15 +124,19 @@ def _config(args):
         teacher = args.teacher
         if teacher is None and (args.teacher_bsn or args.teacher_sr):
             teacher = "nets"
+        if teacher is None and args.teacher_ldn:
+            teacher = "ldn"
         if teacher is None and args.resume is None:
             raise ConfigError(
                 "train ldn needs a teacher: --teacher-bsn CKPT --teacher-sr CKPT (train them with "
-                "'spikereveal train bsn' and 'spikereveal train sr'), or --teacher sdm for the plain SDM"
+                "'spikereveal train bsn' and 'spikereveal train sr'), --teacher-ldn CKPT (a trained student), "
+                "or --teacher sdm for the plain SDM"
             )
         values.update(
             teacher=teacher,
             teacher_bsn=None if args.teacher_bsn is None else str(args.teacher_bsn),
             teacher_sr=None if args.teacher_sr is None else str(args.teacher_sr),
+            teacher_ldn=args.teacher_ldn, variant=args.variant,
             timestamps=args.timestamps, lambda_teacher=args.lambda_teacher, lambda_reblur=args.lambda_reblur,
             lambda_ssim=args.lambda_ssim, teacher_autocast=args.teacher_autocast,
             reblur_timestamps=args.reblur_timestamps, reblur_rule=args.reblur_rule,
