@@ -9,7 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
-from engines_support import assert_not_flat, assert_within_lsb, exposure_inputs, reference_sharp8  # noqa: E402
+from engines_support import assert_not_flat, assert_within_lsb, exposure_inputs  # noqa: E402
+from twins import reference_sharp8  # noqa: E402
 from spikereveal.bench.graph_cost import count_graph_cost  # noqa: E402
 from spikereveal.engines.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from spikereveal.engines.ldn import LDN, LDNConfig, ExposureLDN, count_parameters  # noqa: E402
