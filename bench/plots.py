@@ -174,7 +174,7 @@ def write_plots(trace: Trace, directory, *, warmup: int = 0,
 
 def plot_speed_quality(points, path, title: str = "Speed vs quality (unseen test families)") -> Path:
     """PSNR against ms per output frame (log scale), one labelled marker per model (``bench.tradeoff`` points)."""
-    figure = _new_figure(7, 4.5)
+    figure = _new_figure(8, 4.5)
     axes = figure.add_subplot()
     for point in points:
         axes.scatter([point.ms_per_frame], [point.psnr], s=60)
@@ -183,6 +183,7 @@ def plot_speed_quality(points, path, title: str = "Speed vs quality (unseen test
                       (point.ms_per_frame, point.psnr), textcoords="offset points", xytext=(6, 6), fontsize=8)
     if points:
         axes.set_xscale("log")
+        axes.margins(x=0.6, y=0.12)  # room for the labels (log axis: margins in decades)
     axes.set_xlabel("ms per output frame (bench engines, median window / K)")
     axes.set_ylabel("PSNR (dB), mean over test families")
     axes.set_title(title)
