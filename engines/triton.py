@@ -43,13 +43,13 @@ from spikereveal.engines.runners import (
     RunnerOptions,
     TritonOptions,
 )
+from spikereveal.engines.onnx_metadata import _strip_prefix
 from spikereveal.errors import ConfigError, MissingDependencyError, SpikeRevealError
 
 __all__ = ["TritonRunner", "TritonInferenceError", "classify_error"]
 
 logger = logging.getLogger(__name__)
 
-_METADATA_PREFIX = "spikereveal."
 
 
 class TritonInferenceError(RunnerError):
@@ -185,8 +185,8 @@ class TritonRunner(Runner):
                 raise ConfigError(f"{where} takes {name} {tensor.get('data_type')} {dims}, but this geometry needs "
                                   f"uint8 {list(shape)}; export a repository for it (--k/--image-height/"
                                   "--image-width, or --dynamic)")
-        params = {key[len(_METADATA_PREFIX):]: (value or {}).get("string_value", "")
-                  for key, value in (config.get("parameters") or {}).items() if key.startswith(_METADATA_PREFIX)}
+        params = _strip_prefix({key: (value or {}).get("string_value", "")
+                                for key, value in (config.get("parameters") or {}).items()})  # as the export's
         held = params.get("precision")
         if held is not None and held != self.precision:
             raise ConfigError(f"{where} holds a {held} export but --precision {self.precision} was asked for; "
