@@ -11,6 +11,7 @@ under an existing file, no permission) all end in one message and exit code 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -66,8 +67,14 @@ def _missing_package(exc: ModuleNotFoundError, command: str) -> MissingDependenc
 
 def _output_problem(exc: OSError) -> str | None:
     """A message for an output path the OS refused (None: not such an error, let it surface)."""
-    if exc.filename is None or not isinstance(exc, (NotADirectoryError, FileExistsError, IsADirectoryError,
-                                                    PermissionError)):
+    if exc.filename is None:
+        return None
+    if exc.errno in (errno.ENOSPC, errno.EROFS):  # a full disk, a read-only filesystem
+        return f"{exc.filename}: {exc.strerror}; free disk space or choose an output path on a writable disk"
+    if isinstance(exc, FileNotFoundError):  # a missing input, or an output folder that cannot be made there
+        return (f"{exc.filename}: {exc.strerror}; check the path (an input that is not there, or an output folder "
+                "that cannot be created there: choose another output path)")
+    if not isinstance(exc, (NotADirectoryError, FileExistsError, IsADirectoryError, PermissionError)):
         return None
     if isinstance(exc, PermissionError):
         return f"{exc.filename}: {exc.strerror}; choose a path you may read and write, or change its permissions"

@@ -140,6 +140,8 @@ def test_os_errors_on_outputs_become_messages():
     assert "choose another output path" in cli._output_problem(NotADirectoryError(20, "Not a directory", "a/b"))
     assert "permissions" in cli._output_problem(PermissionError(13, "Permission denied", "/root/x"))
     assert cli._output_problem(OSError(5, "I/O error", "x")) is None  # not a path problem: surfaces as is
+    assert "free disk space" in cli._output_problem(OSError(28, "No space left on device", "out/a.png"))
+    assert "cannot be created" in cli._output_problem(FileNotFoundError(2, "No such file or directory", "/proc/x"))
 
 
 # -- 12. rough edges ---------------------------------------------------------------------------------------------
