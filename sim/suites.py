@@ -9,6 +9,10 @@ under ``DIR/<split>/<name>``, all on the gopro preset, each with its own fixed s
 - ``val`` (1 x 4 exposures each): ``skimage-val`` with camera motion, with objects, and with threshold x3.
 - ``test`` (2 x 4 exposures each, seeds ``_a``/``_b``): ``skimage-test`` with camera motion, with objects,
   with threshold x2 and x4.
+
+``adaptation`` writes the data of the ``adapt`` check: a rig the model was not trained for (unseen
+``skimage-test`` scenes at threshold x4), 2 x 8 exposures under ``DIR/test/adapt_th4_{a,b}`` with seeds that no
+``generalisation`` recording uses. ``spikereveal adapt`` trains on it and reports on its own held-out exposures.
 """
 
 from __future__ import annotations
@@ -121,7 +125,12 @@ GENERALISATION: tuple[SuiteEntry, ...] = (
     *_test("test_th4", 3031, threshold_scale=4.0),
 )
 
-SUITES: dict[str, tuple[SuiteEntry, ...]] = {"generalisation": GENERALISATION}
+ADAPTATION: tuple[SuiteEntry, ...] = tuple(
+    SuiteEntry("test", f"adapt_th4_{tag}", 4031 + k, 8, "skimage-test", threshold_scale=4.0)
+    for k, tag in enumerate(("a", "b"))
+)
+
+SUITES: dict[str, tuple[SuiteEntry, ...]] = {"generalisation": GENERALISATION, "adaptation": ADAPTATION}
 
 
 def suite(name: str) -> tuple[SuiteEntry, ...]:

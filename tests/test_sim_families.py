@@ -218,6 +218,17 @@ def test_generalisation_suite_table():
         suite("nope")
 
 
+def test_adaptation_suite_is_an_unseen_rig():
+    from spikereveal.sim.suites import ADAPTATION
+
+    entries = suite("adaptation")
+    assert entries is ADAPTATION and len(entries) == 2
+    assert all(e.scenes == "skimage-test" and e.threshold_scale == 4.0 and e.exposures == 8 for e in entries)
+    # no seed and no path shared with the generalisation suite: adapting never trains on a reported recording
+    assert not {e.seed for e in entries} & {e.seed for e in GENERALISATION}
+    assert not {e.path("r") for e in entries} & {e.path("r") for e in GENERALISATION}
+
+
 def test_suite_cli_writes_skips_and_records_labels(tmp_path, capsys):
     argv = ["simulate", "--suite", "generalisation", "--preset", "tiny", "--exposures-scale", "0.01",
             "--out", str(tmp_path)]

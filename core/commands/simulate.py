@@ -17,7 +17,7 @@ SCENE_FAMILIES = (  # spikereveal.sim.scenes.SCENE_FAMILIES
     "default", "deadleaves", "synthetic", "skimage-train", "skimage-val", "skimage-test", "mixed-train",
 )
 MOTION_FAMILIES = ("camera", "objects")  # spikereveal.sim.config.MOTION_FAMILIES
-SUITE_NAMES = ("generalisation",)  # spikereveal.sim.suites.SUITES
+SUITE_NAMES = ("generalisation", "adaptation")  # spikereveal.sim.suites.SUITES
 DEFAULT_PRESET, DEFAULT_EXPOSURES, DEFAULT_SEED = "gopro", 8, 0
 
 
