@@ -10,7 +10,8 @@ Counted, not hand-written: ONNX shape inference gives every tensor's shape in a 
 
 Element-wise ops, pooling, sigmoids and the uint8 conversions are not counted (they are a small fraction of
 the LDN's work, and not multiply-adds). Parameters are the elements of the initializers (weights and biases,
-through a ``DequantizeLinear`` in a Q/DQ graph) that these nodes read. The deployed graph is per exposure: its
+through a ``DequantizeLinear`` in a Q/DQ graph) that these nodes read, and the per-channel biases ``(1, C, 1, 1)``
+an ``Add`` adds (a firing-gain student's first spike conv adds its bias after the gain scaling). The deployed graph is per exposure: its
 batch is K for the spike branch and 1 for the blurry frame's encoder, so ``macs_per_frame = macs / K`` counts
 that encoder once per exposure, as it runs.
 """
@@ -86,6 +87,10 @@ def count_graph_cost(model) -> GraphCost:
     counted_params: set[str] = set()
     nodes = 0
     for node in graph.node:
+        if node.op_type == "Add":  # a conv bias added after a scaling (LDN.encode_scaled_spikes)
+            counted_params.update(source for source in map(parameter_source, node.input)
+                                  if source is not None and len(initializers[source]) == 4
+                                  and initializers[source][0] == initializers[source][2] == initializers[source][3] == 1)
         if node.op_type not in COUNTED_OPS:
             continue
         attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}

@@ -4,7 +4,9 @@ Every export is the deployed graph ``engines.ldn.ExposureLDN``: inputs ``image``
 ``spikes`` (K,S,H/4,W/4) levels (``SPIKE_LEVEL`` = one spike), output ``sharp`` (K,H,W,3) BGR, all uint8
 whatever the precision; the conversions to and from float, the clipping and the rounding are in the
 graph. fp16 is a float16 graph inside those uint8 edges; int8 is a static Q/DQ graph calibrated on real
-exposure windows, the form TensorRT 11 (which has no INT8 builder flag) and ONNX Runtime both run.
+exposure windows, the form TensorRT 11 (which has no INT8 builder flag) and ONNX Runtime both run; a
+firing-gain student's gain and its scaling of the first spike conv, and the output conversion, stay float
+(``_float_nodes``), so an int8 export calibrated on one sensor holds on another.
 The file carries ``spikereveal.*`` metadata: network config, spike window, colour order, precision, the
 source checkpoint's sha256 and the spikereveal version; ``read_onnx_metadata`` reads it back.
 """
@@ -297,7 +299,54 @@ class WindowCalibrationReader:
         return item
 
 
-def _quantize_int8(fp32_path: Path, out_path: Path, windows: Iterable, limit: int, shape: InputShape | None) -> int:
+#: the first spike conv's weight as the exporter names it (``LDN.spike_enc[0]``; a parameter keeps its name)
+_SPIKE_CONV_WEIGHT = "ldn.spike_enc.0.weight"
+#: the layers where the float output path begins (walking back from ``sharp``, the float nodes stop here)
+_OUTPUT_PRODUCERS = frozenset({"Conv", "ConvTranspose", "DepthToSpace"})
+
+
+def _float_nodes(graph, firing_gain: bool) -> list[str]:
+    """The nodes an int8 export keeps in float: (1) with ``firing_gain``, the exposure's gain (its reductions,
+    clamps and reciprocal) and where it scales the first spike conv's output (``LDN.encode_scaled_spikes``: the
+    Mul by ``1 / gain`` and the bias Add), since a range calibrated on one sensor's gain would clip another's;
+    (2) the output conversion after the last conv (the head's sum, clip to [0, 1], x 255, rounding, cast),
+    whose 8-bit steps would otherwise add to the quantisation of the last conv (one output level is 1/255)."""
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    keep: dict[str, None] = {}
+
+    def ancestors(tensor: str) -> None:
+        stack = [tensor]
+        while stack:
+            node = producer.get(stack.pop())
+            if node is not None and node.name not in keep:
+                keep[node.name] = None
+                stack.extend(node.input)
+
+    if firing_gain:
+        convs = [n for n in graph.node if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] == _SPIKE_CONV_WEIGHT]
+        scale = consumers.get(convs[0].output[0], []) if len(convs) == 1 else []
+        bias = consumers.get(scale[0].output[0], []) if len(scale) == 1 else []
+        if len(convs) != 1 or len(convs[0].input) > 2 or [n.op_type for n in scale] != ["Mul"] \
+                or [n.op_type for n in bias] != ["Add"]:
+            raise ConfigError("int8 export: the firing-gain student's graph does not have the expected first spike "
+                              "conv -> Mul(1 / gain) -> Add(bias); this is a bug in the exporter, export fp32 or fp16")
+        keep[scale[0].name] = keep[bias[0].name] = None
+        ancestors(next(name for name in scale[0].input if name != convs[0].output[0]))
+    stack = [out.name for out in graph.output]
+    while stack:
+        node = producer.get(stack.pop())
+        if node is not None and node.op_type not in _OUTPUT_PRODUCERS and node.name not in keep:
+            keep[node.name] = None
+            stack.extend(node.input)
+    return list(keep)
+
+
+def _quantize_int8(fp32_path: Path, out_path: Path, windows: Iterable, limit: int, shape: InputShape | None,
+                   firing_gain: bool = False) -> int:
     quantization = require("onnxruntime.quantization", "int8 export", "dev")
     reader = WindowCalibrationReader(windows, limit, shape)
     with tempfile.TemporaryDirectory(prefix="spikereveal-quant-") as tmp:
@@ -309,6 +358,8 @@ def _quantize_int8(fp32_path: Path, out_path: Path, windows: Iterable, limit: in
         except Exception as exc:  # pre-processing is an optimisation: fall back to the raw export
             logger.info("quantization pre-processing skipped: %s", exc)
             prepared = fp32_path
+        onnx = require("onnx", "int8 export", "train")
+        float_nodes = _float_nodes(onnx.load(str(prepared)).graph, firing_gain)
         quantization.quantize_static(
             str(prepared), str(out_path), reader,
             quant_format=quantization.QuantFormat.QDQ,
@@ -316,6 +367,7 @@ def _quantize_int8(fp32_path: Path, out_path: Path, windows: Iterable, limit: in
             weight_type=quantization.QuantType.QInt8,
             per_channel=True,
             calibrate_method=quantization.CalibrationMethod.MinMax,
+            nodes_to_exclude=float_nodes,
             # symmetric activations: what TensorRT's explicit-quantization path expects
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
         )
@@ -356,8 +408,9 @@ def export_ldn(model, out_path: str | os.PathLike, config: ExportConfig, *, sour
             int8_path = Path(tmp) / "int8.onnx"
             shape = None if config.dynamic else InputShape(config.k, config.height, config.width,
                                                            int(network_config.get("spike_frames", 21)))
+            firing_gain = network_config.get("spike_norm", "none") != "none"
             extra["calibration_windows"] = _quantize_int8(fp32_path, int8_path, calibration,
-                                                          config.calibration_windows, shape)
+                                                          config.calibration_windows, shape, firing_gain)
             proto = onnx.load(str(int8_path))
     actual = onnx_graph_precision(proto)
     if actual != config.precision:

@@ -251,13 +251,29 @@ class LDN(nn.Module):
 
     def normalise_spikes(self, blur: torch.Tensor, spikes: torch.Tensor, gain: torch.Tensor | None) -> torch.Tensor:
         """The spike input as the network reads it: unchanged, or divided by the exposure's firing gain."""
+        scale = self.spike_scale(blur, spikes, gain)
+        return spikes if scale is None else spikes * scale
+
+    def spike_scale(self, blur: torch.Tensor, spikes: torch.Tensor, gain: torch.Tensor | None) -> torch.Tensor | None:
+        """What :meth:`normalise_spikes` multiplies the spikes by: ``1 / firing gain`` (a scalar, or (N,1,1,1)
+        for per-sample gains), or None when ``spike_norm`` is "none"."""
         if self.config.spike_norm == "none":
-            return spikes
+            return None
         if gain is None:
             gain = firing_gain(blur, spikes)
         gain = torch.as_tensor(gain, dtype=torch.float32, device=spikes.device)
         gain = gain.clamp(FIRING_GAIN_MIN, FIRING_GAIN_MAX).reshape(-1, 1, 1, 1) if gain.ndim else gain
-        return spikes * (1.0 / gain).to(spikes.dtype)
+        return (1.0 / gain).to(spikes.dtype)
+
+    def encode_scaled_spikes(self, spikes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """``encode_spikes(spikes * scale)`` with the scale applied after the first conv's weights, before its
+        bias (exact: ``conv(s * c) = c * conv_w(s) + b``), so that conv reads the spikes as recorded. The
+        deployed graph uses it: an int8 export's calibrated range of that conv's input then holds on a sensor
+        whose firing gain differs from the calibration recordings' (the scaled input would clip there)."""
+        conv = self.spike_enc[0]
+        features = F.conv2d(spikes, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+        features = features * scale + conv.bias.view(1, -1, 1, 1)
+        return self.spike_enc2(self.spike_enc[1:](features))
 
     def encode_blur(self, blur: torch.Tensor) -> torch.Tensor:
         """The blurry frame's encoder: (N, 3, H, W) -> (N, 32, H/4, W/4)."""
@@ -315,10 +331,11 @@ class ExposureLDN(nn.Module):
         ldn = self.ldn
         blur = image.permute(0, 3, 1, 2).float() / 255.0  # (1, 3, H, W)
         spikes = spikes.float() / float(SPIKE_LEVEL)
-        spikes = ldn.normalise_spikes(blur, spikes, None)  # one gain for the exposure: its K windows, its frame
+        scale = ldn.spike_scale(blur, spikes, None)  # one gain for the exposure: its K windows, its frame
+        spike_features = ldn.encode_spikes(spikes) if scale is None else ldn.encode_scaled_spikes(spikes, scale)
         blur_features = ldn.encode_blur(blur)
         blur_features = blur_features.expand(spikes.shape[0], -1, -1, -1)
-        decoded = ldn.fuse_and_decode(blur_features, ldn.encode_spikes(spikes))
+        decoded = ldn.fuse_and_decode(blur_features, spike_features)
         if ldn.config.variant == "lite":  # its head: a 1x1 skip of the blurry frame (once) plus the decoded frames
             sharp = ldn.blur_skip(blur) + decoded
         else:

@@ -136,6 +136,37 @@ def test_int8_within_tolerance_of_fp32(model, exports):
     assert not np.array_equal(out, reference)
 
 
+@pytest.mark.parametrize("name", ["default", "lite"])
+def test_int8_of_a_firing_gain_student_holds_on_a_sensor_it_was_not_calibrated_on(name, tmp_path):
+    """The shipped students scale their spikes by 1 / (the exposure's firing gain) before the first spike conv.
+    Calibrated at one gain, the int8 graph must not clip at another (threshold x4: a quarter of the spikes, four
+    times the scale): the scale is applied after that conv's weights and stays float, as does the output
+    conversion. Measured (random windows): before 10.4 (default) / 11.1 dB (lite) against fp32 at the x4
+    sensor, 41.3 / 41.8 dB at the calibration sensor; now 35.5 / 33.8 and 45.8 / 46.7 dB."""
+    from spikereveal.engines.checkpoint import load_checkpoint
+    from spikereveal.engines.ldn import firing_gain
+
+    model, _ = load_checkpoint(resolve_model_path(name), expected_kind="ldn")
+    assert model.config.spike_norm == "firing-gain"
+    model.eval()
+    config = ExportConfig(precision="int8", k=K, height=IMAGE_H, width=IMAGE_W, calibration_windows=4)
+    rng = np.random.default_rng(2)
+    calibration = [exposure_inputs(SHAPE, int(rng.integers(1 << 31)), spike_rate=0.25) for _ in range(4)]
+    path = export_ldn(model, tmp_path / "int8.onnx", config, calibration=calibration)
+    image, spikes = exposure_inputs(SHAPE, 21, spike_rate=0.25)
+    moved = torch_reference(model, image, np.roll(spikes, 7, axis=-1))
+    for rate, min_psnr_db in ((0.25, 42.0), (0.0625, 30.0)):  # the calibration sensor, then 4 x its threshold
+        image, spikes = exposure_inputs(SHAPE, 21, spike_rate=rate)
+        with torch.no_grad():  # the two inputs really are two sensors for the student
+            gain = float(firing_gain(torch.from_numpy(image).permute(0, 3, 1, 2).float() / 255.0,
+                                     torch.from_numpy(spikes).float() / 255.0))
+        assert gain == pytest.approx(2 * rate, rel=0.05)
+        reference = torch_reference(model, image, spikes)
+        if rate == 0.25:  # and the output depends on the spikes (other spikes: ~19.5 dB apart)
+            assert psnr(moved, reference, peak=255.0) < 25.0
+        assert psnr(ort_run(path, image, spikes), reference, peak=255.0) >= min_psnr_db, rate
+
+
 def test_metadata_round_trip(model, exports):
     meta = read_onnx_metadata(exports["int8"])
     assert meta["precision"] == "int8"
