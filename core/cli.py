@@ -22,6 +22,7 @@ from spikereveal.errors import MissingDependencyError, SpikeRevealError
 # Verbs, in the order ``--help`` lists them. A verb appears here once it works end to end.
 COMMAND_MODULES: tuple[str, ...] = (
     "demo", "simulate", "deblur", "serve", "replay", "worker", "keys", "train", "eval", "adapt", "import_weights",
+    "interpolate_weights",
     "export", "build_engine", "calibrate", "bench",
 )
 

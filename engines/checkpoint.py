@@ -365,3 +365,48 @@ def import_official_ldn(path: str | os.PathLike, out: str | os.PathLike) -> dict
     save_checkpoint(out, "ldn", model, model.config, training=None, source=source)
     return {"kind": "ldn", "config": model.config.to_dict(), "source": source, "path": str(out),
             "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def interpolate_checkpoints(start: str | os.PathLike, end: str | os.PathLike, alpha: float,
+                            out: str | os.PathLike) -> dict:
+    """Write ``(1 - alpha) * start + alpha * end``, tensor by tensor, as a checkpoint at ``out``; returns its meta.
+
+    Weight-space interpolation between a network and its fine-tuned self (WiSE-FT, Wortsman et al., CVPR 2022):
+    part of the start's robustness back at little cost to what fine-tuning gained. Both must be checkpoints of
+    one kind with the same tensor names and shapes; the result takes ``end``'s config (e.g. its ``spike_norm``)
+    and its training record, plus an ``interpolation`` entry (alpha, both files' paths, sha256 and sources).
+    """
+    torch = _torch()
+    if isinstance(alpha, bool) or not 0.0 <= float(alpha) <= 1.0:
+        raise ConfigError(f"--alpha (the weight of the end checkpoint) must be in [0, 1], got {alpha}")
+    alpha = float(alpha)
+    start_model, start_meta = load_checkpoint(start)
+    end_model, end_meta = load_checkpoint(end)
+    if start_meta["kind"] != end_meta["kind"]:
+        raise ConfigError(f"cannot interpolate a {start_meta['kind']} checkpoint ({start}) with a "
+                          f"{end_meta['kind']} one ({end}); give two checkpoints of the same network")
+    start_state, end_state = start_model.state_dict(), end_model.state_dict()
+    problems = describe_mismatch(_shapes(end_state), _shapes(start_state))
+    if problems:
+        raise CheckpointError(Path(start), f"does not have the tensors of {end} (another architecture or variant): "
+                              + "; ".join(problems))
+    blended = {}
+    for name, tensor in end_state.items():
+        if tensor.is_floating_point():
+            blended[name] = (1.0 - alpha) * start_state[name].to(tensor.dtype) + alpha * tensor
+        elif torch.equal(tensor, start_state[name]):
+            blended[name] = tensor
+        else:
+            raise CheckpointError(Path(start), f"non-float tensor {name} differs from {end}'s; it cannot be "
+                                               "interpolated")
+    end_model.load_state_dict(blended, strict=True)
+    training = dict(end_meta.get("training") or {})
+    training["interpolation"] = {
+        "alpha": alpha,
+        "start": {"path": os.fspath(start), "sha256": sha256_of(start), "source": start_meta.get("source", "")},
+        "end": {"path": os.fspath(end), "sha256": sha256_of(end), "source": end_meta.get("source", "")},
+    }
+    source = f"spikereveal interpolate-weights: {1 - alpha:g} x {Path(start).name} + {alpha:g} x {Path(end).name}"
+    save_checkpoint(out, end_meta["kind"], end_model, end_model.config, training=training, source=source)
+    return {"kind": end_meta["kind"], "alpha": alpha, "source": source, "path": os.fspath(out),
+            "parameters": sum(p.numel() for p in end_model.parameters())}

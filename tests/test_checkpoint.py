@@ -294,3 +294,66 @@ def test_cli_help_does_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "False"
+
+
+def _two_ldn_checkpoints(tmp_path, end_config=LDNConfig(spike_frames=5, spike_norm="firing-gain")):
+    torch.manual_seed(1)
+    start = LDN(LDNConfig(spike_frames=5)).eval()
+    end = LDN(end_config).eval()
+    return (save_checkpoint(tmp_path / "start.ckpt", "ldn", start, start.config, source="the start"),
+            save_checkpoint(tmp_path / "end.ckpt", "ldn", end, end.config, training={"epochs": 2}, source="the end"),
+            start, end)
+
+
+def test_interpolation_blends_every_tensor_and_records_both_ends(tmp_path):
+    from spikereveal.engines.checkpoint import interpolate_checkpoints, sha256_of
+
+    start_path, end_path, start, end = _two_ldn_checkpoints(tmp_path)
+    for alpha in (0.0, 0.75, 1.0):
+        out = tmp_path / f"blend_{alpha}.ckpt"
+        meta = interpolate_checkpoints(start_path, end_path, alpha, out)
+        assert meta["kind"] == "ldn" and meta["alpha"] == alpha
+        model, saved = load_checkpoint(out, expected_kind="ldn")
+        for name, tensor in model.state_dict().items():
+            expected = (1 - alpha) * start.state_dict()[name] + alpha * end.state_dict()[name]
+            torch.testing.assert_close(tensor, expected, rtol=0, atol=1e-7)
+        assert model.config == end.config  # the end's spike_norm, not the start's
+        record = saved["training"]["interpolation"]
+        assert saved["training"]["epochs"] == 2 and record["alpha"] == alpha
+        assert record["start"] == {"path": str(start_path), "sha256": sha256_of(start_path), "source": "the start"}
+        assert record["end"]["sha256"] == sha256_of(end_path) and record["end"]["source"] == "the end"
+    assert torch.equal(load_checkpoint(tmp_path / "blend_0.0.ckpt")[0].pred.weight, start.pred.weight)
+    assert torch.equal(load_checkpoint(tmp_path / "blend_1.0.ckpt")[0].pred.weight, end.pred.weight)
+
+
+def test_interpolation_refuses_other_networks_and_alphas(tmp_path):
+    from spikereveal.engines.checkpoint import interpolate_checkpoints
+
+    start_path, end_path, _, _ = _two_ldn_checkpoints(tmp_path / "a", LDNConfig(spike_frames=5, variant="lite"))
+    with pytest.raises(CheckpointError, match="another architecture or variant.*missing tensors: blur_skip"):
+        interpolate_checkpoints(start_path, end_path, 0.5, tmp_path / "x.ckpt")
+    bsn = BSN(NETWORKS["bsn"][1])
+    bsn_path = save_checkpoint(tmp_path / "bsn.ckpt", "bsn", bsn, bsn.config)
+    with pytest.raises(ConfigError, match="cannot interpolate a bsn checkpoint"):
+        interpolate_checkpoints(bsn_path, start_path, 0.5, tmp_path / "x.ckpt")
+    for alpha in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ConfigError, match=r"must be in \[0, 1\]"):
+            interpolate_checkpoints(start_path, start_path, alpha, tmp_path / "x.ckpt")
+    assert not (tmp_path / "x.ckpt").exists()
+
+
+def test_cli_interpolate_weights(tmp_path, monkeypatch, capsys):
+    start_path, end_path, _, _ = _two_ldn_checkpoints(tmp_path)
+    out = tmp_path / "blend.ckpt"
+    argv = ["interpolate-weights", str(start_path), str(end_path), "--alpha", "0.75", "--out", str(out)]
+    assert cli.main(argv) == 0
+    assert "0.25 x start.ckpt + 0.75 x end.ckpt" in capsys.readouterr().out
+    assert load_checkpoint(out)[1]["training"]["interpolation"]["alpha"] == 0.75
+    assert cli.main(argv) == 2 and "--force" in capsys.readouterr().err
+    assert cli.main(argv + ["--force"]) == 0
+    capsys.readouterr()
+    assert cli.main(["interpolate-weights", str(tmp_path / "nope.ckpt"), "default", "--alpha", "0.5",
+                     "--out", str(tmp_path / "y.ckpt")]) == 2
+    err = capsys.readouterr().err
+    assert "spikereveal interpolate-weights: error: checkpoint" in err and "nope.ckpt does not exist" in err
+    assert not (tmp_path / "y.ckpt").exists()

@@ -57,6 +57,7 @@ def test_deblur_ignores_a_gt_csv_on_another_clock_and_eval_names_it(recording, t
     ["train", "ldn", "--data", "{rec}", "--out", "{tmp}/ldn.pt", "--teacher", "sdm"],
     ["adapt", "--data", "{rec}", "--out", "{tmp}/adapted"],
     ["import-weights", "{tmp}/DeblurNet_100.pth", "--out", "{tmp}/ldn.pt"],
+    ["interpolate-weights", "{tmp}/official.ckpt", "default", "--alpha", "0.75", "--out", "{tmp}/ldn.pt"],
     ["export", "--out", "{tmp}/ldn.onnx", "--height", "64", "--width", "96"],
 ], ids=lambda argv: "-".join(argv[:2]))
 def test_verbs_needing_torch_say_which_extra_to_install(recording, tmp_path, argv):

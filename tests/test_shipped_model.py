@@ -63,3 +63,14 @@ def test_shipped_onnx_is_the_export_of_the_shipped_checkpoint():
             assert out.dtype == np.uint8 and out.shape == shape.sharp
             # fp32 in both; another summation order may flip a value on a rounding boundary by 1 LSB
             assert_within_lsb(out, expected, max_lsb=1, max_fraction=1e-3)
+
+
+def test_default_student_records_its_interpolation_provenance():
+    """The shipped default is 0.25 x the official weights + 0.75 x the student fine-tuned from them
+    (``spikereveal interpolate-weights``, training/README.md): both ends are named by sha256 and source."""
+    _, meta = load_checkpoint(default_model_path(), expected_kind="ldn")
+    blend = meta["training"]["interpolation"]
+    assert blend["alpha"] == 0.75
+    assert blend["start"]["source"].startswith("official S-SDM LDN weights imported from")
+    assert blend["end"]["source"] == "spikereveal train ldn" and len(blend["end"]["sha256"]) == 64
+    assert meta["config"]["spike_norm"] == "firing-gain" and meta["training"]["firing_gain_range"]

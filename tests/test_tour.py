@@ -62,6 +62,8 @@ TOUR = [
     ("eval-json-under-a-file", ["eval", "--data", "{rec}", "--json", "{file}/e.json"], ["argument --json:"]),
     ("adapt-out-under-a-file", ["adapt", "--data", "{rec}", "--out", "{file}/a"], ["argument --out:"]),
     ("import-weights-corrupt", ["import-weights", "{pt}", "--out", "{tmp}/ldn.pt"], ["{pt}"]),
+    ("interpolate-weights-corrupt", ["interpolate-weights", "{pt}", "default", "--alpha", "0.5", "--out",
+                                     "{tmp}/ldn.pt"], ["{pt}"]),
     ("export-corrupt-model", ["export", "--model", "{pt}", "--out", "{tmp}/ldn.onnx", "--height", "64", "--width",
                               "96"], ["{pt}", "not a PyTorch checkpoint"]),
     ("build-engine-corrupt-onnx", ["build-engine", "{onnx}", "--out", "{tmp}/ldn.plan"],
@@ -88,7 +90,7 @@ TOUR = [
 ]
 
 # steps that need torch to get to the corrupt file they name (a separate test, skipped without torch)
-NEEDS_TORCH = {"import-weights-corrupt", "export-corrupt-model"}
+NEEDS_TORCH = {"import-weights-corrupt", "interpolate-weights-corrupt", "export-corrupt-model"}
 
 
 @pytest.fixture(scope="module")
