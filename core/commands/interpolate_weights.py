@@ -43,9 +43,10 @@ def _checkpoint(text: str) -> Path:
 
 def run(args) -> int:
     require("torch", "spikereveal interpolate-weights (reading PyTorch weights)", "train")
-    import spikereveal.training.bsn  # noqa: F401  (registers the teacher nets: their checkpoints blend too)
-    import spikereveal.training.sr  # noqa: F401
     from spikereveal.engines.checkpoint import interpolate_checkpoints
+    from spikereveal.training import bsn, sr
+
+    del bsn, sr  # imported for what importing does: it registers the teacher nets' checkpoint kinds (they blend too)
 
     if args.out.exists() and not args.force:
         raise ConfigError(f"{args.out} exists; pass --force to overwrite it")
