@@ -216,6 +216,8 @@ def _export_fp32(model, out_path: Path, config: ExportConfig) -> None:
         # Conv/Relu graph every runtime (TensorRT 10.3 included) handles
         warnings.simplefilter("ignore", category=DeprecationWarning)
         warnings.simplefilter("ignore", category=FutureWarning)
+        # the firing gain's constants (gray weights, the gain's dtype) are the same on every call: tracing them is right
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(
             model, (image, spikes), str(out_path), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
             dynamic_axes=dynamic_axes, opset_version=config.opset, do_constant_folding=True, dynamo=False,
