@@ -320,11 +320,12 @@ def _float_nodes(graph, firing_gain: bool) -> list[str]:
             consumers.setdefault(name, []).append(node)
     keep: dict[str, None] = {}
 
-    def ancestors(tensor: str) -> None:
-        stack = [tensor]
+    def keep_upstream(tensors: list[str], stop_ops: frozenset = frozenset()) -> None:
+        """Keep every node ``tensors`` depend on, up to (not including) nodes of ``stop_ops``."""
+        stack = list(tensors)
         while stack:
             node = producer.get(stack.pop())
-            if node is not None and node.name not in keep:
+            if node is not None and node.op_type not in stop_ops and node.name not in keep:
                 keep[node.name] = None
                 stack.extend(node.input)
 
@@ -337,13 +338,8 @@ def _float_nodes(graph, firing_gain: bool) -> list[str]:
             raise ConfigError("int8 export: the firing-gain student's graph does not have the expected first spike "
                               "conv -> Mul(1 / gain) -> Add(bias); this is a bug in the exporter, export fp32 or fp16")
         keep[scale[0].name] = keep[bias[0].name] = None
-        ancestors(next(name for name in scale[0].input if name != convs[0].output[0]))
-    stack = [out.name for out in graph.output]
-    while stack:
-        node = producer.get(stack.pop())
-        if node is not None and node.op_type not in _OUTPUT_PRODUCERS and node.name not in keep:
-            keep[node.name] = None
-            stack.extend(node.input)
+        keep_upstream([name for name in scale[0].input if name != convs[0].output[0]])  # the gain
+    keep_upstream([out.name for out in graph.output], _OUTPUT_PRODUCERS)
     return list(keep)
 
 
