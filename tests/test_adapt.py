@@ -95,6 +95,13 @@ def test_adapt_writes_every_output_and_a_before_after_report(adapted, nets):
     assert (training["config"]["reblur_timestamps"], training["config"]["reblur_rule"]) == (13, "trapezoid")
     _, bsn_meta = load_checkpoint(out / "bsn.pt", expected_kind="bsn")
     assert bsn_meta["training"]["config"]["init"] == str(nets["bsn"]) and bsn_meta["training"]["exposures"] == 4
+    # the teacher's short TFP window follows the training exposures' firing gain; BSN and student use the same
+    from spikereveal.training.train_config import tfp_window_for_gain
+
+    window = report["teacher"]["tfp_window"]
+    assert window == tfp_window_for_gain(report["teacher"]["training_firing_gain"])
+    assert bsn_meta["training"]["config"]["tfp_window"] == window == training["config"]["tfp_window"]
+    assert f"short TFP window: {window} frames" in (out / "report.md").read_text()
     from spikereveal.engines.onnx_metadata import read_onnx_metadata
 
     assert read_onnx_metadata(out / "ldn.onnx")["batch"] == "dynamic"

@@ -14,6 +14,7 @@ from spikereveal.engines.export import shipped_teacher_path
 from spikereveal.errors import ConfigError
 from spikereveal.recording import open_recording
 from spikereveal.training.adapt import AdaptConfig, plan_epochs, write_view
+from spikereveal.training.train_config import MAX_TFP_SHORT_WINDOW, tfp_window_for_gain
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +25,14 @@ def recording(tiny_recording):
 def _cli(*argv: str, block_torch: bool = False) -> subprocess.CompletedProcess:
     """The console script (optionally where torch cannot be imported)."""
     return run_cli(*argv, block=("torch",) if block_torch else ())
+
+
+@pytest.mark.parametrize("gain, window", [(1.6, 9), (1.0, 9), (0.9, 11), (0.67, 13), (0.45, 21), (0.34, 21),
+                                          (0.05, 21), (0.0, 9), (float("nan"), 9), (-1.0, 9)])
+def test_the_teachers_tfp_window_holds_the_reference_spike_count(gain, window):
+    # 9 frames at the preset's gain 1; a sparser sensor gets a longer window, odd, at most the recorded margin
+    assert tfp_window_for_gain(gain) == window
+    assert window % 2 == 1 and 9 <= window <= MAX_TFP_SHORT_WINDOW == 21
 
 
 def test_a_view_is_a_recording_with_only_its_exposures(recording, tmp_path):

@@ -57,7 +57,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from spikereveal.errors import ConfigError
-from spikereveal.training.train_config import AUTOCAST_CHOICES, DEFAULT_TFP_SHORT_WINDOW, KIND_DEFAULTS
+from spikereveal.training.train_config import (
+    AUTOCAST_CHOICES, DEFAULT_TFP_SHORT_WINDOW, KIND_DEFAULTS, tfp_window_for_gain)
 
 log = logging.getLogger(__name__)
 
@@ -436,11 +437,11 @@ def _crop(kind: str, smallest_side: int) -> int:
 
 
 def _fresh_config(kind: str, config: AdaptConfig, epochs: int, starts: Mapping[str, Path], out: Path,
-                  smallest_side: int):
+                  smallest_side: int, tfp_window: int = DEFAULT_TFP_SHORT_WINDOW):
     from spikereveal.training.train_config import TrainConfig
 
     common = dict(epochs=epochs, init=os.fspath(starts[kind]), crop=_crop(kind, smallest_side), seed=0,
-                  autocast=config.autocast)
+                  autocast=config.autocast, tfp_window=tfp_window)
     if kind != "ldn":
         return TrainConfig(kind, **common)
     return TrainConfig("ldn", teacher="nets", teacher_bsn=os.fspath(out / "bsn.pt"),
@@ -463,8 +464,8 @@ class _Stage:
     """Runs one training stage: probe epoch, plan, continue; records everything in the state."""
 
     def __init__(self, kind, config: AdaptConfig, state: dict, out: Path, train_views, starts, smallest_side,
-                 emit: Callable[..., None], save_state: Callable[[], None]):
-        self.kind, self.config, self.out = kind, config, out
+                 emit: Callable[..., None], save_state: Callable[[], None], tfp_window: int):
+        self.kind, self.config, self.out, self.tfp_window = kind, config, out, tfp_window
         self.record = state["stages"].setdefault(kind, {"status": "pending"})
         self.train_views, self.starts, self.smallest_side = train_views, starts, smallest_side
         self.emit, self.save_state = emit, save_state
@@ -479,7 +480,8 @@ class _Stage:
         if resume:
             train_config = TrainConfig(self.kind, epochs=epochs)
         else:
-            train_config = _fresh_config(self.kind, self.config, epochs, self.starts, self.out, self.smallest_side)
+            train_config = _fresh_config(self.kind, self.config, epochs, self.starts, self.out, self.smallest_side,
+                                         self.tfp_window)
         self.record["status"] = "running"
         self.save_state()
         return train([os.fspath(v) for v in self.train_views], self.checkpoint, train_config,
@@ -559,8 +561,21 @@ def _student_fn(path: Path, device: str):
     return torch_student(model, device), meta
 
 
+def data_firing_gain(views: Sequence[Path]) -> float:
+    """The median firing gain (``kernels.sensor``) of the usable exposures of ``views``; nan when none is
+    measurable (frames too dark)."""
+    from spikereveal.kernels.sensor import exposure_firing_gain
+    from spikereveal.kernels.timing import DEFAULT_K
+    from spikereveal.training import datasets as ds
+
+    gains = [exposure_firing_gain(e.packed, e.spike_height, e.spike_width, e.window, e.blurry)
+             for e in ds.load_exposures([os.fspath(v) for v in views], k=DEFAULT_K)]
+    gains = [g for g in gains if np.isfinite(g)]
+    return float(np.median(gains)) if gains else math.nan
+
+
 def _indicators(held_views: Sequence[Path], sources: Mapping[str, str], before: Path, after: Path, out: Path,
-                device: str) -> dict:
+                device: str, tfp_window: int = DEFAULT_TFP_SHORT_WINDOW) -> dict:
     """GT-free indicators of the student ``before`` and ``after`` on the held-out exposures."""
     from spikereveal.engines.checkpoint import declared_gain_range, load_checkpoint
     from spikereveal.kernels import reblur
@@ -573,7 +588,7 @@ def _indicators(held_views: Sequence[Path], sources: Mapping[str, str], before: 
     target = resolve_device(device)
     bsn, _ = load_checkpoint(out / "bsn.pt", expected_kind="bsn", map_location=target)
     sr, _ = load_checkpoint(out / "sr.pt", expected_kind="sr", map_location=target)
-    teacher = ds.network_teacher(bsn.eval(), sr.eval())
+    teacher = ds.network_teacher(bsn.eval(), sr.eval(), tfp_window)
     students = {"before": _student_fn(before, device), "after": _student_fn(after, device)}
     exposures = ds.load_exposures([os.fspath(v) for v in held_views], k=DEFAULT_K)
     entries = []
@@ -642,7 +657,8 @@ def _ground_truth(held_views: Sequence[Path], sources: Mapping[str, str], before
 
 def build_report(config: AdaptConfig, state: dict, split: Split, held_views, sources, starts, out: Path) -> dict:
     before, after = starts["ldn"], out / "ldn.pt"
-    indicators = _indicators(held_views, sources, before, after, out, config.device)
+    indicators = _indicators(held_views, sources, before, after, out, config.device,
+                             int(state["stages"]["split"]["tfp_window"]))
     truth = _ground_truth(held_views, sources, before, after, config.device)
     stages = {kind: {"budget_s": round(config.stage_budget_s(kind), 1), **state["stages"].get(kind, {})}
               for kind in TRAINED}
@@ -666,6 +682,10 @@ def build_report(config: AdaptConfig, state: dict, split: Split, held_views, sou
             "teacher_sr_before": os.fspath(starts["sr"]), "teacher_sr_after": os.fspath(out / "sr.pt"),
             "onnx": os.fspath(out / ONNX_FILE),
         },
+        "teacher": {"training_firing_gain": state["stages"]["split"].get("firing_gain"),
+                    "tfp_window": int(state["stages"]["split"]["tfp_window"]),
+                    "rule": "short TFP window = 9 / (median firing gain of the training exposures), odd, "
+                            "within [9, 21] (training.train_config.tfp_window_for_gain)"},
         "indicators": indicators,
         "ground_truth": truth,
     }
@@ -713,6 +733,10 @@ def format_report(report: Mapping) -> str:
                  f"trained range {trained[0]:g}-{trained[1]:g}: "
                  + ("OUT OF DOMAIN" if gain[name]["out_of_domain"] else "inside"))
         lines.append(f"- student {name}: {where}")
+    teacher = report.get("teacher")
+    if teacher:
+        lines.append(f"- the teacher's short TFP window: {teacher['tfp_window']} frames (median firing gain of the "
+                     f"training exposures {_fmt(teacher['training_firing_gain'], 3)})")
     if truth:
         lines.append(f"\nGround truth: {truth['frames']} frame(s) of {', '.join(truth['recordings'])}; the blurry "
                      f"input scores {_fmt(truth['blurry']['psnr'])} dB / {_fmt(truth['blurry']['ssim'], 4)}.")
@@ -766,9 +790,12 @@ def adapt(config: AdaptConfig, progress: AdaptProgressFn | None = None) -> Adapt
     emit = emitter("split")
     emit("start", f"{current['train_exposures']} exposure(s) to train on, {current['held_out_exposures']} held out")
     train_views, held_views, sources = write_views(split, out / VIEWS_DIR)
-    state["stages"]["split"] = {"status": "done"}
+    gain = data_firing_gain(train_views)
+    tfp_window = tfp_window_for_gain(gain)
+    state["stages"]["split"] = {"status": "done", "firing_gain": None if math.isnan(gain) else round(gain, 4),
+                                "tfp_window": tfp_window}
     save()
-    emit("done")
+    emit("done", f"firing gain {gain:.2f}: the teacher's short TFP window is {tfp_window} frames")
 
     # 2-4. the teacher's nets, then the student
     for kind in TRAINED:
@@ -778,7 +805,7 @@ def adapt(config: AdaptConfig, progress: AdaptProgressFn | None = None) -> Adapt
             emit("skip", f"{kind} already done ({out / (kind + '.pt')})")
             continue
         emit("start", f"budget {config.stage_budget_s(kind):.0f} s")
-        stage = _Stage(kind, config, state, out, train_views, starts, split.smallest_side, emit, save)
+        stage = _Stage(kind, config, state, out, train_views, starts, split.smallest_side, emit, save, tfp_window)
         stage.run()
         ran.append(kind)
         record = state["stages"][kind]

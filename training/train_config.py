@@ -8,12 +8,30 @@ from typing import Any, Mapping
 
 from spikereveal.errors import ConfigError
 from spikereveal.kernels.sensor import SPIKE_NORMS  # torch-free: how the student reads its spikes
+from spikereveal.kernels.timing import DEFAULT_MARGIN_FRAMES
 
 #: the student's architectures (``engines.ldn.LDN_VARIANTS``; repeated here so the CLI needs no torch)
-LDN_VARIANTS = ("paper", "lite")
+LDN_VARIANTS = ("paper", "lite", "lite-fused")
 
 #: TFP_short window of the reference implementation (frames); M timestamps per exposure in the LDN loss.
 DEFAULT_TFP_SHORT_WINDOW = 9
+#: the longest short TFP window: the spike margin recorded on each side of an exposure's frames (21 frames)
+MAX_TFP_SHORT_WINDOW = 2 * DEFAULT_MARGIN_FRAMES + 1
+
+
+def tfp_window_for_gain(firing_gain: float) -> int:
+    """The short TFP window (odd, frames) that holds as many expected spikes at ``firing_gain`` as the
+    reference window (:data:`DEFAULT_TFP_SHORT_WINDOW`) at the preset's gain of 1 spike per pixel per frame at
+    full intensity: ``9 / gain`` rounded to an odd number, within [9, 21]. A sensor with a higher threshold
+    fires less: the teacher's BSN then denoises a TFP of ~9 spikes' worth of light instead of ~9 / x (at
+    threshold x3 on the val family: 9 frames gave the shipped teacher 23.22 dB, 21 frames 24.49 dB). A gain
+    that is not a positive number gives the reference window."""
+    gain = float(firing_gain)
+    if not (math.isfinite(gain) and gain > 0):
+        return DEFAULT_TFP_SHORT_WINDOW
+    frames = DEFAULT_TFP_SHORT_WINDOW / gain
+    odd = 2 * int(math.floor((frames - 1) / 2 + 0.5)) + 1
+    return int(min(max(odd, DEFAULT_TFP_SHORT_WINDOW), MAX_TFP_SHORT_WINDOW))
 DEFAULT_LDN_TIMESTAMPS = 5
 
 KINDS = ("bsn", "sr", "ldn")
