@@ -23,10 +23,12 @@ from spikereveal.kernels.timing import LDN_SPIKE_WINDOW
 
 
 #: The student's architectures (``LDNConfig.variant``): "paper", the released S-SDM network layer for layer
-#: (SPEC §3), and "lite", the sequence student of issue 18 (:class:`LDN` documents both). Both are kind "ldn"
-#: checkpoints with the same deployed interface (``ExposureLDN``).
-LDN_VARIANTS = ("paper", "lite")
+#: (SPEC §3), and the sequence students of issue 18, "lite" and "lite-fused" (:class:`LDN` documents all three).
+#: All are kind "ldn" checkpoints with the same deployed interface (``ExposureLDN``).
+LDN_VARIANTS = ("paper", "lite", "lite-fused")
 DEFAULT_VARIANT = "paper"
+#: the variants with the lite decoder and head (``to_rgb`` + ``blur_skip``)
+LITE_VARIANTS = ("lite", "lite-fused")
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,8 @@ def _exporting() -> bool:
 #: channels of the lite decoder at H/2 (the paper's: 32 at H/2, then 16 at H; the lite has none at H)
 LITE_HALF_CHANNELS = 8
 LITE_TRUNK_BLOCKS = 2
+#: channels of the "lite-fused" trunk at H/4 (the paper and "lite": 64, the two encoders' outputs concatenated)
+FUSED_CHANNELS = 32
 
 
 class LDN(nn.Module):
@@ -187,6 +191,16 @@ class LDN(nn.Module):
     network is the identity on B (zero ``to_rgb``, identity ``blur_skip``). At the gopro geometry (K = 7, the
     blurry frame encoded once per exposure) it costs 2.15 GMAC per frame against the paper's 15.03 and has
     45,730 parameters against 234,158, both counted from the ONNX graphs (``bench.graph_cost``).
+
+    Variant "lite-fused": the lite with no 64-channel map at H/4. The two encoders' outputs are fused by one
+    1x1 conv to :data:`FUSED_CHANNELS` channels, split in its blurry part (``fuse_blur``, with the bias) and
+    its spike part (``fuse_spikes``): ``relu(fuse_spikes(S) + fuse_blur(B))``, exactly a 1x1 conv over their
+    concatenation, but the blurry part runs once per exposure and is broadcast over the K windows (no
+    concatenated copy). Channel and spatial attention and the two trunk blocks then run at 32 channels;
+    decoder and head are the lite's. The lite's time on a CPU goes mostly to moving the (K, 64, H/4, W/4)
+    maps through memory-bound ops (attention, residual adds, layout reorders), not to its convolutions:
+    halving them cut its gopro window from ~760 to ~540 ms with ONNX Runtime on one thread. The encoders,
+    decoder and head have the lite's names and shapes, so a lite checkpoint warm-starts them.
     """
 
     def __init__(self, config: LDNConfig | None = None):
@@ -197,11 +211,15 @@ class LDN(nn.Module):
         self.blur_enc2 = _conv_relu(16, 32, 5, 2, 2)
         self.spike_enc = _conv_relu(spike_frames, 16, 3, 1, 1)
         self.spike_enc2 = _conv_relu(16, 32, 3, 1, 1)
-        if self.config.variant == "lite":
-            self.trunk = nn.Sequential(*(LightResidualBlock(64) for _ in range(LITE_TRUNK_BLOCKS)))
-            self.ca = ChannelAttention(64, 4)
+        if self.config.variant in LITE_VARIANTS:
+            trunk = FUSED_CHANNELS if self.config.variant == "lite-fused" else 64
+            if self.config.variant == "lite-fused":
+                self.fuse_blur = nn.Conv2d(32, trunk, kernel_size=1)
+                self.fuse_spikes = nn.Conv2d(32, trunk, kernel_size=1, bias=False)
+            self.trunk = nn.Sequential(*(LightResidualBlock(trunk) for _ in range(LITE_TRUNK_BLOCKS)))
+            self.ca = ChannelAttention(trunk, 4)
             self.sa = SpatialAttention(7)
-            self.up1 = _shuffle_up(64, LITE_HALF_CHANNELS)
+            self.up1 = _shuffle_up(trunk, LITE_HALF_CHANNELS)
             self.refine = _conv_relu(LITE_HALF_CHANNELS, LITE_HALF_CHANNELS, 3, 1, 1)
             # the head: 3 colour channels at each of the 2x2 sub-pixels of the H/2 grid, plus a 1x1 skip of B
             self.to_rgb = nn.Sequential(nn.Conv2d(LITE_HALF_CHANNELS, 3 * 4, 3, padding=1), nn.PixelShuffle(2))
@@ -244,7 +262,7 @@ class LDN(nn.Module):
             self.check_inputs(blur, spikes)
         spikes = self.normalise_spikes(blur, spikes.to(blur.dtype), gain)
         fused = self.fuse_and_decode(self.encode_blur(blur), self.encode_spikes(spikes))
-        if self.config.variant == "lite":
+        if self.config.variant in LITE_VARIANTS:
             return self.blur_skip(blur) + fused
         # The official head concatenates the blurry image FIRST, then the 16 decoded channels.
         return self.pred(torch.cat([blur, fused], dim=1))
@@ -284,12 +302,17 @@ class LDN(nn.Module):
         return self.spike_enc2(self.spike_enc(spikes))
 
     def fuse_and_decode(self, blur_features: torch.Tensor, spike_features: torch.Tensor) -> torch.Tensor:
-        """Everything between the two encoders and the head: (N, 32, H/4, W/4) x 2 -> (N, 16, H, W) (paper: the
-        features the head mixes with B) or (N, 3, H, W) (lite: the sharp frame less the head's skip of B)."""
-        fused = torch.cat([blur_features, spike_features], dim=1)
+        """Everything between the two encoders and the head: (N or 1, 32, H/4, W/4) and (N, 32, H/4, W/4) ->
+        (N, 16, H, W) (paper: the features the head mixes with B) or (N, 3, H, W) (lite variants: the sharp frame
+        less the head's skip of B). A batch of 1 of blur features is shared by the N spike windows."""
+        if self.config.variant == "lite-fused":
+            fused = torch.relu(self.fuse_spikes(spike_features) + self.fuse_blur(blur_features))
+        else:
+            blur_features = blur_features.expand(spike_features.shape[0], -1, -1, -1)
+            fused = torch.cat([blur_features, spike_features], dim=1)
         fused = self.ca(fused) * fused
         fused = self.sa(fused) * fused
-        if self.config.variant == "lite":
+        if self.config.variant in LITE_VARIANTS:
             return self.to_rgb(self.refine(self.up1(self.trunk(fused))))
         fused = self.resBlock2(self.resBlock1(fused))
         return self.decoder2(self.decoder1(fused))
@@ -333,10 +356,8 @@ class ExposureLDN(nn.Module):
         spikes = spikes.float() / float(SPIKE_LEVEL)
         scale = ldn.spike_scale(blur, spikes, None)  # one gain for the exposure: its K windows, its frame
         spike_features = ldn.encode_spikes(spikes) if scale is None else ldn.encode_scaled_spikes(spikes, scale)
-        blur_features = ldn.encode_blur(blur)
-        blur_features = blur_features.expand(spikes.shape[0], -1, -1, -1)
-        decoded = ldn.fuse_and_decode(blur_features, spike_features)
-        if ldn.config.variant == "lite":  # its head: a 1x1 skip of the blurry frame (once) plus the decoded frames
+        decoded = ldn.fuse_and_decode(ldn.encode_blur(blur), spike_features)  # (1, ...) blur features, shared
+        if ldn.config.variant in LITE_VARIANTS:  # its head: a 1x1 skip of the blurry frame (once) plus the decoded frames
             sharp = ldn.blur_skip(blur) + decoded
         else:
             weight = ldn.pred.weight  # (3, 3 + 16, 1, 1): the blurry image's channels come first

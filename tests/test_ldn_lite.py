@@ -18,6 +18,9 @@ from spikereveal.engines.runners import InputShape, RunnerOptions, create_runner
 from spikereveal.errors import ConfigError  # noqa: E402
 
 LITE = LDNConfig(variant="lite", spike_norm="firing-gain")
+FUSED = LDNConfig(variant="lite-fused", spike_norm="firing-gain")
+#: both sequence students: every architecture test runs on each
+LITES = pytest.mark.parametrize("config", [LITE, FUSED], ids=["lite", "lite-fused"])
 #: the standard ops TensorRT 10.3+ parses (and ONNX Runtime runs); the lite graph must use nothing else
 STANDARD_OPS = {"Conv", "Relu", "DepthToSpace", "Add", "Mul", "Div", "Sub", "Cast", "Transpose", "Concat", "Sigmoid",
                 "ReduceMean", "ReduceMax", "Clip", "Floor", "Expand", "Constant", "Shape", "Gather", "Unsqueeze",
@@ -25,10 +28,10 @@ STANDARD_OPS = {"Conv", "Relu", "DepthToSpace", "Add", "Mul", "Div", "Sub", "Cas
                 "QuantizeLinear", "DequantizeLinear", "Identity", "MatMul", "Pow", "Sqrt", "ReduceSum"}
 
 
-def _trained_like_lite(seed: int = 0) -> LDN:
+def _trained_like_lite(seed: int = 0, config: LDNConfig = LITE) -> LDN:
     """A lite LDN with all weights random (a fresh one is the identity on B: zero residual)."""
     torch.manual_seed(seed)
-    model = LDN(LITE).eval()
+    model = LDN(config).eval()
     with torch.no_grad():
         for parameter in model.to_rgb.parameters():
             parameter.normal_(0.0, 0.05)
@@ -45,25 +48,28 @@ def test_paper_variant_is_unchanged_and_keeps_its_config_dict():
     assert "pred.weight" in names and not any(name.startswith(("trunk", "up1", "to_rgb")) for name in names)
 
 
-def test_lite_config_round_trip_and_validation():
-    assert LITE.to_dict()["variant"] == "lite"
-    assert LDNConfig.from_dict(LITE.to_dict()) == LITE
+@LITES
+def test_lite_config_round_trip_and_validation(config):
+    assert config.to_dict()["variant"] == config.variant
+    assert LDNConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ConfigError, match="variant"):
         LDNConfig(variant="huge")
 
 
-def test_lite_is_smaller_and_starts_as_the_identity_on_the_blurry_frame():
-    model = LDN(LITE).eval()
-    assert count_parameters(model) == 45_730
+@pytest.mark.parametrize("config, params", [(LITE, 45_730), (FUSED, 32_514)], ids=["lite", "lite-fused"])
+def test_lite_is_smaller_and_starts_as_the_identity_on_the_blurry_frame(config, params):
+    model = LDN(config).eval()
+    assert count_parameters(model) == params
     blur = torch.rand(2, 3, 16, 24)
     spikes = (torch.rand(2, 21, 4, 6) < 0.3).float()
     with torch.no_grad():
         torch.testing.assert_close(model(blur, spikes), blur)
 
 
+@LITES
 @pytest.mark.parametrize("seed", [0, 1])
-def test_lite_deployed_graph_is_the_network_with_8_bit_edges(seed):
-    model = _trained_like_lite(seed)
+def test_lite_deployed_graph_is_the_network_with_8_bit_edges(seed, config):
+    model = _trained_like_lite(seed, config)
     shape = InputShape(k=5, height=16, width=24)
     image, spikes = exposure_inputs(shape, seed, spike_rate=0.3)
     expected = reference_sharp8(model, image, spikes)
@@ -73,8 +79,9 @@ def test_lite_deployed_graph_is_the_network_with_8_bit_edges(seed):
     assert_within_lsb(deployed, expected, max_lsb=1, max_fraction=1e-3)
 
 
-def test_lite_forward_exposure_equals_one_frame_at_a_time():
-    model = _trained_like_lite()
+@LITES
+def test_lite_forward_exposure_equals_one_frame_at_a_time(config):
+    model = _trained_like_lite(config=config)
     blur = torch.rand(1, 3, 16, 24)
     spikes = (torch.rand(4, 21, 4, 6) < 0.3).float()
     with torch.no_grad():
@@ -85,11 +92,12 @@ def test_lite_forward_exposure_equals_one_frame_at_a_time():
     torch.testing.assert_close(batch_fixed, single, rtol=1e-5, atol=1e-6)
 
 
-def test_lite_exports_to_standard_ops_and_runs_in_ort_fp32_and_int8(tmp_path):
+@LITES
+def test_lite_exports_to_standard_ops_and_runs_in_ort_fp32_and_int8(tmp_path, config):
     from spikereveal.engines.export import ExportConfig, export_ldn
     from spikereveal.engines.onnx_metadata import read_onnx_metadata
 
-    model = _trained_like_lite()
+    model = _trained_like_lite(config=config)
     shape = InputShape(k=3, height=64, width=96)
     image, spikes = exposure_inputs(shape, 0, spike_rate=0.2)
     expected = reference_sharp8(model, image, spikes)
@@ -97,7 +105,7 @@ def test_lite_exports_to_standard_ops_and_runs_in_ort_fp32_and_int8(tmp_path):
     graph_ops = {node.op_type for node in onnx.load(str(fp32)).graph.node}
     assert graph_ops <= STANDARD_OPS, graph_ops - STANDARD_OPS
     assert "DepthToSpace" in graph_ops and "ConvTranspose" not in graph_ops
-    assert '"variant": "lite"' in read_onnx_metadata(fp32)["network_config"]
+    assert f'"variant": "{config.variant}"' in read_onnx_metadata(fp32)["network_config"]
     with create_runner("ort", shape, onnx_path=fp32, options=RunnerOptions(threads=1)) as runner:
         assert_within_lsb(runner.infer(image, spikes), expected, max_lsb=1, max_fraction=1e-3)
     windows = [exposure_inputs(shape, seed, spike_rate=0.2) for seed in range(4)]
@@ -133,7 +141,7 @@ def _torch_macs(model: LDN, shape: InputShape) -> int:
     return total
 
 
-@pytest.mark.parametrize("variant", ["paper", "lite"])
+@pytest.mark.parametrize("variant", ["paper", "lite", "lite-fused"])
 def test_graph_cost_counts_the_networks_multiply_adds_and_parameters(tmp_path, variant):
     from spikereveal.engines.export import ExportConfig, export_ldn
 
@@ -150,12 +158,13 @@ def test_lite_has_at_least_4x_fewer_macs_per_frame_at_the_gopro_geometry(tmp_pat
     from spikereveal.engines.export import ExportConfig, export_ldn
 
     per_frame = {}
-    for variant in ("paper", "lite"):
+    for variant in ("paper", "lite", "lite-fused"):
         path = export_ldn(LDN(LDNConfig(variant=variant)).eval(), tmp_path / f"{variant}.onnx",
                           ExportConfig(k=7, height=720, width=1280, subpixel_decoder=False))
         per_frame[variant] = count_graph_cost(path).per_frame(7)
     assert per_frame["paper"] == pytest.approx(15.03e9, rel=0.01)  # SPEC §3: 15.9 GMAC, the encoder of B once per 7
     assert per_frame["paper"] / per_frame["lite"] >= 4.0
+    assert per_frame["lite-fused"] < per_frame["lite"]  # no 64-channel map at H/4
 
 
 def test_graph_cost_refuses_dynamic_shapes(tmp_path):
