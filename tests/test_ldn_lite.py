@@ -302,7 +302,7 @@ def test_bench_engines_reports_macs_and_params_per_model(tmp_path):
 
 
 def test_shipped_lite_student_is_installed_and_its_onnx_is_its_export():
-    """core/models/ldn_lite.pt (a trained lite student) and ldn_lite.onnx, its fp32 export with dynamic shapes.
+    """core/models/ldn_lite.pt (a trained lite-fused student) and ldn_lite.onnx, its fp32 export with dynamic shapes.
     When stale: ``spikereveal export --model core/models/ldn_lite.pt --out core/models/ldn_lite.onnx --dynamic --force``"""
     from spikereveal.engines.cache import file_sha256
     from spikereveal.engines.export import resolve_model_path, shipped_onnx_for
@@ -310,7 +310,7 @@ def test_shipped_lite_student_is_installed_and_its_onnx_is_its_export():
 
     checkpoint = resolve_model_path("lite")
     model, meta = load_checkpoint(checkpoint, expected_kind="ldn")
-    assert model.config.variant == "lite" and count_parameters(model) == 45_730
+    assert model.config.variant == "lite-fused" and count_parameters(model) == 32_514
     training = meta["training"]
     assert training["finished"] and training["config"]["teacher"] == "ldn"
     init = training["init"]  # fine-tuned from an earlier lite student, which was warm-started from the default's encoders
