@@ -22,6 +22,7 @@ def test_default_student_is_installed_and_is_the_spec_network():
 
 @pytest.mark.parametrize("kind", ["bsn", "sr"])
 def test_default_teacher_nets_are_installed(kind):
+    importlib.import_module(f"spikereveal.training.{kind}")  # registers the teacher's checkpoint kind (run alone too)
     resource = importlib.resources.files("spikereveal").joinpath(f"models/{kind}_default.pt")
     model, meta = load_checkpoint(str(resource), expected_kind=kind)
     assert meta["kind"] == kind
