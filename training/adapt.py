@@ -9,7 +9,10 @@ Stages, in order, each resumable and skipped once done (``DIR/adapt_state.json``
    the PNGs linked (symlink, else hard link, else copy) and an ``exposures.csv`` (and ``gt.csv``) listing
    only that side's exposures. The recordings themselves are never touched.
 2. ``bsn`` and 3. ``sr``: the teacher's nets, fine-tuned from the shipped ones (or ``--teacher-bsn`` /
-   ``--teacher-sr``) with ``train(..., TrainConfig(kind, init=...))`` at the shipped learning rates.
+   ``--teacher-sr``) with ``train(..., TrainConfig(kind, init=...))`` at the shipped learning rates. The teacher's
+   short TFP window (the BSN's training data, the student's targets, the report's agreement) follows the median
+   firing gain of the training exposures (:func:`~spikereveal.training.train_config.tfp_window_for_gain`), measured
+   in the split stage and recorded in the state file and the report.
 4. ``ldn``: the student, fine-tuned from the shipped model (or ``--model``) with the fine-tuned teacher and
    the shipped recipe's loss (``--lambda-ssim 2 --lambda-reblur 1000 --reblur-timestamps 13 --reblur-rule
    trapezoid --reblur-gradient distilled``); its ``spike_norm`` is the init's. Teacher targets are cached
