@@ -61,7 +61,7 @@ import numpy as np
 
 from spikereveal.errors import ConfigError
 from spikereveal.training.train_config import (
-    AUTOCAST_CHOICES, DEFAULT_TFP_SHORT_WINDOW, KIND_DEFAULTS, tfp_window_for_gain)
+    AUTOCAST_CHOICES, DEFAULT_TFP_SHORT_WINDOW, KIND_DEFAULTS, MAX_TFP_SHORT_WINDOW, tfp_window_for_gain)
 
 log = logging.getLogger(__name__)
 
@@ -687,8 +687,9 @@ def build_report(config: AdaptConfig, state: dict, split: Split, held_views, sou
         },
         "teacher": {"training_firing_gain": state["stages"]["split"].get("firing_gain"),
                     "tfp_window": int(state["stages"]["split"]["tfp_window"]),
-                    "rule": "short TFP window = 9 / (median firing gain of the training exposures), odd, "
-                            "within [9, 21] (training.train_config.tfp_window_for_gain)"},
+                    "rule": f"short TFP window = {DEFAULT_TFP_SHORT_WINDOW} / (median firing gain of the training "
+                            f"exposures), odd, within [{DEFAULT_TFP_SHORT_WINDOW}, {MAX_TFP_SHORT_WINDOW}] "
+                            "(training.train_config.tfp_window_for_gain)"},
         "indicators": indicators,
         "ground_truth": truth,
     }
@@ -793,12 +794,16 @@ def adapt(config: AdaptConfig, progress: AdaptProgressFn | None = None) -> Adapt
     emit = emitter("split")
     emit("start", f"{current['train_exposures']} exposure(s) to train on, {current['held_out_exposures']} held out")
     train_views, held_views, sources = write_views(split, out / VIEWS_DIR)
-    gain = data_firing_gain(train_views)
-    tfp_window = tfp_window_for_gain(gain)
-    state["stages"]["split"] = {"status": "done", "firing_gain": None if math.isnan(gain) else round(gain, 4),
-                                "tfp_window": tfp_window}
+    previous = state["stages"].get("split") or {}
+    if "tfp_window" in previous:  # a re-run on the same split (checked above): the gain measured then
+        gain, tfp_window = previous.get("firing_gain"), int(previous["tfp_window"])
+    else:  # reads every training exposure's spikes: once per output directory
+        measured = data_firing_gain(train_views)
+        gain = None if math.isnan(measured) else round(measured, 4)
+        tfp_window = tfp_window_for_gain(measured)
+    state["stages"]["split"] = {"status": "done", "firing_gain": gain, "tfp_window": tfp_window}
     save()
-    emit("done", f"firing gain {gain:.2f}: the teacher's short TFP window is {tfp_window} frames")
+    emit("done", f"firing gain {_fmt(gain)}: the teacher's short TFP window is {tfp_window} frames")
 
     # 2-4. the teacher's nets, then the student
     for kind in TRAINED:

@@ -30,7 +30,8 @@ from torch.utils.data import Dataset
 
 from spikereveal.errors import ConfigError
 from spikereveal.kernels.timing import DEFAULT_K, DEFAULT_MARGIN_FRAMES, LDN_SPIKE_WINDOW, ExposureWindow
-from spikereveal.training.train_config import DEFAULT_LDN_TIMESTAMPS, DEFAULT_TFP_SHORT_WINDOW, distilled_positions
+from spikereveal.training.train_config import (
+    DEFAULT_LDN_TIMESTAMPS, DEFAULT_TFP_SHORT_WINDOW, check_tfp_window, distilled_positions)
 from spikereveal.kernels.images import SPIKE_TO_IMAGE_SCALE
 
 log = logging.getLogger(__name__)
@@ -267,11 +268,7 @@ class BSNDataset(_CropDataset):
         augment: bool = True,
     ):
         super().__init__(exposures, crop, samples_per_epoch, seed, augment)
-        if tfp_window < 1 or tfp_window % 2 == 0 or tfp_window // 2 > DEFAULT_MARGIN_FRAMES:
-            raise ConfigError(
-                f"the short TFP window must be odd and at most {2 * DEFAULT_MARGIN_FRAMES + 1} frames, got {tfp_window}"
-            )
-        self.tfp_window = int(tfp_window)
+        self.tfp_window = check_tfp_window(tfp_window)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         rng = self._rng(index)

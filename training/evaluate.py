@@ -50,8 +50,9 @@ from spikereveal.kernels.sensor import (
     firing_gain_summary,
     parse_gain_range,
 )
-from spikereveal.kernels.timing import DEFAULT_K, DEFAULT_MARGIN_FRAMES, time_to_index
+from spikereveal.kernels.timing import DEFAULT_K, time_to_index
 from spikereveal.training import datasets as ds
+from spikereveal.training.train_config import check_tfp_window
 
 log = logging.getLogger(__name__)
 
@@ -329,8 +330,7 @@ class EvalOptions:
     def __post_init__(self):
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
             raise ConfigError(f"--k (frames per exposure) must be a positive integer, got {self.k!r}")
-        if self.tfp_window < 1 or self.tfp_window % 2 == 0 or self.tfp_window // 2 > DEFAULT_MARGIN_FRAMES:
-            raise ConfigError(f"the short TFP window must be odd and at most 21 frames, got {self.tfp_window}")
+        check_tfp_window(self.tfp_window)
         if self.plot_max_rows < 1:
             raise ConfigError(f"plot_max_rows must be >= 1, got {self.plot_max_rows}")
 

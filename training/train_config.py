@@ -15,6 +15,7 @@ LDN_VARIANTS = ("paper", "lite", "lite-fused")
 
 #: TFP_short window of the reference implementation (frames); M timestamps per exposure in the LDN loss.
 DEFAULT_TFP_SHORT_WINDOW = 9
+DEFAULT_LDN_TIMESTAMPS = 5
 #: the longest short TFP window: the spike margin recorded on each side of an exposure's frames (21 frames)
 MAX_TFP_SHORT_WINDOW = 2 * DEFAULT_MARGIN_FRAMES + 1
 
@@ -32,7 +33,15 @@ def tfp_window_for_gain(firing_gain: float) -> int:
     frames = DEFAULT_TFP_SHORT_WINDOW / gain
     odd = 2 * int(math.floor((frames - 1) / 2 + 0.5)) + 1
     return int(min(max(odd, DEFAULT_TFP_SHORT_WINDOW), MAX_TFP_SHORT_WINDOW))
-DEFAULT_LDN_TIMESTAMPS = 5
+
+
+def check_tfp_window(window: int) -> int:
+    """``window`` when it is a usable short TFP window (odd, 1 to :data:`MAX_TFP_SHORT_WINDOW` frames); else
+    ConfigError."""
+    if window < 1 or window % 2 == 0 or window > MAX_TFP_SHORT_WINDOW:
+        raise ConfigError(f"the short TFP window must be odd and at most {MAX_TFP_SHORT_WINDOW} frames, got {window}")
+    return int(window)
+
 
 KINDS = ("bsn", "sr", "ldn")
 #: "nets": the BSN+SR cascade; "sdm": the plain SDM; "ldn": a trained student (e.g. the shipped default), whose
