@@ -403,6 +403,50 @@ def test_ldn_trains_from_network_teacher_checkpoints(recording, tmp_path):
     assert result.finished and "teacher" in result.history[0] and "reblur" in result.history[0]
 
 
+def test_mean_teacher_averages_clipped_targets(exposures):
+    centers = ds.evenly_spread_centers(exposures[0].window, 3)
+    shape = (3,) + exposures[0].blurry.shape
+    low = lambda e, c: np.full(shape, -0.5, np.float32)  # noqa: E731  (clipped to 0 first)
+    high = lambda e, c: np.full(shape, 0.8, np.float32)  # noqa: E731
+    targets = ds.mean_teacher(low, high)(exposures[0], centers)
+    assert targets.dtype == np.float32 and targets.shape == shape and np.allclose(targets, 0.4)
+    with pytest.raises(ConfigError, match="at least one"):
+        ds.mean_teacher()
+
+
+def test_ldn_trains_from_the_mean_of_the_cascade_and_a_student(recording, tmp_path):
+    from spikereveal.training.train_config import RunOptions
+
+    bsn_path, sr_path, ldn_path = tmp_path / "bsn.pt", tmp_path / "sr.pt", tmp_path / "ldn.pt"
+    torch.manual_seed(0)
+    for path, kind, model in ((bsn_path, "bsn", BSN(BSNConfig(**TINY_BSN))), (sr_path, "sr", SR(SRConfig(**TINY_SR))),
+                              (ldn_path, "ldn", LDN())):
+        save_checkpoint(path, kind, model, model.config)
+    nets = dict(teacher_bsn=str(bsn_path), teacher_sr=str(sr_path))
+    with pytest.raises(ConfigError, match="--teacher nets\\+ldn.*--teacher-ldn"):
+        TrainConfig("ldn", teacher="nets+ldn", **nets)
+    with pytest.raises(ConfigError, match="--teacher nets\\+ldn.*--teacher-bsn"):
+        TrainConfig("ldn", teacher="nets+ldn", teacher_ldn=str(ldn_path))
+    config = TrainConfig("ldn", teacher="nets+ldn", teacher_ldn=str(ldn_path), epochs=1, crop=4, batch_size=2,
+                         samples_per_epoch=2, **nets)
+    cache = tmp_path / "cache"
+    result = train([recording], tmp_path / "out.pt", config, options=RunOptions(threads=1, cache_dir=str(cache)))
+    assert result.finished and "teacher" in result.history[0]
+    _, meta = load_checkpoint(tmp_path / "out.pt", expected_kind="ldn")
+    assert meta["training"]["config"]["teacher"] == "nets+ldn"
+    # the cached targets are the mean of the two teachers' clipped frames, under a key of their own
+    exposure = ds.load_exposures([recording], k=5)[0]
+    centers = ds.teacher_centers(exposure.window, config.with_defaults().timestamps, config.reblur_count)
+    bsn, _ = load_checkpoint(bsn_path, expected_kind="bsn")
+    sr, _ = load_checkpoint(sr_path, expected_kind="sr")
+    nets_frames = np.clip(ds.network_teacher(bsn.eval(), sr.eval())(exposure, centers), 0, 1)
+    onnx = next(cache.glob("teacher-ldn-*.onnx"))
+    student_frames = ds.student_teacher(onnx, threads=1)(exposure, centers)
+    cached = [np.load(path).astype(np.float32) for path in cache.glob("teacher-*.npy")]
+    expected = (nets_frames + student_frames) / 2
+    assert any(c.shape == expected.shape and np.abs(c - expected).max() < 2e-3 for c in cached)
+
+
 def test_wrong_checkpoint_kinds_are_refused(recording, tmp_path):
     bsn_path = tmp_path / "bsn.pt"
     bsn = BSN(BSNConfig(**TINY_BSN))

@@ -362,6 +362,18 @@ SHARED_CACHE_HINT = ("every process writes its share of the teacher targets ther
                      "such a folder with --cache-dir")
 
 
+def mean_teacher(*teachers: TeacherFn) -> TeacherFn:
+    """The frame-by-frame mean of several teachers' targets, each clipped to [0, 1] first."""
+    if not teachers:
+        raise ConfigError("mean_teacher needs at least one teacher")
+
+    def teacher(exposure: ExposureData, centers: np.ndarray) -> np.ndarray:
+        frames = [np.clip(np.asarray(t(exposure, centers), dtype=np.float32), 0.0, 1.0) for t in teachers]
+        return np.mean(frames, axis=0).astype(np.float32)
+
+    return teacher
+
+
 def cached_teacher(teacher: TeacherFn, cache_dir: str | os.PathLike, teacher_key: str) -> "TeacherCache":
     """``teacher`` with its targets kept on disk (float16 ``.npy``, one file per exposure and timestamps).
 

@@ -137,17 +137,27 @@ def _teacher_fn(config: TrainConfig, device: torch.device, cache_dir: str | None
         teacher, key = ds.sdm_teacher(config.tfp_window), f"sdm-w{config.tfp_window}"
     elif config.teacher == "ldn":
         teacher, key = _student_teacher(config.teacher_ldn, cache_dir)
-    else:
-        from spikereveal.engines.checkpoint import load_checkpoint, sha256_of
-
-        bsn, _ = load_checkpoint(config.teacher_bsn, expected_kind="bsn", map_location=device)
-        sr, _ = load_checkpoint(config.teacher_sr, expected_kind="sr", map_location=device)
-        teacher = ds.network_teacher(bsn.eval(), sr.eval(), config.tfp_window,
-                                     precision=lambda: autocast_context(device, config.teacher_autocast))
-        key = f"nets-{sha256_of(config.teacher_bsn)}-{sha256_of(config.teacher_sr)}-w{config.tfp_window}"
-        if config.teacher_autocast != "off":
-            key += f"-{config.teacher_autocast}"
+    elif config.teacher == "nets":
+        teacher, key = _network_teacher(config, device)
+    else:  # "nets+ldn"
+        (nets, nets_key), (student, student_key) = (_network_teacher(config, device),
+                                                    _student_teacher(config.teacher_ldn, cache_dir))
+        teacher, key = ds.mean_teacher(nets, student), f"mean-{nets_key}-{student_key}"
     return teacher if cache_dir is None else ds.cached_teacher(teacher, cache_dir, key)
+
+
+def _network_teacher(config: TrainConfig, device: torch.device) -> tuple[ds.TeacherFn, str]:
+    """The BSN+SR cascade of ``config.teacher_bsn``/``teacher_sr`` at ``config.tfp_window``, and its cache key."""
+    from spikereveal.engines.checkpoint import load_checkpoint, sha256_of
+
+    bsn, _ = load_checkpoint(config.teacher_bsn, expected_kind="bsn", map_location=device)
+    sr, _ = load_checkpoint(config.teacher_sr, expected_kind="sr", map_location=device)
+    teacher = ds.network_teacher(bsn.eval(), sr.eval(), config.tfp_window,
+                                 precision=lambda: autocast_context(device, config.teacher_autocast))
+    key = f"nets-{sha256_of(config.teacher_bsn)}-{sha256_of(config.teacher_sr)}-w{config.tfp_window}"
+    if config.teacher_autocast != "off":
+        key += f"-{config.teacher_autocast}"
+    return teacher, key
 
 
 def _student_teacher(model: str, cache_dir: str | None) -> tuple[ds.TeacherFn, str]:

@@ -45,8 +45,10 @@ def check_tfp_window(window: int) -> int:
 
 KINDS = ("bsn", "sr", "ldn")
 #: "nets": the BSN+SR cascade; "sdm": the plain SDM; "ldn": a trained student (e.g. the shipped default), whose
-#: clipped frames are the targets (distilling a smaller student from a larger one, issue 18)
-TEACHERS = ("nets", "sdm", "ldn")
+#: clipped frames are the targets (distilling a smaller student from a larger one, issue 18); "nets+ldn": the
+#: mean of the two, frame by frame (``adapt``'s student stage on a rig where the cascade alone is no better than
+#: the student: the mean of two estimates whose errors differ beats both, see training/README.md)
+TEACHERS = ("nets", "sdm", "ldn", "nets+ldn")
 #: Mixed precision of the forward passes: "off" (float32) or "bf16" (torch.autocast to bfloat16; weights,
 #: optimizer and losses stay float32). bf16 pays off on CPUs with AVX512-BF16/AMX and on recent GPUs.
 AUTOCAST_CHOICES = ("off", "bf16")
@@ -116,7 +118,8 @@ class TrainConfig:
     set containing the M distilled ones; ``reblur_rule``: how they are averaged (``REBLUR_RULES``);
     ``reblur_gradient``: which frames the re-blur term back-propagates through (``REBLUR_GRADIENTS``).
     ``autocast``: precision of the trained network's forward pass (see ``AUTOCAST_CHOICES``).
-    ``teacher`` "ldn" distils from the student checkpoint ``teacher_ldn``. ``variant`` (LDN): the architecture
+    ``teacher`` "ldn" distils from the student checkpoint ``teacher_ldn``, "nets+ldn" from the mean of the cascade's
+    and that student's frames. ``variant`` (LDN): the architecture
     (``LDN_VARIANTS``); with an ``init`` of another variant, the tensors whose names and shapes match are
     copied (a warm start) and the rest start fresh.
     """
@@ -180,19 +183,20 @@ class TrainConfig:
             raise ConfigError(f"unknown spike_norm {self.spike_norm!r}; use one of {list(SPIKE_NORMS)}")
         if self.reblur_timestamps is not None:
             distilled_positions(self.reblur_timestamps, self.timestamps or DEFAULT_LDN_TIMESTAMPS)
-        if self.teacher == "nets" and self.kind == "ldn" and not (self.teacher_bsn and self.teacher_sr):
+        if self.teacher in ("nets", "nets+ldn") and self.kind == "ldn" and not (self.teacher_bsn and self.teacher_sr):
             raise ConfigError(
-                "the network teacher needs both --teacher-bsn CKPT and --teacher-sr CKPT (or use --teacher sdm)"
+                f"the network teacher (--teacher {self.teacher}) needs both --teacher-bsn CKPT and --teacher-sr CKPT "
+                "(or use --teacher sdm)"
             )
-        if self.teacher == "ldn" and self.kind == "ldn" and not self.teacher_ldn:
-            raise ConfigError("the student teacher (--teacher ldn) needs --teacher-ldn CKPT (a trained LDN checkpoint, "
-                              "or 'default' for the shipped student)")
+        if self.teacher in ("ldn", "nets+ldn") and self.kind == "ldn" and not self.teacher_ldn:
+            raise ConfigError(f"the student teacher (--teacher {self.teacher}) needs --teacher-ldn CKPT (a trained LDN "
+                              "checkpoint, or 'default' for the shipped student)")
         if self.kind != "ldn":
             extra = [n for n in ("teacher_bsn", "teacher_sr", "teacher_ldn", "reblur_timestamps", "spike_norm", "variant")
                      if getattr(self, n) is not None]
             extra += [name for name in ("reblur_rule", "reblur_gradient")
                       if getattr(self, name) not in (None, COMMON_DEFAULTS[name])]
-            if self.teacher in ("nets", "ldn"):
+            if self.teacher in ("nets", "ldn", "nets+ldn"):
                 extra.append("teacher")
             if extra:
                 raise ConfigError(f"{', '.join(extra)} only apply to training the ldn student, not {self.kind}")

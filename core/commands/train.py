@@ -72,8 +72,9 @@ def register(subparsers) -> None:
         _add_common(child, kind)
         if kind == "ldn":
             child.add_argument("--teacher", choices=TEACHERS,
-                               help="teacher: the BSN+SR cascade (default when both nets are given), plain SDM, or "
-                                    "a trained student (ldn, with --teacher-ldn: distil a smaller variant from it)")
+                               help="teacher: the BSN+SR cascade (default when both nets are given), plain SDM, "
+                                    "a trained student (ldn, with --teacher-ldn: distil a smaller variant from it), "
+                                    "or the mean of the cascade and that student (nets+ldn, with all three)")
             child.add_argument("--teacher-bsn", type=Path, metavar="CKPT", help="trained BSN checkpoint")
             child.add_argument("--teacher-sr", type=Path, metavar="CKPT", help="trained SR checkpoint")
             child.add_argument("--teacher-ldn", metavar="CKPT",
