@@ -10,9 +10,11 @@ under ``DIR/<split>/<name>``, all on the gopro preset, each with its own fixed s
 - ``test`` (2 x 4 exposures each, seeds ``_a``/``_b``): ``skimage-test`` with camera motion, with objects,
   with threshold x2 and x4.
 
-``adaptation`` writes the data of the ``adapt`` check: a rig the model was not trained for (unseen
-``skimage-test`` scenes at threshold x4), 2 x 8 exposures under ``DIR/test/adapt_th4_{a,b}`` with seeds that no
-``generalisation`` recording uses. ``spikereveal adapt`` trains on it and reports on its own held-out exposures.
+``adaptation`` writes the data of the ``adapt`` check, 2 x 8 exposures per rig with seeds that no
+``generalisation`` recording uses: a validation rig that chooses ``adapt``'s settings (``skimage-val`` scenes at
+threshold x3, ``DIR/val/adapt_th3_{a,b}``) and the rig it is reported on (unseen ``skimage-test`` scenes at
+threshold x4, ``DIR/test/adapt_th4_{a,b}``). ``spikereveal adapt`` trains on one rig and reports on its own
+held-out exposures.
 """
 
 from __future__ import annotations
@@ -125,9 +127,11 @@ GENERALISATION: tuple[SuiteEntry, ...] = (
     *_test("test_th4", 3031, threshold_scale=4.0),
 )
 
-ADAPTATION: tuple[SuiteEntry, ...] = tuple(
-    SuiteEntry("test", f"adapt_th4_{tag}", 4031 + k, 8, "skimage-test", threshold_scale=4.0)
-    for k, tag in enumerate(("a", "b"))
+ADAPTATION: tuple[SuiteEntry, ...] = (
+    *(SuiteEntry("val", f"adapt_th3_{tag}", 4021 + k, 8, "skimage-val", threshold_scale=3.0)
+      for k, tag in enumerate(("a", "b"))),
+    *(SuiteEntry("test", f"adapt_th4_{tag}", 4031 + k, 8, "skimage-test", threshold_scale=4.0)
+      for k, tag in enumerate(("a", "b"))),
 )
 
 SUITES: dict[str, tuple[SuiteEntry, ...]] = {"generalisation": GENERALISATION, "adaptation": ADAPTATION}
