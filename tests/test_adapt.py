@@ -45,7 +45,8 @@ def _cli(*argv: str, block_torch: bool = False) -> subprocess.CompletedProcess:
 def _args(recording, nets, out, *extra) -> list[str]:
     return ["adapt", "--data", str(recording), "--out", str(out), "--model", str(nets["ldn"]),
             "--teacher-bsn", str(nets["bsn"]), "--teacher-sr", str(nets["sr"]), "--time-budget-min", "30",
-            "--threads", "1", "--epochs", "1,1,1", *extra]
+            "--threads", "1", "--epochs", "1,1,1", "--teacher-nets", "fine-tune", "--distil-from", "teacher+student",
+            *extra]
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +92,12 @@ def test_adapt_writes_every_output_and_a_before_after_report(adapted, nets):
     training = meta["training"]
     assert training["exposures"] == 4 and training["config"]["init"] == str(nets["ldn"])
     assert training["config"]["teacher_bsn"] == str(out / "bsn.pt")
+    # the targets: the mean of the fine-tuned teacher's and the starting student's frames
+    assert (training["config"]["teacher"], training["config"]["teacher_ldn"]) == ("nets+ldn", str(nets["ldn"]))
+    assert training["config"]["teacher_sr"] == str(out / "sr.pt")
+    assert (report["teacher"]["distil_from"], report["teacher"]["nets"]) == ("teacher+student", "fine-tune")
+    assert "the mean of the fine-tuned teacher's and the starting student's frames (--distil-from teacher+student)" \
+        in (out / "report.md").read_text()
     assert (training["config"]["lambda_reblur"], training["config"]["lambda_ssim"]) == (1000.0, 2.0)
     assert (training["config"]["reblur_timestamps"], training["config"]["reblur_rule"]) == (13, "trapezoid")
     _, bsn_meta = load_checkpoint(out / "bsn.pt", expected_kind="bsn")
@@ -123,7 +130,7 @@ def test_rerunning_a_finished_run_skips_every_stage(adapted, recording, nets):
 def test_an_interrupted_run_continues_where_it_stopped(recording, nets, tmp_path):
     config = AdaptConfig(data=(str(recording),), out=str(tmp_path / "run"), time_budget_min=30.0, threads=1,
                          model=str(nets["ldn"]), teacher_bsn=str(nets["bsn"]), teacher_sr=str(nets["sr"]),
-                         stage_epochs=(1, 1, 2))
+                         stage_epochs=(1, 1, 2), teacher_nets="fine-tune")
 
     def interrupt(event) -> None:  # Ctrl-C in the student's second epoch
         step = event.train
@@ -152,7 +159,8 @@ def test_epochs_are_sized_from_the_budget_and_a_budget_without_one_step_is_refus
     monkeypatch.setattr(module, "MAX_EPOCHS", {"bsn": 2, "sr": 2, "ldn": 2})  # keep the test short
     monkeypatch.setitem(module.STAGE_SHARES, "sr", 1e-7)  # the sr stage cannot fit a single step
     config = AdaptConfig(data=(str(recording),), out=str(tmp_path / "run"), time_budget_min=30.0, threads=1,
-                         model=str(nets["ldn"]), teacher_bsn=str(nets["bsn"]), teacher_sr=str(nets["sr"]))
+                         model=str(nets["ldn"]), teacher_bsn=str(nets["bsn"]), teacher_sr=str(nets["sr"]),
+                         teacher_nets="fine-tune")
     with pytest.raises(ConfigError, match=r"the sr stage needed .* single training step.*--time-budget-min \d+"):
         adapt(config)
     state = json.loads((tmp_path / "run" / STATE_FILE).read_text())
@@ -184,6 +192,49 @@ def test_force_starts_over_with_other_data(adapted, recording, nets, tmp_path):
     result = adapt(AdaptConfig(data=(str(other),), force=True, **base))
     assert result.skipped == () and result.report["split"]["held_out"] == [{"recording": str(other),
                                                                               "exposures": [2]}]
+
+
+@pytest.mark.slow
+def test_keeping_the_teacher_nets_gives_their_budget_to_the_student(recording, nets, tmp_path):
+    out = tmp_path / "run"
+    result = adapt(AdaptConfig(data=(str(recording),), out=str(out), time_budget_min=30.0, threads=1,
+                               model=str(nets["ldn"]), teacher_bsn=str(nets["bsn"]), teacher_sr=str(nets["sr"]),
+                               stage_epochs=(1, 1, 1), teacher_nets="keep"))
+    assert result.ran == ("ldn", "export", "report") and result.skipped == ()
+    assert not (out / "bsn.pt").exists() and not (out / "sr.pt").exists()
+    assert (result.outputs["bsn"], result.outputs["sr"]) == (nets["bsn"], nets["sr"])
+    _, meta = load_checkpoint(out / "ldn.pt", expected_kind="ldn")
+    config = meta["training"]["config"]
+    assert (config["teacher_bsn"], config["teacher_sr"]) == (str(nets["bsn"]), str(nets["sr"]))
+    report = result.report
+    assert report["models"]["teacher_bsn_after"] == str(nets["bsn"]) and report["teacher"]["nets"] == "keep"
+    stages = report["budget"]["stages"]
+    assert stages["bsn"]["status"] == stages["sr"]["status"] == "kept"
+    assert (stages["bsn"]["budget_s"], stages["ldn"]["budget_s"]) == (0.0, pytest.approx(0.95 * 30 * 60))
+    text = (out / "report.md").read_text()
+    assert "| bsn | 0 | 0 | kept as it was | - |" in text and "starting (kept, --teacher-nets keep)" in text
+
+
+@pytest.mark.slow
+def test_distilling_from_the_teacher_alone_and_state_files_from_before_the_choice(recording, nets, tmp_path):
+    base = dict(data=(str(recording),), out=str(tmp_path / "run"), time_budget_min=30.0, threads=1,
+                model=str(nets["ldn"]), teacher_bsn=str(nets["bsn"]), teacher_sr=str(nets["sr"]),
+                stage_epochs=(1, 1, 1), teacher_nets="fine-tune")
+    result = adapt(AdaptConfig(distil_from="teacher", **base))
+    _, meta = load_checkpoint(tmp_path / "run" / "ldn.pt", expected_kind="ldn")
+    assert meta["training"]["config"]["teacher"] == "nets" and meta["training"]["config"]["teacher_ldn"] is None
+    assert result.report["teacher"]["distil_from"] == "teacher"
+    # a state written before --distil-from and --teacher-nets existed meant the fine-tuned teacher alone: it
+    # continues with that, and only that
+    path = tmp_path / "run" / STATE_FILE
+    state = json.loads(path.read_text())
+    del state["identity"]["distil_from"], state["identity"]["teacher_nets"]
+    path.write_text(json.dumps(state))
+    assert adapt(AdaptConfig(distil_from="teacher", **base)).ran == ()
+    with pytest.raises(ConfigError, match="--distil-from was 'teacher', now 'teacher\\+student'"):
+        adapt(AdaptConfig(distil_from="teacher+student", **base))
+    with pytest.raises(ConfigError, match="--teacher-nets was 'fine-tune', now 'keep'"):
+        adapt(AdaptConfig(distil_from="teacher", **{**base, "teacher_nets": "keep"}))
 
 
 # -- bad input: exit code 2 and a message that says what to do -----------------------------------------------------

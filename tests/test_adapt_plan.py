@@ -76,6 +76,8 @@ def test_missing_torch_names_the_extra(recording, tmp_path):
     ({"data": ()}, "no recording"),
     ({"autocast": "fp16"}, "unknown autocast"),
     ({"stage_epochs": (1, 0, 1)}, "three positive integers"),
+    ({"distil_from": "student"}, "unknown --distil-from"),
+    ({"teacher_nets": "freeze"}, "unknown --teacher-nets"),
 ])
 def test_invalid_configs(changes, message, recording):
     values = {"data": (str(recording),), "out": "x", **changes}

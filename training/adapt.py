@@ -8,15 +8,18 @@ Stages, in order, each resumable and skipped once done (``DIR/adapt_state.json``
    written as lightweight *recording views* under ``DIR/views/``: a ``meta.json`` copy, ``spikes.dat`` and
    the PNGs linked (symlink, else hard link, else copy) and an ``exposures.csv`` (and ``gt.csv``) listing
    only that side's exposures. The recordings themselves are never touched.
-2. ``bsn`` and 3. ``sr``: the teacher's nets, fine-tuned from the shipped ones (or ``--teacher-bsn`` /
-   ``--teacher-sr``) with ``train(..., TrainConfig(kind, init=...))`` at the shipped learning rates. The teacher's
-   short TFP window (the BSN's training data, the student's targets, the report's agreement) follows the median
+2. ``bsn`` and 3. ``sr``: the teacher's nets. By default (``--teacher-nets keep``) the shipped ones (or
+   ``--teacher-bsn`` / ``--teacher-sr``) are kept as they are and both stages are skipped: on the validation rig
+   fine-tuning them cost the teacher 1.8 dB (training/README.md). ``--teacher-nets fine-tune`` (the paper's) trains
+   each from its starting checkpoint with ``train(..., TrainConfig(kind, init=...))`` at the shipped learning
+   rates. The teacher's short TFP window (the BSN's training data, the student's targets, the report's agreement) follows the median
    firing gain of the training exposures (:func:`~spikereveal.training.train_config.tfp_window_for_gain`), measured
    in the split stage and recorded in the state file and the report.
-4. ``ldn``: the student, fine-tuned from the shipped model (or ``--model``) with the fine-tuned teacher and
-   the shipped recipe's loss (``--lambda-ssim 2 --lambda-reblur 1000 --reblur-timestamps 13 --reblur-rule
-   trapezoid --reblur-gradient distilled``); its ``spike_norm`` is the init's. Teacher targets are cached
-   in ``DIR/teacher_cache``.
+4. ``ldn``: the student, fine-tuned from the shipped model (or ``--model``) towards the mean of the teacher's
+   frames and the starting student's own (``--distil-from teacher+student``, the default; ``teacher``: the
+   teacher alone, the paper's S-SDM) with the shipped recipe's loss (``--lambda-ssim 2
+   --lambda-reblur 1000 --reblur-timestamps 13 --reblur-rule trapezoid --reblur-gradient distilled``); its
+   ``spike_norm`` is the init's. Teacher targets are cached in ``DIR/teacher_cache``.
 5. ``export``: ``DIR/ldn.onnx`` with dynamic shapes (what ``spikereveal export --dynamic`` writes), for
    ``deblur --onnx`` and ``serve``.
 6. ``report``: ground-truth-free indicators on the held-out exposures for the student before (the init)
@@ -27,7 +30,7 @@ Stages, in order, each resumable and skipped once done (``DIR/adapt_state.json``
 
 Time budget: ``time_budget_min`` is shared out in a fixed proportion (:data:`STAGE_SHARES`): 15 % BSN,
 10 % SR, 70 % the student *including* its teacher targets, the last 5 % left to the export and the held-out
-evaluation (not enforced). Epochs are sized from a measurement: each stage first trains one epoch (whose
+evaluation (not enforced); with the teacher's nets kept, the student gets 95 % (``AdaptConfig.shares``). Epochs are sized from a measurement: each stage first trains one epoch (whose
 learning rate, ``lr`` itself, is the same under any cosine length), then plans
 ``1 + (stage budget − time spent) // first-epoch time`` epochs in all (at most :data:`MAX_EPOCHS`, the
 shipped recipe's own epochs), and continues the same run (``resume=``) with that many, so the per-epoch
@@ -91,8 +94,20 @@ STUDENT_RECIPE: dict[str, Any] = {
     "lambda_ssim": 2.0, "lambda_reblur": 1000.0, "reblur_timestamps": 13, "reblur_rule": "trapezoid",
     "reblur_gradient": "distilled",
 }
+#: What the student stage distils from (``AdaptConfig.distil_from``): "teacher", the fine-tuned BSN+SR cascade
+#: alone (the paper's S-SDM); "teacher+student", the mean of the cascade's frames and the starting student's
+#: (train's ``--teacher nets+ldn``). Chosen on the validation rig (training/README.md, "adapt").
+DISTIL_SOURCES = ("teacher", "teacher+student")
+DEFAULT_DISTIL_FROM = "teacher+student"
+#: What happens to the teacher's nets (``AdaptConfig.teacher_nets``): "fine-tune" (the BSN and SR stages, the
+#: paper's), or "keep" the starting ones as they are (both stages skipped; the student gets their budget).
+TEACHER_NETS = ("fine-tune", "keep")
+DEFAULT_TEACHER_NETS = "keep"
 #: Arguments that decide what is trained and held out: a re-run must repeat them (or start over with force).
-IDENTITY = ("data", "model", "teacher_bsn", "teacher_sr", "holdout_every", "autocast", "stage_epochs")
+IDENTITY = ("data", "model", "teacher_bsn", "teacher_sr", "holdout_every", "autocast", "stage_epochs", "distil_from",
+            "teacher_nets")
+#: what a state file written before an argument existed meant by it
+IDENTITY_BEFORE = {"distil_from": "teacher", "teacher_nets": "fine-tune"}
 
 
 @dataclass(frozen=True)
@@ -103,7 +118,9 @@ class AdaptConfig:
     teacher nets are given together or not at all). ``holdout_every`` (N >= 2): every N-th usable exposure
     is held out. ``autocast``: "bf16" runs the forward passes (and the teacher targets) in bfloat16.
     ``stage_epochs``: fixed epochs for (bsn, sr, ldn) instead of sizing them from the budget (tests,
-    experts; the budget still caps each stage). ``force``: start over in an ``out`` that holds another run.
+    experts; the budget still caps each stage). ``distil_from``: the student stage's targets
+    (:data:`DISTIL_SOURCES`); ``teacher_nets``: fine-tune the teacher's nets or keep them (:data:`TEACHER_NETS`).
+    ``force``: start over in an ``out`` that holds another run.
     """
 
     data: tuple[str, ...]
@@ -117,6 +134,8 @@ class AdaptConfig:
     device: str = "cpu"
     autocast: str = "off"
     stage_epochs: tuple[int, int, int] | None = None
+    distil_from: str = DEFAULT_DISTIL_FROM
+    teacher_nets: str = DEFAULT_TEACHER_NETS
     force: bool = False
 
     def __post_init__(self):
@@ -150,6 +169,10 @@ class AdaptConfig:
             raise ConfigError("give both --teacher-bsn and --teacher-sr (or neither: the shipped teacher nets)")
         if self.autocast not in AUTOCAST_CHOICES:
             raise ConfigError(f"unknown autocast {self.autocast!r}; use one of {list(AUTOCAST_CHOICES)}")
+        if self.distil_from not in DISTIL_SOURCES:
+            raise ConfigError(f"unknown --distil-from {self.distil_from!r}; use one of {list(DISTIL_SOURCES)}")
+        if self.teacher_nets not in TEACHER_NETS:
+            raise ConfigError(f"unknown --teacher-nets {self.teacher_nets!r}; use one of {list(TEACHER_NETS)}")
         if self.threads is not None and (isinstance(self.threads, bool) or self.threads < 1):
             raise ConfigError(f"--threads must be >= 1, got {self.threads!r}")
         if self.stage_epochs is not None:
@@ -162,8 +185,24 @@ class AdaptConfig:
     def time_budget_s(self) -> float:
         return 60.0 * float(self.time_budget_min)
 
+    @property
+    def trains_teacher(self) -> bool:
+        return self.teacher_nets == "fine-tune"
+
+    def shares(self) -> dict[str, float]:
+        """:data:`STAGE_SHARES`, or with the teacher's nets kept: theirs go to the student."""
+        if self.trains_teacher:
+            return dict(STAGE_SHARES)
+        return {"bsn": 0.0, "sr": 0.0, "ldn": sum(STAGE_SHARES.values())}
+
     def stage_budget_s(self, stage: str) -> float:
-        return self.time_budget_s * STAGE_SHARES[stage]
+        return self.time_budget_s * self.shares()[stage]
+
+    def teacher_paths(self, starts: Mapping[str, Path]) -> dict[str, Path]:
+        """The teacher nets the student distils from: the fine-tuned ones in ``out``, or the starting ones."""
+        if self.trains_teacher:
+            return {kind: Path(self.out) / f"{kind}.pt" for kind in ("bsn", "sr")}
+        return {kind: Path(starts[kind]) for kind in ("bsn", "sr")}
 
 
 @dataclass(frozen=True)
@@ -368,11 +407,14 @@ def _identity(config: AdaptConfig) -> dict[str, Any]:
         "holdout_every": config.holdout_every,
         "autocast": config.autocast,
         "stage_epochs": None if config.stage_epochs is None else list(config.stage_epochs),
+        "distil_from": config.distil_from,
+        "teacher_nets": config.teacher_nets,
     }
 
 
 _OPTION = {"data": "--data", "model": "--model", "teacher_bsn": "--teacher-bsn", "teacher_sr": "--teacher-sr",
-           "holdout_every": "--holdout-every", "autocast": "--autocast", "stage_epochs": "the fixed epochs"}
+           "holdout_every": "--holdout-every", "autocast": "--autocast", "stage_epochs": "the fixed epochs",
+           "distil_from": "--distil-from", "teacher_nets": "--teacher-nets"}
 
 
 def _prepare_out(config: AdaptConfig) -> dict:
@@ -405,7 +447,7 @@ def _prepare_out(config: AdaptConfig) -> dict:
         raise ConfigError(f"{state_path} cannot be read ({exc}); pass --force to start over in {out}") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ConfigError(f"{state_path} is not an adapt state file; pass --force to start over in {out}")
-    before = state.get("identity") or {}
+    before = {**IDENTITY_BEFORE, **(state.get("identity") or {})}
     changed = [name for name in IDENTITY if before.get(name) != identity[name]]
     if changed:
         details = "; ".join(f"{_OPTION[n]} was {before.get(n)!r}, now {identity[n]!r}" for n in changed)
@@ -447,9 +489,11 @@ def _fresh_config(kind: str, config: AdaptConfig, epochs: int, starts: Mapping[s
                   autocast=config.autocast, tfp_window=tfp_window)
     if kind != "ldn":
         return TrainConfig(kind, **common)
-    return TrainConfig("ldn", teacher="nets", teacher_bsn=os.fspath(out / "bsn.pt"),
-                       teacher_sr=os.fspath(out / "sr.pt"), teacher_autocast=config.autocast,
-                       **STUDENT_RECIPE, **common)
+    student = dict(teacher="nets") if config.distil_from == "teacher" else dict(
+        teacher="nets+ldn", teacher_ldn=os.fspath(starts["ldn"]))
+    nets = config.teacher_paths(starts)
+    return TrainConfig("ldn", teacher_bsn=os.fspath(nets["bsn"]), teacher_sr=os.fspath(nets["sr"]),
+                       teacher_autocast=config.autocast, **student, **STUDENT_RECIPE, **common)
 
 
 def _checkpoint_record(path: Path) -> dict | None:
@@ -505,10 +549,11 @@ class _Stage:
         if result.stopped_early is None or result.epochs_completed > 0 or result.step_in_epoch > 1:
             return
         needed_s = result.elapsed_s * 1.5
-        suggest = math.ceil(needed_s / STAGE_SHARES[self.kind] / 60.0)
+        share = self.config.shares()[self.kind]
+        suggest = math.ceil(needed_s / share / 60.0)
         raise ConfigError(
             f"the {self.kind} stage needed {result.elapsed_s:.0f} s for its preparation and a single training step, "
-            f"more than its share of --time-budget-min ({self.budget_s:.0f} s = {STAGE_SHARES[self.kind]:.0%} of "
+            f"more than its share of --time-budget-min ({self.budget_s:.0f} s = {share:.0%} of "
             f"{self.config.time_budget_min:g} min); re-run the same command with --time-budget-min {suggest} or "
             f"more (the step done is kept)"
         )
@@ -577,9 +622,10 @@ def data_firing_gain(views: Sequence[Path]) -> float:
     return float(np.median(gains)) if gains else math.nan
 
 
-def _indicators(held_views: Sequence[Path], sources: Mapping[str, str], before: Path, after: Path, out: Path,
-                device: str, tfp_window: int = DEFAULT_TFP_SHORT_WINDOW) -> dict:
-    """GT-free indicators of the student ``before`` and ``after`` on the held-out exposures."""
+def _indicators(held_views: Sequence[Path], sources: Mapping[str, str], before: Path, after: Path,
+                nets: Mapping[str, Path], device: str, tfp_window: int = DEFAULT_TFP_SHORT_WINDOW) -> dict:
+    """GT-free indicators of the student ``before`` and ``after`` on the held-out exposures; ``nets``: the
+    teacher's BSN and SR checkpoints (those the student distilled from)."""
     from spikereveal.engines.checkpoint import declared_gain_range, load_checkpoint
     from spikereveal.kernels import reblur
     from spikereveal.kernels.sensor import exposure_firing_gain, firing_gain_summary
@@ -589,8 +635,8 @@ def _indicators(held_views: Sequence[Path], sources: Mapping[str, str], before: 
     from spikereveal.training.train import resolve_device
 
     target = resolve_device(device)
-    bsn, _ = load_checkpoint(out / "bsn.pt", expected_kind="bsn", map_location=target)
-    sr, _ = load_checkpoint(out / "sr.pt", expected_kind="sr", map_location=target)
+    bsn, _ = load_checkpoint(nets["bsn"], expected_kind="bsn", map_location=target)
+    sr, _ = load_checkpoint(nets["sr"], expected_kind="sr", map_location=target)
     teacher = ds.network_teacher(bsn.eval(), sr.eval(), tfp_window)
     students = {"before": _student_fn(before, device), "after": _student_fn(after, device)}
     exposures = ds.load_exposures([os.fspath(v) for v in held_views], k=DEFAULT_K)
@@ -628,9 +674,9 @@ def _indicators(held_views: Sequence[Path], sources: Mapping[str, str], before: 
         "definitions": {
             "reblur_psnr": f"PSNR of the mean of the student's K = {DEFAULT_K} frames (evenly spread over the "
                            f"exposure) against the blurry frame, dB; mean over held-out exposures",
-            "teacher_agreement_psnr": "PSNR of the student's frames against the fine-tuned teacher's "
-                                      "(BSN + SR cascade) at the same timestamps, dB; mean over frames and "
-                                      "held-out exposures",
+            "teacher_agreement_psnr": "PSNR of the student's frames against the teacher's (the BSN + SR "
+                                      "cascade it distilled from: fine-tuned, or kept) at the same timestamps, "
+                                      "dB; mean over frames and held-out exposures",
         },
         "before": {key: mean("before", key) for key in ("reblur_psnr", "teacher_agreement_psnr")},
         "after": {key: mean("after", key) for key in ("reblur_psnr", "teacher_agreement_psnr")},
@@ -660,7 +706,8 @@ def _ground_truth(held_views: Sequence[Path], sources: Mapping[str, str], before
 
 def build_report(config: AdaptConfig, state: dict, split: Split, held_views, sources, starts, out: Path) -> dict:
     before, after = starts["ldn"], out / "ldn.pt"
-    indicators = _indicators(held_views, sources, before, after, out, config.device,
+    nets = config.teacher_paths(starts)
+    indicators = _indicators(held_views, sources, before, after, nets, config.device,
                              int(state["stages"]["split"]["tfp_window"]))
     truth = _ground_truth(held_views, sources, before, after, config.device)
     stages = {kind: {"budget_s": round(config.stage_budget_s(kind), 1), **state["stages"].get(kind, {})}
@@ -673,7 +720,7 @@ def build_report(config: AdaptConfig, state: dict, split: Split, held_views, sou
         "split": split.to_dict(config.holdout_every),
         "budget": {
             "time_budget_min": config.time_budget_min,
-            "shares": {**STAGE_SHARES, "export_and_report": round(1.0 - sum(STAGE_SHARES.values()), 4)},
+            "shares": {**config.shares(), "export_and_report": round(1.0 - sum(STAGE_SHARES.values()), 4)},
             "rule": "each stage trains one epoch, then plans 1 + (its budget - time spent) // first-epoch time "
                     f"epochs (at most {MAX_EPOCHS}) under the per-epoch cosine schedule; the stage's budget is "
                     "also its hard time limit",
@@ -681,11 +728,12 @@ def build_report(config: AdaptConfig, state: dict, split: Split, held_views, sou
         },
         "models": {
             "student_before": os.fspath(before), "student_after": os.fspath(after),
-            "teacher_bsn_before": os.fspath(starts["bsn"]), "teacher_bsn_after": os.fspath(out / "bsn.pt"),
-            "teacher_sr_before": os.fspath(starts["sr"]), "teacher_sr_after": os.fspath(out / "sr.pt"),
+            "teacher_bsn_before": os.fspath(starts["bsn"]), "teacher_bsn_after": os.fspath(nets["bsn"]),
+            "teacher_sr_before": os.fspath(starts["sr"]), "teacher_sr_after": os.fspath(nets["sr"]),
             "onnx": os.fspath(out / ONNX_FILE),
         },
-        "teacher": {"training_firing_gain": state["stages"]["split"].get("firing_gain"),
+        "teacher": {"distil_from": config.distil_from, "nets": config.teacher_nets,
+                    "training_firing_gain": state["stages"]["split"].get("firing_gain"),
                     "tfp_window": int(state["stages"]["split"]["tfp_window"]),
                     "rule": f"short TFP window = {DEFAULT_TFP_SHORT_WINDOW} / (median firing gain of the training "
                             f"exposures), odd, within [{DEFAULT_TFP_SHORT_WINDOW}, {MAX_TFP_SHORT_WINDOW}] "
@@ -712,7 +760,7 @@ def format_report(report: Mapping) -> str:
                      f"{', '.join(map(str, item['exposures']))}")
     lines += ["", "| held-out indicator | before | after | change |", "| --- | ---: | ---: | ---: |"]
     rows = [("student re-blur PSNR (dB)", ind["before"]["reblur_psnr"], ind["after"]["reblur_psnr"]),
-            ("agreement with the fine-tuned teacher, PSNR (dB)", ind["before"]["teacher_agreement_psnr"],
+            ("agreement with the teacher, PSNR (dB)", ind["before"]["teacher_agreement_psnr"],
              ind["after"]["teacher_agreement_psnr"])]
     truth = report.get("ground_truth")
     if truth:
@@ -741,11 +789,19 @@ def format_report(report: Mapping) -> str:
     if teacher:
         lines.append(f"- the teacher's short TFP window: {teacher['tfp_window']} frames (median firing gain of the "
                      f"training exposures {_fmt(teacher['training_firing_gain'], 3)})")
+        source, kept = teacher.get("distil_from", "teacher"), teacher.get("nets") == "keep"
+        which = "starting (kept, --teacher-nets keep)" if kept else "fine-tuned"
+        lines.append("- the student distilled from " + (
+            f"the {which} teacher" if source == "teacher"
+            else f"the mean of the {which} teacher's and the starting student's frames") + f" (--distil-from {source})")
     if truth:
         lines.append(f"\nGround truth: {truth['frames']} frame(s) of {', '.join(truth['recordings'])}; the blurry "
                      f"input scores {_fmt(truth['blurry']['psnr'])} dB / {_fmt(truth['blurry']['ssim'], 4)}.")
     lines += ["", "| stage | budget (s) | spent (s) | epochs | stopped |", "| --- | ---: | ---: | ---: | --- |"]
     for kind, stage in report["budget"]["stages"].items():
+        if stage.get("status") == "kept":
+            lines.append(f"| {kind} | 0 | 0 | kept as it was | - |")
+            continue
         epochs = f"{stage.get('epochs_completed', 0)}/{stage.get('planned_epochs', '?')}"
         lines.append(f"| {kind} | {stage['budget_s']:.0f} | {_fmt(stage.get('elapsed_s'), 0)} | {epochs} | "
                      f"{stage.get('stopped') or 'no'} |")
@@ -808,6 +864,11 @@ def adapt(config: AdaptConfig, progress: AdaptProgressFn | None = None) -> Adapt
     # 2-4. the teacher's nets, then the student
     for kind in TRAINED:
         emit = emitter(kind)
+        if kind != "ldn" and not config.trains_teacher:
+            state["stages"][kind] = {"status": "kept", "checkpoint": os.fspath(starts[kind])}
+            save()
+            emit("skip", f"kept {starts[kind]} as it is (--teacher-nets keep)")
+            continue
         if done(kind):
             skipped.append(kind)
             emit("skip", f"{kind} already done ({out / (kind + '.pt')})")
@@ -858,8 +919,8 @@ def adapt(config: AdaptConfig, progress: AdaptProgressFn | None = None) -> Adapt
         save()
         ran.append("report")
         emit("done", os.fspath(report_path))
-    outputs = {"report": report_path, "report_md": out / REPORT_MD, "onnx": onnx,
-               **{kind: out / f"{kind}.pt" for kind in TRAINED}}
+    outputs = {"report": report_path, "report_md": out / REPORT_MD, "onnx": onnx, "ldn": out / "ldn.pt",
+               **config.teacher_paths(starts)}
     return AdaptResult(out, report, tuple(ran), tuple(skipped), outputs)
 
 

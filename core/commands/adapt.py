@@ -22,8 +22,12 @@ def _three_epochs(text: str) -> tuple[int, int, int]:
 
 def register(subparsers) -> None:
     from spikereveal.training.adapt import (  # torch-free
+        DEFAULT_DISTIL_FROM,
         DEFAULT_HOLDOUT_EVERY,
+        DEFAULT_TEACHER_NETS,
         DEFAULT_TIME_BUDGET_MIN,
+        DISTIL_SOURCES,
+        TEACHER_NETS,
         MIN_TIME_BUDGET_MIN,
         STAGE_SHARES,
     )
@@ -32,13 +36,14 @@ def register(subparsers) -> None:
     shares = ", ".join(f"{kind} {share * 100:.0f}%%" for kind, share in STAGE_SHARES.items())  # argparse: %%
     parser = subparsers.add_parser(
         "adapt",
-        help="fine-tune the teacher nets and the student on your rig's recordings (no ground truth needed)",
-        description="Fine-tune the shipped teacher (BSN, then SR) and then the student on the rig's own "
-                    "recordings, self-supervised, within a time budget; hold out every N-th exposure and report "
-                    "ground-truth-free indicators (re-blur PSNR, agreement with the teacher, firing gain) on them "
-                    "before and after (plus PSNR/SSIM where gt.csv exists). Writes DIR/ldn.pt, bsn.pt, sr.pt, "
-                    "ldn.onnx (for deblur --onnx and serve), report.json and report.md. Re-running the same "
-                    "command continues an interrupted run.",
+        help="fine-tune the student (and optionally the teacher nets) on your rig's recordings (no ground truth "
+             "needed)",
+        description="Fine-tune the student on the rig's own recordings, self-supervised, within a time budget "
+                    "(with --teacher-nets fine-tune, the shipped teacher's BSN and SR first); hold out every N-th "
+                    "exposure and report ground-truth-free indicators (re-blur PSNR, agreement with the teacher, "
+                    "firing gain) on them before and after (plus PSNR/SSIM where gt.csv exists). Writes DIR/ldn.pt, "
+                    "ldn.onnx (for deblur --onnx and serve), report.json and report.md (and bsn.pt, sr.pt when "
+                    "the teacher is fine-tuned). Re-running the same command continues an interrupted run.",
     )
     parser.add_argument("--data", nargs="+", type=Path, required=True, metavar="REC",
                         help="the rig's recording directories (gt.csv is not needed)")
@@ -46,7 +51,8 @@ def register(subparsers) -> None:
     parser.add_argument("--time-budget-min", type=float, default=DEFAULT_TIME_BUDGET_MIN, metavar="M",
                         help=f"wall-clock budget of the training in minutes (default {DEFAULT_TIME_BUDGET_MIN:g}, at "
                              f"least {MIN_TIME_BUDGET_MIN:g}): {shares} (the student's share includes its teacher "
-                             f"targets), the rest for export and report; epochs are sized from the first one")
+                             f"targets; with --teacher-nets keep the student gets the teacher's shares too), the "
+                             f"rest for export and report; epochs are sized from the first one")
     parser.add_argument("--model", type=Path, metavar="CKPT", help="student LDN to start from (default: shipped)")
     parser.add_argument("--teacher-bsn", type=Path, metavar="CKPT", help="teacher BSN to start from (default: shipped)")
     parser.add_argument("--teacher-sr", type=Path, metavar="CKPT", help="teacher SR to start from (default: shipped)")
@@ -58,6 +64,14 @@ def register(subparsers) -> None:
     parser.add_argument("--autocast", choices=AUTOCAST_CHOICES, default="off",
                         help="bf16: forward passes and teacher targets in bfloat16 (2-3x faster on CPUs with "
                              "AVX512-BF16/AMX); default off")
+    parser.add_argument("--distil-from", choices=DISTIL_SOURCES, default=DEFAULT_DISTIL_FROM,
+                        help=f"the student's targets: the fine-tuned teacher cascade alone (teacher, the paper's) or "
+                             f"the mean of its frames and the starting student's (teacher+student); default "
+                             f"{DEFAULT_DISTIL_FROM}")
+    parser.add_argument("--teacher-nets", choices=TEACHER_NETS, default=DEFAULT_TEACHER_NETS,
+                        help=f"fine-tune the teacher's BSN and SR on the rig first (fine-tune, the paper's) or keep "
+                             f"the starting ones and give their budget to the student (keep); default "
+                             f"{DEFAULT_TEACHER_NETS}")
     parser.add_argument("--force", action="store_true",
                         help="start over in DIR even if it holds an adaptation with other arguments")
     parser.add_argument("--epochs", type=_three_epochs, default=None, help=argparse.SUPPRESS)  # BSN,SR,LDN: tests
@@ -89,7 +103,8 @@ def run(args) -> int:
         teacher_bsn=None if args.teacher_bsn is None else str(args.teacher_bsn),
         teacher_sr=None if args.teacher_sr is None else str(args.teacher_sr),
         holdout_every=args.holdout_every, threads=args.threads, device=args.device, autocast=args.autocast,
-        stage_epochs=args.epochs, force=args.force,
+        stage_epochs=args.epochs, distil_from=args.distil_from,
+        teacher_nets=args.teacher_nets, force=args.force,
     )
     require("torch", "spikereveal adapt (training)", "train")
     from tqdm import tqdm
