@@ -12,9 +12,10 @@ Stages, in order, each resumable and skipped once done (``DIR/adapt_state.json``
    ``--teacher-bsn`` / ``--teacher-sr``) are kept as they are and both stages are skipped: on the validation rig
    fine-tuning them cost the teacher 1.8 dB (training/README.md). ``--teacher-nets fine-tune`` (the paper's) trains
    each from its starting checkpoint with ``train(..., TrainConfig(kind, init=...))`` at the shipped learning
-   rates. The teacher's short TFP window (the BSN's training data, the student's targets, the report's agreement) follows the median
-   firing gain of the training exposures (:func:`~spikereveal.training.train_config.tfp_window_for_gain`), measured
-   in the split stage and recorded in the state file and the report.
+   rates. The teacher's short TFP window (the BSN's training data, the student's targets, the report's
+   agreement) follows the median firing gain of the training exposures
+   (:func:`~spikereveal.training.train_config.tfp_window_for_gain`), measured in the split stage and recorded in
+   the state file and the report.
 4. ``ldn``: the student, fine-tuned from the shipped model (or ``--model``) towards the mean of the teacher's
    frames and the starting student's own (``--distil-from teacher+student``, the default; ``teacher``: the
    teacher alone, the paper's S-SDM) with the shipped recipe's loss (``--lambda-ssim 2
@@ -24,27 +25,26 @@ Stages, in order, each resumable and skipped once done (``DIR/adapt_state.json``
    ``deblur --onnx`` and ``serve``.
 6. ``report``: ground-truth-free indicators on the held-out exposures for the student before (the init)
    and after: re-blur PSNR (mean of its K frames vs the blurry frame, as ``eval`` computes it), agreement
-   with the fine-tuned teacher (PSNR of the student's frames against the teacher's, same timestamps), and
+   with the teacher it distilled from (PSNR of the student's frames against the teacher's, same timestamps), and
    the firing gain of the data against the range each model declares; plus PSNR/SSIM against ``gt.csv``
    (``evaluate``) where the held-out recordings have it. ``DIR/report.json`` and ``DIR/report.md``.
 
-Time budget: ``time_budget_min`` is shared out in a fixed proportion (:data:`STAGE_SHARES`): 15 % BSN,
-10 % SR, 70 % the student *including* its teacher targets, the last 5 % left to the export and the held-out
-evaluation (not enforced); with the teacher's nets kept, the student gets 95 % (``AdaptConfig.shares``). Epochs are sized from a measurement: each stage first trains one epoch (whose
-learning rate, ``lr`` itself, is the same under any cosine length), then plans
-``1 + (stage budget − time spent) // first-epoch time`` epochs in all (at most :data:`MAX_EPOCHS`, the
-shipped recipe's own epochs), and continues the same run (``resume=``) with that many, so the per-epoch
-cosine schedule decays over exactly the epochs that fit. Every call to ``train`` also gets the stage's
-remaining budget as ``time_limit_min``, a hard cap: a stage that reaches it stops with a checkpoint and
-counts as done. A budget that does not hold one epoch trains at the full learning rate for what it holds; one
-that does not hold a single step (preparation included) is a ConfigError saying which budget would. The time
-spent is read from each checkpoint's ``elapsed_s``, so a re-run after an interruption spends only what is
-left of the budget.
+Time budget: ``time_budget_min`` is shared out in a fixed proportion (:data:`STAGE_SHARES`): 15 % BSN, 10 % SR, 70 %
+the student *including* its teacher targets, the last 5 % left to the export and the held-out evaluation (not
+enforced); with the teacher's nets kept, the student gets 95 % (``AdaptConfig.shares``). Epochs are sized from a
+measurement: each stage first trains one epoch (whose learning rate, ``lr`` itself, is the same under any cosine
+length), then plans ``1 + (stage budget − time spent) // first-epoch time`` epochs in all (at most
+:data:`MAX_EPOCHS`, the shipped recipe's own epochs), and continues the same run (``resume=``) with that many, so
+the per-epoch cosine schedule decays over exactly the epochs that fit. Every call to ``train`` also gets the stage's
+remaining budget as ``time_limit_min``, a hard cap: a stage that reaches it stops with a checkpoint and counts as
+done. A budget that does not hold one epoch trains at the full learning rate for what it holds; one that does not
+hold a single step (preparation included) is a ConfigError saying which budget would. The time spent is read from
+each checkpoint's ``elapsed_s``, so a re-run after an interruption spends only what is left of the budget.
 
-Resuming: re-running with the same arguments continues (finished stages are skipped, an unfinished one
-resumes from its checkpoint, which ``train`` writes after every epoch and at its time limit). Arguments
-that change what is trained or held out (data, models, hold-out, precision, fixed epochs) must match the
-state file unless ``force`` starts over; budget, threads and device may change between runs.
+Resuming: re-running with the same arguments continues (finished stages are skipped, an unfinished one resumes from
+its checkpoint, which ``train`` writes after every epoch and at its time limit). Arguments that change what is
+trained or held out (data, models, hold-out, precision, fixed epochs, the teacher's nets, the student's targets)
+must match the state file unless ``force`` starts over; budget, threads and device may change between runs.
 """
 
 from __future__ import annotations
@@ -94,9 +94,9 @@ STUDENT_RECIPE: dict[str, Any] = {
     "lambda_ssim": 2.0, "lambda_reblur": 1000.0, "reblur_timestamps": 13, "reblur_rule": "trapezoid",
     "reblur_gradient": "distilled",
 }
-#: What the student stage distils from (``AdaptConfig.distil_from``): "teacher", the fine-tuned BSN+SR cascade
-#: alone (the paper's S-SDM); "teacher+student", the mean of the cascade's frames and the starting student's
-#: (train's ``--teacher nets+ldn``). Chosen on the validation rig (training/README.md, "adapt").
+#: What the student stage distils from (``AdaptConfig.distil_from``): "teacher", the BSN+SR cascade (fine-tuned or
+#: kept, ``teacher_nets``) alone (the paper's S-SDM); "teacher+student", the mean of the cascade's frames and the
+#: starting student's (train's ``--teacher nets+ldn``). Chosen on the validation rig (training/README.md, "adapt").
 DISTIL_SOURCES = ("teacher", "teacher+student")
 DEFAULT_DISTIL_FROM = "teacher+student"
 #: What happens to the teacher's nets (``AdaptConfig.teacher_nets``): "fine-tune" (the BSN and SR stages, the

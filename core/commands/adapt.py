@@ -65,8 +65,9 @@ def register(subparsers) -> None:
                         help="bf16: forward passes and teacher targets in bfloat16 (2-3x faster on CPUs with "
                              "AVX512-BF16/AMX); default off")
     parser.add_argument("--distil-from", choices=DISTIL_SOURCES, default=DEFAULT_DISTIL_FROM,
-                        help=f"the student's targets: the fine-tuned teacher cascade alone (teacher, the paper's) or "
-                             f"the mean of its frames and the starting student's (teacher+student); default "
+                        help=f"the student's targets: the teacher cascade alone (teacher, the paper's; fine-tuned or "
+                             f"kept, see --teacher-nets) or the mean of its frames and the starting student's "
+                             f"(teacher+student); default "
                              f"{DEFAULT_DISTIL_FROM}")
     parser.add_argument("--teacher-nets", choices=TEACHER_NETS, default=DEFAULT_TEACHER_NETS,
                         help=f"fine-tune the teacher's BSN and SR on the rig first (fine-tune, the paper's) or keep "
