@@ -414,6 +414,58 @@ def test_mean_teacher_averages_clipped_targets(exposures):
         ds.mean_teacher()
 
 
+def test_ground_truth_teacher_returns_the_sharp_frames_at_the_targets(recording, exposures, tmp_path):
+    from spikereveal.recording import open_recording
+
+    exposure = exposures[1]
+    with open_recording(recording, strict=False) as opened:
+        frames = opened.ground_truth_for(exposure.exposure_index)
+        expected = np.stack([opened.read_ground_truth(f) for f in frames])
+    centers = ds.evenly_spread_centers(exposure.window, len(frames))  # the tiny recording's 3 gt frames
+    targets = ds.ground_truth_teacher()(exposure, centers)
+    assert targets.dtype == np.float32 and np.array_equal(targets, expected)
+    # reversed centers pick the frames in that order; a timestamp without a frame nearby says which --k to simulate
+    assert np.array_equal(ds.ground_truth_teacher()(exposure, centers[::-1]), expected[::-1])
+    with pytest.raises(ConfigError, match="no ground-truth frame within 1 spike frame.*simulate with --k 5"):
+        ds.ground_truth_teacher()(exposure, ds.evenly_spread_centers(exposure.window, 5))
+    bare = write_recording(tmp_path / "bare", ground_truth=False)
+    with pytest.raises(ConfigError, match="has no ground-truth frames.*gt.csv"):
+        ds.ground_truth_teacher()(ds.load_exposures([bare])[0], centers)
+
+
+def test_ground_truth_where_recorded_mixes_sharp_frames_and_the_teacher(recording, exposures, tmp_path):
+    flat = lambda e, c: np.full((len(c),) + e.blurry.shape, 0.25, np.float32)  # noqa: E731
+    mixed = ds.ground_truth_where_recorded(flat)
+    centers = ds.evenly_spread_centers(exposures[0].window, 3)
+    assert np.array_equal(mixed(exposures[0], centers), ds.ground_truth_teacher()(exposures[0], centers))
+    bare = ds.load_exposures([write_recording(tmp_path / "bare", ground_truth=False)])[0]
+    assert np.all(mixed(bare, ds.evenly_spread_centers(bare.window, 3)) == 0.25)
+    with pytest.raises(ConfigError, match="unknown ground_truth"):
+        TrainConfig("ldn", teacher="sdm", ground_truth="always")
+    with pytest.raises(ConfigError, match="ground_truth only apply to training the ldn student"):
+        TrainConfig("bsn", ground_truth="where-recorded")
+    assert TrainConfig("ldn", teacher="sdm").with_defaults().ground_truth == "ignore"
+
+
+def test_ldn_trains_on_ground_truth_targets(recording, tmp_path):
+    from spikereveal.training.train_config import RunOptions
+
+    config = TrainConfig("ldn", teacher="gt", timestamps=3, epochs=1, crop=4, batch_size=2, samples_per_epoch=2)
+    cache = tmp_path / "cache"
+    result = train([recording], tmp_path / "ldn.pt", config, options=RunOptions(threads=1, cache_dir=str(cache)))
+    assert result.finished and "teacher" in result.history[0]
+    _, meta = load_checkpoint(tmp_path / "ldn.pt", expected_kind="ldn")
+    assert meta["training"]["config"]["teacher"] == "gt"
+    exposure = ds.load_exposures([recording])[0]
+    centers = ds.teacher_centers(exposure.window, 3)
+    expected = ds.ground_truth_teacher()(exposure, centers)
+    cached = [np.load(path).astype(np.float32) for path in cache.glob("teacher-*.npy")]
+    assert len(cached) == 2 and any(np.allclose(c, expected, atol=1e-3) for c in cached)
+    with pytest.raises(ConfigError, match="--k 5"):  # the default 5 timestamps: the tiny recording has 3 gt frames
+        train([recording], tmp_path / "ldn5.pt", TrainConfig("ldn", teacher="gt", epochs=1, crop=4, batch_size=2,
+                                                              samples_per_epoch=2))
+
+
 def test_ldn_trains_from_the_mean_of_the_cascade_and_a_student(recording, tmp_path):
     from spikereveal.training.train_config import RunOptions
 

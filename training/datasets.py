@@ -314,6 +314,61 @@ def sdm_teacher(tfp_window: int = DEFAULT_TFP_SHORT_WINDOW) -> TeacherFn:
     return teacher
 
 
+#: How far (spike frames) a ground-truth frame may lie from a target's spike index for the "gt" teacher.
+GT_TOLERANCE_FRAMES = 1
+
+
+def ground_truth_teacher(tolerance_frames: int = GT_TOLERANCE_FRAMES) -> TeacherFn:
+    """The recording's own sharp frames (``gt.csv``, simulated recordings) as the student's targets.
+
+    Each target spike index takes the ground-truth frame nearest to it, which must lie within
+    ``tolerance_frames``; a recording without ground truth there is a ConfigError that says how many frames per
+    exposure to simulate (``--k``).
+    """
+    from spikereveal.kernels.timing import time_to_index
+    from spikereveal.recording import open_recording
+
+    def teacher(exposure: ExposureData, centers: np.ndarray) -> np.ndarray:
+        centers = np.asarray(centers, dtype=np.int64)
+        with open_recording(exposure.recording, strict=False) as recording:
+            frames = recording.ground_truth_for(exposure.exposure_index) if recording.has_ground_truth else ()
+            hint = (f"the ground-truth teacher needs sharp frames (gt.csv) at the {len(centers)} training timestamps "
+                    f"of every exposure: simulate with --k {len(centers)} (or a --k that puts a frame at each of "
+                    f"them), or use another --teacher")
+            if not frames:
+                raise ConfigError(f"{exposure.recording}: exposure {exposure.exposure_index} has no ground-truth "
+                                  f"frames; {hint}")
+            spike = recording.meta.spike
+            indices = np.asarray(time_to_index(np.array([f.t_ns for f in frames], dtype=np.int64),
+                                              spike.t0_ns, spike.rate_hz), dtype=np.int64)
+            nearest = np.abs(indices[None, :] - centers[:, None]).argmin(axis=1)
+            off = np.abs(indices[nearest] - centers)
+            if off.max() > tolerance_frames:
+                raise ConfigError(f"{exposure.recording}: exposure {exposure.exposure_index} has no ground-truth frame "
+                                  f"within {tolerance_frames} spike frame(s) of index {int(centers[off.argmax()])}; "
+                                  f"{hint}")
+            return np.stack([recording.read_ground_truth(frames[j]) for j in nearest])
+
+    return teacher
+
+
+def ground_truth_where_recorded(teacher: TeacherFn, tolerance_frames: int = GT_TOLERANCE_FRAMES) -> TeacherFn:
+    """Each recording with ground truth (``gt.csv``) trained on its sharp frames (:func:`ground_truth_teacher`), every
+    other one on ``teacher``: simulated recordings beside a rig's own (``adapt``'s sensor-matched data)."""
+    from spikereveal.recording import open_recording
+
+    sharp = ground_truth_teacher(tolerance_frames)
+    recorded: dict[str, bool] = {}
+
+    def mixed(exposure: ExposureData, centers: np.ndarray) -> np.ndarray:
+        if exposure.recording not in recorded:
+            with open_recording(exposure.recording, strict=False) as recording:
+                recorded[exposure.recording] = bool(recording.has_ground_truth)
+        return (sharp if recorded[exposure.recording] else teacher)(exposure, centers)
+
+    return mixed
+
+
 def network_teacher(bsn, sr, tfp_window: int = DEFAULT_TFP_SHORT_WINDOW, chunk_size: int | None = 2,
                     precision: Callable[[], ContextManager] = contextlib.nullcontext) -> TeacherFn:
     """The cascade teacher ``clip(B ⊙ SR(BSN(TFP_short)) / SR(TFP_long), 0, 1)`` from trained nets.

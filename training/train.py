@@ -139,10 +139,14 @@ def _teacher_fn(config: TrainConfig, device: torch.device, cache_dir: str | None
         teacher, key = _student_teacher(config.teacher_ldn, cache_dir)
     elif config.teacher == "nets":
         teacher, key = _network_teacher(config, device)
+    elif config.teacher == "gt":
+        teacher, key = ds.ground_truth_teacher(), f"gt-t{ds.GT_TOLERANCE_FRAMES}"
     else:  # "nets+ldn"
         (nets, nets_key), (student, student_key) = (_network_teacher(config, device),
                                                     _student_teacher(config.teacher_ldn, cache_dir))
         teacher, key = ds.mean_teacher(nets, student), f"mean-{nets_key}-{student_key}"
+    if config.ground_truth == "where-recorded" and config.teacher != "gt":
+        teacher, key = ds.ground_truth_where_recorded(teacher), f"gt-t{ds.GT_TOLERANCE_FRAMES}-or-{key}"
     return teacher if cache_dir is None else ds.cached_teacher(teacher, cache_dir, key)
 
 

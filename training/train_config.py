@@ -47,8 +47,13 @@ KINDS = ("bsn", "sr", "ldn")
 #: "nets": the BSN+SR cascade; "sdm": the plain SDM; "ldn": a trained student (e.g. the shipped default), whose
 #: clipped frames are the targets (distilling a smaller student from a larger one, issue 18); "nets+ldn": the
 #: mean of the two, frame by frame (``adapt``'s student stage on a rig where the cascade alone is no better than
-#: the student: the mean of two estimates whose errors differ beats both, see training/README.md)
-TEACHERS = ("nets", "sdm", "ldn", "nets+ldn")
+#: the student: the mean of two estimates whose errors differ beats both, see training/README.md); "gt": the
+#: recordings' own sharp frames (``gt.csv``, simulated recordings: supervised training)
+TEACHERS = ("nets", "sdm", "ldn", "nets+ldn", "gt")
+#: Where the student's targets come from on recordings that carry ground truth (``gt.csv``): "ignore" it (every
+#: recording gets the teacher's), or "where-recorded": such recordings are trained on their own sharp frames and
+#: the others on the teacher's (``adapt`` mixes sensor-matched simulated recordings with the rig's own this way).
+GROUND_TRUTH_USES = ("ignore", "where-recorded")
 #: Mixed precision of the forward passes: "off" (float32) or "bf16" (torch.autocast to bfloat16; weights,
 #: optimizer and losses stay float32). bf16 pays off on CPUs with AVX512-BF16/AMX and on recent GPUs.
 AUTOCAST_CHOICES = ("off", "bf16")
@@ -86,6 +91,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "reblur_timestamps": None,  # None: the distilled timestamps (the paper's loss)
     "reblur_rule": "mean",
     "reblur_gradient": "all",
+    "ground_truth": "ignore",
     "spike_norm": None,  # None: the paper's raw spikes for a fresh student, the --init checkpoint's own otherwise
     "variant": None,  # None: the paper's network for a fresh student, the --init checkpoint's own otherwise
 }
@@ -119,8 +125,10 @@ class TrainConfig:
     ``reblur_gradient``: which frames the re-blur term back-propagates through (``REBLUR_GRADIENTS``).
     ``autocast``: precision of the trained network's forward pass (see ``AUTOCAST_CHOICES``).
     ``teacher`` "ldn" distils from the student checkpoint ``teacher_ldn``, "nets+ldn" from the mean of the cascade's
-    and that student's frames. ``variant`` (LDN): the architecture
-    (``LDN_VARIANTS``); with an ``init`` of another variant, the tensors whose names and shapes match are
+    and that student's frames, "gt" from the recordings' own sharp frames (``gt.csv``: simulated recordings,
+    supervised training). ``ground_truth`` "where-recorded" (``GROUND_TRUTH_USES``): recordings with ``gt.csv``
+    get their sharp frames as targets whatever ``teacher`` is, the others the teacher's. ``variant`` (LDN): the
+    architecture (``LDN_VARIANTS``); with an ``init`` of another variant, the tensors whose names and shapes match are
     copied (a warm start) and the rest start fresh.
     """
 
@@ -150,6 +158,7 @@ class TrainConfig:
     reblur_gradient: str | None = None
     spike_norm: str | None = None
     variant: str | None = None
+    ground_truth: str | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -179,6 +188,8 @@ class TrainConfig:
                 raise ConfigError(f"unknown {name} {value!r}; use one of {list(choices)}")
         if self.variant is not None and self.variant not in LDN_VARIANTS:
             raise ConfigError(f"unknown LDN variant {self.variant!r}; use one of {list(LDN_VARIANTS)}")
+        if self.ground_truth is not None and self.ground_truth not in GROUND_TRUTH_USES:
+            raise ConfigError(f"unknown ground_truth {self.ground_truth!r}; use one of {list(GROUND_TRUTH_USES)}")
         if self.spike_norm is not None and self.spike_norm not in SPIKE_NORMS:
             raise ConfigError(f"unknown spike_norm {self.spike_norm!r}; use one of {list(SPIKE_NORMS)}")
         if self.reblur_timestamps is not None:
@@ -194,9 +205,9 @@ class TrainConfig:
         if self.kind != "ldn":
             extra = [n for n in ("teacher_bsn", "teacher_sr", "teacher_ldn", "reblur_timestamps", "spike_norm", "variant")
                      if getattr(self, n) is not None]
-            extra += [name for name in ("reblur_rule", "reblur_gradient")
+            extra += [name for name in ("reblur_rule", "reblur_gradient", "ground_truth")
                       if getattr(self, name) not in (None, COMMON_DEFAULTS[name])]
-            if self.teacher in ("nets", "ldn", "nets+ldn"):
+            if self.teacher in ("nets", "ldn", "nets+ldn", "gt"):
                 extra.append("teacher")
             if extra:
                 raise ConfigError(f"{', '.join(extra)} only apply to training the ldn student, not {self.kind}")

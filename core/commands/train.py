@@ -10,7 +10,7 @@ from spikereveal.errors import ConfigError, require
 from spikereveal.commands._progress import train_progress_bars
 from spikereveal.commands._types import output_dir, output_file, positive_int
 from spikereveal.training.train_config import (  # torch-free
-    AUTOCAST_CHOICES, LDN_VARIANTS, REBLUR_GRADIENTS, REBLUR_RULES, SPIKE_NORMS, TEACHERS)
+    AUTOCAST_CHOICES, GROUND_TRUTH_USES, LDN_VARIANTS, REBLUR_GRADIENTS, REBLUR_RULES, SPIKE_NORMS, TEACHERS)
 
 _HELP = {
     "bsn": "the teacher's blind-spot denoiser: MSE(TFP_short, BSN(TFP_short))",
@@ -74,7 +74,13 @@ def register(subparsers) -> None:
             child.add_argument("--teacher", choices=TEACHERS,
                                help="teacher: the BSN+SR cascade (default when both nets are given), plain SDM, "
                                     "a trained student (ldn, with --teacher-ldn: distil a smaller variant from it), "
-                                    "or the mean of the cascade and that student (nets+ldn, with all three)")
+                                    "the mean of the cascade and that student (nets+ldn, with all three), or the "
+                                    "recordings' own sharp frames (gt: simulated recordings with a gt.csv frame at "
+                                    "each training timestamp, e.g. simulate --k 13 with --reblur-timestamps 13)")
+            child.add_argument("--ground-truth", choices=GROUND_TRUTH_USES,
+                               help="ignore (default): every recording is trained on the teacher's targets; "
+                                    "where-recorded: recordings with gt.csv (simulated) on their own sharp frames "
+                                    "and the others on the teacher's (e.g. simulated recordings beside a rig's own)")
             child.add_argument("--teacher-bsn", type=Path, metavar="CKPT", help="trained BSN checkpoint")
             child.add_argument("--teacher-sr", type=Path, metavar="CKPT", help="trained SR checkpoint")
             child.add_argument("--teacher-ldn", metavar="CKPT",
@@ -141,7 +147,7 @@ def _config(args):
             timestamps=args.timestamps, lambda_teacher=args.lambda_teacher, lambda_reblur=args.lambda_reblur,
             lambda_ssim=args.lambda_ssim, teacher_autocast=args.teacher_autocast,
             reblur_timestamps=args.reblur_timestamps, reblur_rule=args.reblur_rule,
-            reblur_gradient=args.reblur_gradient, spike_norm=args.spike_norm,
+            reblur_gradient=args.reblur_gradient, spike_norm=args.spike_norm, ground_truth=args.ground_truth,
         )
     return TrainConfig(**values)
 
