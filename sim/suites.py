@@ -14,16 +14,18 @@ under ``DIR/<split>/<name>``, all on the gopro preset, each with its own fixed s
 ``generalisation`` recording uses: a validation rig that chooses ``adapt``'s settings (``skimage-val`` scenes at
 threshold x3, ``DIR/val/adapt_th3_{a,b}``) and the rig it is reported on (unseen ``skimage-test`` scenes at
 threshold x4, ``DIR/test/adapt_th4_{a,b}``). ``spikereveal adapt`` trains on one rig and reports on its own
-held-out exposures.
+held-out exposures. ``DIR/test/adapt_th1_{a,b}`` film the x4 rig's scenes with its motion (same seeds) on the preset's
+sensor: the student's in-domain figure on the same content, which ``adapt`` on the x4 rig is measured against.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from spikereveal.errors import ConfigError
 from spikereveal.sim.config import MOTION_FAMILIES, SimConfig, motion_family, preset, scaled_motion, scaled_sensor
@@ -66,9 +68,10 @@ class SuiteEntry:
             raise ConfigError(f"suite entry {self.name}: motion must be one of {MOTION_FAMILIES}")
         self.config()  # validates every value now, not when the suite is half written
 
-    def config(self, preset_name: str | None = None) -> SimConfig:
-        """The entry's simulator config (on ``preset_name`` instead of its preset, e.g. ``tiny`` for tests)."""
-        base = preset(preset_name or self.preset)
+    def config(self, preset_name: str | None = None, **changes) -> SimConfig:
+        """The entry's simulator config (on ``preset_name`` instead of its preset, e.g. ``tiny`` for tests; ``changes``:
+        other fields of the preset, e.g. a rig's geometry)."""
+        base = preset(preset_name or self.preset, **changes)
         motion = scaled_motion(motion_family(self.motion, base.motion), self.motion_scale, self.object_speed_scale)
         sensor_changes = {
             key: value
@@ -132,9 +135,48 @@ ADAPTATION: tuple[SuiteEntry, ...] = (
       for k, tag in enumerate(("a", "b"))),
     *(SuiteEntry("test", f"adapt_th4_{tag}", 4031 + k, 8, "skimage-test", threshold_scale=4.0)
       for k, tag in enumerate(("a", "b"))),
+    # the x4 rig's very scenes and motion (same seeds) on the preset's sensor: the in-domain reference of adapt_th4
+    *(SuiteEntry("test", f"adapt_th1_{tag}", 4031 + k, 8, "skimage-test")
+      for k, tag in enumerate(("a", "b"))),
 )
 
 SUITES: dict[str, tuple[SuiteEntry, ...]] = {"generalisation": GENERALISATION, "adaptation": ADAPTATION}
+
+#: ``adapt``'s sensor-matched recordings, one row each: (motion scale, sprites, threshold factor, dark-spike rate,
+#: hot-pixel fraction, threshold mismatch). The train split's motion and noise spread, on a threshold that is the
+#: rig's (``1 / its firing gain``) times 0.9-1.1 instead of the preset's x0.9-1.5.
+_MATCHED_ROWS = (
+    (0.3, 0, 1.0, 0.0071, 0.0, 0.0),
+    (0.6, 1, 1.05, 0.003, 0.0005, 0.02),
+    (1.0, 2, 0.95, 0.015, 0.0, 0.02),
+    (1.4, 0, 1.1, 0.0071, 0.0005, 0.0),
+    (0.3, 2, 0.9, 0.003, 0.0, 0.02),
+    (0.6, 0, 1.0, 0.0071, 0.0005, 0.02),
+    (1.0, 1, 1.05, 0.015, 0.0005, 0.0),
+    (1.4, 1, 0.95, 0.003, 0.0, 0.0),
+)
+MATCHED_EXPOSURES_PER_RECORDING = 8
+MATCHED_SEED = 5000  # seeds 5000, 5001, ...: no generalisation or adaptation recording uses them
+
+
+def sensor_matched(threshold_scale: float, exposures: int, scenes: str = "mixed-train") -> tuple[SuiteEntry, ...]:
+    """Training recordings on a sensor like a rig's: ``exposures`` exposures in all, 8 per recording (the last the
+    rest), ``scenes`` (default the train split's: dead leaves, synthetic patterns, scikit-image train pictures) under
+    the train split's motion and noise spread, at ``threshold_scale`` x 0.9-1.1. ``split`` "train", names
+    ``matched_00``, ``matched_01``, ..."""
+    if isinstance(exposures, bool) or not isinstance(exposures, int) or exposures < 1:
+        raise ConfigError(f"the sensor-matched recordings need at least 1 exposure, got {exposures!r}")
+    if not (isinstance(threshold_scale, (int, float)) and math.isfinite(threshold_scale) and threshold_scale > 0):
+        raise ConfigError(f"threshold_scale must be a finite number > 0, got {threshold_scale!r}")
+    entries = []
+    for i, first in enumerate(range(0, exposures, MATCHED_EXPOSURES_PER_RECORDING)):
+        scale, sprites, factor, noise, hot, mismatch = _MATCHED_ROWS[i % len(_MATCHED_ROWS)]
+        entries.append(SuiteEntry(
+            "train", f"matched_{i:02d}", MATCHED_SEED + i, min(MATCHED_EXPOSURES_PER_RECORDING, exposures - first),
+            scenes, motion_scale=scale, object_speed_scale=scale, sprites=sprites,
+            threshold_scale=round(float(threshold_scale) * factor, 4), noise_rate=noise, hot_pixel_fraction=hot,
+            threshold_mismatch=mismatch))
+    return tuple(entries)
 
 
 def suite(name: str) -> tuple[SuiteEntry, ...]:
@@ -156,12 +198,15 @@ def write_entry(
     preset_name: str | None = None,
     suite_name: str = "",
     progress: Callable[[int], None] | None = None,
+    changes: Mapping[str, Any] | None = None,
 ) -> Path:
     """Simulate one suite entry into ``root/<split>/<name>`` (an incomplete one there is replaced; a complete
-    one only with ``overwrite``). The entry is recorded under ``labels`` in its ``sim_truth.json``."""
+    one only with ``overwrite``). The entry is recorded under ``labels`` in its ``sim_truth.json``. ``changes``:
+    preset fields to replace (a rig's geometry, ``k``)."""
     path = entry.path(root)
-    labels = {"suite": suite_name, **asdict(entry), "preset": preset_name or entry.preset}
+    labels = {"suite": suite_name, **asdict(entry), "preset": preset_name or entry.preset, **dict(changes or {})}
+    config = entry.config(preset_name, **dict(changes or {}))
     return simulate_recording(
-        entry.config(preset_name), path, entry.seed, entry.exposure_count(exposures_scale), scenes=entry.scenes,
-        progress=progress, overwrite=overwrite or not recording_complete(path), labels=labels,
+        config, path, entry.seed, entry.exposure_count(exposures_scale), scenes=entry.scenes, progress=progress,
+        overwrite=overwrite or not recording_complete(path), labels=labels,
     )

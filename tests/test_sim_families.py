@@ -222,14 +222,44 @@ def test_adaptation_suite_is_an_unseen_rig():
     from spikereveal.sim.suites import ADAPTATION
 
     entries = suite("adaptation")
-    assert entries is ADAPTATION and len(entries) == 4
+    assert entries is ADAPTATION and len(entries) == 6
     rigs = {(e.split, e.scenes, e.threshold_scale) for e in entries}
-    # settings are chosen on a val rig (val scenes, x3); the reported rig has test scenes at x4
-    assert rigs == {("val", "skimage-val", 3.0), ("test", "skimage-test", 4.0)}
+    # settings are chosen on a val rig (val scenes, x3); the reported rig has test scenes at x4, and its in-domain
+    # reference the same scenes and motion (same seeds) on the preset's sensor
+    assert rigs == {("val", "skimage-val", 3.0), ("test", "skimage-test", 4.0), ("test", "skimage-test", 1.0)}
+    by_name = {e.name: e for e in entries}
+    for tag in "ab":
+        twin, rig = by_name[f"adapt_th1_{tag}"], by_name[f"adapt_th4_{tag}"]
+        assert (twin.seed, twin.exposures, twin.motion) == (rig.seed, rig.exposures, rig.motion)
     assert all(e.exposures == 8 for e in entries)
     # no seed and no path shared with the generalisation suite: adapting never trains on a reported recording
     assert not {e.seed for e in entries} & {e.seed for e in GENERALISATION}
     assert not {e.path("r") for e in entries} & {e.path("r") for e in GENERALISATION}
+
+
+def test_sensor_matched_recordings_sit_around_the_rigs_threshold(tmp_path):
+    from spikereveal.sim.suites import ADAPTATION, sensor_matched, write_entry
+
+    entries = sensor_matched(3.5, 20)
+    assert [e.exposures for e in entries] == [8, 8, 4] and [e.name for e in entries] == [
+        "matched_00", "matched_01", "matched_02"]
+    assert all(e.split == "train" and e.scenes == "mixed-train" and e.motion == "camera" for e in entries)
+    assert all(3.5 * 0.9 - 1e-9 <= e.threshold_scale <= 3.5 * 1.1 + 1e-9 for e in entries)
+    assert not {e.seed for e in entries} & {e.seed for e in GENERALISATION + ADAPTATION}
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ConfigError, match="at least 1 exposure"):
+            sensor_matched(3.0, bad)
+    with pytest.raises(ConfigError, match="threshold_scale"):
+        sensor_matched(0.0, 8)
+    # written on another geometry (a rig's) with ground truth at every one of k timestamps
+    changes = {"spike_height": 16, "spike_width": 24, "rgb_height": 64, "rgb_width": 96, "exposure_frames": 13, "k": 13}
+    path = write_entry(sensor_matched(2.0, 2)[0], tmp_path, changes=changes, preset_name="tiny")
+    with open_recording(path, strict=True) as recording:
+        assert (recording.meta.spike.height, recording.meta.spike.width) == (16, 24)
+        assert len(recording.exposures) == 2 and len(recording.ground_truth_for(0)) == 13
+    truth = json.loads((path / TRUTH_FILE).read_text())
+    assert truth["labels"]["exposure_frames"] == 13 and truth["sensor"]["threshold"] == pytest.approx(
+        2.0 * preset("tiny").sensor.threshold)
 
 
 def test_suite_cli_writes_skips_and_records_labels(tmp_path, capsys):
