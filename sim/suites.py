@@ -94,23 +94,26 @@ class SuiteEntry:
         return Path(root) / self.split / self.name
 
 
+#: The train split's spread, one recording per row: motion scale, sprites, threshold scale, dark-spike rate, hot-pixel
+#: fraction, threshold mismatch.
+_TRAIN_ROWS = (
+    (0.3, 0, 1.0, 0.0071, 0.0, 0.0),
+    (0.6, 1, 1.25, 0.003, 0.0005, 0.02),
+    (1.0, 2, 0.9, 0.015, 0.0, 0.02),
+    (1.4, 0, 1.5, 0.0071, 0.0005, 0.0),
+    (0.3, 2, 1.5, 0.003, 0.0, 0.02),
+    (0.6, 0, 0.9, 0.0071, 0.0005, 0.02),
+    (1.0, 1, 1.0, 0.015, 0.0005, 0.0),
+    (1.4, 1, 1.25, 0.003, 0.0, 0.0),
+)
+
+
 def _train() -> tuple[SuiteEntry, ...]:
-    # motion scale, sprites, threshold scale, dark-spike rate, hot-pixel fraction, threshold mismatch
-    rows = (
-        (0.3, 0, 1.0, 0.0071, 0.0, 0.0),
-        (0.6, 1, 1.25, 0.003, 0.0005, 0.02),
-        (1.0, 2, 0.9, 0.015, 0.0, 0.02),
-        (1.4, 0, 1.5, 0.0071, 0.0005, 0.0),
-        (0.3, 2, 1.5, 0.003, 0.0, 0.02),
-        (0.6, 0, 0.9, 0.0071, 0.0005, 0.02),
-        (1.0, 1, 1.0, 0.015, 0.0005, 0.0),
-        (1.4, 1, 1.25, 0.003, 0.0, 0.0),
-    )
     return tuple(
         SuiteEntry("train", f"train_{i:02d}", 1000 + i, 8, "mixed-train", motion_scale=scale, object_speed_scale=scale,
                    sprites=sprites, threshold_scale=threshold, noise_rate=noise, hot_pixel_fraction=hot,
                    threshold_mismatch=mismatch)
-        for i, (scale, sprites, threshold, noise, hot, mismatch) in enumerate(rows)
+        for i, (scale, sprites, threshold, noise, hot, mismatch) in enumerate(_TRAIN_ROWS)
     )
 
 
@@ -142,19 +145,9 @@ ADAPTATION: tuple[SuiteEntry, ...] = (
 
 SUITES: dict[str, tuple[SuiteEntry, ...]] = {"generalisation": GENERALISATION, "adaptation": ADAPTATION}
 
-#: ``adapt``'s sensor-matched recordings, one row each: (motion scale, sprites, threshold factor, dark-spike rate,
-#: hot-pixel fraction, threshold mismatch). The train split's motion and noise spread, on a threshold that is the
-#: rig's (``1 / its firing gain``) times 0.9-1.1 instead of the preset's x0.9-1.5.
-_MATCHED_ROWS = (
-    (0.3, 0, 1.0, 0.0071, 0.0, 0.0),
-    (0.6, 1, 1.05, 0.003, 0.0005, 0.02),
-    (1.0, 2, 0.95, 0.015, 0.0, 0.02),
-    (1.4, 0, 1.1, 0.0071, 0.0005, 0.0),
-    (0.3, 2, 0.9, 0.003, 0.0, 0.02),
-    (0.6, 0, 1.0, 0.0071, 0.0005, 0.02),
-    (1.0, 1, 1.05, 0.015, 0.0005, 0.0),
-    (1.4, 1, 0.95, 0.003, 0.0, 0.0),
-)
+#: ``adapt``'s sensor-matched recordings take the train split's rows (:data:`_TRAIN_ROWS`: motion, sprites, noise)
+#: with these threshold factors instead of theirs, around the rig's threshold (``1 / its firing gain``).
+_MATCHED_THRESHOLD_FACTORS = (1.0, 1.05, 0.95, 1.1, 0.9, 1.0, 1.05, 0.95)
 MATCHED_EXPOSURES_PER_RECORDING = 8
 MATCHED_SEED = 5000  # seeds 5000, 5001, ...: no generalisation or adaptation recording uses them
 
@@ -170,7 +163,8 @@ def sensor_matched(threshold_scale: float, exposures: int, scenes: str = "mixed-
         raise ConfigError(f"threshold_scale must be a finite number > 0, got {threshold_scale!r}")
     entries = []
     for i, first in enumerate(range(0, exposures, MATCHED_EXPOSURES_PER_RECORDING)):
-        scale, sprites, factor, noise, hot, mismatch = _MATCHED_ROWS[i % len(_MATCHED_ROWS)]
+        scale, sprites, _, noise, hot, mismatch = _TRAIN_ROWS[i % len(_TRAIN_ROWS)]
+        factor = _MATCHED_THRESHOLD_FACTORS[i % len(_MATCHED_THRESHOLD_FACTORS)]
         entries.append(SuiteEntry(
             "train", f"matched_{i:02d}", MATCHED_SEED + i, min(MATCHED_EXPOSURES_PER_RECORDING, exposures - first),
             scenes, motion_scale=scale, object_speed_scale=scale, sprites=sprites,
