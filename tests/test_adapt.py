@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import subprocess
 
+import numpy as np
+
 import pytest
 
 torch = pytest.importorskip("torch", reason="needs torch: the [train] extra")
@@ -46,7 +48,7 @@ def _args(recording, nets, out, *extra) -> list[str]:
     return ["adapt", "--data", str(recording), "--out", str(out), "--model", str(nets["ldn"]),
             "--teacher-bsn", str(nets["bsn"]), "--teacher-sr", str(nets["sr"]), "--time-budget-min", "30",
             "--threads", "1", "--epochs", "1,1,1", "--teacher-nets", "fine-tune", "--distil-from", "teacher+student",
-            *extra]
+            "--synthetic", "matched", "--synthetic-exposures", "10", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +79,19 @@ def test_adapt_writes_every_output_and_a_before_after_report(adapted, nets):
     for name in ("bsn.pt", "sr.pt", "ldn.pt", "ldn.onnx", "report.json", "report.md", STATE_FILE):
         assert (out / name).is_file(), name
     report = json.loads((out / "report.json").read_text())
+    # sensor-matched simulated recordings: 10 exposures (8 + 2) on the rig's geometry at 1 / its firing gain
+    synthetic = report["synthetic"]
+    assert synthetic["mode"] == "matched" and synthetic["exposures"] == 10 and len(synthetic["recordings"]) == 2
+    assert synthetic["threshold_scale"] == pytest.approx(1.0 / report["teacher"]["training_firing_gain"], rel=1e-3)
+    assert (synthetic["geometry"]["spike_height"], synthetic["geometry"]["spike_width"]) == (16, 24)
+    assert (synthetic["geometry"]["exposure_frames"], synthetic["geometry"]["k"]) == (13, 13)
+    from spikereveal.recording import open_recording
+
+    with open_recording(synthetic["recordings"][1], strict=False) as simulated:
+        assert len(simulated.exposures) == 2 and simulated.has_ground_truth
+        assert simulated.meta.spike.height == 16 and simulated.meta.spike.width == 24
+    assert "10 exposure(s) in 2 recording(s) at threshold" in (out / "report.md").read_text()
+    assert "10 exposure(s) simulated" in (out / "report.md").read_text()
     assert report["split"]["held_out"][0]["exposures"] == [3] and report["split"]["train_exposures"] == 4
     indicators = report["indicators"]
     for side in ("before", "after"):
@@ -90,7 +105,8 @@ def test_adapt_writes_every_output_and_a_before_after_report(adapted, nets):
     # the student: the shipped recipe's loss, the fine-tuned teacher, trained on the 4 training exposures only
     _, meta = load_checkpoint(out / "ldn.pt", expected_kind="ldn")
     training = meta["training"]
-    assert training["exposures"] == 4 and training["config"]["init"] == str(nets["ldn"])
+    assert training["exposures"] == 4 + 10 and training["config"]["init"] == str(nets["ldn"])
+    assert training["config"]["ground_truth"] == "where-recorded"  # the rig's own views carry no gt.csv
     assert training["config"]["teacher_bsn"] == str(out / "bsn.pt")
     # the targets: the mean of the fine-tuned teacher's and the starting student's frames
     assert (training["config"]["teacher"], training["config"]["teacher_ldn"]) == ("nets+ldn", str(nets["ldn"]))
@@ -117,12 +133,27 @@ def test_adapt_writes_every_output_and_a_before_after_report(adapted, nets):
 
 
 @pytest.mark.slow
+def test_falling_indicators_are_not_read_as_a_verdict(adapted):
+    from spikereveal.training.adapt import format_report
+
+    out, _ = adapted
+    report = json.loads((out / "report.json").read_text())
+    for key in ("reblur_psnr", "teacher_agreement_psnr"):
+        report["indicators"]["after"][key] = report["indicators"]["before"][key] - 1.0
+    text = format_report(report)
+    assert "further from both the blur and the teacher" in text and "Neither is a quality score" in text
+    assert "judge by the ground-truth rows" in text and "keep the previous model" not in text
+    report["ground_truth"] = None
+    assert "compare the two models on a few held-out frames by eye" in format_report(report)
+
+
+@pytest.mark.slow
 def test_rerunning_a_finished_run_skips_every_stage(adapted, recording, nets):
     out, _ = adapted
     stamps = {name: (out / name).stat().st_mtime_ns for name in ("bsn.pt", "sr.pt", "ldn.pt", "ldn.onnx")}
     result = _cli(*_args(recording, nets, out))
     assert result.returncode == 0, result.stderr
-    assert "skipped (done by an earlier run): bsn, sr, ldn, export, report" in result.stdout
+    assert "skipped (done by an earlier run): synth, bsn, sr, ldn, export, report" in result.stdout
     assert {name: (out / name).stat().st_mtime_ns for name in stamps} == stamps
 
 
@@ -130,7 +161,7 @@ def test_rerunning_a_finished_run_skips_every_stage(adapted, recording, nets):
 def test_an_interrupted_run_continues_where_it_stopped(recording, nets, tmp_path):
     config = AdaptConfig(data=(str(recording),), out=str(tmp_path / "run"), time_budget_min=30.0, threads=1,
                          model=str(nets["ldn"]), teacher_bsn=str(nets["bsn"]), teacher_sr=str(nets["sr"]),
-                         stage_epochs=(1, 1, 2), teacher_nets="fine-tune")
+                         stage_epochs=(1, 1, 2), teacher_nets="fine-tune", synthetic="off")
 
     def interrupt(event) -> None:  # Ctrl-C in the student's second epoch
         step = event.train
@@ -160,7 +191,7 @@ def test_epochs_are_sized_from_the_budget_and_a_budget_without_one_step_is_refus
     monkeypatch.setitem(module.STAGE_SHARES, "sr", 1e-7)  # the sr stage cannot fit a single step
     config = AdaptConfig(data=(str(recording),), out=str(tmp_path / "run"), time_budget_min=30.0, threads=1,
                          model=str(nets["ldn"]), teacher_bsn=str(nets["bsn"]), teacher_sr=str(nets["sr"]),
-                         teacher_nets="fine-tune")
+                         teacher_nets="fine-tune", synthetic="off")
     with pytest.raises(ConfigError, match=r"the sr stage needed .* single training step.*--time-budget-min \d+"):
         adapt(config)
     state = json.loads((tmp_path / "run" / STATE_FILE).read_text())
@@ -185,7 +216,7 @@ def test_force_starts_over_with_other_data(adapted, recording, nets, tmp_path):
     out = tmp_path / "run"
     other = simulate_tiny(tmp_path / "other", seed=5, exposures=3)
     base = dict(out=str(out), time_budget_min=30.0, threads=1, model=str(nets["ldn"]),
-                teacher_bsn=str(nets["bsn"]), teacher_sr=str(nets["sr"]), stage_epochs=(1, 1, 1))
+                teacher_bsn=str(nets["bsn"]), teacher_sr=str(nets["sr"]), stage_epochs=(1, 1, 1), synthetic="off")
     adapt(AdaptConfig(data=(str(recording),), **base))
     with pytest.raises(ConfigError, match="--data was"):
         adapt(AdaptConfig(data=(str(other),), **base))
@@ -199,7 +230,7 @@ def test_keeping_the_teacher_nets_gives_their_budget_to_the_student(recording, n
     out = tmp_path / "run"
     result = adapt(AdaptConfig(data=(str(recording),), out=str(out), time_budget_min=30.0, threads=1,
                                model=str(nets["ldn"]), teacher_bsn=str(nets["bsn"]), teacher_sr=str(nets["sr"]),
-                               stage_epochs=(1, 1, 1), teacher_nets="keep"))
+                               stage_epochs=(1, 1, 1), teacher_nets="keep", synthetic="off"))
     assert result.ran == ("ldn", "export", "report") and result.skipped == ()
     assert not (out / "bsn.pt").exists() and not (out / "sr.pt").exists()
     assert (result.outputs["bsn"], result.outputs["sr"]) == (nets["bsn"], nets["sr"])
@@ -219,22 +250,69 @@ def test_keeping_the_teacher_nets_gives_their_budget_to_the_student(recording, n
 def test_distilling_from_the_teacher_alone_and_state_files_from_before_the_choice(recording, nets, tmp_path):
     base = dict(data=(str(recording),), out=str(tmp_path / "run"), time_budget_min=30.0, threads=1,
                 model=str(nets["ldn"]), teacher_bsn=str(nets["bsn"]), teacher_sr=str(nets["sr"]),
-                stage_epochs=(1, 1, 1), teacher_nets="fine-tune")
+                stage_epochs=(1, 1, 1), teacher_nets="fine-tune", synthetic="off")
     result = adapt(AdaptConfig(distil_from="teacher", **base))
     _, meta = load_checkpoint(tmp_path / "run" / "ldn.pt", expected_kind="ldn")
     assert meta["training"]["config"]["teacher"] == "nets" and meta["training"]["config"]["teacher_ldn"] is None
     assert result.report["teacher"]["distil_from"] == "teacher"
-    # a state written before --distil-from and --teacher-nets existed meant the fine-tuned teacher alone: it
-    # continues with that, and only that
+    # a state written before --distil-from, --teacher-nets and --synthetic existed meant the fine-tuned teacher alone
+    # and no simulated recordings: it continues with that, and only that
     path = tmp_path / "run" / STATE_FILE
     state = json.loads(path.read_text())
-    del state["identity"]["distil_from"], state["identity"]["teacher_nets"]
+    for name in ("distil_from", "teacher_nets", "synthetic", "synthetic_exposures"):
+        del state["identity"][name]
     path.write_text(json.dumps(state))
     assert adapt(AdaptConfig(distil_from="teacher", **base)).ran == ()
     with pytest.raises(ConfigError, match="--distil-from was 'teacher', now 'teacher\\+student'"):
         adapt(AdaptConfig(distil_from="teacher+student", **base))
     with pytest.raises(ConfigError, match="--teacher-nets was 'fine-tune', now 'keep'"):
         adapt(AdaptConfig(distil_from="teacher", **{**base, "teacher_nets": "keep"}))
+    with pytest.raises(ConfigError, match="--synthetic was 'off', now 'matched'"):
+        adapt(AdaptConfig(distil_from="teacher", **{**base, "synthetic": "matched"}))
+
+
+@pytest.mark.slow
+def test_simulated_recordings_resume_train_on_their_ground_truth_and_fit_the_budget(recording, nets, tmp_path,
+                                                                                     monkeypatch):
+    import spikereveal.training.adapt as module
+    from spikereveal.training import datasets as ds
+
+    base = dict(data=(str(recording),), time_budget_min=30.0, threads=1, model=str(nets["ldn"]),
+                teacher_bsn=str(nets["bsn"]), teacher_sr=str(nets["sr"]), stage_epochs=(1, 1, 1),
+                synthetic_exposures=24)
+    config = AdaptConfig(out=str(tmp_path / "run"), **base)
+    events = []
+
+    def interrupt(event) -> None:  # Ctrl-C once the second simulated recording is written
+        if event.stage == "synth" and event.status == "progress":
+            events.append(event.message)
+            if len(events) == 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        adapt(config, progress=interrupt)
+    state = json.loads((tmp_path / "run" / STATE_FILE).read_text())
+    written = [tmp_path / "run" / "synthetic" / "train" / f"matched_0{i}" for i in range(2)]
+    assert state["stages"]["synth"]["recordings"] == [str(p) for p in written]
+    stamps = [(p / "spikes.dat").stat().st_mtime_ns for p in written]
+
+    result = adapt(config)
+    assert result.ran == ("synth", "ldn", "export", "report")  # the two written recordings are kept
+    assert [(p / "spikes.dat").stat().st_mtime_ns for p in written] == stamps
+    assert result.report["synthetic"]["exposures"] == 24 and len(result.report["synthetic"]["recordings"]) == 3
+    # the student's targets on a simulated exposure are its sharp frames, on the rig's the teacher's mean
+    exposure = ds.load_exposures([written[0]])[0]
+    centers = ds.teacher_centers(exposure.window, 5, 13)
+    expected = ds.ground_truth_teacher()(exposure, centers)
+    cached = [np.load(p).astype(np.float32) for p in (tmp_path / "run" / "teacher_cache").glob("teacher-*.npy")]
+    assert len(cached) == 4 + 24 and sum(np.allclose(c, expected, atol=1e-3) for c in cached) == 1
+
+    # a budget that holds one recording writes one, and says the budget stopped it
+    monkeypatch.setitem(module.STAGE_SHARES, "synth", 1e-7)
+    result = adapt(AdaptConfig(out=str(tmp_path / "small"), **base))
+    synth = result.report["budget"]["stages"]["synth"]
+    assert (synth["exposures"], synth["stopped"]) == (8, "time budget")
+    assert "| synth | 0 |" in (tmp_path / "small" / "report.md").read_text()
 
 
 # -- bad input: exit code 2 and a message that says what to do -----------------------------------------------------

@@ -78,11 +78,25 @@ def test_missing_torch_names_the_extra(recording, tmp_path):
     ({"stage_epochs": (1, 0, 1)}, "three positive integers"),
     ({"distil_from": "student"}, "unknown --distil-from"),
     ({"teacher_nets": "freeze"}, "unknown --teacher-nets"),
+    ({"synthetic": "yes"}, "unknown --synthetic"),
+    ({"synthetic_exposures": 0}, "--synthetic-exposures must be a whole number >= 1"),
 ])
 def test_invalid_configs(changes, message, recording):
     values = {"data": (str(recording),), "out": "x", **changes}
     with pytest.raises(ConfigError, match=message):
         AdaptConfig(**values)
+
+
+def test_stages_that_do_not_run_give_their_share_to_the_student(recording):
+    from spikereveal.training.adapt import STAGE_SHARES
+
+    base = {"data": (str(recording),), "out": "x"}
+    assert AdaptConfig(**base, teacher_nets="fine-tune", synthetic="matched").shares() == STAGE_SHARES
+    kept = AdaptConfig(**base, teacher_nets="keep", synthetic="matched").shares()
+    assert (kept["bsn"], kept["sr"], kept["synth"]) == (0.0, 0.0, STAGE_SHARES["synth"])
+    assert kept["ldn"] == pytest.approx(STAGE_SHARES["ldn"] + STAGE_SHARES["bsn"] + STAGE_SHARES["sr"])
+    alone = AdaptConfig(**base, teacher_nets="keep", synthetic="off").shares()
+    assert alone["synth"] == 0.0 and alone["ldn"] == pytest.approx(sum(STAGE_SHARES.values()))
 
 
 def test_duplicate_recordings_are_refused(recording):

@@ -24,12 +24,15 @@ def register(subparsers) -> None:
     from spikereveal.training.adapt import (  # torch-free
         DEFAULT_DISTIL_FROM,
         DEFAULT_HOLDOUT_EVERY,
+        DEFAULT_SYNTHETIC,
+        DEFAULT_SYNTHETIC_EXPOSURES,
         DEFAULT_TEACHER_NETS,
         DEFAULT_TIME_BUDGET_MIN,
         DISTIL_SOURCES,
         TEACHER_NETS,
         MIN_TIME_BUDGET_MIN,
         STAGE_SHARES,
+        SYNTHETIC,
     )
     from spikereveal.training.train_config import AUTOCAST_CHOICES
 
@@ -39,7 +42,8 @@ def register(subparsers) -> None:
         help="fine-tune the student (and optionally the teacher nets) on your rig's recordings (no ground truth "
              "needed)",
         description="Fine-tune the student on the rig's own recordings, self-supervised, within a time budget "
-                    "(with --teacher-nets fine-tune, the shipped teacher's BSN and SR first); hold out every N-th "
+                    "(with --teacher-nets fine-tune, the shipped teacher's BSN and SR first), beside simulated "
+                    "recordings on a sensor like the rig's (--synthetic matched); hold out every N-th "
                     "exposure and report ground-truth-free indicators (re-blur PSNR, agreement with the teacher, "
                     "firing gain) on them before and after (plus PSNR/SSIM where gt.csv exists). Writes DIR/ldn.pt, "
                     "ldn.onnx (for deblur --onnx and serve), report.json and report.md (and bsn.pt, sr.pt when "
@@ -51,8 +55,9 @@ def register(subparsers) -> None:
     parser.add_argument("--time-budget-min", type=float, default=DEFAULT_TIME_BUDGET_MIN, metavar="M",
                         help=f"wall-clock budget of the training in minutes (default {DEFAULT_TIME_BUDGET_MIN:g}, at "
                              f"least {MIN_TIME_BUDGET_MIN:g}): {shares} (the student's share includes its teacher "
-                             f"targets; with --teacher-nets keep the student gets the teacher's shares too), the "
-                             f"rest for export and report; epochs are sized from the first one")
+                             f"targets; a stage that does not run, such as the teacher's with --teacher-nets keep, "
+                             f"gives its share to the student), the rest for export and report; epochs are sized "
+                             f"from the first one")
     parser.add_argument("--model", type=Path, metavar="CKPT", help="student LDN to start from (default: shipped)")
     parser.add_argument("--teacher-bsn", type=Path, metavar="CKPT", help="teacher BSN to start from (default: shipped)")
     parser.add_argument("--teacher-sr", type=Path, metavar="CKPT", help="teacher SR to start from (default: shipped)")
@@ -73,6 +78,14 @@ def register(subparsers) -> None:
                         help=f"fine-tune the teacher's BSN and SR on the rig first (fine-tune, the paper's) or keep "
                              f"the starting ones and give their budget to the student (keep); default "
                              f"{DEFAULT_TEACHER_NETS}")
+    parser.add_argument("--synthetic", choices=SYNTHETIC, default=DEFAULT_SYNTHETIC,
+                        help=f"matched: also train the student on simulated recordings (their ground truth as its "
+                             f"targets) whose sensor threshold matches the rig's measured firing gain and whose "
+                             f"geometry, clock and exposure length are the rig's; off: the rig's recordings only; "
+                             f"default {DEFAULT_SYNTHETIC}")
+    parser.add_argument("--synthetic-exposures", type=positive_int, default=DEFAULT_SYNTHETIC_EXPOSURES, metavar="N",
+                        help=f"simulated exposures to write, 8 per recording, fewer when the stage's budget is "
+                             f"spent (default {DEFAULT_SYNTHETIC_EXPOSURES})")
     parser.add_argument("--force", action="store_true",
                         help="start over in DIR even if it holds an adaptation with other arguments")
     parser.add_argument("--epochs", type=_three_epochs, default=None, help=argparse.SUPPRESS)  # BSN,SR,LDN: tests
@@ -87,7 +100,7 @@ def _progress_printer(tqdm):
         head = f"[{event.index}/{event.stages}] {event.stage}"
         if event.status != "train":
             close_all()
-            if event.status in ("start", "skip", "done") and (event.message or event.status != "done"):
+            if event.status in ("start", "skip", "progress", "done") and (event.message or event.status != "done"):
                 tqdm.write(f"{head}: {event.status}" + (f" ({event.message})" if event.message else ""))
             return
         draw(event.train, head)
@@ -105,7 +118,8 @@ def run(args) -> int:
         teacher_sr=None if args.teacher_sr is None else str(args.teacher_sr),
         holdout_every=args.holdout_every, threads=args.threads, device=args.device, autocast=args.autocast,
         stage_epochs=args.epochs, distil_from=args.distil_from,
-        teacher_nets=args.teacher_nets, force=args.force,
+        teacher_nets=args.teacher_nets, synthetic=args.synthetic, synthetic_exposures=args.synthetic_exposures,
+        force=args.force,
     )
     require("torch", "spikereveal adapt (training)", "train")
     from tqdm import tqdm
