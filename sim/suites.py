@@ -117,9 +117,14 @@ def _train() -> tuple[SuiteEntry, ...]:
     )
 
 
-def _test(name: str, seed: int, **kwargs) -> tuple[SuiteEntry, ...]:
-    return tuple(SuiteEntry("test", f"{name}_{tag}", seed + k, 4, "skimage-test", **kwargs)
+def _pair(split: str, name: str, seed: int, exposures: int, scenes: str, **kwargs) -> tuple[SuiteEntry, ...]:
+    """Two recordings of one family, ``<name>_a`` and ``<name>_b``, seeds ``seed`` and ``seed + 1``."""
+    return tuple(SuiteEntry(split, f"{name}_{tag}", seed + k, exposures, scenes, **kwargs)
                  for k, tag in enumerate(("a", "b")))
+
+
+def _test(name: str, seed: int, **kwargs) -> tuple[SuiteEntry, ...]:
+    return _pair("test", name, seed, 4, "skimage-test", **kwargs)
 
 
 GENERALISATION: tuple[SuiteEntry, ...] = (
@@ -134,13 +139,10 @@ GENERALISATION: tuple[SuiteEntry, ...] = (
 )
 
 ADAPTATION: tuple[SuiteEntry, ...] = (
-    *(SuiteEntry("val", f"adapt_th3_{tag}", 4021 + k, 8, "skimage-val", threshold_scale=3.0)
-      for k, tag in enumerate(("a", "b"))),
-    *(SuiteEntry("test", f"adapt_th4_{tag}", 4031 + k, 8, "skimage-test", threshold_scale=4.0)
-      for k, tag in enumerate(("a", "b"))),
+    *_pair("val", "adapt_th3", 4021, 8, "skimage-val", threshold_scale=3.0),
+    *_pair("test", "adapt_th4", 4031, 8, "skimage-test", threshold_scale=4.0),
     # the x4 rig's very scenes and motion (same seeds) on the preset's sensor: the in-domain reference of adapt_th4
-    *(SuiteEntry("test", f"adapt_th1_{tag}", 4031 + k, 8, "skimage-test")
-      for k, tag in enumerate(("a", "b"))),
+    *_pair("test", "adapt_th1", 4031, 8, "skimage-test"),
 )
 
 SUITES: dict[str, tuple[SuiteEntry, ...]] = {"generalisation": GENERALISATION, "adaptation": ADAPTATION}
@@ -197,9 +199,9 @@ def write_entry(
     """Simulate one suite entry into ``root/<split>/<name>`` (an incomplete one there is replaced; a complete
     one only with ``overwrite``). The entry is recorded under ``labels`` in its ``sim_truth.json``. ``changes``:
     preset fields to replace (a rig's geometry, ``k``)."""
-    path = entry.path(root)
-    labels = {"suite": suite_name, **asdict(entry), "preset": preset_name or entry.preset, **dict(changes or {})}
-    config = entry.config(preset_name, **dict(changes or {}))
+    path, changes = entry.path(root), dict(changes or {})
+    labels = {"suite": suite_name, **asdict(entry), "preset": preset_name or entry.preset, **changes}
+    config = entry.config(preset_name, **changes)
     return simulate_recording(
         config, path, entry.seed, entry.exposure_count(exposures_scale), scenes=entry.scenes, progress=progress,
         overwrite=overwrite or not recording_complete(path), labels=labels,

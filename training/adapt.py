@@ -620,12 +620,12 @@ def _checkpoint_record(path: Path) -> dict | None:
 class _Stage:
     """Runs one training stage: probe epoch, plan, continue; records everything in the state."""
 
-    def __init__(self, kind, config: AdaptConfig, state: dict, out: Path, train_views, starts, smallest_side,
+    def __init__(self, kind, config: AdaptConfig, state: dict, out: Path, data, starts, smallest_side,
                  emit: Callable[..., None], save_state: Callable[[], None], tfp_window: int):
-        # train_views: every recording the stage trains on (the student's includes the simulated ones)
+        """``data``: every recording the stage trains on (the student's includes the simulated ones)."""
         self.kind, self.config, self.out, self.tfp_window = kind, config, out, tfp_window
         self.record = state["stages"].setdefault(kind, {"status": "pending"})
-        self.train_views, self.starts, self.smallest_side = train_views, starts, smallest_side
+        self.data, self.starts, self.smallest_side = data, starts, smallest_side
         self.emit, self.save_state = emit, save_state
         self.checkpoint = out / f"{kind}.pt"
         self.budget_s = config.stage_budget_s(kind)
@@ -642,7 +642,7 @@ class _Stage:
                                          self.tfp_window)
         self.record["status"] = "running"
         self.save_state()
-        return train([os.fspath(v) for v in self.train_views], self.checkpoint, train_config,
+        return train([os.fspath(v) for v in self.data], self.checkpoint, train_config,
                      resume=self.checkpoint if resume else None, options=options,
                      progress=lambda event: self.emit("train", train=event))
 
@@ -997,7 +997,7 @@ def adapt(config: AdaptConfig, progress: AdaptProgressFn | None = None) -> Adapt
     # 2. sensor-matched simulated recordings (the student's ground-truth targets)
     emit = emitter("synth")
     synthetic: list[Path] = []
-    record = state["stages"].get("synth") or {}
+    record = state["stages"].setdefault("synth", {})
     if not config.simulates:
         state["stages"]["synth"] = {"status": "off"}
         save()
@@ -1007,7 +1007,6 @@ def adapt(config: AdaptConfig, progress: AdaptProgressFn | None = None) -> Adapt
         skipped.append("synth")
         emit("skip", f"{len(synthetic)} simulated recording(s) already written ({out / SYNTHETIC_DIR})")
     else:
-        record = state["stages"].setdefault("synth", {})
         emit("start", f"up to {config.synthetic_exposures} exposure(s) on a sensor like the rig's, budget "
                       f"{config.stage_budget_s('synth'):.0f} s")
         synthetic = _synthesize(config, record, out, train_views, gain, emit, save)
