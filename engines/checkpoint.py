@@ -18,6 +18,7 @@ import hashlib
 import os
 import pickle
 import platform
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -368,13 +369,14 @@ def import_official_ldn(path: str | os.PathLike, out: str | os.PathLike) -> dict
 
 
 def interpolate_checkpoints(start: str | os.PathLike, end: str | os.PathLike, alpha: float,
-                            out: str | os.PathLike) -> dict:
+                            out: str | os.PathLike, colour_anchor: str | None = None) -> dict:
     """Write ``(1 - alpha) * start + alpha * end``, tensor by tensor, as a checkpoint at ``out``; returns its meta.
 
     Weight-space interpolation between a network and its fine-tuned self (WiSE-FT, Wortsman et al., CVPR 2022):
     part of the start's robustness back at little cost to what fine-tuning gained. Both must be checkpoints of
     one kind with the same tensor names and shapes; the result takes ``end``'s config (e.g. its ``spike_norm``)
     and its training record, plus an ``interpolation`` entry (alpha, both files' paths, sha256 and sources).
+    ``colour_anchor`` (students only): the result's ``LDNConfig.colour_anchor`` instead of ``end``'s.
     """
     torch = _torch()
     if isinstance(alpha, bool) or not 0.0 <= float(alpha) <= 1.0:
@@ -399,6 +401,10 @@ def interpolate_checkpoints(start: str | os.PathLike, end: str | os.PathLike, al
         else:
             raise CheckpointError(Path(start), f"non-float tensor {name} differs from {end}'s; it cannot be "
                                                "interpolated")
+    if colour_anchor is not None:
+        if end_meta["kind"] != "ldn":
+            raise ConfigError(f"--colour-anchor is a student (ldn) setting; {end} is a {end_meta['kind']} checkpoint")
+        end_model = build_model("ldn", replace(end_model.config, colour_anchor=colour_anchor))
     end_model.load_state_dict(blended, strict=True)
     training = dict(end_meta.get("training") or {})
     training["interpolation"] = {

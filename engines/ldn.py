@@ -17,7 +17,7 @@ from torch import nn
 
 from spikereveal.errors import ConfigError
 from spikereveal.kernels.extract import SPIKE_LEVEL
-from spikereveal.kernels.images import SPIKE_TO_IMAGE_SCALE  # the LDN's two stride-2 encoder stages
+from spikereveal.kernels.images import COLOUR_ANCHORS, SPIKE_TO_IMAGE_SCALE  # scale: the two stride-2 encoder stages
 from spikereveal.kernels.sensor import FIRING_GAIN_MAX, FIRING_GAIN_MIN, GRAY_WEIGHTS_BGR, MIN_GRAY_MEAN, SPIKE_NORMS
 from spikereveal.kernels.timing import LDN_SPIKE_WINDOW
 
@@ -35,11 +35,15 @@ LITE_VARIANTS = ("lite", "lite-fused")
 class LDNConfig:
     """Network configuration stored in checkpoints. The paper's network uses 21 spike frames and raw
     spikes (``spike_norm`` "none"); ``"firing-gain"`` makes the student read rates relative to the exposure's
-    own firing gain. ``variant`` picks the architecture (``LDN_VARIANTS``)."""
+    own firing gain. ``variant`` picks the architecture (``LDN_VARIANTS``). ``colour_anchor`` "exposure-mean"
+    shifts each channel of an exposure's frames so their mean is the blurry frame's (``COLOUR_ANCHORS``; applied
+    where the network runs per exposure, :meth:`LDN.forward_exposure` and the deployed graph, not in the
+    per-timestamp ``forward`` that training calls)."""
 
     spike_frames: int = LDN_SPIKE_WINDOW
     spike_norm: str = "none"
     variant: str = DEFAULT_VARIANT
+    colour_anchor: str = "none"
 
     def __post_init__(self):
         if isinstance(self.spike_frames, bool) or not isinstance(self.spike_frames, int) or self.spike_frames < 1:
@@ -48,13 +52,17 @@ class LDNConfig:
             raise ConfigError(f"LDN spike_norm must be one of {SPIKE_NORMS}, got {self.spike_norm!r}")
         if self.variant not in LDN_VARIANTS:
             raise ConfigError(f"LDN variant must be one of {LDN_VARIANTS}, got {self.variant!r}")
+        if self.colour_anchor not in COLOUR_ANCHORS:
+            raise ConfigError(f"LDN colour_anchor must be one of {COLOUR_ANCHORS}, got {self.colour_anchor!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as stored in checkpoints and ONNX metadata; the paper variant leaves ``variant`` out, so
-        its files read exactly as before (and by versions that predate the field)."""
+        """The config as stored in checkpoints and ONNX metadata; fields at their defaults that came after the
+        first release (``variant`` "paper", ``colour_anchor`` "none") are left out, so such files read exactly as
+        before (and by versions that predate the fields)."""
         values = asdict(self)
-        if values["variant"] == DEFAULT_VARIANT:
-            del values["variant"]
+        for name, default in (("variant", DEFAULT_VARIANT), ("colour_anchor", "none")):
+            if values[name] == default:
+                del values[name]
         return values
 
     @classmethod
@@ -320,7 +328,8 @@ class LDN(nn.Module):
     def forward_exposure(self, blur: torch.Tensor, spike_windows: torch.Tensor) -> torch.Tensor:
         """All K timestamps of one exposure as one batch: the same blurry frame for each spike window.
 
-        ``blur`` is (3,H,W) or (1,3,H,W); ``spike_windows`` is (K,S,H/4,W/4). Returns (K,3,H,W), unclipped.
+        ``blur`` is (3,H,W) or (1,3,H,W); ``spike_windows`` is (K,S,H/4,W/4). Returns (K,3,H,W), unclipped
+        (clipped with ``colour_anchor`` "exposure-mean", :func:`anchor_colour`).
         """
         if blur.ndim == 3:
             blur = blur.unsqueeze(0)
@@ -332,7 +341,8 @@ class LDN(nn.Module):
                 f"got {tuple(spike_windows.shape)}"
             )
         # one firing gain for the K windows: forward measures it over the whole batch, i.e. this exposure
-        return self(blur.expand(spike_windows.shape[0], -1, -1, -1), spike_windows)
+        sharp = self(blur.expand(spike_windows.shape[0], -1, -1, -1), spike_windows)
+        return sharp if self.config.colour_anchor == "none" else anchor_colour(sharp, blur)
 
 
 class ExposureLDN(nn.Module):
@@ -362,7 +372,18 @@ class ExposureLDN(nn.Module):
         else:
             weight = ldn.pred.weight  # (3, 3 + 16, 1, 1): the blurry image's channels come first
             sharp = F.conv2d(blur, weight[:, :3]) + F.conv2d(decoded, weight[:, 3:], ldn.pred.bias)
-        return (sharp.clamp(0.0, 1.0) * 255.0 + 0.5).floor().to(torch.uint8).permute(0, 2, 3, 1)
+        sharp = sharp.clamp(0.0, 1.0) if ldn.config.colour_anchor == "none" else anchor_colour(sharp, blur)
+        return (sharp * 255.0 + 0.5).floor().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def anchor_colour(sharp: torch.Tensor, blur: torch.Tensor) -> torch.Tensor:
+    """``colour_anchor`` "exposure-mean": the K frames ``sharp`` (K,3,H,W) of one exposure, clipped to [0, 1],
+    each channel shifted by one offset so the mean over the K frames and the image equals that of the blurry frame
+    ``blur`` (1,3,H,W) (the blur formation fixes it, SPEC §3), clipped again. The frames should span the
+    exposure (a batch of its first half alone would be pulled towards the whole exposure's mean)."""
+    sharp = sharp.clamp(0.0, 1.0)
+    offset = blur.mean(dim=(0, 2, 3), keepdim=True) - sharp.mean(dim=(0, 2, 3), keepdim=True)
+    return (sharp + offset).clamp(0.0, 1.0)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -16,6 +16,11 @@ from spikereveal.kernels.packing import as_packed
 
 SDM_SHORT_WINDOW = 9  # the reference's short TFP (SPEC §3)
 SPIKE_TO_IMAGE_SCALE = 4  # the canonical (network) grid is 4x the spike grid (SPEC §4): the one name for this ratio
+#: How the student's frames of one exposure are tied to its blurry frame's colour (``engines.ldn.LDNConfig.
+#: colour_anchor``): "none" (the network's output as is, the paper's) or "exposure-mean" (each channel shifted by
+#: one offset so the mean of the exposure's K frames has the blurry frame's mean: the blur formation
+#: ``B = (1/T) integral L dt`` (SPEC §3) pins each channel's mean over the exposure, so a colour cast cannot stay)
+COLOUR_ANCHORS = ("none", "exposure-mean")
 
 
 def tfp(packed, height: int, width: int, center: int, window: int, first_index: int = 0) -> np.ndarray:

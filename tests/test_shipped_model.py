@@ -75,3 +75,4 @@ def test_default_student_records_its_interpolation_provenance():
     assert blend["start"]["source"].startswith("official S-SDM LDN weights imported from")
     assert blend["end"]["source"] == "spikereveal train ldn" and len(blend["end"]["sha256"]) == 64
     assert meta["config"]["spike_norm"] == "firing-gain" and meta["training"]["firing_gain_range"]
+    assert meta["config"]["colour_anchor"] == "exposure-mean"  # chosen on the validation families (training/README.md)

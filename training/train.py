@@ -37,7 +37,8 @@ from spikereveal.errors import ConfigError
 from spikereveal.training import bsn, distributed, sr
 from spikereveal.training import datasets as ds
 from spikereveal.training.losses import LdnLossWeights, bsn_loss, ldn_loss, sr_loss
-from spikereveal.training.train_config import KIND_DEFAULTS, KINDS, RunOptions, TrainConfig, distilled_positions
+from spikereveal.training.train_config import (KIND_DEFAULTS, KINDS, NETWORK_FIELDS, RunOptions, TrainConfig,
+                                               distilled_positions)
 
 log = logging.getLogger(__name__)
 
@@ -347,11 +348,13 @@ def _train(group: distributed.LocalGroup, data, out, config: TrainConfig, resume
         else:
             torch.manual_seed(config.seed)
             if kind == "ldn" and network_config is None:
-                network_config = {name: getattr(config, name) for name in ("spike_norm", "variant")
+                network_config = {name: getattr(config, name) for name in NETWORK_FIELDS
                                   if getattr(config, name) is not None}
             model = _new_model(kind, network_config)
-        if kind == "ldn" and config.spike_norm is not None and model.config.spike_norm != config.spike_norm:
-            model = _with_network_config(model, spike_norm=config.spike_norm)
+        changes = {name: getattr(config, name) for name in ("spike_norm", "colour_anchor")
+                   if kind == "ldn" and getattr(config, name) not in (None, getattr(model.config, name))}
+        if changes:  # an --init checkpoint's weights read with another spike input or colour anchor
+            model = _with_network_config(model, **changes)
     config = config.with_defaults()
     if config.batch_size % group.world_size:
         raise ConfigError(

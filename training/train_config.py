@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
 from spikereveal.errors import ConfigError
+from spikereveal.kernels.images import COLOUR_ANCHORS  # torch-free: how the student's frames keep their colour
 from spikereveal.kernels.sensor import SPIKE_NORMS  # torch-free: how the student reads its spikes
 from spikereveal.kernels.timing import DEFAULT_MARGIN_FRAMES
 
@@ -94,7 +95,13 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "ground_truth": "ignore",
     "spike_norm": None,  # None: the paper's raw spikes for a fresh student, the --init checkpoint's own otherwise
     "variant": None,  # None: the paper's network for a fresh student, the --init checkpoint's own otherwise
+    "colour_anchor": None,  # None: "none" for a fresh student, the --init checkpoint's own otherwise
 }
+
+
+#: the student's network config (``engines.ldn.LDNConfig``) fields that ``train ldn`` sets (None: the --init
+#: checkpoint's own, else the network's default)
+NETWORK_FIELDS = ("spike_norm", "variant", "colour_anchor")
 
 
 def distilled_positions(reblur_count: int, distilled_count: int) -> list[int]:
@@ -159,6 +166,7 @@ class TrainConfig:
     spike_norm: str | None = None
     variant: str | None = None
     ground_truth: str | None = None
+    colour_anchor: str | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -182,7 +190,8 @@ class TrainConfig:
         if self.teacher is not None and self.teacher not in TEACHERS:
             raise ConfigError(f"unknown teacher {self.teacher!r}; use one of {list(TEACHERS)}")
         for name, choices in (("autocast", AUTOCAST_CHOICES), ("teacher_autocast", AUTOCAST_CHOICES),
-                              ("reblur_rule", REBLUR_RULES), ("reblur_gradient", REBLUR_GRADIENTS)):
+                              ("reblur_rule", REBLUR_RULES), ("reblur_gradient", REBLUR_GRADIENTS),
+                              ("spike_norm", SPIKE_NORMS), ("colour_anchor", COLOUR_ANCHORS)):
             value = getattr(self, name)
             if value is not None and value not in choices:
                 raise ConfigError(f"unknown {name} {value!r}; use one of {list(choices)}")
@@ -190,8 +199,6 @@ class TrainConfig:
             raise ConfigError(f"unknown LDN variant {self.variant!r}; use one of {list(LDN_VARIANTS)}")
         if self.ground_truth is not None and self.ground_truth not in GROUND_TRUTH_USES:
             raise ConfigError(f"unknown ground_truth {self.ground_truth!r}; use one of {list(GROUND_TRUTH_USES)}")
-        if self.spike_norm is not None and self.spike_norm not in SPIKE_NORMS:
-            raise ConfigError(f"unknown spike_norm {self.spike_norm!r}; use one of {list(SPIKE_NORMS)}")
         if self.reblur_timestamps is not None:
             distilled_positions(self.reblur_timestamps, self.timestamps or DEFAULT_LDN_TIMESTAMPS)
         if self.teacher in ("nets", "nets+ldn") and self.kind == "ldn" and not (self.teacher_bsn and self.teacher_sr):
@@ -203,7 +210,7 @@ class TrainConfig:
             raise ConfigError(f"the student teacher (--teacher {self.teacher}) needs --teacher-ldn CKPT (a trained LDN "
                               "checkpoint, or 'default' for the shipped student)")
         if self.kind != "ldn":
-            extra = [n for n in ("teacher_bsn", "teacher_sr", "teacher_ldn", "reblur_timestamps", "spike_norm", "variant")
+            extra = [n for n in ("teacher_bsn", "teacher_sr", "teacher_ldn", "reblur_timestamps") + NETWORK_FIELDS
                      if getattr(self, n) is not None]
             extra += [name for name in ("reblur_rule", "reblur_gradient", "ground_truth")
                       if getattr(self, name) not in (None, COMMON_DEFAULTS[name])]

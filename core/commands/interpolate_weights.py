@@ -6,6 +6,7 @@ from pathlib import Path
 
 from spikereveal.commands._types import output_file
 from spikereveal.errors import ConfigError, require
+from spikereveal.kernels.images import COLOUR_ANCHORS
 
 
 def register(subparsers) -> None:
@@ -25,6 +26,10 @@ def register(subparsers) -> None:
                                     "student's name")
     parser.add_argument("--alpha", type=float, required=True, help="weight of END, in [0, 1]")
     parser.add_argument("--out", type=output_file, required=True, help="checkpoint to write")
+    parser.add_argument("--colour-anchor", choices=COLOUR_ANCHORS,
+                        help="students only: the result's colour anchor, none or exposure-mean (each channel of an "
+                             "exposure's frames shifted so their mean is the blurry frame's; see 'train ldn "
+                             "--colour-anchor'); default: END's")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     parser.set_defaults(func=run)
 
@@ -51,6 +56,6 @@ def run(args) -> int:
     if args.out.exists() and not args.force:
         raise ConfigError(f"{args.out} exists; pass --force to overwrite it")
     start, end = _checkpoint(args.start), _checkpoint(args.end)
-    meta = interpolate_checkpoints(start, end, args.alpha, args.out)
+    meta = interpolate_checkpoints(start, end, args.alpha, args.out, colour_anchor=args.colour_anchor)
     print(f"wrote {meta['path']}: kind {meta['kind']}, {meta['parameters']:,} parameters; {meta['source']}")
     return 0

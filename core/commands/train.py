@@ -10,7 +10,8 @@ from spikereveal.errors import ConfigError, require
 from spikereveal.commands._progress import train_progress_bars
 from spikereveal.commands._types import output_dir, output_file, positive_int
 from spikereveal.training.train_config import (  # torch-free
-    AUTOCAST_CHOICES, GROUND_TRUTH_USES, LDN_VARIANTS, REBLUR_GRADIENTS, REBLUR_RULES, SPIKE_NORMS, TEACHERS)
+    AUTOCAST_CHOICES, COLOUR_ANCHORS, GROUND_TRUTH_USES, LDN_VARIANTS, REBLUR_GRADIENTS, REBLUR_RULES, SPIKE_NORMS,
+    TEACHERS)
 
 _HELP = {
     "bsn": "the teacher's blind-spot denoiser: MSE(TFP_short, BSN(TFP_short))",
@@ -98,6 +99,12 @@ def register(subparsers) -> None:
                                help="how the student reads its spikes: none (raw 0/1 frames, the paper's) or "
                                     "firing-gain (divided by the exposure's firing gain, so a sensor with another "
                                     "threshold or gain looks the same; default: the --init model's, else none)")
+            child.add_argument("--colour-anchor", choices=COLOUR_ANCHORS,
+                               help="where the student runs on a whole exposure (eval, deblur, serve, the exports): "
+                                    "none (its frames as they come) or exposure-mean (each channel shifted so the "
+                                    "mean of the exposure's frames is the blurry frame's, which the blur formation "
+                                    "fixes: no colour cast); not used by the training loss (default: the --init "
+                                    "model's, else none)")
             child.add_argument("--timestamps", type=positive_int, help="timestamps per exposure in the loss (default 5)")
             child.add_argument("--reblur-timestamps", type=positive_int, metavar="N",
                                help="timestamps per exposure in the re-blur term, a finer set containing the "
@@ -148,6 +155,7 @@ def _config(args):
             lambda_ssim=args.lambda_ssim, teacher_autocast=args.teacher_autocast,
             reblur_timestamps=args.reblur_timestamps, reblur_rule=args.reblur_rule,
             reblur_gradient=args.reblur_gradient, spike_norm=args.spike_norm, ground_truth=args.ground_truth,
+            colour_anchor=args.colour_anchor,
         )
     return TrainConfig(**values)
 
