@@ -138,22 +138,23 @@ def _named_model(model: str | os.PathLike) -> str | None:
     return text if text in SHIPPED_MODELS and not Path(text).is_file() else None
 
 
-def resolve_model_path(model: str | os.PathLike | None) -> Path:
+def resolve_model_path(model: str | os.PathLike | None, option: str = "--model") -> Path:
     """``model``: a checkpoint path (must exist), a shipped model's name (``SHIPPED_MODELS``: "default", "lite";
-    an existing file of that very name wins), or None for the shipped default. ConfigError saying what to pass."""
+    an existing file of that very name wins), or None for the shipped default. ConfigError saying what to pass
+    (with ``option``, the command-line option the user gave it with)."""
     name = None if model is None else _named_model(model)
     if name is not None:
         path = shipped_model_path(name)
         if path is None:
             raise ConfigError(
                 f"the shipped model {name!r} is not installed (spikereveal/{SHIPPED_MODELS[name][0]}); pass an LDN "
-                f"checkpoint with --model CKPT, or one of the installed names: "
+                f"checkpoint with {option} CKPT, or one of the installed names: "
                 f"{', '.join(n for n in SHIPPED_MODELS if shipped_model_path(n) is not None) or 'none'}")
         return path
     if model is not None:
         path = Path(model)
         if not path.is_file():
-            raise ConfigError(f"model checkpoint {path} does not exist; pass an LDN checkpoint with --model, or a "
+            raise ConfigError(f"model checkpoint {path} does not exist; pass an LDN checkpoint with {option}, or a "
                               f"shipped model's name ({', '.join(SHIPPED_MODELS)})")
         return path
     path = default_model_path()

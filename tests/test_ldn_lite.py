@@ -252,6 +252,19 @@ def test_student_teacher_targets_are_the_deployed_students_frames(tmp_path):
     assert np.abs(targets - expected).max() <= 1 / 255 + 1e-6
 
 
+def test_a_missing_student_teacher_or_init_is_named_by_its_option(tiny_recording, tmp_path):
+    from cli_support import run_cli
+
+    recording = tiny_recording(seed=1, exposures=2)
+    common = ["train", "ldn", "--data", str(recording), "--out", str(tmp_path / "s.pt"), "--epochs", "1"]
+    for option, extra in (("--teacher-ldn", []), ("--init", ["--teacher", "sdm"])):
+        result = run_cli(*common, *extra, option, str(tmp_path / "missing.pt"))
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert f"missing.pt does not exist; pass an LDN checkpoint with {option}, or a shipped model's name" \
+            in result.stderr, result.stderr
+    assert not (tmp_path / "s.pt").exists()
+
+
 def test_train_config_checks_the_student_teacher_and_variant():
     from spikereveal.training.train_config import TrainConfig
 

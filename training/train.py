@@ -173,7 +173,7 @@ def _student_teacher(model: str, cache_dir: str | None) -> tuple[ds.TeacherFn, s
     from spikereveal.engines.checkpoint import sha256_of
     from spikereveal.engines.export import ExportConfig, export_checkpoint, resolve_model_path, shipped_onnx_for
 
-    path = resolve_model_path(model)
+    path = resolve_model_path(model, "--teacher-ldn")
     sha = sha256_of(path)
     onnx_path = shipped_onnx_for(path)
     if onnx_path is None:
@@ -331,7 +331,7 @@ def _train(group: distributed.LocalGroup, data, out, config: TrainConfig, resume
             if kind == "ldn":
                 from spikereveal.engines.export import resolve_model_path
 
-                init_path = resolve_model_path(config.init)  # a shipped model's name ("default") or a path
+                init_path = resolve_model_path(config.init, "--init")  # a shipped model's name ("default") or a path
             model, init_meta = load_checkpoint(init_path, expected_kind=kind)
             init_provenance = {"path": os.fspath(init_path), "sha256": sha256_of(init_path),
                                "source": init_meta.get("source", ""),
