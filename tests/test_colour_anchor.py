@@ -58,7 +58,8 @@ def test_anchor_matches_its_twin_and_restores_each_channel_mean():
     torch.testing.assert_close(out - out.mean(dim=(0, 2, 3), keepdim=True),
                                sharp - sharp.mean(dim=(0, 2, 3), keepdim=True), rtol=0, atol=1e-6)
     wild = torch.randn(3, 3, 8, 8, generator=gen) * 2  # far outside [0, 1]: the result stays inside
-    assert float(anchor_colour(wild, blur[..., :8, :8]).min()) >= 0 and float(anchor_colour(wild, blur[..., :8, :8]).max()) <= 1
+    bounded = anchor_colour(wild, blur[..., :8, :8])
+    assert float(bounded.min()) >= 0 and float(bounded.max()) <= 1
 
 
 @pytest.mark.parametrize("variant", ["paper", "lite"])
@@ -69,7 +70,8 @@ def test_forward_exposure_applies_the_anchor_and_forward_does_not(variant):
         raw = plain.forward_exposure(blur, spikes)
         out = anchored.forward_exposure(blur, spikes)
         # the per-timestamp forward (training's) is the network alone
-        torch.testing.assert_close(anchored(blur.expand(5, -1, -1, -1), spikes), plain(blur.expand(5, -1, -1, -1), spikes))
+        batch = blur.expand(5, -1, -1, -1)
+        torch.testing.assert_close(anchored(batch, spikes), plain(batch, spikes))
     np.testing.assert_allclose(out.numpy(), anchor_twin(raw.numpy(), blur.numpy()), atol=1e-5)
     assert not np.allclose(out.numpy(), np.clip(raw.numpy(), 0, 1), atol=1e-3)
 
