@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import replace
 
 import numpy as np
 
@@ -133,6 +134,56 @@ def test_adapt_writes_every_output_and_a_before_after_report(adapted, nets):
 
 
 @pytest.mark.slow
+def test_the_report_time_is_measured_and_taken_from_the_students_budget(adapted):
+    out, result = adapted
+    report = json.loads((out / "report.json").read_text())
+    timed = report["budget"]["report"]
+    # one held-out exposure: K = 7 indicator frames, and its 3 ground-truth frames (k 3)
+    assert (timed["held_out_exposures"], timed["indicator_frames"], timed["ground_truth_frames"]) == (1, 7, 3)
+    assert set(timed["per_frame_s"]) == {"teacher", "student", "sdm", "scores"}
+    assert all(v > 0 for v in timed["per_frame_s"].values())
+    assert 0 < timed["estimate_s"] <= timed["reserve_s"] and timed["elapsed_s"] > 0
+    state = json.loads((out / STATE_FILE).read_text())
+    assert state["stages"]["ldn"]["report_time"]["reserve_s"] == timed["reserve_s"]
+    assert timed["reserve_s"] == pytest.approx(timed["estimate_s"] + state["stages"]["split"]["elapsed_s"], abs=0.11)
+    shares = report["budget"]["shares"]
+    for kind, stage in report["budget"]["stages"].items():  # the student's share pays for the split and the report
+        expected = shares[kind] * 30 * 60 - (timed["reserve_s"] if kind == "ldn" else 0.0)
+        assert stage["budget_s"] == pytest.approx(expected, abs=0.1)
+    assert "kept for the split and the report" in result.stdout + result.stderr
+    assert f"| split + report | {timed['reserve_s']:.0f} (from ldn's share) |" in (out / "report.md").read_text()
+
+
+def test_a_report_that_needs_most_of_the_budget_is_refused_and_its_measurement_kept(recording, nets, tmp_path,
+                                                                                    monkeypatch):
+    import spikereveal.training.adapt as module
+
+    measured = {"held_out_exposures": 1, "indicator_frames": 7, "ground_truth_frames": 3, "per_frame_s": {},
+                "estimate_s": 2000.0, "probe_s": 0.1}
+    monkeypatch.setattr(module, "report_estimate", lambda *args: dict(measured))
+    config = AdaptConfig(data=(str(recording),), out=str(tmp_path / "run"), time_budget_min=30.0, threads=1,
+                         model=str(nets["ldn"]), teacher_bsn=str(nets["bsn"]), teacher_sr=str(nets["sr"]),
+                         synthetic="off")
+    with pytest.raises(ConfigError, match=r"needs about 200\d s, more than 50% of --time-budget-min 30; re-run with "
+                                          r"--time-budget-min 67 or more, or hold out fewer exposures"):
+        adapt(config)
+    state = json.loads((tmp_path / "run" / STATE_FILE).read_text())
+    assert state["stages"]["ldn"]["report_time"]["estimate_s"] == 2000.0
+    _, meta = load_checkpoint(tmp_path / "run" / "ldn.pt")
+    assert meta["training"]["epochs_completed"] == 1  # the measurement epoch is kept
+
+    def measure_again(*args):
+        raise AssertionError("the report time is measured once per output directory")
+
+    monkeypatch.setattr(module, "report_estimate", measure_again)
+    monkeypatch.setattr(module, "MAX_EPOCHS", {"bsn": 2, "sr": 2, "ldn": 2})  # keep the test short
+    result = adapt(replace(config, time_budget_min=70.0))
+    assert result.report["budget"]["report"]["estimate_s"] == 2000.0
+    assert result.report["budget"]["stages"]["ldn"]["budget_s"] == pytest.approx(
+        0.95 * 70 * 60 - result.report["budget"]["report"]["reserve_s"], abs=0.1)
+
+
+@pytest.mark.slow
 def test_falling_indicators_are_not_read_as_a_verdict(adapted):
     from spikereveal.training.adapt import format_report
 
@@ -241,7 +292,9 @@ def test_keeping_the_teacher_nets_gives_their_budget_to_the_student(recording, n
     assert report["models"]["teacher_bsn_after"] == str(nets["bsn"]) and report["teacher"]["nets"] == "keep"
     stages = report["budget"]["stages"]
     assert stages["bsn"]["status"] == stages["sr"]["status"] == "kept"
-    assert (stages["bsn"]["budget_s"], stages["ldn"]["budget_s"]) == (0.0, pytest.approx(0.95 * 30 * 60))
+    reserve_s = report["budget"]["report"]["reserve_s"]  # the split's and the report's time, from the student's
+    assert (stages["bsn"]["budget_s"], stages["ldn"]["budget_s"]) == (0.0, pytest.approx(0.95 * 30 * 60 - reserve_s,
+                                                                                          abs=0.1))
     text = (out / "report.md").read_text()
     assert "| bsn | 0 | 0 | kept as it was | - |" in text and "starting (kept, --teacher-nets keep)" in text
 

@@ -36,10 +36,14 @@ Stages, in order, each resumable and skipped once done (``DIR/adapt_state.json``
    the firing gain of the data against the range each model declares; plus PSNR/SSIM against ``gt.csv``
    (``evaluate``) where the held-out recordings have it. ``DIR/report.json`` and ``DIR/report.md``.
 
-Time budget: ``time_budget_min`` is shared out in a fixed proportion (:data:`STAGE_SHARES`): 10 % the simulated
-recordings, 15 % BSN, 10 % SR, 60 % the student *including* its teacher targets, the last 5 % left to the export and
-the held-out evaluation (not enforced); a stage that does not run gives its share to the student (the defaults,
-teacher's nets kept and simulated recordings: 85 %; ``AdaptConfig.shares``). Epochs are sized from a
+Time budget: ``time_budget_min`` covers the whole command. It is shared out in a fixed proportion
+(:data:`STAGE_SHARES`): 10 % the simulated recordings, 15 % BSN, 10 % SR, 60 % the student *including* its teacher
+targets, the last 5 % left to the export; a stage that does not run gives its share to the student (the defaults,
+teacher's nets kept and simulated recordings: 85 %; ``AdaptConfig.shares``). The student's share also pays for the
+split and the report: after its first epoch the report's cost is measured (:func:`report_estimate`: its work timed
+on one held-out frame, times the held-out frames; measured there because the report runs in a process that has
+trained, where the same work is faster than in a fresh one) and taken, with the split's time, from the student's
+budget (recorded once per output directory). Epochs are sized from a
 measurement: each stage first trains one epoch (whose learning rate, ``lr`` itself, is the same under any cosine
 length), then plans ``1 + (stage budget − time spent) // first-epoch time`` epochs in all (at most
 :data:`MAX_EPOCHS`, the shipped recipe's own epochs), and continues the same run (``resume=``) with that many, so
@@ -92,7 +96,7 @@ OWNED = (STATE_FILE, REPORT_JSON, REPORT_MD, VIEWS_DIR, CACHE_DIR, SYNTHETIC_DIR
 
 STAGES = ("split", "synth", "bsn", "sr", "ldn", "export", "report")
 TRAINED = ("bsn", "sr", "ldn")
-#: Share of the time budget per training stage; the rest (5 %) is left to the export and the evaluation.
+#: Share of the time budget (less the report's measured reserve) per training stage; the rest (5 %) is the export's.
 STAGE_SHARES = {"synth": 0.10, "bsn": 0.15, "sr": 0.10, "ldn": 0.60}
 #: Most epochs a stage plans, however much budget is left: the shipped recipe's (training/README.md).
 MAX_EPOCHS = {"bsn": 10, "sr": 9, "ldn": 30}
@@ -621,14 +625,42 @@ class _Stage:
     """Runs one training stage: probe epoch, plan, continue; records everything in the state."""
 
     def __init__(self, kind, config: AdaptConfig, state: dict, out: Path, data, starts, smallest_side,
-                 emit: Callable[..., None], save_state: Callable[[], None], tfp_window: int):
-        """``data``: every recording the stage trains on (the student's includes the simulated ones)."""
+                 emit: Callable[..., None], save_state: Callable[[], None], tfp_window: int,
+                 measure_report: Callable[[], dict] | None = None, other_s: float = 0.0):
+        """``data``: every recording the stage trains on (the student's includes the simulated ones).
+        ``measure_report``: the student stage's; what the report will take (:func:`report_estimate`), measured
+        after the first epoch and kept back from this stage's budget with ``other_s`` (the split's time)."""
         self.kind, self.config, self.out, self.tfp_window = kind, config, out, tfp_window
         self.record = state["stages"].setdefault(kind, {"status": "pending"})
         self.data, self.starts, self.smallest_side = data, starts, smallest_side
         self.emit, self.save_state = emit, save_state
         self.checkpoint = out / f"{kind}.pt"
+        self.measure_report, self.other_s = measure_report, other_s
         self.budget_s = config.stage_budget_s(kind)
+        if "report_time" in self.record:  # a re-run (its budget may differ): the reserve measured then
+            self.budget_s -= self.record["report_time"]["reserve_s"]
+            self.record["budget_s"] = round(self.budget_s, 1)
+
+    def _keep_back_the_report(self) -> None:
+        """Measure the report once (warm: after this stage's first epoch, as the report runs after training) and
+        take it, with the split's time, from this stage's budget; ConfigError when that leaves too little."""
+        if self.measure_report is None or "report_time" in self.record:
+            return
+        timed = self.measure_report()
+        timed["reserve_s"] = round(timed["estimate_s"] + self.other_s, 1)
+        self.record["report_time"] = timed
+        self.budget_s -= timed["reserve_s"]
+        self.record["budget_s"] = round(self.budget_s, 1)
+        self.save_state()
+        self.emit("progress", f"{timed['reserve_s']:.0f} s of the budget kept for the split and the report")
+        if timed["reserve_s"] > RESERVE_MAX_FRACTION * self.config.time_budget_s:
+            suggest = math.ceil(timed["reserve_s"] / RESERVE_MAX_FRACTION / 60.0)
+            raise ConfigError(
+                f"the report on the {timed['held_out_exposures']} held-out exposure(s) needs about "
+                f"{timed['reserve_s']:.0f} s, more than {RESERVE_MAX_FRACTION:.0%} of --time-budget-min "
+                f"{self.config.time_budget_min:g}; re-run with --time-budget-min {suggest} or more, or hold out fewer "
+                f"exposures with a larger --holdout-every (the epoch done and the measurement are kept)"
+            )
 
     def _call(self, epochs: int, resume: bool, limit_s: float):
         from spikereveal.training.train import RunOptions, TrainConfig, train
@@ -690,6 +722,7 @@ class _Stage:
                     self.record["note"] = "the budget did not hold one epoch"
                     self._finish(result.stopped_early, training)
                     return True
+            self._keep_back_the_report()
             first_epoch_s = float(training["history"][0]["seconds"])
             spent = float(training.get("elapsed_s", 0.0))
             planned = plan_epochs(self.budget_s, spent, first_epoch_s, MAX_EPOCHS[self.kind])
@@ -698,6 +731,8 @@ class _Stage:
             remaining = self.budget_s - spent
         else:
             self.record["planned_epochs"] = planned
+            self._keep_back_the_report()  # fixed epochs: measured before them (the budget still caps them)
+            remaining = self.budget_s - spent
         if training is None or int(training.get("epochs_completed", 0)) < planned:
             if remaining <= 0:
                 self._finish("time budget", training)
@@ -796,6 +831,64 @@ def _indicators(held_views: Sequence[Path], sources: Mapping[str, str], before: 
     }
 
 
+#: the report's estimate is scaled by this, for what timing one frame misses (loading models and images); the report
+#: records its estimate beside its own time (``budget.report``)
+REPORT_MARGIN = 1.1
+#: the split and the report may take at most this much of the budget (else a ConfigError asks for more)
+RESERVE_MAX_FRACTION = 0.5
+
+
+def report_estimate(held_views: Sequence[Path], model: Path, nets: Mapping[str, Path], device: str,
+                    tfp_window: int) -> dict:
+    """How long the report (:func:`build_report`) will take on ``held_views``: each part of its work timed on one
+    frame (the centre of the first held-out exposure) with the starting student ``model`` and teacher ``nets``
+    (the adapted ones have the same architectures, so the same cost), times the held-out frames: per indicator
+    frame (K per exposure) the teacher once and each student once; per ground-truth frame, for each student, the
+    student, ``evaluate``'s SDM and its scores (PSNR and SSIM of blurry, SDM, student); x :data:`REPORT_MARGIN`.
+    The probe itself costs about one frame of that work."""
+    from spikereveal.engines.checkpoint import load_checkpoint
+    from spikereveal.kernels import reblur
+    from spikereveal.kernels.timing import DEFAULT_K
+    from spikereveal.recording import GT_FILE, open_recording
+    from spikereveal.training import datasets as ds
+    from spikereveal.training.evaluate import psnr, run_student, ssim
+    from spikereveal.training.train import resolve_device
+
+    started = time.perf_counter()
+    exposures = ds.load_exposures([os.fspath(v) for v in held_views], k=DEFAULT_K)
+    truth_frames = 0
+    for view in held_views:
+        if (Path(view) / GT_FILE).is_file():
+            with open_recording(view, strict=False) as recording:
+                truth_frames += sum(len(recording.ground_truth_for(e.index)) for e in recording.exposures)
+    target = resolve_device(device)
+    bsn, _ = load_checkpoint(nets["bsn"], expected_kind="bsn", map_location=target)
+    sr, _ = load_checkpoint(nets["sr"], expected_kind="sr", map_location=target)
+    student, _ = _student_fn(model, device)
+    exposure = exposures[0]
+    centre = exposure.window.centers[len(exposure.window.centers) // 2 : len(exposure.window.centers) // 2 + 1]
+    seconds = {}
+    clock = time.perf_counter()
+    teacher_frame = ds.network_teacher(bsn.eval(), sr.eval(), tfp_window)(exposure, centre)
+    seconds["teacher"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    frame = run_student(student, exposure, centre)
+    seconds["student"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    ds.sdm_teacher(tfp_window)(exposure, centre)
+    seconds["sdm"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    psnr(exposure.blurry, reblur(frame)), ssim(np.clip(teacher_frame[0], 0, 1), frame[0])
+    seconds["scores"] = time.perf_counter() - clock  # one PSNR and one SSIM
+    indicator_frames = DEFAULT_K * len(exposures)
+    indicators_s = indicator_frames * (seconds["teacher"] + 2 * seconds["student"])
+    truth_s = truth_frames * 2 * (seconds["student"] + seconds["sdm"] + 3 * seconds["scores"])
+    estimate = REPORT_MARGIN * (indicators_s + truth_s)
+    return {"held_out_exposures": len(exposures), "indicator_frames": indicator_frames,
+            "ground_truth_frames": truth_frames, "per_frame_s": {k: round(v, 4) for k, v in seconds.items()},
+            "estimate_s": round(estimate, 1), "probe_s": round(time.perf_counter() - started, 1)}
+
+
 def _ground_truth(held_views: Sequence[Path], sources: Mapping[str, str], before: Path, after: Path,
                   device: str) -> dict | None:
     """PSNR/SSIM before and after against ``gt.csv`` on the held-out views that have it (``evaluate``)."""
@@ -832,8 +925,9 @@ def build_report(config: AdaptConfig, state: dict, split: Split, held_views, sou
         "split": split.to_dict(config.holdout_every),
         "budget": {
             "time_budget_min": config.time_budget_min,
-            "shares": {**config.shares(), "export_and_report": round(1.0 - sum(STAGE_SHARES.values()), 4)},
-            "rule": "each stage trains one epoch, then plans 1 + (its budget - time spent) // first-epoch time "
+            "shares": {**config.shares(), "export": round(1.0 - sum(STAGE_SHARES.values()), 4)},
+            "rule": "the shares are of the budget less the split's and the report's measured reserve (budget.report); "
+                    "each stage trains one epoch, then plans 1 + (its budget - time spent) // first-epoch time "
                     f"epochs (at most {MAX_EPOCHS}) under the per-epoch cosine schedule; the stage's budget is "
                     "also its hard time limit",
             "stages": stages,
@@ -938,6 +1032,10 @@ def format_report(report: Mapping) -> str:
         epochs = f"{stage.get('epochs_completed', 0)}/{stage.get('planned_epochs', '?')}"
         lines.append(f"| {kind} | {stage['budget_s']:.0f} | {_fmt(stage.get('elapsed_s'), 0)} | {epochs} | "
                      f"{stage.get('stopped') or 'no'} |")
+    timed = report["budget"].get("report") or {}
+    if "reserve_s" in timed:
+        lines.append(f"| split + report | {timed['reserve_s']:.0f} (from ldn's share) | "
+                     f"{_fmt(timed.get('elapsed_s'), 0)} (report; estimated {timed['estimate_s']:.0f}) | - | - |")
     models = report["models"]
     lines += ["", f"Student: {models['student_after']} (ONNX {models['onnx']}); started from "
                   f"{models['student_before']}."]
@@ -947,6 +1045,7 @@ def format_report(report: Mapping) -> str:
 # -- the whole run ---------------------------------------------------------------------------------------------------
 def adapt(config: AdaptConfig, progress: AdaptProgressFn | None = None) -> AdaptResult:
     """Run (or continue) the adaptation described in the module doc; returns the report and the outputs."""
+    started = time.perf_counter()
     out = Path(config.out)
     state = _prepare_out(config)
     starts = _starting_points(config)
@@ -990,7 +1089,8 @@ def adapt(config: AdaptConfig, progress: AdaptProgressFn | None = None) -> Adapt
         measured = data_firing_gain(train_views)
         gain = None if math.isnan(measured) else round(measured, 4)
         tfp_window = tfp_window_for_gain(measured)
-    state["stages"]["split"] = {"status": "done", "firing_gain": gain, "tfp_window": tfp_window}
+    split_s = previous.get("elapsed_s", round(time.perf_counter() - started, 1))  # the first run's
+    state["stages"]["split"] = {"status": "done", "firing_gain": gain, "tfp_window": tfp_window, "elapsed_s": split_s}
     save()
     emit("done", f"firing gain {_fmt(gain)}: the teacher's short TFP window is {tfp_window} frames")
 
@@ -1028,7 +1128,10 @@ def adapt(config: AdaptConfig, progress: AdaptProgressFn | None = None) -> Adapt
             continue
         emit("start", f"budget {config.stage_budget_s(kind):.0f} s")
         data = [*train_views, *synthetic] if kind == "ldn" else train_views
-        stage = _Stage(kind, config, state, out, data, starts, split.smallest_side, emit, save, tfp_window)
+        measure = None if kind != "ldn" else (  # the teacher nets are final by now (fine-tuned or kept)
+            lambda: report_estimate(held_views, starts["ldn"], config.teacher_paths(starts), config.device, tfp_window))
+        stage = _Stage(kind, config, state, out, data, starts, split.smallest_side, emit, save, tfp_window,
+                       measure_report=measure, other_s=float(state["stages"]["split"]["elapsed_s"]))
         stage.run()
         ran.append(kind)
         record = state["stages"][kind]
@@ -1064,7 +1167,10 @@ def adapt(config: AdaptConfig, progress: AdaptProgressFn | None = None) -> Adapt
             import torch
 
             torch.set_num_threads(config.threads)
+        clock = time.perf_counter()
         report = build_report(config, state, split, held_views, sources, starts, out)
+        timed = state["stages"]["ldn"].get("report_time")  # absent in a run started before the measurement
+        report["budget"]["report"] = {**(timed or {}), "elapsed_s": round(time.perf_counter() - clock, 1)}
         partial = report_path.with_name(report_path.name + ".partial")
         partial.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         os.replace(partial, report_path)
