@@ -96,7 +96,8 @@ OWNED = (STATE_FILE, REPORT_JSON, REPORT_MD, VIEWS_DIR, CACHE_DIR, SYNTHETIC_DIR
 
 STAGES = ("split", "synth", "bsn", "sr", "ldn", "export", "report")
 TRAINED = ("bsn", "sr", "ldn")
-#: Share of the time budget (less the report's measured reserve) per training stage; the rest (5 %) is the export's.
+#: Share of the time budget per training stage (the student's also pays for the split and the report); the rest
+#: (5 %) is the export's.
 STAGE_SHARES = {"synth": 0.10, "bsn": 0.15, "sr": 0.10, "ldn": 0.60}
 #: Most epochs a stage plans, however much budget is left: the shipped recipe's (training/README.md).
 MAX_EPOCHS = {"bsn": 10, "sr": 9, "ldn": 30}
@@ -638,8 +639,12 @@ class _Stage:
         self.measure_report, self.other_s = measure_report, other_s
         self.budget_s = config.stage_budget_s(kind)
         if "report_time" in self.record:  # a re-run (its budget may differ): the reserve measured then
-            self.budget_s -= self.record["report_time"]["reserve_s"]
-            self.record["budget_s"] = round(self.budget_s, 1)
+            self._take_reserve()
+
+    def _take_reserve(self) -> None:
+        """This stage's budget less the recorded reserve for the split and the report (also in the state)."""
+        self.budget_s = self.config.stage_budget_s(self.kind) - self.record["report_time"]["reserve_s"]
+        self.record["budget_s"] = round(self.budget_s, 1)
 
     def _keep_back_the_report(self) -> None:
         """Measure the report once (warm: after this stage's first epoch, as the report runs after training) and
@@ -649,8 +654,7 @@ class _Stage:
         timed = self.measure_report()
         timed["reserve_s"] = round(timed["estimate_s"] + self.other_s, 1)
         self.record["report_time"] = timed
-        self.budget_s -= timed["reserve_s"]
-        self.record["budget_s"] = round(self.budget_s, 1)
+        self._take_reserve()
         self.save_state()
         self.emit("progress", f"{timed['reserve_s']:.0f} s of the budget kept for the split and the report")
         if timed["reserve_s"] > RESERVE_MAX_FRACTION * self.config.time_budget_s:
@@ -841,10 +845,11 @@ RESERVE_MAX_FRACTION = 0.5
 def report_estimate(held_views: Sequence[Path], model: Path, nets: Mapping[str, Path], device: str,
                     tfp_window: int) -> dict:
     """How long the report (:func:`build_report`) will take on ``held_views``: each part of its work timed on one
-    frame (the centre of the first held-out exposure) with the starting student ``model`` and teacher ``nets``
-    (the adapted ones have the same architectures, so the same cost), times the held-out frames: per indicator
-    frame (K per exposure) the teacher once and each student once; per ground-truth frame, for each student, the
-    student, ``evaluate``'s SDM and its scores (PSNR and SSIM of blurry, SDM, student); x :data:`REPORT_MARGIN`.
+    frame (the centre of the first held-out exposure) with the starting student ``model`` (the adapted one has
+    the same architecture, so the same cost) and the teacher ``nets`` the report uses, times the held-out frames:
+    per indicator frame (K per exposure) the teacher once and each student once; per ground-truth frame, for each
+    student, the student, ``evaluate``'s SDM and its scores (PSNR and SSIM of blurry, SDM, student);
+    x :data:`REPORT_MARGIN`.
     The probe itself costs about one frame of that work."""
     from spikereveal.engines.checkpoint import load_checkpoint
     from spikereveal.kernels import reblur
@@ -926,10 +931,10 @@ def build_report(config: AdaptConfig, state: dict, split: Split, held_views, sou
         "budget": {
             "time_budget_min": config.time_budget_min,
             "shares": {**config.shares(), "export": round(1.0 - sum(STAGE_SHARES.values()), 4)},
-            "rule": "the shares are of the budget less the split's and the report's measured reserve (budget.report); "
-                    "each stage trains one epoch, then plans 1 + (its budget - time spent) // first-epoch time "
-                    f"epochs (at most {MAX_EPOCHS}) under the per-epoch cosine schedule; the stage's budget is "
-                    "also its hard time limit",
+            "rule": "the student's share also pays for the split and the report (their measured reserve, "
+                    "budget.report); each stage trains one epoch, then plans 1 + (its budget - time spent) // "
+                    f"first-epoch time epochs (at most {MAX_EPOCHS}) under the per-epoch cosine schedule; the "
+                    "stage's budget is also its hard time limit",
             "stages": stages,
         },
         "models": {
