@@ -167,6 +167,31 @@ def test_teacher_accepts_tensors_and_real_networks_and_chunks():
         teacher_frames(blur, short, long, bsn, sr, chunk_size=0)
 
 
+def test_cpu_channels_last_keeps_the_teacher_and_the_student_outputs():
+    from spikereveal.engines.ldn import LDN, LDNConfig
+    from spikereveal.training.datasets import cpu_channels_last, network_teacher
+
+    torch.manual_seed(1)
+    blur, short, long = torch.rand(3, 32, 48), torch.rand(3, 8, 12), torch.rand(8, 12)
+    bsn, sr = BSN(TINY_BSN).eval(), SR(TINY_SR).eval()
+    contiguous = teacher_frames(blur, short, long, bsn, sr)
+    assert all(p.is_contiguous() for p in sr.parameters())
+    assert cpu_channels_last(bsn) is bsn and cpu_channels_last(sr) is sr
+    weights = [p for p in list(bsn.parameters()) + list(sr.parameters()) if p.ndim == 4]
+    assert weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+    assert not all(p.is_contiguous() for p in weights)  # the layout did change (not only 1x1 kernels)
+    torch.testing.assert_close(teacher_frames(blur, short, long, bsn, sr), contiguous, atol=1e-5, rtol=0)
+    student = LDN(LDNConfig()).eval()
+    image, spikes = torch.rand(2, 3, 32, 32), (torch.rand(2, student.config.spike_frames, 8, 8) < 0.3).float()
+    with torch.no_grad():
+        before = student(image, spikes)
+        after = cpu_channels_last(student)(image, spikes)
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
+    fresh = SR(TINY_SR).eval()
+    network_teacher(BSN(TINY_BSN).eval(), fresh)  # the teacher applies it to the nets it runs
+    assert fresh.tail[1].weight.is_contiguous(memory_format=torch.channels_last)
+
+
 @pytest.mark.parametrize(
     "blur_shape, short_shape, long_shape",
     [((3, 16, 20), (2, 4, 6), (4, 6)), ((3, 16, 24), (2, 4, 5), (4, 6)), ((1, 16, 24), (2, 4, 6), (4, 6)),

@@ -149,7 +149,7 @@ def torch_student(model, device: str = "cpu") -> StudentFn:
     from spikereveal.training.train import resolve_device
 
     target = resolve_device(device)
-    model = model.to(target).eval()
+    model = ds.cpu_channels_last(model.to(target)).eval()
 
     def student(blurry: np.ndarray, spikes: np.ndarray) -> np.ndarray:
         with torch.inference_mode():

@@ -361,7 +361,7 @@ def _train(group: distributed.LocalGroup, data, out, config: TrainConfig, resume
             f"the batch of {config.batch_size} crops per step is split over {group.world_size} processes: use a "
             f"--batch-size that is a multiple of {group.world_size} (it stays the crops per optimiser step)"
         )
-    model.to(device).train()
+    ds.cpu_channels_last(model.to(device)).train()
     net = group.wrap(model)  # DistributedDataParallel under torchrun, the model itself in one process
 
     prepare = lambda done, total, what: emit(  # noqa: E731
