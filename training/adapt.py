@@ -37,9 +37,11 @@ Stages, in order, each resumable and skipped once done (``DIR/adapt_state.json``
    (``evaluate``) where the held-out recordings have it. ``DIR/report.json`` and ``DIR/report.md``.
 
 Time budget: ``time_budget_min`` covers the whole command. It is shared out in a fixed proportion
-(:data:`STAGE_SHARES`): 10 % the simulated recordings, 15 % BSN, 10 % SR, 60 % the student *including* its teacher
-targets, the last 5 % left to the export; a stage that does not run gives its share to the student (the defaults,
-teacher's nets kept and simulated recordings: 85 %; ``AdaptConfig.shares``). The student's share also pays for the
+(:data:`STAGE_SHARES`): 10 % the simulated recordings, 15 % BSN, 10 % SR, 64 % the student *including* its teacher
+targets, the last 1 % left to the export (~2 s measured); a stage that does not run gives its share to the student
+(the defaults, teacher's nets kept and simulated recordings: 89 %; ``AdaptConfig.shares``), and what the earlier
+stages left unspent of their budgets (the synthetic recordings stop short of theirs by up to one recording; the
+teacher's nets train whole epochs) passes on to the student too (``carried_s``). The student's share also pays for the
 split and the report: after its first epoch the report's cost is measured (:func:`report_estimate`: its work timed
 on one held-out frame, times the held-out frames; measured there because the report runs in a process that has
 trained, where the same work is faster than in a fresh one) and taken, with the split's time, from the student's
@@ -97,8 +99,10 @@ OWNED = (STATE_FILE, REPORT_JSON, REPORT_MD, VIEWS_DIR, CACHE_DIR, SYNTHETIC_DIR
 STAGES = ("split", "synth", "bsn", "sr", "ldn", "export", "report")
 TRAINED = ("bsn", "sr", "ldn")
 #: Share of the time budget per training stage (the student's also pays for the split and the report); the rest
-#: (5 %) is the export's.
-STAGE_SHARES = {"synth": 0.10, "bsn": 0.15, "sr": 0.10, "ldn": 0.60}
+#: (1 %) is the export's (a dynamic-shape ONNX export of the student: ~2 s on the development machine).
+STAGE_SHARES = {"synth": 0.10, "bsn": 0.15, "sr": 0.10, "ldn": 0.64}
+#: The stages before the student, whose unspent budget passes on to it.
+EARLIER_STAGES = ("synth", "bsn", "sr")
 #: Most epochs a stage plans, however much budget is left: the shipped recipe's (training/README.md).
 MAX_EPOCHS = {"bsn": 10, "sr": 9, "ldn": 30}
 MIN_TIME_BUDGET_MIN = 1.0
@@ -582,6 +586,17 @@ def _synthesize(config: AdaptConfig, record: dict, out: Path, train_views: Seque
 
 
 # -- training stages -------------------------------------------------------------------------------------------
+def unspent_s(config: AdaptConfig, stages: Mapping[str, Mapping]) -> float:
+    """What the finished stages before the student (:data:`EARLIER_STAGES`) left unspent of their budgets, in
+    seconds (never negative per stage: a stage that overran does not take from the student)."""
+    total = 0.0
+    for kind in EARLIER_STAGES:
+        record = stages.get(kind) or {}
+        if record.get("status") == "done":
+            total += max(0.0, config.stage_budget_s(kind) - float(record.get("elapsed_s", 0.0)))
+    return total
+
+
 def plan_epochs(stage_budget_s: float, spent_s: float, first_epoch_s: float, cap: int) -> int:
     """Epochs in all for a stage whose first epoch took ``first_epoch_s`` and which has spent ``spent_s`` of
     ``stage_budget_s`` (preparation included): the first plus as many more as the rest holds, 1 … ``cap``."""
@@ -627,23 +642,27 @@ class _Stage:
 
     def __init__(self, kind, config: AdaptConfig, state: dict, out: Path, data, starts, smallest_side,
                  emit: Callable[..., None], save_state: Callable[[], None], tfp_window: int,
-                 measure_report: Callable[[], dict] | None = None, other_s: float = 0.0):
+                 measure_report: Callable[[], dict] | None = None, other_s: float = 0.0, carried_s: float = 0.0):
         """``data``: every recording the stage trains on (the student's includes the simulated ones).
         ``measure_report``: the student stage's; what the report will take (:func:`report_estimate`), measured
-        after the first epoch and kept back from this stage's budget with ``other_s`` (the split's time)."""
+        after the first epoch and kept back from this stage's budget with ``other_s`` (the split's time).
+        ``carried_s``: what the earlier stages left unspent (:func:`unspent_s`), added to this stage's share."""
         self.kind, self.config, self.out, self.tfp_window = kind, config, out, tfp_window
         self.record = state["stages"].setdefault(kind, {"status": "pending"})
         self.data, self.starts, self.smallest_side = data, starts, smallest_side
         self.emit, self.save_state = emit, save_state
         self.checkpoint = out / f"{kind}.pt"
         self.measure_report, self.other_s = measure_report, other_s
-        self.budget_s = config.stage_budget_s(kind)
+        self.share_s = config.stage_budget_s(kind) + carried_s
+        self.budget_s = self.share_s
+        if carried_s > 0:
+            self.record["carried_s"] = round(carried_s, 1)
         if "report_time" in self.record:  # a re-run (its budget may differ): the reserve measured then
             self._take_reserve()
 
     def _take_reserve(self) -> None:
         """This stage's budget less the recorded reserve for the split and the report (also in the state)."""
-        self.budget_s = self.config.stage_budget_s(self.kind) - self.record["report_time"]["reserve_s"]
+        self.budget_s = self.share_s - self.record["report_time"]["reserve_s"]
         self.record["budget_s"] = round(self.budget_s, 1)
 
     def _keep_back_the_report(self) -> None:
@@ -844,13 +863,13 @@ RESERVE_MAX_FRACTION = 0.5
 
 def report_estimate(held_views: Sequence[Path], model: Path, nets: Mapping[str, Path], device: str,
                     tfp_window: int) -> dict:
-    """How long the report (:func:`build_report`) will take on ``held_views``: each part of its work timed on one
-    frame (the centre of the first held-out exposure) with the starting student ``model`` (the adapted one has
-    the same architecture, so the same cost) and the teacher ``nets`` the report uses, times the held-out frames:
-    per indicator frame (K per exposure) the teacher once and each student once; per ground-truth frame, for each
-    student, the student, ``evaluate``'s SDM and its scores (PSNR and SSIM of blurry, SDM, student);
-    x :data:`REPORT_MARGIN`.
-    The probe itself costs about one frame of that work."""
+    """How long the report (:func:`build_report`) will take on ``held_views``, timed on the first held-out exposure
+    with the starting student ``model`` (the adapted one has the same architecture, so the same cost) and the
+    teacher ``nets`` the report uses: the teacher on its K indicator frames (one call, as the report makes it: the
+    long-window SR it shares is paid once per exposure), times the held-out exposures; the other parts on one
+    frame (its centre), times the held-out frames: per indicator frame each student once; per ground-truth frame,
+    for each student, the student, ``evaluate``'s SDM and its scores (PSNR and SSIM of blurry, SDM, student);
+    x :data:`REPORT_MARGIN`. The probe itself costs about one held-out exposure's teacher frames."""
     from spikereveal.engines.checkpoint import load_checkpoint
     from spikereveal.kernels import reblur
     from spikereveal.kernels.timing import DEFAULT_K
@@ -874,8 +893,8 @@ def report_estimate(held_views: Sequence[Path], model: Path, nets: Mapping[str, 
     centre = exposure.window.centers[len(exposure.window.centers) // 2 : len(exposure.window.centers) // 2 + 1]
     seconds = {}
     clock = time.perf_counter()
-    teacher_frame = ds.network_teacher(bsn.eval(), sr.eval(), tfp_window)(exposure, centre)
-    seconds["teacher"] = time.perf_counter() - clock
+    teacher_frames = ds.network_teacher(bsn.eval(), sr.eval(), tfp_window)(exposure, exposure.window.centers)
+    teacher_s = time.perf_counter() - clock  # the exposure's K frames in one call
     clock = time.perf_counter()
     frame = run_student(student, exposure, centre)
     seconds["student"] = time.perf_counter() - clock
@@ -883,14 +902,15 @@ def report_estimate(held_views: Sequence[Path], model: Path, nets: Mapping[str, 
     ds.sdm_teacher(tfp_window)(exposure, centre)
     seconds["sdm"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    psnr(exposure.blurry, reblur(frame)), ssim(np.clip(teacher_frame[0], 0, 1), frame[0])
+    psnr(exposure.blurry, reblur(frame)), ssim(np.clip(teacher_frames[len(teacher_frames) // 2], 0, 1), frame[0])
     seconds["scores"] = time.perf_counter() - clock  # one PSNR and one SSIM
     indicator_frames = DEFAULT_K * len(exposures)
-    indicators_s = indicator_frames * (seconds["teacher"] + 2 * seconds["student"])
+    indicators_s = len(exposures) * teacher_s + indicator_frames * 2 * seconds["student"]
     truth_s = truth_frames * 2 * (seconds["student"] + seconds["sdm"] + 3 * seconds["scores"])
     estimate = REPORT_MARGIN * (indicators_s + truth_s)
     return {"held_out_exposures": len(exposures), "indicator_frames": indicator_frames,
-            "ground_truth_frames": truth_frames, "per_frame_s": {k: round(v, 4) for k, v in seconds.items()},
+            "ground_truth_frames": truth_frames, "teacher_per_exposure_s": round(teacher_s, 3),
+            "per_frame_s": {k: round(v, 4) for k, v in seconds.items()},
             "estimate_s": round(estimate, 1), "probe_s": round(time.perf_counter() - started, 1)}
 
 
@@ -932,7 +952,8 @@ def build_report(config: AdaptConfig, state: dict, split: Split, held_views, sou
             "time_budget_min": config.time_budget_min,
             "shares": {**config.shares(), "export": round(1.0 - sum(STAGE_SHARES.values()), 4)},
             "rule": "the student's share also pays for the split and the report (their measured reserve, "
-                    "budget.report); each stage trains one epoch, then plans 1 + (its budget - time spent) // "
+                    "budget.report) and gets what the earlier stages left unspent (its carried_s); each stage "
+                    "trains one epoch, then plans 1 + (its budget - time spent) // "
                     f"first-epoch time epochs (at most {MAX_EPOCHS}) under the per-epoch cosine schedule; the "
                     "stage's budget is also its hard time limit",
             "stages": stages,
@@ -1035,7 +1056,8 @@ def format_report(report: Mapping) -> str:
                              f"{stage.get('exposures', 0)} exposure(s) simulated | {stage.get('stopped') or 'no'} |")
             continue
         epochs = f"{stage.get('epochs_completed', 0)}/{stage.get('planned_epochs', '?')}"
-        lines.append(f"| {kind} | {stage['budget_s']:.0f} | {_fmt(stage.get('elapsed_s'), 0)} | {epochs} | "
+        carried = f" (+{stage['carried_s']:.0f} unspent earlier)" if stage.get("carried_s") else ""
+        lines.append(f"| {kind} | {stage['budget_s']:.0f}{carried} | {_fmt(stage.get('elapsed_s'), 0)} | {epochs} | "
                      f"{stage.get('stopped') or 'no'} |")
     timed = report["budget"].get("report") or {}
     if "reserve_s" in timed:
@@ -1131,12 +1153,15 @@ def adapt(config: AdaptConfig, progress: AdaptProgressFn | None = None) -> Adapt
             skipped.append(kind)
             emit("skip", f"{kind} already done ({out / (kind + '.pt')})")
             continue
-        emit("start", f"budget {config.stage_budget_s(kind):.0f} s")
+        carried = unspent_s(config, state["stages"]) if kind == "ldn" else 0.0
+        emit("start", f"budget {config.stage_budget_s(kind) + carried:.0f} s"
+                      + (f" ({carried:.0f} s of it left unspent by the earlier stages)" if carried > 0 else ""))
         data = [*train_views, *synthetic] if kind == "ldn" else train_views
         measure = None if kind != "ldn" else (  # the teacher nets are final by now (fine-tuned or kept)
             lambda: report_estimate(held_views, starts["ldn"], config.teacher_paths(starts), config.device, tfp_window))
         stage = _Stage(kind, config, state, out, data, starts, split.smallest_side, emit, save, tfp_window,
-                       measure_report=measure, other_s=float(state["stages"]["split"]["elapsed_s"]))
+                       measure_report=measure, other_s=float(state["stages"]["split"]["elapsed_s"]),
+                       carried_s=carried)
         stage.run()
         ran.append(kind)
         record = state["stages"][kind]
@@ -1196,10 +1221,12 @@ __all__ = [
     "MAX_EPOCHS",
     "STAGES",
     "STAGE_SHARES",
+    "EARLIER_STAGES",
     "STUDENT_RECIPE",
     "adapt",
     "format_report",
     "plan_epochs",
+    "unspent_s",
     "split_recordings",
     "write_view",
 ]
