@@ -158,7 +158,7 @@ def test_the_report_time_is_measured_and_taken_from_the_students_budget(adapted)
     for kind, stage in stages.items():  # the student's share pays for the split and the report
         expected = shares[kind] * 30 * 60 + (unspent - timed["reserve_s"] if kind == "ldn" else 0.0)
         assert stage["budget_s"] == pytest.approx(expected, abs=0.2)
-    row = f"| ldn | {stages['ldn']['budget_s']:.0f} (+{unspent:.0f} unspent earlier) |"
+    row = f"| ldn | {stages['ldn']['budget_s']:.0f} (+{stages['ldn']['carried_s']:.0f} unspent earlier) |"
     assert row in (out / "report.md").read_text()
     assert "kept for the split and the report" in result.stdout + result.stderr
     assert f"| split + report | {timed['reserve_s']:.0f} (from ldn's share) |" in (out / "report.md").read_text()
