@@ -42,12 +42,12 @@ targets, the last 1 % left to the export (~2 s measured); a stage that does not 
 (the defaults, teacher's nets kept and simulated recordings: 89 %; ``AdaptConfig.shares``), and what the earlier
 stages left unspent of their budgets (the synthetic recordings stop short of theirs by up to one recording; the
 teacher's nets train whole epochs) passes on to the student too (``carried_s``). The student's share also pays for the
-split and the report: after its first epoch the report's cost is measured (:func:`report_estimate`: its work timed
-on one held-out frame, times the held-out frames; measured there because the report runs in a process that has
-trained, where the same work is faster than in a fresh one) and taken, with the split's time, from the student's
-budget (recorded once per output directory). Epochs are sized from a
-measurement: each stage first trains one epoch (whose learning rate, ``lr`` itself, is the same under any cosine
-length), then plans ``1 + (stage budget − time spent) // first-epoch time`` epochs in all (at most
+split and the report: after its first epoch the report's cost is measured (:func:`report_estimate`: the teacher
+timed on one held-out exposure, times the held-out exposures, the rest on one frame, times the held-out frames;
+measured there because the report runs in a process that has trained, where the same work is faster than in a
+fresh one) and taken, with the split's time, from the student's budget (recorded once per output directory).
+Epochs are sized from a measurement: each stage first trains one epoch (whose learning rate, ``lr`` itself, is the
+same under any cosine length), then plans ``1 + (stage budget − time spent) // first-epoch time`` epochs in all (at most
 :data:`MAX_EPOCHS`, the shipped recipe's own epochs), and continues the same run (``resume=``) with that many, so
 the per-epoch cosine schedule decays over exactly the epochs that fit. Every call to ``train`` also gets the stage's
 remaining budget as ``time_limit_min``, a hard cap: a stage that reaches it stops with a checkpoint and counts as
@@ -1154,14 +1154,14 @@ def adapt(config: AdaptConfig, progress: AdaptProgressFn | None = None) -> Adapt
             emit("skip", f"{kind} already done ({out / (kind + '.pt')})")
             continue
         carried = unspent_s(config, state["stages"]) if kind == "ldn" else 0.0
-        emit("start", f"budget {config.stage_budget_s(kind) + carried:.0f} s"
-                      + (f" ({carried:.0f} s of it left unspent by the earlier stages)" if carried > 0 else ""))
         data = [*train_views, *synthetic] if kind == "ldn" else train_views
         measure = None if kind != "ldn" else (  # the teacher nets are final by now (fine-tuned or kept)
             lambda: report_estimate(held_views, starts["ldn"], config.teacher_paths(starts), config.device, tfp_window))
         stage = _Stage(kind, config, state, out, data, starts, split.smallest_side, emit, save, tfp_window,
                        measure_report=measure, other_s=float(state["stages"]["split"]["elapsed_s"]),
                        carried_s=carried)
+        emit("start", f"budget {stage.share_s:.0f} s"
+                      + (f" ({carried:.0f} s of it left unspent by the earlier stages)" if carried > 0 else ""))
         stage.run()
         ran.append(kind)
         record = state["stages"][kind]
