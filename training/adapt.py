@@ -47,13 +47,13 @@ timed on one held-out exposure, times the held-out exposures, the rest on one fr
 measured there because the report runs in a process that has trained, where the same work is faster than in a
 fresh one) and taken, with the split's time, from the student's budget (recorded once per output directory).
 Epochs are sized from a measurement: each stage first trains one epoch (whose learning rate, ``lr`` itself, is the
-same under any cosine length), then plans ``1 + (stage budget − time spent) // first-epoch time`` epochs in all (at most
-:data:`MAX_EPOCHS`, the shipped recipe's own epochs), and continues the same run (``resume=``) with that many, so
-the per-epoch cosine schedule decays over exactly the epochs that fit. Every call to ``train`` also gets the stage's
-remaining budget as ``time_limit_min``, a hard cap: a stage that reaches it stops with a checkpoint and counts as
-done. A budget that does not hold one epoch trains at the full learning rate for what it holds; one that does not
-hold a single step (preparation included) is a ConfigError saying which budget would. The time spent is read from
-each checkpoint's ``elapsed_s``, so a re-run after an interruption spends only what is left of the budget.
+same under any cosine length), then plans ``1 + (stage budget − time spent) // first-epoch time`` epochs in all (at
+most :data:`MAX_EPOCHS`, the shipped recipe's own epochs), and continues the same run (``resume=``) with that many,
+so the per-epoch cosine schedule decays over exactly the epochs that fit. Every call to ``train`` also gets the
+stage's remaining budget as ``time_limit_min``, a hard cap: a stage that reaches it stops with a checkpoint and
+counts as done. A budget that does not hold one epoch trains at the full learning rate for what it holds; one that
+does not hold a single step (preparation included) is a ConfigError saying which budget would. The time spent is
+read from each checkpoint's ``elapsed_s``, so a re-run after an interruption spends only what is left of the budget.
 
 Resuming: re-running with the same arguments continues (finished stages are skipped, an unfinished one resumes from
 its checkpoint, which ``train`` writes after every epoch and at its time limit). Arguments that change what is
